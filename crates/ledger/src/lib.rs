@@ -1,0 +1,1 @@
+//! tally-ledger (under construction).

@@ -1,0 +1,1 @@
+//! tally-telemetry (under construction).

@@ -1,0 +1,1 @@
+//! tally-reconciler (under construction).

@@ -1,0 +1,1 @@
+//! tally-sim (under construction).

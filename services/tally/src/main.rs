@@ -1,0 +1,2 @@
+//! tally (under construction).
+fn main() {}

@@ -1,0 +1,1 @@
+//! tally-tests (under construction).
