@@ -126,7 +126,11 @@ pub fn parse_json_number(text: &str) -> Result<Decimal, MoneyError> {
                 .and_then(|d| d.parse().ok())
                 .filter(|_| exp_digits.trim_start_matches('0').len() <= 6)
                 .unwrap_or(1_000_000);
-            let exp = if exp_text.starts_with('-') { -magnitude } else { magnitude };
+            let exp = if exp_text.starts_with('-') {
+                -magnitude
+            } else {
+                magnitude
+            };
             (&rest[..i], exp)
         }
         None => (rest, 0),
@@ -333,19 +337,39 @@ pub mod serde_cost {
 
 /// A JSON value that should be a string; numbers are recognised only to give
 /// the specific [`MoneyError::NumberNotString`] error.
-#[derive(serde::Deserialize)]
-#[serde(untagged)]
-enum StrOrNumber {
-    Str(String),
-    Number(Box<serde_json::value::RawValue>),
+struct StrOrNumber(Result<String, MoneyError>);
+
+impl<'de> serde::Deserialize<'de> for StrOrNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = StrOrNumber;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a decimal string such as \"0.000123\"")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<StrOrNumber, E> {
+                Ok(StrOrNumber(Ok(v.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<StrOrNumber, E> {
+                Ok(StrOrNumber(Ok(v)))
+            }
+            fn visit_u64<E: serde::de::Error>(self, _: u64) -> Result<StrOrNumber, E> {
+                Ok(StrOrNumber(Err(MoneyError::NumberNotString)))
+            }
+            fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<StrOrNumber, E> {
+                Ok(StrOrNumber(Err(MoneyError::NumberNotString)))
+            }
+            fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<StrOrNumber, E> {
+                Ok(StrOrNumber(Err(MoneyError::NumberNotString)))
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl StrOrNumber {
     fn into_string(self) -> Result<String, MoneyError> {
-        match self {
-            StrOrNumber::Str(s) => Ok(s),
-            StrOrNumber::Number(_) => Err(MoneyError::NumberNotString),
-        }
+        self.0
     }
 }
 
@@ -451,8 +475,23 @@ mod tests {
     #[test]
     fn rejects_what_is_not_money() {
         for text in [
-            "", "-", ".5", "5.", "01", "1e", "1e+", "NaN", "Infinity", "-Infinity", "0x10",
-            "1,5", " 1 2", "+1", "1.2.3", "\"1\"", "1e1.5",
+            "",
+            "-",
+            ".5",
+            "5.",
+            "01",
+            "1e",
+            "1e+",
+            "NaN",
+            "Infinity",
+            "-Infinity",
+            "0x10",
+            "1,5",
+            " 1 2",
+            "+1",
+            "1.2.3",
+            "\"1\"",
+            "1e1.5",
         ] {
             assert!(
                 matches!(parse_json_number(text), Err(MoneyError::Syntax(_))),
@@ -460,16 +499,36 @@ mod tests {
                 parse_json_number(text)
             );
         }
-        assert!(matches!(parse_json_number("1e-21"), Err(MoneyError::TooPrecise { scale: 21, .. })));
+        assert!(matches!(
+            parse_json_number("1e-21"),
+            Err(MoneyError::TooPrecise { scale: 21, .. })
+        ));
         assert!(matches!(
             parse_json_number("0.000000000000000000001"),
             Err(MoneyError::TooPrecise { .. })
         ));
-        assert!(matches!(parse_json_number("1e8"), Err(MoneyError::OutOfRange(_))));
-        assert!(matches!(parse_json_number("100000000"), Err(MoneyError::OutOfRange(_))));
-        assert!(matches!(parse_json_number("1e999999999999"), Err(MoneyError::OutOfRange(_))));
-        assert!(matches!(parse_json_number("1e-999999999999"), Err(MoneyError::TooPrecise { .. })));
-        assert_eq!(parse_json_number("99999999.99999999999999999999").unwrap().to_string(), "99999999.99999999999999999999");
+        assert!(matches!(
+            parse_json_number("1e8"),
+            Err(MoneyError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_json_number("100000000"),
+            Err(MoneyError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_json_number("1e999999999999"),
+            Err(MoneyError::OutOfRange(_))
+        ));
+        assert!(matches!(
+            parse_json_number("1e-999999999999"),
+            Err(MoneyError::TooPrecise { .. })
+        ));
+        assert_eq!(
+            parse_json_number("99999999.99999999999999999999")
+                .unwrap()
+                .to_string(),
+            "99999999.99999999999999999999"
+        );
     }
 
     #[test]
@@ -479,7 +538,10 @@ mod tests {
         for bad in ["1e-7", "1.", ".1", "+1", "1 ", "", "abc", "1_000"] {
             assert!(parse_decimal_str(bad).is_err(), "{bad:?}");
         }
-        assert_eq!(parse_cost_str("-0.1").unwrap_err().code(), "negative_amount");
+        assert_eq!(
+            parse_cost_str("-0.1").unwrap_err().code(),
+            "negative_amount"
+        );
         assert_eq!(parse_cost_str("-0").unwrap(), Decimal::ZERO);
     }
 
@@ -494,10 +556,17 @@ mod tests {
         }
         let t: T = serde_json::from_str(r#"{"a":"0.00012345678901234567","b":null}"#).unwrap();
         assert_eq!(t.a, d("0.00012345678901234567"));
-        assert_eq!(serde_json::to_string(&t).unwrap(), r#"{"a":"0.00012345678901234567","b":null}"#);
-        let err = serde_json::from_str::<T>(r#"{"a":0.1}"#).unwrap_err().to_string();
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            r#"{"a":"0.00012345678901234567","b":null}"#
+        );
+        let err = serde_json::from_str::<T>(r#"{"a":0.1}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a JSON number"), "{err}");
-        let err = serde_json::from_str::<T>(r#"{"a":"0.1","b":2}"#).unwrap_err().to_string();
+        let err = serde_json::from_str::<T>(r#"{"a":"0.1","b":2}"#)
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("not a JSON number"), "{err}");
         assert!(serde_json::from_str::<T>(r#"{"a":"-1"}"#).is_err());
     }

@@ -8,9 +8,16 @@ use tally_money::{parse_decimal_str, parse_json_number, to_decimal_string, MAX_S
 
 /// Amounts tally accepts: up to 8 integer digits and up to 20 fractional digits.
 fn amount() -> impl Strategy<Value = Decimal> {
-    (any::<bool>(), 0u64..100_000_000, 0u128..100_000_000_000_000_000_000u128, 0u32..=MAX_SCALE)
+    (
+        any::<bool>(),
+        0u64..100_000_000,
+        0u128..100_000_000_000_000_000_000u128,
+        0u32..=MAX_SCALE,
+    )
         .prop_map(|(neg, int, frac, scale)| {
-            let frac_digits = if scale == 0 { String::new() } else {
+            let frac_digits = if scale == 0 {
+                String::new()
+            } else {
                 let f = format!("{:020}", frac);
                 format!(".{}", &f[..scale as usize])
             };
