@@ -1,1 +1,144 @@
-//! tally-telemetry (under construction).
+//! Logs and metrics, set up the same way by every tally process.
+//!
+//! * [`init_tracing`]: human-readable logs by default, one JSON object per
+//!   line with `json = true`; the level comes from `RUST_LOG` (default
+//!   `info`).
+//! * [`Registry`]: the Prometheus registry every service registers its
+//!   metrics in; [`serve_metrics`] serves it on `/metrics`, and
+//!   [`metrics_response`] renders it for an existing HTTP server.
+//!
+//! # Conventions (the metric spec every crate follows)
+//!
+//! * Names start with `tally_<service>_`, are defined in one `metrics`
+//!   module per crate, use base units (`_seconds`, `_bytes`) and `_usd` for
+//!   money, and counters end in `_total`.
+//! * Labels are bounded: types, outcomes, reasons (stable error codes),
+//!   never generation, session or budget ids.
+//! * Money in Prometheus is the one place amounts become `f64`: dashboards
+//!   need floats, and nothing ever reads them back into the ledger.
+
+use std::net::SocketAddr;
+
+use prometheus::{Encoder, TextEncoder};
+
+pub use prometheus;
+
+/// The shared Prometheus registry.
+pub type Registry = prometheus::Registry;
+
+/// Errors of telemetry setup.
+#[derive(Debug, thiserror::Error)]
+pub enum TelemetryError {
+    /// A metric could not be registered (duplicate name: a bug).
+    #[error("metric registration failed: {0}")]
+    Register(#[from] prometheus::Error),
+    /// The metrics listener could not bind.
+    #[error("cannot listen for metrics on {addr}: {source}")]
+    Bind {
+        /// Address.
+        addr: SocketAddr,
+        /// Cause.
+        source: std::io::Error,
+    },
+}
+
+impl TelemetryError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TelemetryError::Register(_) => "metric_registration",
+            TelemetryError::Bind { .. } => "metrics_bind",
+        }
+    }
+}
+
+/// Installs the global tracing subscriber. Safe to call more than once (later
+/// calls do nothing), so tests and `tally run` can share it.
+pub fn init_tracing(json: bool) {
+    use tracing_subscriber::{fmt, EnvFilter};
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn,hyper=warn"));
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.compact().try_init()
+    };
+}
+
+/// Renders the registry in Prometheus' text format.
+pub fn render(registry: &Registry) -> String {
+    let mut buf = Vec::new();
+    let encoder = TextEncoder::new();
+    // Encoding into a Vec cannot fail for well-formed metric families.
+    let _ = encoder.encode(&registry.gather(), &mut buf);
+    String::from_utf8(buf).unwrap_or_default()
+}
+
+/// An axum response with the registry's metrics.
+pub fn metrics_response(registry: &Registry) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        render(registry),
+    )
+        .into_response()
+}
+
+/// Serves `/metrics` (and `/healthz`) on `addr` until the task is dropped.
+/// Returns the bound address (useful with port 0).
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    registry: Registry,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), TelemetryError> {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| TelemetryError::Bind { addr, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| TelemetryError::Bind { addr, source })?;
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let r = registry.clone();
+                async move { metrics_response(&r) }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok" }));
+    let handle = tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            tracing::error!(error = %e, "metrics server stopped");
+        }
+    });
+    Ok((bound, handle))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn metrics_are_served_over_http() {
+        let registry = Registry::new();
+        let c = prometheus::IntCounter::new("tally_test_events_total", "test").unwrap();
+        registry.register(Box::new(c.clone())).unwrap();
+        c.inc_by(3);
+        let (addr, _h) = serve_metrics("127.0.0.1:0".parse().unwrap(), registry)
+            .await
+            .unwrap();
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        let mut body = String::new();
+        stream.read_to_string(&mut body).await.unwrap();
+        assert!(body.contains("tally_test_events_total 3"), "{body}");
+    }
+}
