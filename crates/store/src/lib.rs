@@ -1,1 +1,241 @@
-//! tally-store (under construction).
+//! The Postgres adapter: tally's ledger, budgets and their projections.
+//!
+//! A thin, typed layer over sqlx. The money rules themselves live in the
+//! pure crates (`tally-ledger` for what a generation's net debit is,
+//! `tally-budget` for periods, scopes and thresholds); this crate applies
+//! them to whole batches with set-based SQL inside one transaction and keeps
+//! the tables consistent with each other.
+//!
+//! Modules:
+//! * [`ledger`]: applying a batch of facts (the projector's transaction).
+//! * [`budgets`]: creating, changing and archiving budgets, including
+//!   booking the already recorded generations into a new budget.
+//! * [`queries`]: read models for the HTTP API.
+//! * [`outbox`]: derived events waiting to be published.
+//!
+//! # Invariants
+//!
+//! * `ledger_entries` is append-only (a trigger refuses UPDATE and DELETE).
+//! * At most one debit and one adjustment per budget and generation
+//!   (`UNIQUE (budget_id, generation_id, kind)`): a redelivered, duplicated
+//!   or replayed message cannot post twice.
+//! * For every budget period, `budget_periods.spent_usd` equals the sum of
+//!   its entries, and for every matching budget the entries of a generation
+//!   sum to `generations.debited_usd` (conservation, DESIGN.md rule 7).
+//! * Derived events (ledger.posted, threshold alerts) are written to the
+//!   outbox in the same transaction as the entries they describe.
+//!
+//! # Decisions
+//!
+//! * **Lock order.** A projector batch takes, in this order: a *shared*
+//!   advisory lock per organisation (sorted), the rows of its generations
+//!   (`FOR UPDATE`, sorted by id), then the budget period rows (upserted in
+//!   `(budget_id, period_start)` order). Creating a budget takes the
+//!   organisation's lock *exclusively*, so the recorded generations it books
+//!   are exactly those committed before it, and every later batch sees the
+//!   new budget. Projector instances never block each other on the org lock
+//!   and always take row locks in the same order, so they cannot deadlock;
+//!   if Postgres still reports a deadlock or serialization failure, the
+//!   batch is retried ([`StoreError::is_transient`]).
+//! * **Budget scope and period are immutable.** Changing them would move
+//!   money already booked between budgets; create a new budget instead.
+//!   Archiving stops counting generations completed after the archive time,
+//!   which a replay reproduces exactly.
+//! * **`NUMERIC(38, 20)`.** Exact, and wide enough for every amount
+//!   `tally-money` accepts and for sums of billions of them.
+//! * **Replays rebuild into a schema.** [`Store::connect_in_schema`] points
+//!   a store at another schema (search_path), so `tally replay` can rebuild
+//!   the projections beside the live ones and compare them.
+
+pub mod budgets;
+pub mod ledger;
+pub mod outbox;
+pub mod queries;
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{ConnectOptions, PgPool};
+
+pub use budgets::{Budget, BudgetPatch, NewBudget};
+pub use ledger::{BatchOutcome, FactInput, FactOutcome, PostedEntry};
+
+/// Errors of the store. Each maps to a stable [`code`](StoreError::code).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database URL is not valid.
+    #[error("invalid database URL: {0}")]
+    InvalidUrl(String),
+    /// Could not connect or the connection broke.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
+    /// A migration failed.
+    #[error("migration failed: {0}")]
+    Migration(String),
+    /// Deadlock or serialization failure: retry the transaction.
+    #[error("transient conflict, retry: {0}")]
+    Transient(String),
+    /// A row the caller named does not exist.
+    #[error("{what} not found")]
+    NotFound {
+        /// What was looked for.
+        what: &'static str,
+    },
+    /// The request conflicts with stored state.
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// The input breaks a rule (budget definition, scope, ...).
+    #[error("invalid {field}: {reason}")]
+    Invalid {
+        /// The offending field.
+        field: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// Stored data violates an invariant (a bug or manual tampering).
+    #[error("corrupt data: {0}")]
+    Corrupt(String),
+    /// Any other database error.
+    #[error("database error: {0}")]
+    Database(String),
+}
+
+impl StoreError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            StoreError::InvalidUrl(_) => "invalid_database_url",
+            StoreError::Unavailable(_) => "database_unavailable",
+            StoreError::Migration(_) => "migration_failed",
+            StoreError::Transient(_) => "transient_conflict",
+            StoreError::NotFound { .. } => "not_found",
+            StoreError::Conflict(_) => "conflict",
+            StoreError::Invalid { .. } => "invalid_input",
+            StoreError::Corrupt(_) => "corrupt_data",
+            StoreError::Database(_) => "database_error",
+        }
+    }
+
+    /// Whether retrying the same work may succeed (deadlock, serialization
+    /// failure, lost connection).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Transient(_) | StoreError::Unavailable(_))
+    }
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        match &e {
+            sqlx::Error::Database(db) => match db.code().as_deref() {
+                // serialization_failure, deadlock_detected
+                Some("40001") | Some("40P01") => StoreError::Transient(db.to_string()),
+                Some("23505") => StoreError::Conflict(db.to_string()),
+                Some(c) if c.starts_with("08") || c.starts_with("57") => {
+                    StoreError::Unavailable(db.to_string())
+                }
+                _ => StoreError::Database(db.to_string()),
+            },
+            sqlx::Error::Io(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
+            sqlx::Error::RowNotFound => StoreError::NotFound { what: "row" },
+            sqlx::Error::Configuration(_) => StoreError::InvalidUrl(e.to_string()),
+            _ => StoreError::Database(e.to_string()),
+        }
+    }
+}
+
+/// The migrations of tally's schema, embedded in the binary.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A handle on tally's Postgres database.
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: PgPool,
+}
+
+impl Store {
+    /// Connects a pool of at most `max_connections` to `url`.
+    pub async fn connect(url: &str, max_connections: u32) -> Result<Store, StoreError> {
+        Self::connect_in_schema(url, max_connections, None).await
+    }
+
+    /// Connects with `search_path` set to `schema` (created if missing), so
+    /// that every table lives there: used by `tally replay` to rebuild
+    /// projections beside the live ones.
+    pub async fn connect_in_schema(
+        url: &str,
+        max_connections: u32,
+        schema: Option<&str>,
+    ) -> Result<Store, StoreError> {
+        let mut opts: PgConnectOptions = url
+            .parse()
+            .map_err(|e: sqlx::Error| StoreError::InvalidUrl(e.to_string()))?;
+        opts = opts.log_statements(tracing::log::LevelFilter::Trace);
+        if let Some(schema) = schema {
+            if !schema
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            {
+                return Err(StoreError::Invalid {
+                    field: "schema",
+                    reason: format!("{schema:?} must be lowercase letters, digits and _"),
+                });
+            }
+            let admin = PgPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .connect_with(opts.clone())
+                .await?;
+            sqlx::query(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+                .execute(&admin)
+                .await?;
+            admin.close().await;
+            opts = opts.options([("search_path", schema)]);
+        }
+        let pool = PgPoolOptions::new()
+            .max_connections(max_connections.max(1))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        Ok(Store { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: PgPool) -> Store {
+        Store { pool }
+    }
+
+    /// The underlying pool.
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    /// Applies pending migrations. Idempotent.
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        MIGRATOR
+            .run(&self.pool)
+            .await
+            .map_err(|e| StoreError::Migration(e.to_string()))
+    }
+
+    /// Whether the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+}
+
+/// The advisory-lock key of an organisation (see the lock order in the
+/// crate docs).
+pub(crate) fn org_lock_key(org_id: &str) -> i64 {
+    // FNV-1a, 64 bit: stable across processes and versions (unlike std's hasher).
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in b"tally.org:".iter().chain(org_id.as_bytes()) {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}

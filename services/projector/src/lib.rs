@@ -1,1 +1,510 @@
-//! tally-projector (under construction).
+//! The ledger projector: turns generation and cost events into ledger
+//! entries, one Postgres transaction per batch of messages.
+//!
+//! Two pull loops (completed events; reconciled/unresolved events) each
+//! repeat: fetch up to `batch_size` messages → decode (bad ones go to
+//! `<prefix>.deadletter.projector` with a reason) → apply the good ones in
+//! one transaction ([`tally_store::Store::apply_batch`]) → ack every message
+//! → wake the outbox publisher, which publishes `ledger.posted` and
+//! threshold alerts from the outbox.
+//!
+//! # Invariants
+//!
+//! * A message is acked only after the transaction that applied it has
+//!   committed, or after it is on the dead-letter subject.
+//! * Nothing blocks the messages behind a bad one: decode errors are
+//!   dead-lettered individually; a batch the database refuses for a reason
+//!   other than a transient one is split until the offending message is
+//!   isolated and dead-lettered (`store_rejected`).
+//! * A database outage never turns into dead letters: the batch is retried
+//!   with backoff and nothing is acked until it commits.
+//!
+//! # Decisions
+//!
+//! * **Two loops, one rule set.** Completed and cost events live in
+//!   different streams (see `tally-bus`); order between them does not matter
+//!   (money rule 4), so each has its own durable consumer and loop.
+//! * **Batch size 1000, short fetch wait.** Large enough to amortise the
+//!   fsync of a commit over many messages (DESIGN.md, Infrastructure), small
+//!   enough that a batch commits in tens of milliseconds and memory stays
+//!   bounded (at most `batch_size` messages per loop in memory, whatever the
+//!   backlog).
+//! * **Conflicting actuals are applied partially and dead-lettered.** A
+//!   completed event whose actual differs from the known one still places
+//!   the generation (its budgets and period); the refused figure is
+//!   reported on the dead letters with reason `conflicting_actual_cost`.
+
+pub mod metrics;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tally_bus::{Bus, ConsumerName, Delivery};
+use tally_events::{AnyEvent, CloudEvent, GenerationCompleted};
+use tally_ledger::{Fact, Placement};
+use tally_store::ledger::{CompletedDetails, PostingOptions};
+use tally_store::{BatchOutcome, FactInput, FactOutcome, Store, StoreError};
+use tokio::sync::{watch, Notify};
+
+pub use metrics::Metrics;
+
+/// The service name used in dead-letter subjects and metrics.
+pub const SERVICE: &str = "projector";
+
+/// Errors that stop the projector (everything else is retried or
+/// dead-lettered).
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    /// The bus failed in a way retrying did not fix.
+    #[error("bus: {0}")]
+    Bus(#[from] tally_bus::BusError),
+    /// The store failed in a way retrying did not fix.
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+}
+
+impl ProjectorError {
+    /// Stable machine-readable code.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProjectorError::Bus(e) => e.code(),
+            ProjectorError::Store(e) => e.code(),
+        }
+    }
+}
+
+/// Projector settings.
+#[derive(Debug, Clone)]
+pub struct ProjectorConfig {
+    /// Most messages per transaction.
+    pub batch_size: usize,
+    /// How long a fetch waits for the first message.
+    pub fetch_wait: Duration,
+    /// Subject prefix.
+    pub prefix: String,
+}
+
+impl Default for ProjectorConfig {
+    fn default() -> Self {
+        ProjectorConfig {
+            batch_size: 1000,
+            fetch_wait: Duration::from_millis(500),
+            prefix: "tally".into(),
+        }
+    }
+}
+
+/// A running projector's shared parts.
+#[derive(Clone)]
+pub struct Projector {
+    bus: Bus,
+    store: Store,
+    cfg: ProjectorConfig,
+    metrics: Arc<Metrics>,
+    outbox_wake: Arc<Notify>,
+}
+
+impl Projector {
+    /// Wires a projector. Register `metrics` in the process registry.
+    pub fn new(bus: Bus, store: Store, cfg: ProjectorConfig, metrics: Arc<Metrics>) -> Projector {
+        Projector {
+            bus,
+            store,
+            cfg,
+            metrics,
+            outbox_wake: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Runs both consumer loops and the outbox publisher until `shutdown`
+    /// becomes true. In-flight batches finish (commit and ack) first.
+    pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), ProjectorError> {
+        let completed = tokio::spawn(
+            self.clone()
+                .consume(ConsumerName::ProjectorCompleted, shutdown.clone()),
+        );
+        let costs = tokio::spawn(
+            self.clone()
+                .consume(ConsumerName::ProjectorCosts, shutdown.clone()),
+        );
+        let outbox = tokio::spawn(self.clone().publish_outbox(shutdown.clone()));
+        let gauges = tokio::spawn(self.clone().watch_pending(shutdown));
+        let mut result = Ok(());
+        for h in [completed, costs, outbox, gauges] {
+            match h.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => result = Err(e),
+                Err(join) => tracing::error!(error = %join, "projector task panicked"),
+            }
+        }
+        result
+    }
+
+    async fn consume(
+        self,
+        name: ConsumerName,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ProjectorError> {
+        let consumer = retry_forever("projector consumer", &mut shutdown, || {
+            self.bus.consumer(name)
+        })
+        .await;
+        let Some(consumer) = consumer else {
+            return Ok(());
+        };
+        tracing::info!(consumer = name.durable(), "projector consuming");
+        while !*shutdown.borrow() {
+            let batch = tokio::select! {
+                r = consumer.fetch(self.cfg.batch_size, self.cfg.fetch_wait) => r,
+                _ = shutdown.changed() => break,
+            };
+            let batch = match batch {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!(error = %e, code = e.code(), "fetch failed; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            if batch.is_empty() {
+                continue;
+            }
+            self.process_batch(batch).await;
+        }
+        Ok(())
+    }
+
+    /// Decodes, applies, dead-letters and acks one batch. Never returns
+    /// before every message of the batch is either applied and acked,
+    /// dead-lettered and acked, or left unacked for redelivery (database
+    /// down).
+    pub async fn process_batch(&self, batch: Vec<Delivery>) {
+        self.metrics.batch_size.observe(batch.len() as f64);
+        let mut good: Vec<(Delivery, FactInput, &'static str)> = Vec::with_capacity(batch.len());
+        for d in batch {
+            match decode(&self.cfg.prefix, &d) {
+                Ok((fact, ty)) => good.push((d, fact, ty)),
+                Err((reason, detail)) => self.dead_letter(&d, reason, &detail, "invalid").await,
+            }
+        }
+        self.apply(good).await;
+        self.outbox_wake.notify_one();
+    }
+
+    /// Applies decoded messages; isolates a message the database refuses.
+    async fn apply(&self, msgs: Vec<(Delivery, FactInput, &'static str)>) {
+        if msgs.is_empty() {
+            return;
+        }
+        let facts: Vec<FactInput> = msgs.iter().map(|m| m.1.clone()).collect();
+        let opts = PostingOptions {
+            prefix: self.cfg.prefix.clone(),
+            source: "tally/projector".into(),
+            publish: true,
+        };
+        let mut delay = Duration::from_millis(100);
+        let outcome = loop {
+            let started = std::time::Instant::now();
+            match self.store.apply_batch(&facts, &opts).await {
+                Ok(o) => {
+                    self.metrics
+                        .commit_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    break Ok(o);
+                }
+                Err(e) if e.is_transient() => {
+                    self.metrics.retries.with_label_values(&[e.code()]).inc();
+                    tracing::warn!(error = %e, code = e.code(), "batch not applied; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        match outcome {
+            Ok(outcome) => self.finish(msgs, outcome).await,
+            Err(e) if msgs.len() == 1 => {
+                let (d, _, _) = &msgs[0];
+                tracing::error!(error = %e, code = e.code(), "message refused by the store");
+                self.dead_letter(d, "store_rejected", &e.to_string(), "rejected")
+                    .await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, n = msgs.len(), "batch refused; splitting to isolate the cause");
+                let mut msgs = msgs;
+                let right = msgs.split_off(msgs.len() / 2);
+                Box::pin(self.apply(msgs)).await;
+                Box::pin(self.apply(right)).await;
+            }
+        }
+    }
+
+    async fn finish(&self, msgs: Vec<(Delivery, FactInput, &'static str)>, outcome: BatchOutcome) {
+        self.metrics.record_outcome(&outcome);
+        let mut acks = Vec::with_capacity(msgs.len());
+        for ((d, _, ty), result) in msgs.iter().zip(&outcome.outcomes) {
+            let label = match result {
+                FactOutcome::Applied => "applied",
+                FactOutcome::Duplicate => "duplicate",
+                FactOutcome::ConflictingActual { kept, refused } => {
+                    let detail = format!(
+                        "actual cost {refused} refused: {kept} is already recorded for this generation"
+                    );
+                    self.dead_letter(d, "conflicting_actual_cost", &detail, "conflict")
+                        .await;
+                    continue;
+                }
+                FactOutcome::OrgMismatch { recorded } => {
+                    let detail = format!("generation is recorded under organisation {recorded}");
+                    self.dead_letter(d, "generation_org_mismatch", &detail, "rejected")
+                        .await;
+                    continue;
+                }
+            };
+            self.metrics.events.with_label_values(&[ty, label]).inc();
+            acks.push(d);
+        }
+        let results = futures::future::join_all(acks.iter().map(|d| d.ack())).await;
+        for r in results {
+            if let Err(e) = r {
+                // The effect is committed; a redelivery is a harmless duplicate.
+                tracing::warn!(error = %e, "ack failed; the message will be redelivered and ignored");
+            }
+        }
+    }
+
+    async fn dead_letter(
+        &self,
+        d: &Delivery,
+        reason: &'static str,
+        detail: &str,
+        outcome: &'static str,
+    ) {
+        let ty = type_label(d.subject(), &self.cfg.prefix);
+        self.metrics.events.with_label_values(&[ty, outcome]).inc();
+        self.metrics.dead_letters.with_label_values(&[reason]).inc();
+        tracing::warn!(
+            reason,
+            detail,
+            subject = d.subject(),
+            "dead-lettering message"
+        );
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.bus.dead_letter(SERVICE, d, reason, detail).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "dead letter not published; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+        if let Err(e) = d.ack().await {
+            tracing::warn!(error = %e, "ack of dead-lettered message failed; it will be dead-lettered again (same id)");
+        }
+    }
+
+    async fn publish_outbox(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ProjectorError> {
+        loop {
+            // Drain everything there is, then wait for a wake-up or a tick.
+            loop {
+                match self.publish_outbox_once(500).await {
+                    Ok(0) => break,
+                    Ok(_) => continue,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "outbox publishing failed; will retry");
+                        break;
+                    }
+                }
+            }
+            if *shutdown.borrow() {
+                return Ok(());
+            }
+            tokio::select! {
+                _ = self.outbox_wake.notified() => {}
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+    }
+
+    /// Publishes up to `limit` outbox rows; returns how many.
+    pub async fn publish_outbox_once(&self, limit: i64) -> Result<usize, ProjectorError> {
+        let claim = self.store.claim_outbox(limit).await?;
+        let n = claim.messages.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let results = futures::future::join_all(claim.messages.iter().map(|m| {
+            self.bus
+                .publish(&m.subject, &m.msg_id, bytes_of(&m.payload))
+        }))
+        .await;
+        for r in results {
+            r?;
+        }
+        claim.mark_published().await?;
+        self.metrics.outbox_published.inc_by(n as u64);
+        Ok(n)
+    }
+
+    async fn watch_pending(
+        self,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), ProjectorError> {
+        while !*shutdown.borrow() {
+            for name in [
+                ConsumerName::ProjectorCompleted,
+                ConsumerName::ProjectorCosts,
+            ] {
+                if let Ok(n) = self.bus.pending(name).await {
+                    self.metrics
+                        .pending
+                        .with_label_values(&[name.durable()])
+                        .set(n as i64);
+                }
+            }
+            if let Ok(n) = self.store.outbox_backlog().await {
+                self.metrics.outbox_backlog.set(n);
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = shutdown.changed() => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn bytes_of(v: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(v)
+}
+
+/// A bounded label for the message's event type, from its subject.
+fn type_label(subject: &str, prefix: &str) -> &'static str {
+    let rest = subject.strip_prefix(prefix).unwrap_or(subject);
+    if rest.starts_with(".generation.completed.") {
+        "generation.completed"
+    } else if rest.starts_with(".cost.reconciled.") {
+        "cost.reconciled"
+    } else if rest.starts_with(".cost.unresolved.") {
+        "cost.unresolved"
+    } else {
+        "other"
+    }
+}
+
+/// Turns a message into a ledger fact, or a dead-letter reason and detail.
+pub fn decode(
+    prefix: &str,
+    d: &Delivery,
+) -> Result<(FactInput, &'static str), (&'static str, String)> {
+    let ev = tally_events::decode(prefix, d.subject(), d.payload())
+        .map_err(|e| (e.code(), e.to_string()))?;
+    Ok(match ev {
+        AnyEvent::Completed(ev) => (completed_fact(ev), "generation.completed"),
+        AnyEvent::Reconciled(ev) => (
+            FactInput {
+                generation_id: ev.data.generation_id,
+                org_id: ev.data.org_id,
+                fact: Fact::Reconciled {
+                    actual: ev.data.actual_cost_usd,
+                },
+                details: None,
+            },
+            "cost.reconciled",
+        ),
+        AnyEvent::Unresolved(ev) => (
+            FactInput {
+                generation_id: ev.data.generation_id,
+                org_id: ev.data.org_id,
+                fact: Fact::Unresolved {
+                    reason: ev.data.reason,
+                },
+                details: None,
+            },
+            "cost.unresolved",
+        ),
+        other => {
+            return Err((
+                "unexpected_type",
+                format!("the projector does not consume {}", other_type(&other)),
+            ))
+        }
+    })
+}
+
+fn other_type(ev: &AnyEvent) -> &'static str {
+    match ev {
+        AnyEvent::Requested(_) => "tally.generation.requested.v1",
+        AnyEvent::Failed(_) => "tally.generation.failed.v1",
+        AnyEvent::Result(_) => "tally.generation.result.v1",
+        AnyEvent::LedgerPosted(_) => "tally.ledger.posted.v1",
+        AnyEvent::ThresholdCrossed(_) => "tally.budget.threshold_crossed.v1",
+        _ => "this event type",
+    }
+}
+
+fn completed_fact(ev: CloudEvent<GenerationCompleted>) -> FactInput {
+    let g = ev.data;
+    FactInput {
+        details: Some(CompletedDetails {
+            provider: g.provider.clone(),
+            status: status_str(&g),
+            is_byok: g.is_byok,
+        }),
+        fact: Fact::Completed {
+            placement: Placement {
+                org_id: g.org_id.clone(),
+                agent_id: g.agent_id.clone(),
+                session_id: g.session_id.clone(),
+                user_id: g.user_id.clone(),
+                model: g.model.clone(),
+                completed_at: g.completed_at,
+            },
+            estimate: g.estimated_cost_usd,
+            actual: g.actual_cost_usd,
+        },
+        generation_id: g.generation_id,
+        org_id: g.org_id,
+    }
+}
+
+fn status_str(g: &GenerationCompleted) -> String {
+    serde_json::to_value(&g.status)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_else(|| "completed".into())
+}
+
+/// Retries `f` with backoff until it succeeds or shutdown is requested.
+async fn retry_forever<T, E: std::fmt::Display, Fut>(
+    what: &str,
+    shutdown: &mut watch::Receiver<bool>,
+    mut f: impl FnMut() -> Fut,
+) -> Option<T>
+where
+    Fut: std::future::Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match f().await {
+            Ok(v) => return Some(v),
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} not ready; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => return None,
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+        if *shutdown.borrow() {
+            return None;
+        }
+    }
+}

@@ -1,0 +1,357 @@
+//! Budgets: definition, changes, archiving, and booking the generations
+//! already recorded into a new budget.
+//!
+//! # Invariants
+//!
+//! * A budget's organisation, scope, period kind and time zone never change
+//!   after creation (see the crate's `# Decisions`).
+//! * Creating a budget books every recorded generation in its scope, under
+//!   the organisation's exclusive lock, in the same transaction: a budget is
+//!   never visible without the generations it counts.
+//! * Archiving sets `archived_at`; generations completed from then on no
+//!   longer count. Nothing is deleted.
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use rust_decimal::Decimal;
+use sqlx::postgres::PgRow;
+use sqlx::{Postgres, Row, Transaction};
+use tally_budget::{
+    parse_timezone, period_containing, validate_limit, validate_thresholds, Enforcement,
+    PeriodKind, Scope,
+};
+use tally_ledger::{Basis, EntryKind};
+use uuid::Uuid;
+
+use crate::ledger::{post, Posting, PostingOptions};
+use crate::{org_lock_key, Store, StoreError};
+
+/// A stored budget.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budget {
+    /// Budget id (`bud_…`), usable in subjects.
+    pub id: String,
+    /// Organisation.
+    pub org_id: String,
+    /// Display name.
+    pub name: String,
+    /// Which generations count.
+    pub scope: Scope,
+    /// Period kind.
+    pub period: PeriodKind,
+    /// IANA time zone name of the periods.
+    pub timezone: String,
+    /// The parsed time zone.
+    pub tz: Tz,
+    /// Spending limit per period.
+    pub limit_usd: Decimal,
+    /// Alert thresholds in percent of the limit, ascending.
+    pub thresholds: Vec<u32>,
+    /// Hard budgets block new generations when exhausted; soft ones only alert.
+    pub enforcement: Enforcement,
+    /// Creation time.
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    pub updated_at: DateTime<Utc>,
+    /// Archive time, if archived.
+    pub archived_at: Option<DateTime<Utc>>,
+}
+
+/// A budget to create (already validated by [`NewBudget::validate`]).
+#[derive(Debug, Clone)]
+pub struct NewBudget {
+    /// Organisation.
+    pub org_id: String,
+    /// Display name.
+    pub name: String,
+    /// Which generations count.
+    pub scope: Scope,
+    /// Period kind.
+    pub period: PeriodKind,
+    /// IANA time zone name.
+    pub timezone: String,
+    /// Limit per period.
+    pub limit_usd: Decimal,
+    /// Thresholds in percent.
+    pub thresholds: Vec<u32>,
+    /// Enforcement.
+    pub enforcement: Enforcement,
+}
+
+/// Changes to a budget; `None` leaves a field as it is.
+#[derive(Debug, Clone, Default)]
+pub struct BudgetPatch {
+    /// New name.
+    pub name: Option<String>,
+    /// New limit.
+    pub limit_usd: Option<Decimal>,
+    /// New thresholds.
+    pub thresholds: Option<Vec<u32>>,
+    /// New enforcement.
+    pub enforcement: Option<Enforcement>,
+}
+
+fn is_valid_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> StoreError {
+    StoreError::Invalid {
+        field,
+        reason: reason.into(),
+    }
+}
+
+fn validate_name(name: &str) -> Result<(), StoreError> {
+    if name.trim().is_empty() || name.chars().count() > 200 {
+        return Err(invalid("name", "must be 1 to 200 characters"));
+    }
+    Ok(())
+}
+
+impl NewBudget {
+    /// Checks every field; the error names the first bad one.
+    pub fn validate(&mut self) -> Result<(), StoreError> {
+        if !is_valid_id(&self.org_id) {
+            return Err(invalid("org_id", "must match ^[A-Za-z0-9_-]{1,64}$"));
+        }
+        validate_name(&self.name)?;
+        parse_timezone(&self.timezone).map_err(|e| invalid("timezone", e.to_string()))?;
+        self.limit_usd =
+            validate_limit(self.limit_usd).map_err(|e| invalid("limit_usd", e.to_string()))?;
+        self.thresholds = validate_thresholds(&self.thresholds)
+            .map_err(|e| invalid("thresholds_percent", e.to_string()))?;
+        for (field, v) in [
+            ("scope.agent_id", &self.scope.agent_id),
+            ("scope.session_id", &self.scope.session_id),
+            ("scope.user_id", &self.scope.user_id),
+            ("scope.model", &self.scope.model),
+        ] {
+            if let Some(v) = v {
+                if v.is_empty() || v.len() > 256 {
+                    return Err(invalid(field, "must be 1 to 256 characters"));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+const COLUMNS: &str = "id, org_id, name, agent_id, session_id, user_id, model, period, timezone, \
+                       limit_usd, thresholds_percent, enforcement, created_at, updated_at, archived_at";
+
+fn from_row(r: &PgRow) -> Result<Budget, StoreError> {
+    let timezone: String = r.try_get("timezone")?;
+    let period: String = r.try_get("period")?;
+    let enforcement: String = r.try_get("enforcement")?;
+    let thresholds: Vec<i32> = r.try_get("thresholds_percent")?;
+    let corrupt = |what: &str| StoreError::Corrupt(format!("budget has invalid {what}"));
+    Ok(Budget {
+        id: r.try_get("id")?,
+        org_id: r.try_get("org_id")?,
+        name: r.try_get("name")?,
+        scope: Scope {
+            agent_id: r.try_get("agent_id")?,
+            session_id: r.try_get("session_id")?,
+            user_id: r.try_get("user_id")?,
+            model: r.try_get("model")?,
+        },
+        period: PeriodKind::from_str(&period).map_err(|_| corrupt("period"))?,
+        tz: parse_timezone(&timezone).map_err(|_| corrupt("timezone"))?,
+        timezone,
+        limit_usd: r.try_get("limit_usd")?,
+        thresholds: thresholds.into_iter().map(|t| t.max(0) as u32).collect(),
+        enforcement: Enforcement::from_str(&enforcement).map_err(|_| corrupt("enforcement"))?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+        archived_at: r.try_get("archived_at")?,
+    })
+}
+
+/// Every budget (archived too) of the given organisations.
+pub(crate) async fn load_for_orgs(
+    tx: &mut Transaction<'_, Postgres>,
+    orgs: &[String],
+) -> Result<Vec<Arc<Budget>>, StoreError> {
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM budgets WHERE org_id = ANY($1) ORDER BY id"
+    ))
+    .bind(orgs)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(|r| from_row(r).map(Arc::new)).collect()
+}
+
+impl Store {
+    /// Creates a budget and books every recorded generation in its scope
+    /// into it (see the module docs). Returns the budget and the number of
+    /// generations booked.
+    pub async fn create_budget(
+        &self,
+        mut nb: NewBudget,
+        opts: &PostingOptions,
+    ) -> Result<(Budget, u64), StoreError> {
+        nb.validate()?;
+        let id = format!("bud_{}", Uuid::now_v7().simple());
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(org_lock_key(&nb.org_id))
+            .execute(&mut *tx)
+            .await?;
+        let thresholds: Vec<i32> = nb.thresholds.iter().map(|t| *t as i32).collect();
+        let row = sqlx::query(&format!(
+            "INSERT INTO budgets (id, org_id, name, agent_id, session_id, user_id, model, period, \
+                 timezone, limit_usd, thresholds_percent, enforcement) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
+        ))
+        .bind(&id)
+        .bind(&nb.org_id)
+        .bind(&nb.name)
+        .bind(&nb.scope.agent_id)
+        .bind(&nb.scope.session_id)
+        .bind(&nb.scope.user_id)
+        .bind(&nb.scope.model)
+        .bind(nb.period.as_str())
+        .bind(&nb.timezone)
+        .bind(nb.limit_usd)
+        .bind(&thresholds)
+        .bind(nb.enforcement.as_str())
+        .fetch_one(&mut *tx)
+        .await?;
+        let budget = Arc::new(from_row(&row)?);
+
+        // Book the recorded generations in scope.
+        let rows = sqlx::query(
+            "SELECT generation_id, completed_at, debited_usd, basis FROM generations \
+             WHERE org_id = $1 AND completed_at IS NOT NULL \
+               AND ($2::text IS NULL OR agent_id = $2) AND ($3::text IS NULL OR session_id = $3) \
+               AND ($4::text IS NULL OR user_id = $4) AND ($5::text IS NULL OR model = $5) \
+             ORDER BY completed_at, generation_id",
+        )
+        .bind(&budget.org_id)
+        .bind(&budget.scope.agent_id)
+        .bind(&budget.scope.session_id)
+        .bind(&budget.scope.user_id)
+        .bind(&budget.scope.model)
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut postings = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let completed_at: DateTime<Utc> = r.try_get("completed_at")?;
+            let amount: Decimal = r.try_get("debited_usd")?;
+            let basis: String = r.try_get("basis")?;
+            let basis = Basis::parse(&basis)
+                .ok_or_else(|| StoreError::Corrupt(format!("generation basis {basis:?}")))?;
+            let (d_actual, d_estimate) = match basis {
+                Basis::Actual => (amount, Decimal::ZERO),
+                Basis::Estimate => (Decimal::ZERO, amount),
+                Basis::None => (Decimal::ZERO, Decimal::ZERO),
+            };
+            postings.push(Posting {
+                budget: budget.clone(),
+                generation_id: r.try_get("generation_id")?,
+                kind: EntryKind::Debit,
+                basis,
+                amount,
+                d_actual,
+                d_estimate,
+                period: period_containing(budget.period, budget.tz, completed_at),
+            });
+        }
+        let booked = postings.len() as u64;
+        post(&mut tx, postings, opts, Uuid::now_v7(), Utc::now()).await?;
+        tx.commit().await?;
+        Ok((Arc::unwrap_or_clone(budget), booked))
+    }
+
+    /// One budget by id.
+    pub async fn get_budget(&self, id: &str) -> Result<Budget, StoreError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM budgets WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(self.pool())
+            .await?
+            .ok_or(StoreError::NotFound { what: "budget" })?;
+        from_row(&row)
+    }
+
+    /// The budgets of an organisation, oldest first.
+    pub async fn list_budgets(
+        &self,
+        org_id: &str,
+        include_archived: bool,
+    ) -> Result<Vec<Budget>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {COLUMNS} FROM budgets WHERE org_id = $1 AND ($2 OR archived_at IS NULL) \
+             ORDER BY created_at, id"
+        ))
+        .bind(org_id)
+        .bind(include_archived)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter().map(from_row).collect()
+    }
+
+    /// Changes name, limit, thresholds or enforcement.
+    pub async fn update_budget(&self, id: &str, patch: BudgetPatch) -> Result<Budget, StoreError> {
+        if let Some(name) = &patch.name {
+            validate_name(name)?;
+        }
+        let limit = match patch.limit_usd {
+            Some(l) => Some(validate_limit(l).map_err(|e| invalid("limit_usd", e.to_string()))?),
+            None => None,
+        };
+        let thresholds = match &patch.thresholds {
+            Some(t) => Some(
+                validate_thresholds(t)
+                    .map_err(|e| invalid("thresholds_percent", e.to_string()))?
+                    .into_iter()
+                    .map(|t| t as i32)
+                    .collect::<Vec<i32>>(),
+            ),
+            None => None,
+        };
+        let row = sqlx::query(&format!(
+            "UPDATE budgets SET name = COALESCE($2, name), limit_usd = COALESCE($3, limit_usd), \
+                 thresholds_percent = COALESCE($4, thresholds_percent), \
+                 enforcement = COALESCE($5, enforcement), updated_at = now() \
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .bind(&patch.name)
+        .bind(limit)
+        .bind(thresholds)
+        .bind(patch.enforcement.map(|e| e.as_str()))
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::NotFound { what: "budget" })?;
+        from_row(&row)
+    }
+
+    /// Archives a budget (idempotent: the first archive time stays).
+    pub async fn archive_budget(&self, id: &str) -> Result<Budget, StoreError> {
+        let budget = self.get_budget(id).await?;
+        // Under the organisation's exclusive lock, so no batch that still
+        // sees the budget unarchived is in flight (replays must agree).
+        let mut tx = self.pool().begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(org_lock_key(&budget.org_id))
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(&format!(
+            "UPDATE budgets SET archived_at = COALESCE(archived_at, now()), updated_at = now() \
+             WHERE id = $1 RETURNING {COLUMNS}"
+        ))
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or(StoreError::NotFound { what: "budget" })?;
+        tx.commit().await?;
+        from_row(&row)
+    }
+}
