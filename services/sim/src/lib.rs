@@ -1,1 +1,254 @@
-//! tally-sim (under construction).
+//! An OpenRouter simulator: a real HTTP server that answers like OpenRouter,
+//! with its delays and faults, for tests, demos and load generation
+//! (`tally sim openrouter`).
+//!
+//! ```text
+//! GET  /api/v1/generation?id=…   statistics: 404 until ready, then 200; faults on request
+//! GET  /api/v1/models            the model catalog (fixtures/models.json)
+//! POST /sim/generations          register a generation (admin, JSON)
+//! POST /sim/generations/batch    register many
+//! GET  /sim/stats[?id=…]         call counters
+//! POST /sim/reset                forget everything
+//! ```
+//!
+//! In a test:
+//!
+//! ```no_run
+//! # async fn f() -> std::io::Result<()> {
+//! use tally_sim::{SimConfig, SimGeneration, Simulator};
+//! let sim = Simulator::start(SimConfig::ephemeral()).await?;
+//! sim.simulator().register_generation(SimGeneration::new("gen-1", "0.000123".parse().unwrap()));
+//! let base_url = sim.base_url(); // "http://127.0.0.1:PORT/api/v1"
+//! // … point a client at base_url …
+//! sim.shutdown().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Modules
+//!
+//! The router lives here; each endpoint has its own module ([`generation`],
+//! [`models`], [`admin`]), sharing [`state`] (known generations, scripts,
+//! faults, counters), [`config`] and the number rendering in [`number`].
+//! New endpoints (`/responses`, `/chat/completions`) add a module and a route.
+//!
+//! # Decisions
+//!
+//! * **Costs are written with their exact digits** as JSON numbers, in the
+//!   JavaScript rendering OpenRouter's backend uses (`1.425e-7` below
+//!   `1e-6`), so clients are tested on the real wire form; the text is made
+//!   by moving the decimal point of a `Decimal`, never through a double.
+//! * **Unknown generations answer 404 forever**, like OpenRouter for an id it
+//!   never saw: a client cannot tell "unknown" from "not yet" — exactly the
+//!   situation the reconciler's deadline exists for.
+//! * **Faults are seeded and float-free** (see [`config`]), so a failing
+//!   load run can be replayed.
+//! * **The admin endpoints need no key** and are not OpenRouter's; the
+//!   simulator listens on loopback by default.
+
+use std::{future::Future, io, net::SocketAddr, sync::Arc};
+
+use axum::{
+    routing::{get, post},
+    Router,
+};
+use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
+
+pub mod admin;
+pub mod config;
+pub mod generation;
+pub mod models;
+pub mod number;
+mod reply;
+pub mod state;
+
+pub use admin::{GenerationSpec, RegisteredGeneration, SimStats};
+pub use config::{Fraction, NumberFormat, SimArgs, SimConfig};
+pub use state::{ScriptedReply, SimGeneration};
+
+/// The simulator: configuration and shared state. Cheap to clone (an `Arc`).
+#[derive(Debug, Clone)]
+pub struct Simulator {
+    pub(crate) shared: Arc<state::Shared>,
+}
+
+impl Simulator {
+    /// A simulator with `cfg` (nothing listens yet: see [`serve`](Self::serve)
+    /// or [`start`](Self::start)).
+    pub fn new(cfg: SimConfig) -> Self {
+        Simulator {
+            shared: Arc::new(state::Shared::new(cfg)),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SimConfig {
+        &self.shared.cfg
+    }
+
+    /// The HTTP routes, for embedding in another server or a test.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/api/v1/generation", get(generation::get_generation))
+            .route("/api/v1/models", get(models::get_models))
+            .route("/sim/generations", post(admin::post_generation))
+            .route(
+                "/sim/generations/batch",
+                post(admin::post_generations_batch),
+            )
+            .route("/sim/stats", get(admin::get_stats))
+            .route("/sim/reset", post(admin::post_reset))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `listener` until the process ends.
+    pub async fn serve(self, listener: TcpListener) -> io::Result<()> {
+        self.serve_with_shutdown(listener, std::future::pending())
+            .await
+    }
+
+    /// Serves on `listener` until `shutdown` completes, then finishes the
+    /// requests in flight.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> io::Result<()> {
+        axum::serve(listener, self.router())
+            .with_graceful_shutdown(shutdown)
+            .await
+    }
+
+    /// Binds [`SimConfig::addr`] and serves in a background task.
+    pub async fn start(cfg: SimConfig) -> io::Result<RunningSim> {
+        let listener = TcpListener::bind(cfg.addr).await?;
+        let addr = listener.local_addr()?;
+        let sim = Simulator::new(cfg);
+        let (tx, rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(sim.clone().serve_with_shutdown(listener, async move {
+            let _ = rx.await;
+        }));
+        tracing::info!(%addr, "OpenRouter simulator listening");
+        Ok(RunningSim {
+            addr,
+            sim,
+            shutdown: Some(tx),
+            task: Some(task),
+        })
+    }
+
+    /// Registers (or replaces) a generation. Its call counter is kept; its
+    /// script starts from the beginning.
+    pub fn register_generation(&self, g: SimGeneration) {
+        self.shared.register(g);
+    }
+
+    /// A generation with a random, realistic cost (BYOK at the configured
+    /// rate), not yet registered.
+    pub fn random_generation(&self, id: impl Into<String>) -> SimGeneration {
+        self.shared.random_generation(id.into(), None)
+    }
+
+    /// The registered generation `id`, if any.
+    pub fn generation(&self, id: &str) -> Option<SimGeneration> {
+        self.shared.generation(id)
+    }
+
+    /// `/generation` requests for `id` so far (any answer, including 401).
+    pub fn calls(&self, generation_id: &str) -> u64 {
+        self.shared.calls(generation_id)
+    }
+
+    /// `/generation` requests so far, for any id.
+    pub fn total_calls(&self) -> u64 {
+        self.shared.counters.generation_requests()
+    }
+}
+
+/// A simulator serving in the background (see [`Simulator::start`]).
+/// Dropping it stops the server.
+#[derive(Debug)]
+pub struct RunningSim {
+    addr: SocketAddr,
+    sim: Simulator,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<io::Result<()>>>,
+}
+
+impl RunningSim {
+    /// The address it listens on.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The OpenRouter API base URL: `http://<addr>/api/v1`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}/api/v1", self.addr)
+    }
+
+    /// The root URL (for the `/sim/…` admin endpoints): `http://<addr>`.
+    pub fn root_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The simulator's state (register generations, read counters).
+    pub fn simulator(&self) -> &Simulator {
+        &self.sim
+    }
+
+    /// Stops accepting, finishes the requests in flight, and returns the
+    /// server's result.
+    pub async fn shutdown(mut self) -> io::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => task.await.map_err(io::Error::other)?,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for RunningSim {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}
+
+/// Runs the simulator as `tally sim openrouter` does: listens on
+/// `args.addr` until Ctrl-C (or SIGTERM on Unix).
+pub async fn run(args: SimArgs) -> io::Result<()> {
+    let cfg = SimConfig::from(args);
+    let listener = TcpListener::bind(cfg.addr).await?;
+    tracing::info!(
+        addr = %listener.local_addr()?,
+        stats_delay = ?cfg.stats_delay,
+        "OpenRouter simulator listening; base URL http://{}/api/v1",
+        listener.local_addr()?
+    );
+    Simulator::new(cfg)
+        .serve_with_shutdown(listener, shutdown_signal())
+        .await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,58 @@
+//! A thin, typed client for the parts of OpenRouter's HTTP API tally uses.
+//!
+//! * [`OpenRouterClient::generation`] — `GET /generation?id=…`: what a
+//!   generation actually cost ([`GenerationStats`], with
+//!   [`GenerationStats::actual_cost`] applying the BYOK rule).
+//! * [`OpenRouterClient::models`] — `GET /models`: the catalog and its
+//!   per-token prices ([`ModelInfo`], [`Pricing`], [`Price`]).
+//!
+//! Every failure is an [`OpenRouterError`] with a stable
+//! [`code`](OpenRouterError::code), a retry verdict and the server's
+//! `Retry-After`. The client does not retry by itself: callers (the
+//! reconciler, the worker) own their retry policy and deadline.
+//!
+//! ```no_run
+//! # async fn f() -> Result<(), tally_openrouter::OpenRouterError> {
+//! use tally_openrouter::{ClientConfig, OpenRouterClient};
+//! let client = OpenRouterClient::new(
+//!     ClientConfig::new("https://openrouter.ai/api/v1").with_api_key("sk-or-…"),
+//! )?;
+//! let stats = client.generation("gen-123").await?;
+//! println!("{} USD", stats.actual_cost());
+//! # Ok(()) }
+//! ```
+//!
+//! # Modules
+//!
+//! * [`client`] — configuration and shared HTTP plumbing (auth, timeouts,
+//!   bounded bodies, status mapping). New endpoints add `impl
+//!   OpenRouterClient` blocks in their own module.
+//! * [`generation`], [`models`] — one module per endpoint.
+//! * [`error`] — [`OpenRouterError`] and `Retry-After` parsing.
+//!
+//! # Decisions
+//!
+//! * **404 from `/generation` is "not yet", not "never".** OpenRouter
+//!   publishes generation statistics seconds (sometimes much longer) after
+//!   the generation ends, and answers 404 until then. The client reports
+//!   [`OpenRouterError::NotYet`], retryable; the caller's deadline decides
+//!   when to give up.
+//! * **Costs are parsed from the literal text of the JSON number**, never via
+//!   `f64` (DESIGN.md money rule 1): a double keeps ~15–17 significant digits
+//!   and OpenRouter sends 17, sometimes in exponent form (`1.425e-7`). A cost
+//!   that cannot be read exactly (a string, negative, too many decimals)
+//!   makes the reply [`OpenRouterError::Malformed`]: never a wrong cost.
+//! * **`Retry-After` is honoured but capped** at [`MAX_RETRY_AFTER`]
+//!   (5 minutes) so that an absurd header cannot stall a service.
+//! * **BYOK is real money** (DESIGN.md rule 8): the actual cost of a BYOK
+//!   generation is OpenRouter's fee plus the upstream provider's bill.
+
+pub mod client;
+pub mod error;
+pub mod generation;
+pub mod models;
+
+pub use client::{ClientConfig, OpenRouterClient, DEFAULT_BASE_URL};
+pub use error::{parse_retry_after, OpenRouterError, MAX_RETRY_AFTER};
+pub use generation::GenerationStats;
+pub use models::{ModelInfo, Price, Pricing};

@@ -1,0 +1,240 @@
+//! The simulator's HTTP surface, over real HTTP on 127.0.0.1, as a separate
+//! process (the load generator, an end-to-end test) would use it.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+use tally_sim::{RegisteredGeneration, RunningSim, SimConfig, SimStats, Simulator};
+
+async fn start(cfg: SimConfig) -> RunningSim {
+    Simulator::start(cfg).await.unwrap()
+}
+
+async fn get_generation(sim: &RunningSim, id: &str, key: Option<&str>) -> reqwest::Response {
+    let mut req = reqwest::Client::new()
+        .get(format!("{}/generation", sim.base_url()))
+        .query(&[("id", id)]);
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    req.send().await.unwrap()
+}
+
+async fn register(sim: &RunningSim, body: Value) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{}/sim/generations", sim.root_url()))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn admin_registration_then_exact_wire_numbers() {
+    let sim = start(SimConfig::ephemeral()).await;
+    let resp = register(
+        &sim,
+        json!({"id": "gen-1", "total_cost": "0.0000001425", "upstream_inference_cost": "0.00000285",
+               "is_byok": true, "ready_after_ms": 0}),
+    )
+    .await;
+    assert_eq!(resp.status(), 201);
+    let r: RegisteredGeneration = resp.json().await.unwrap();
+    assert_eq!(r.total_cost_wire, "1.425e-7");
+    assert_eq!(r.actual_cost.to_string(), "0.0000029925");
+
+    let resp = get_generation(&sim, "gen-1", Some("sk")).await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/json");
+    let text = resp.text().await.unwrap();
+    assert!(text.contains(r#""total_cost":1.425e-7"#), "{text}");
+    assert!(text.contains(r#""usage":1.425e-7"#), "{text}");
+    assert!(
+        text.contains(r#""upstream_inference_cost":0.00000285"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""is_byok":true"#), "{text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["data"]["id"], "gen-1");
+
+    // 17 significant digits, plain.
+    register(
+        &sim,
+        json!({"id": "gen-2", "total_cost": "0.00012345678901234567", "ready_after_ms": 0}),
+    )
+    .await;
+    let text = get_generation(&sim, "gen-2", Some("sk"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#""total_cost":0.00012345678901234567,"#),
+        "{text}"
+    );
+    assert!(text.contains(r#""upstream_inference_cost":null"#), "{text}");
+}
+
+#[tokio::test]
+async fn admin_rejects_bad_input() {
+    let sim = start(SimConfig::ephemeral()).await;
+    // Money is a decimal string on tally's side, never a JSON number.
+    for body in [
+        json!({"id": "g", "total_cost": 0.1}),
+        json!({"id": "g", "total_cost": "-0.1"}),
+        json!({"id": "g", "total_cost": "1e-7"}),
+        json!({"id": "g", "script": ["explode"]}),
+        json!({"id": "g", "unknown_field": 1}),
+        json!({"total_cost": "0.1"}),
+    ] {
+        let status = register(&sim, body.clone()).await.status();
+        assert!(status.is_client_error(), "{body}: {status}");
+    }
+    assert_eq!(register(&sim, json!({"id": ""})).await.status(), 400);
+    let stats: SimStats = reqwest::get(format!("{}/sim/stats", sim.root_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats.generations_registered, 0);
+}
+
+#[tokio::test]
+async fn random_generations_batch_and_stats() {
+    let sim = start(SimConfig {
+        seed: Some(3),
+        ..SimConfig::ephemeral()
+    })
+    .await;
+    let specs: Vec<Value> = (0..20).map(|i| json!({"id": format!("gen-{i}")})).collect();
+    let resp = reqwest::Client::new()
+        .post(format!("{}/sim/generations/batch", sim.root_url()))
+        .json(&specs)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let regs: Vec<RegisteredGeneration> = resp.json().await.unwrap();
+    assert_eq!(regs.len(), 20);
+    for r in &regs {
+        let text = get_generation(&sim, &r.id, Some("k"))
+            .await
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            text.contains(&format!(r#""total_cost":{},"#, r.total_cost_wire)),
+            "{text}"
+        );
+        let parsed = tally_money::parse_json_number(&r.total_cost_wire).unwrap();
+        assert_eq!(parsed, r.total_cost);
+    }
+    let _ = get_generation(&sim, "gen-0", None).await;
+    let stats: SimStats = reqwest::get(format!("{}/sim/stats?id=gen-0", sim.root_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stats.generation_requests, 21);
+    assert_eq!(stats.replies["ok"], 20);
+    assert_eq!(stats.replies["unauthorized"], 1);
+    assert_eq!(stats.generations_registered, 20);
+    assert_eq!(stats.calls, Some(2));
+
+    let resp = reqwest::Client::new()
+        .post(format!("{}/sim/reset", sim.root_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 204);
+    assert_eq!(sim.simulator().total_calls(), 0);
+    assert_eq!(get_generation(&sim, "gen-0", Some("k")).await.status(), 404);
+}
+
+#[tokio::test]
+async fn error_replies_look_like_openrouter() {
+    let sim = start(SimConfig {
+        stats_delay: Duration::from_secs(60),
+        retry_after: Duration::from_millis(1500),
+        ..SimConfig::ephemeral()
+    })
+    .await;
+    // Not ready yet: 404 with OpenRouter's body.
+    register(&sim, json!({"id": "gen-w"})).await;
+    let resp = get_generation(&sim, "gen-w", Some("k")).await;
+    assert_eq!(resp.status(), 404);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(
+        v,
+        json!({"error": {"code": 404, "message": "Generation gen-w not found"}})
+    );
+
+    // No key: 401.
+    let resp = get_generation(&sim, "gen-w", None).await;
+    assert_eq!(resp.status(), 401);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["code"], 401);
+
+    // No id: 400.
+    let resp = reqwest::Client::new()
+        .get(format!("{}/generation", sim.base_url()))
+        .bearer_auth("k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+
+    // 429 with Retry-After rounded up to whole seconds.
+    register(&sim, json!({"id": "gen-r", "script": ["rate_limited"]})).await;
+    let resp = get_generation(&sim, "gen-r", Some("k")).await;
+    assert_eq!(resp.status(), 429);
+    assert_eq!(resp.headers()["retry-after"], "2");
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["error"]["metadata"]["error_type"], "rate_limit_exceeded");
+}
+
+#[tokio::test]
+async fn models_catalog_is_served_verbatim() {
+    let sim = start(SimConfig::ephemeral()).await;
+    let text = reqwest::get(format!("{}/models", sim.base_url()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(text, tally_sim::models::CATALOG_JSON);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["data"][2]["pricing"]["prompt"], "-1");
+}
+
+#[tokio::test]
+async fn shutdown_is_clean() {
+    let sim = start(SimConfig::ephemeral()).await;
+    let addr = sim.addr();
+    sim.shutdown().await.unwrap();
+    assert!(reqwest::get(format!("http://{addr}/api/v1/models"))
+        .await
+        .is_err());
+}
+
+#[tokio::test]
+async fn truncated_replies_never_break_a_character() {
+    let sim = start(SimConfig::ephemeral()).await;
+    for n in 0..8 {
+        let id = format!("gen-{}", "é".repeat(n * 7 + 1));
+        register(
+            &sim,
+            json!({"id": id, "total_cost": "0.5", "script": ["malformed"]}),
+        )
+        .await;
+        let resp = get_generation(&sim, &id, Some("k")).await;
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+        // The next reply is the real one.
+        let resp = get_generation(&sim, &id, Some("k")).await;
+        assert_eq!(resp.status(), 200);
+    }
+}
