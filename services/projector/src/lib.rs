@@ -119,19 +119,22 @@ impl Projector {
     /// Runs both consumer loops and the outbox publisher until `shutdown`
     /// becomes true. In-flight batches finish (commit and ack) first.
     pub async fn run(self, shutdown: watch::Receiver<bool>) -> Result<(), ProjectorError> {
-        let completed = tokio::spawn(
+        // A JoinSet aborts its tasks when dropped: if this future is dropped
+        // (the process is going away), no loop outlives it.
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(
             self.clone()
                 .consume(ConsumerName::ProjectorCompleted, shutdown.clone()),
         );
-        let costs = tokio::spawn(
+        tasks.spawn(
             self.clone()
                 .consume(ConsumerName::ProjectorCosts, shutdown.clone()),
         );
-        let outbox = tokio::spawn(self.clone().publish_outbox(shutdown.clone()));
-        let gauges = tokio::spawn(self.clone().watch_pending(shutdown));
+        tasks.spawn(self.clone().publish_outbox(shutdown.clone()));
+        tasks.spawn(self.clone().watch_pending(shutdown));
         let mut result = Ok(());
-        for h in [completed, costs, outbox, gauges] {
-            match h.await {
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
                 Ok(Ok(())) => {}
                 Ok(Err(e)) => result = Err(e),
                 Err(join) => tracing::error!(error = %join, "projector task panicked"),
