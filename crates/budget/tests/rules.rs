@@ -57,6 +57,7 @@ fn validate_thresholds_sorts_dedups_and_bounds() {
 #[test]
 fn thresholds_crossed_table() {
     let t = [50, 80, 100];
+    #[rustfmt::skip]
     let rows: &[(&str, &str, &str, &[u32])] = &[
         // limit, before, after, crossed
         ("10", "0", "4.99", &[]),
@@ -77,62 +78,17 @@ fn thresholds_crossed_table() {
         ("0.000001", "0", "0.00000099999999999999", &[50, 80]),
         ("0.000001", "0", "0.000001", &[50, 80, 100]),
         // Exactly at the boundary with many fractional digits.
-        (
-            "0.00000000000000000003",
-            "0",
-            "0.000000000000000000015",
-            &[50],
-        ),
-        (
-            "0.00000000000000000003",
-            "0",
-            "0.000000000000000000024",
-            &[50, 80],
-        ),
-        (
-            "0.00000000000000000003",
-            "0",
-            "0.000000000000000000023",
-            &[50],
-        ),
+        ("0.00000000000000000003", "0", "0.000000000000000000015", &[50]),
+        ("0.00000000000000000003", "0", "0.000000000000000000024", &[50, 80]),
+        ("0.00000000000000000003", "0", "0.000000000000000000023", &[50]),
         // Large limits with full precision: no rounding.
-        (
-            "99999999.99999999999999999999",
-            "0",
-            "49999999.999999999999999999995",
-            &[50],
-        ),
-        (
-            "99999999.99999999999999999999",
-            "0",
-            "49999999.99999999999999999999",
-            &[],
-        ),
+        ("99999999.99999999999999999999", "0", "49999999.999999999999999999995", &[50]),
+        ("99999999.99999999999999999999", "0", "49999999.99999999999999999999", &[]),
         // 80 % is 79999999.999999999999999999992 (29 digits).
-        (
-            "99999999.99999999999999999999",
-            "0",
-            "79999999.99999999999999999999",
-            &[50],
-        ),
-        (
-            "99999999.99999999999999999999",
-            "79999999.99999999999999999999",
-            "80000000",
-            &[80],
-        ),
-        (
-            "99999999.99999999999999999999",
-            "0",
-            "99999999.99999999999999999999",
-            &[50, 80, 100],
-        ),
-        (
-            "99999999.99999999999999999999",
-            "0",
-            "99999999.9999999999999999999",
-            &[50, 80],
-        ),
+        ("99999999.99999999999999999999", "0", "79999999.99999999999999999999", &[50]),
+        ("99999999.99999999999999999999", "79999999.99999999999999999999", "80000000", &[80]),
+        ("99999999.99999999999999999999", "0", "99999999.99999999999999999999", &[50, 80, 100]),
+        ("99999999.99999999999999999999", "0", "99999999.9999999999999999999", &[50, 80]),
         // Trailing zeros do not matter.
         ("10.000", "0.00", "5.0000", &[50]),
     ];
@@ -310,6 +266,7 @@ fn validate_limit_accepts_costs_only() {
 
 #[test]
 fn exhaustion_and_enforcement() {
+    #[rustfmt::skip]
     let rows = [
         // limit, spent, exhausted
         ("10", "0", false),
@@ -369,6 +326,7 @@ const G_BARE: GenerationFacts<'static> = GenerationFacts {
 
 #[test]
 fn scope_matching_table() {
+    #[rustfmt::skip]
     let rows = [
         // scope, matches G, matches G_BARE
         (scope(None, None, None, None), true, true),
@@ -379,42 +337,18 @@ fn scope_matching_table() {
         (scope(None, None, Some("user-9"), None), true, false),
         (scope(None, None, Some("USER-9"), None), false, false), // case matters
         (scope(None, None, None, Some("openai/gpt-4o")), true, false),
-        (
-            scope(None, None, None, Some("anthropic/claude-sonnet-4")),
-            false,
-            true,
-        ),
+        (scope(None, None, None, Some("anthropic/claude-sonnet-4")), false, true),
         (scope(None, None, None, Some("openai/gpt-4")), false, false), // no prefix match
-        (
-            scope(
-                Some("agent-a"),
-                Some("sess-1"),
-                Some("user-9"),
-                Some("openai/gpt-4o"),
-            ),
+        (scope( Some("agent-a"), Some("sess-1"), Some("user-9"), Some("openai/gpt-4o")),
             true,
             false,
         ),
-        (
-            scope(
-                Some("agent-a"),
-                Some("sess-1"),
-                Some("user-9"),
-                Some("openai/gpt-4o-mini"),
-            ),
+        (scope( Some("agent-a"), Some("sess-1"), Some("user-9"), Some("openai/gpt-4o-mini")),
             false,
             false,
         ),
-        (
-            scope(Some("agent-a"), None, Some("user-8"), None),
-            false,
-            false,
-        ),
-        (
-            scope(Some("agent-a"), None, None, Some("openai/gpt-4o")),
-            true,
-            false,
-        ),
+        (scope(Some("agent-a"), None, Some("user-8"), None), false, false),
+        (scope(Some("agent-a"), None, None, Some("openai/gpt-4o")), true, false),
         (scope(Some(""), None, None, None), false, false), // "" is not "unset"
     ];
     for (s, m, m_bare) in rows {
