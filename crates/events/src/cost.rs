@@ -1,0 +1,115 @@
+//! Payloads of the reconciler: the actual cost of a generation was found
+//! ([`CostReconciled`]) or could not be found in time ([`CostUnresolved`]).
+//!
+//! # Invariants
+//!
+//! * `actual_cost_usd` is the whole actual cost of the generation: OpenRouter's
+//!   `total_cost`, plus `upstream_inference_cost` when BYOK (DESIGN.md money
+//!   rule 8). Both parts are kept so the sum can be audited.
+//! * All amounts are costs (≥ 0), exact decimals.
+//!
+//! # Decisions
+//!
+//! * **Giving up is an event.** [`CostUnresolved`] makes "we will never know"
+//!   explicit: the estimate stands and the generation is flagged, instead of
+//!   waiting forever for an answer that will not come.
+//! * **The arithmetic is not re-checked here.** Whether `actual = total +
+//!   upstream` depends on OpenRouter's BYOK semantics, which the reconciler
+//!   owns; the wire contract only guarantees that each figure is an exact,
+//!   non-negative amount.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::{Deserialize, Serialize};
+
+use crate::check;
+use crate::{EventError, EventType, Payload};
+
+/// `tally.cost.reconciled.v1`: the reconciler learnt the actual cost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostReconciled {
+    /// OpenRouter's generation id.
+    pub generation_id: String,
+    /// The org that pays.
+    pub org_id: String,
+    /// The total actual cost (`total_cost_usd` + upstream cost when BYOK).
+    #[serde(with = "tally_money::serde_cost")]
+    pub actual_cost_usd: Decimal,
+    /// OpenRouter's `total_cost`.
+    #[serde(with = "tally_money::serde_cost")]
+    pub total_cost_usd: Decimal,
+    /// OpenRouter's `upstream_inference_cost` (BYOK); JSON `null`, required,
+    /// when absent.
+    #[serde(with = "tally_money::serde_cost::opt")]
+    pub upstream_inference_cost_usd: Option<Decimal>,
+    /// Whether the org's own provider key served it.
+    pub is_byok: bool,
+    /// Lookups it took (≥ 1).
+    pub attempts: u32,
+    /// When the reconciler got the answer.
+    #[serde(with = "check::rfc3339")]
+    pub reconciled_at: DateTime<Utc>,
+}
+
+impl Payload for CostReconciled {
+    const TYPE: EventType = EventType::CostReconciled;
+
+    fn org_id(&self) -> &str {
+        &self.org_id
+    }
+
+    fn validate(&self) -> Result<(), EventError> {
+        check::reference("data.generation_id", &self.generation_id)?;
+        check::id("data.org_id", &self.org_id)?;
+        check::cost("data.actual_cost_usd", &self.actual_cost_usd)?;
+        check::cost("data.total_cost_usd", &self.total_cost_usd)?;
+        check::opt_cost(
+            "data.upstream_inference_cost_usd",
+            self.upstream_inference_cost_usd.as_ref(),
+        )?;
+        check::range("data.attempts", self.attempts, 1, u32::MAX)?;
+        Ok(())
+    }
+}
+
+/// `tally.cost.unresolved.v1`: the reconciler gave up learning the actual
+/// cost; the estimate (if any) stands.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CostUnresolved {
+    /// OpenRouter's generation id.
+    pub generation_id: String,
+    /// The org that pays.
+    pub org_id: String,
+    /// Why: `deadline_exceeded`, `not_found`, `malformed_reply`,
+    /// `upstream_error`, ... (snake_case).
+    pub reason: String,
+    /// Lookups made.
+    pub attempts: u32,
+    /// HTTP status of the last lookup (100..=599); JSON `null`, required,
+    /// when none got an answer.
+    #[serde(deserialize_with = "check::required_nullable")]
+    pub last_status: Option<u16>,
+    /// When the reconciler gave up.
+    #[serde(with = "check::rfc3339")]
+    pub gave_up_at: DateTime<Utc>,
+}
+
+impl Payload for CostUnresolved {
+    const TYPE: EventType = EventType::CostUnresolved;
+
+    fn org_id(&self) -> &str {
+        &self.org_id
+    }
+
+    fn validate(&self) -> Result<(), EventError> {
+        check::reference("data.generation_id", &self.generation_id)?;
+        check::id("data.org_id", &self.org_id)?;
+        check::code("data.reason", &self.reason)?;
+        if let Some(status) = self.last_status {
+            check::range("data.last_status", status, 100, 599)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,292 @@
+//! Decoder behaviour beyond the schema examples: subject checks, bodies that
+//! are not events at all, error paths and codes.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use serde_json::{json, Value};
+use tally_events::*;
+
+fn example(ty: &str, name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../schemas/examples")
+        .join(ty)
+        .join("valid")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn completed() -> Value {
+    example("tally.generation.completed.v1", "priced-17-digit-cost.json")
+}
+
+fn alert() -> Value {
+    example(
+        "tally.budget.threshold_crossed.v1",
+        "eighty-percent-17-digit.json",
+    )
+}
+
+fn body(v: &Value) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap()
+}
+
+fn code(r: Result<AnyEvent, EventError>) -> &'static str {
+    r.expect_err("should be refused").code()
+}
+
+#[test]
+fn subject_must_carry_the_events_org() {
+    let b = body(&completed());
+    assert!(decode("tally", "tally.generation.completed.acme", &b).is_ok());
+    for wrong in [
+        "tally.generation.completed.other",
+        "tally.generation.completed.acme.extra",
+        "tally.generation.completed",
+        "tally.cost.reconciled.acme",
+        "other.generation.completed.acme",
+        "tally.generation.completed.*",
+        "tally.generation.completed.>",
+        "",
+    ] {
+        let err = decode("tally", wrong, &b).unwrap_err();
+        assert_eq!(err.code(), "subject_mismatch", "{wrong}");
+        assert_eq!(
+            err,
+            EventError::SubjectMismatch {
+                subject: wrong.to_owned(),
+                expected: "tally.generation.completed.acme".to_owned(),
+            }
+        );
+    }
+    // The prefix is configuration.
+    assert!(decode("prod.tally", "prod.tally.generation.completed.acme", &b).is_ok());
+}
+
+#[test]
+fn alert_subject_must_carry_org_and_budget() {
+    let b = body(&alert());
+    assert!(decode("tally", "tally.budget.alert.acme.b1", &b).is_ok());
+    for wrong in [
+        "tally.budget.alert.acme.b2",
+        "tally.budget.alert.other.b1",
+        "tally.budget.alert.acme",
+        "tally.budget.threshold_crossed.acme.b1",
+    ] {
+        assert_eq!(
+            code(decode("tally", wrong, &b)),
+            "subject_mismatch",
+            "{wrong}"
+        );
+    }
+}
+
+#[test]
+fn org_token_check_cannot_be_bypassed_with_a_crafted_org_id() {
+    let mut doc = completed();
+    doc["data"]["org_id"] = json!("acme.b");
+    let err = decode("tally", "tally.generation.completed.acme.b", &body(&doc)).unwrap_err();
+    assert_eq!(err.code(), "invalid_id");
+    assert_eq!(err.field(), Some("data.org_id"));
+}
+
+#[test]
+fn not_json_is_malformed_json() {
+    for b in [
+        &b""[..],
+        b"not json",
+        b"{\"specversion\":",
+        b"\xff\xfe",
+        b"{} trailing",
+    ] {
+        assert_eq!(
+            code(decode("tally", "tally.x.y", b)),
+            "malformed_json",
+            "{b:?}"
+        );
+    }
+    // Deep nesting is refused, not a stack overflow.
+    let deep = "[".repeat(100_000);
+    assert_eq!(
+        code(decode("tally", "s", deep.as_bytes())),
+        "malformed_json"
+    );
+}
+
+#[test]
+fn json_that_is_not_an_event_is_an_invalid_envelope() {
+    for b in ["[]", "1", "\"x\"", "null", "{}"] {
+        let err = decode("tally", "s", b.as_bytes()).unwrap_err();
+        assert_eq!(err.code(), "invalid_envelope", "{b}");
+    }
+}
+
+#[test]
+fn unknown_and_wrong_types() {
+    let mut doc = completed();
+    doc["type"] = json!("tally.generation.completed.v9");
+    let err = decode("tally", "tally.generation.completed.acme", &body(&doc)).unwrap_err();
+    assert_eq!(err.code(), "unknown_type");
+    assert_eq!(
+        err.to_string(),
+        "type: unknown event type \"tally.generation.completed.v9\""
+    );
+
+    doc["type"] = json!(7);
+    assert_eq!(code(decode("tally", "s", &body(&doc))), "invalid_envelope");
+
+    let b = body(&completed());
+    let err =
+        decode_as::<CostReconciled>("tally", "tally.generation.completed.acme", &b).unwrap_err();
+    assert_eq!(err.code(), "wrong_type");
+    let ok =
+        decode_as::<GenerationCompleted>("tally", "tally.generation.completed.acme", &b).unwrap();
+    assert_eq!(ok.data.org_id, "acme");
+}
+
+/// Changes a valid event into an invalid one.
+type Mutation = fn(&mut Value);
+
+#[test]
+fn errors_name_the_field() {
+    let cases: Vec<(Mutation, &str, &str)> = vec![
+        (
+            |d| d["data"]["actual_cost_usd"] = json!(0.1),
+            "invalid_money",
+            "data.actual_cost_usd",
+        ),
+        (
+            |d| d["data"]["usage"]["extra"] = json!(1),
+            "invalid_data",
+            "data.usage.extra",
+        ),
+        (
+            |d| d["data"]["usage"] = json!({}),
+            "invalid_data",
+            "data.usage.prompt_tokens",
+        ),
+        (
+            |d| d["data"]["usage"]["cached_tokens"] = json!("3"),
+            "invalid_data",
+            "data.usage.cached_tokens",
+        ),
+        (
+            |d| d["data"]["agent_id"] = json!(""),
+            "invalid_data",
+            "data.agent_id",
+        ),
+        (
+            |d| d["data"]["request_id"] = json!("a b"),
+            "invalid_id",
+            "data.request_id",
+        ),
+        (
+            |d| d["time"] = json!("2025-05-01 12:00:00Z"),
+            "invalid_envelope",
+            "time",
+        ),
+        (|d| d["source"] = json!(null), "invalid_envelope", "source"),
+    ];
+    for (mutate, want_code, want_field) in cases {
+        let mut doc = completed();
+        mutate(&mut doc);
+        let err = decode("tally", "tally.generation.completed.acme", &body(&doc)).unwrap_err();
+        assert_eq!(err.code(), want_code, "{err}");
+        assert_eq!(err.field(), Some(want_field), "{err}");
+        assert!(err.to_string().starts_with(want_field), "{err}");
+    }
+
+    let mut doc = completed();
+    doc["data"]["actual_cost_usd"] = json!(0.1);
+    let err = decode("tally", "tally.generation.completed.acme", &body(&doc)).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "data.actual_cost_usd: money must be a JSON string such as \"0.000123\", not a JSON number"
+    );
+    assert_eq!(err.money_code(), Some("amount_not_string"));
+
+    let mut doc = example(
+        "tally.ledger.posted.v1",
+        "mixed-entries-17-digit-adjustment.json",
+    );
+    doc["data"]["entries"][1]["amount_usd"] = json!("1.0e-3");
+    let err = decode("tally", "tally.ledger.posted.acme", &body(&doc)).unwrap_err();
+    assert_eq!(err.field(), Some("data.entries[1].amount_usd"));
+    assert_eq!(err.money_code(), Some("invalid_amount"));
+
+    doc = example(
+        "tally.ledger.posted.v1",
+        "mixed-entries-17-digit-adjustment.json",
+    );
+    doc["data"]["entries"][0]["period_end"] = doc["data"]["entries"][0]["period_start"].clone();
+    let err = decode("tally", "tally.ledger.posted.acme", &body(&doc)).unwrap_err();
+    assert_eq!(err.field(), Some("data.entries[0].period_end"));
+}
+
+#[test]
+fn exact_money_survives_decoding() {
+    let event = decode(
+        "tally",
+        "tally.generation.completed.acme",
+        &body(&completed()),
+    )
+    .unwrap();
+    let AnyEvent::Completed(e) = event else {
+        panic!("not completed")
+    };
+    assert_eq!(
+        e.data.actual_cost_usd.unwrap().to_string(),
+        "0.00012345678901234567"
+    );
+    assert!(!e.data.is_byok);
+    assert_eq!(e.data.status, GenerationStatus::Completed);
+}
+
+#[test]
+fn body_only_decoding_skips_the_subject_but_nothing_else() {
+    let doc = example("tally.generation.result.v1", "completed.json");
+    let e = decode_body_as::<GenerationResult>(&body(&doc)).unwrap();
+    assert_eq!(e.data.status, ResultStatus::Completed);
+    let mut bad = doc.clone();
+    bad["data"]["org_id"] = json!("a.b");
+    assert_eq!(
+        decode_body_as::<GenerationResult>(&body(&bad))
+            .unwrap_err()
+            .code(),
+        "invalid_id"
+    );
+    assert_eq!(
+        decode_body_as::<GenerationCompleted>(&body(&doc))
+            .unwrap_err()
+            .code(),
+        "wrong_type"
+    );
+}
+
+#[test]
+fn any_event_accessors() {
+    let e = decode("tally", "tally.budget.alert.acme.b1", &body(&alert())).unwrap();
+    assert_eq!(e.event_type(), EventType::BudgetThresholdCrossed);
+    assert_eq!(e.org_id(), "acme");
+    assert_eq!(e.id(), alert()["id"]);
+    assert_eq!(e.source(), "/tally/projector");
+    assert_eq!(e.bus_subject("tally"), "tally.budget.alert.acme.b1");
+    assert_eq!(e.time().to_rfc3339(), "2025-05-01T12:00:10+00:00");
+}
+
+#[test]
+fn wire_enums_parse_their_database_spelling() {
+    for k in EntryKind::ALL {
+        assert_eq!(EntryKind::from_str(k.as_str()).unwrap(), *k);
+    }
+    for b in Basis::ALL {
+        assert_eq!(b.as_str().parse::<Basis>().unwrap(), *b);
+        assert_eq!(serde_json::to_value(b).unwrap(), json!(b.as_str()));
+    }
+    for s in GenerationStatus::ALL {
+        assert_eq!(s.to_string().parse::<GenerationStatus>().unwrap(), *s);
+    }
+    assert_eq!(Capacity::ByokFirst.as_str(), "byok_first");
+    let err = "credit".parse::<EntryKind>().unwrap_err();
+    assert_eq!(err.to_string(), "unknown EntryKind \"credit\"");
+}
