@@ -56,6 +56,7 @@ use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 pub mod admin;
 pub mod config;
 pub mod generation;
+pub mod load;
 pub mod models;
 pub mod number;
 mod reply;
