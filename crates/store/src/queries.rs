@@ -1,0 +1,456 @@
+//! Read models for the HTTP API: budget period totals, a budget's journal,
+//! generations with their entries, spend aggregates and budget checks.
+//!
+//! Every method is one or two set-based statements; nothing here writes.
+//! Money stays `Decimal` (`NUMERIC` in Postgres) end to end: sums are taken
+//! by Postgres in `NUMERIC` and decoded into `Decimal` without rounding.
+//!
+//! # Invariants
+//!
+//! * A period without a `budget_periods` row has spent nothing: its totals
+//!   are zeros, never an error (a budget with no generations yet).
+//! * [`Store::budget_entries`] pages by `entry_id` (UUID v7, time-ordered),
+//!   so a page boundary never splits or repeats an entry.
+//! * The entries of a generation are read only from budgets of the
+//!   generation's own organisation.
+//!
+//! # Decisions
+//!
+//! * **Keyset pagination, not offsets.** The journal is append-only and
+//!   grows while a client pages through it; a cursor (the last `entry_id`
+//!   seen) is stable where an offset would shift.
+//! * **Spend comes from `generations`, not from the journal.** Spend per
+//!   model, agent, user or day is a property of the organisation's
+//!   generations, independent of which budgets exist; summing the journal
+//!   would count a generation once per matching budget.
+//! * **An unknown check field matches no budget that sets it.** A budget
+//!   check that omits (say) `model` cannot know the model, so a budget
+//!   scoped to one model is not applied to it; that is the same rule
+//!   [`tally_budget::Scope::matches`] applies to a generation that lacks a
+//!   field.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+use tally_budget::{period_containing, GenerationFacts, Period};
+use tally_ledger::{Basis, CostState, EntryKind};
+use uuid::Uuid;
+
+use crate::budgets::Budget;
+use crate::{Store, StoreError};
+
+/// The totals of one budget period.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PeriodTotals {
+    /// Everything debited in the period (`actual + estimated`).
+    pub spent_usd: Decimal,
+    /// The part of `spent_usd` booked at actual cost.
+    pub spent_actual_usd: Decimal,
+    /// The part of `spent_usd` booked at estimated cost.
+    pub spent_estimated_usd: Decimal,
+    /// Generations counted in the period.
+    pub generations: i64,
+}
+
+/// One journal entry as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryRow {
+    /// Entry id (UUID v7, time-ordered).
+    pub entry_id: Uuid,
+    /// Budget the entry belongs to.
+    pub budget_id: String,
+    /// Generation the entry is about.
+    pub generation_id: String,
+    /// Debit or adjustment.
+    pub kind: EntryKind,
+    /// Basis of the generation's net debit after this entry.
+    pub basis: Basis,
+    /// Amount (an adjustment may be negative).
+    pub amount_usd: Decimal,
+    /// The budget period the entry counts in.
+    pub period: Period,
+    /// When it was posted.
+    pub posted_at: DateTime<Utc>,
+    /// The projector batch (or budget creation) that posted it.
+    pub batch_id: Uuid,
+}
+
+/// A generation as the ledger knows it, with its journal entries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationView {
+    /// OpenRouter's generation id.
+    pub generation_id: String,
+    /// Organisation.
+    pub org_id: String,
+    /// Agent scope, if any.
+    pub agent_id: Option<String>,
+    /// Session scope, if any.
+    pub session_id: Option<String>,
+    /// End user, if any.
+    pub user_id: Option<String>,
+    /// Model that served it (`None` while only cost facts are known).
+    pub model: Option<String>,
+    /// Upstream provider, if reported.
+    pub provider: Option<String>,
+    /// `completed`, `cancelled` or `errored` (`None` while pending).
+    pub status: Option<String>,
+    /// Bring-your-own-key generation.
+    pub is_byok: bool,
+    /// Event time (`None` while pending).
+    pub completed_at: Option<DateTime<Utc>>,
+    /// The producer's estimate.
+    pub estimated_cost_usd: Option<Decimal>,
+    /// The actual cost, once known.
+    pub actual_cost_usd: Option<Decimal>,
+    /// What every matching budget carries (`None` while pending).
+    pub debited_usd: Option<Decimal>,
+    /// How `debited_usd` was determined (`None` while pending).
+    pub basis: Option<Basis>,
+    /// Accounting state.
+    pub state: CostState,
+    /// Why the reconciler gave up, if it did.
+    pub unresolved_reason: Option<String>,
+    /// Last change of the row.
+    pub updated_at: DateTime<Utc>,
+    /// Journal entries of the generation in every budget, oldest first.
+    pub entries: Vec<EntryRow>,
+}
+
+/// How [`Store::spend`] groups generations.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GroupBy {
+    /// By the model that served the generation.
+    Model,
+    /// By agent (generations without an agent form one group, key `None`).
+    Agent,
+    /// By end user (generations without a user form one group, key `None`).
+    User,
+    /// By UTC calendar day of `completed_at` (key `YYYY-MM-DD`).
+    Day,
+}
+
+impl GroupBy {
+    /// Every grouping.
+    pub const ALL: [GroupBy; 4] = [GroupBy::Model, GroupBy::Agent, GroupBy::User, GroupBy::Day];
+
+    /// The wire name (`model`, `agent`, `user`, `day`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GroupBy::Model => "model",
+            GroupBy::Agent => "agent",
+            GroupBy::User => "user",
+            GroupBy::Day => "day",
+        }
+    }
+
+    /// Parses a wire name exactly.
+    pub fn parse(s: &str) -> Option<GroupBy> {
+        GroupBy::ALL.into_iter().find(|g| g.as_str() == s)
+    }
+
+    /// The SQL expression of the group key (a constant per variant: never
+    /// built from input).
+    fn key_sql(self) -> &'static str {
+        match self {
+            GroupBy::Model => "model",
+            GroupBy::Agent => "agent_id",
+            GroupBy::User => "user_id",
+            GroupBy::Day => "to_char(completed_at AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+        }
+    }
+}
+
+/// The spend of one group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpendRow {
+    /// The group key (model, agent, user or `YYYY-MM-DD`); `None` for
+    /// generations without the grouped field.
+    pub key: Option<String>,
+    /// Net debits of the group.
+    pub spent_usd: Decimal,
+    /// The part booked at actual cost.
+    pub spent_actual_usd: Decimal,
+    /// The part booked at estimated cost.
+    pub spent_estimated_usd: Decimal,
+    /// Generations in the group.
+    pub generations: i64,
+}
+
+/// The scope a budget check asks about. A field left `None` is unknown:
+/// budgets that set it do not match (see the module's `# Decisions`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CheckScope {
+    /// Agent, if known.
+    pub agent_id: Option<String>,
+    /// Session, if known.
+    pub session_id: Option<String>,
+    /// End user, if known.
+    pub user_id: Option<String>,
+    /// Model, if known.
+    pub model: Option<String>,
+}
+
+const ENTRY_COLUMNS: &str = "entry_id, budget_id, generation_id, kind, basis, amount_usd, \
+                             period_start, period_end, posted_at, batch_id";
+
+fn entry_from_row(r: &PgRow) -> Result<EntryRow, StoreError> {
+    let kind: String = r.try_get("kind")?;
+    let basis: String = r.try_get("basis")?;
+    Ok(EntryRow {
+        entry_id: r.try_get("entry_id")?,
+        budget_id: r.try_get("budget_id")?,
+        generation_id: r.try_get("generation_id")?,
+        kind: match kind.as_str() {
+            "debit" => EntryKind::Debit,
+            "adjustment" => EntryKind::Adjustment,
+            other => return Err(StoreError::Corrupt(format!("entry kind {other:?}"))),
+        },
+        basis: Basis::parse(&basis)
+            .ok_or_else(|| StoreError::Corrupt(format!("entry basis {basis:?}")))?,
+        amount_usd: r.try_get("amount_usd")?,
+        period: Period {
+            start: r.try_get("period_start")?,
+            end: r.try_get("period_end")?,
+        },
+        posted_at: r.try_get("posted_at")?,
+        batch_id: r.try_get("batch_id")?,
+    })
+}
+
+fn totals_from_row(r: &PgRow) -> Result<PeriodTotals, StoreError> {
+    Ok(PeriodTotals {
+        spent_usd: r.try_get("spent_usd")?,
+        spent_actual_usd: r.try_get("spent_actual_usd")?,
+        spent_estimated_usd: r.try_get("spent_estimated_usd")?,
+        generations: r.try_get("generations")?,
+    })
+}
+
+impl Store {
+    /// The totals of one period of a budget (zeros when nothing was booked
+    /// in it).
+    pub async fn budget_period(
+        &self,
+        budget: &Budget,
+        period: Period,
+    ) -> Result<PeriodTotals, StoreError> {
+        let row = sqlx::query(
+            "SELECT spent_usd, spent_actual_usd, spent_estimated_usd, generations \
+             FROM budget_periods WHERE budget_id = $1 AND period_start = $2",
+        )
+        .bind(&budget.id)
+        .bind(period.start)
+        .fetch_optional(self.pool())
+        .await?;
+        match row {
+            Some(r) => totals_from_row(&r),
+            None => Ok(PeriodTotals::default()),
+        }
+    }
+
+    /// The period containing `at` of each budget, with its totals, in the
+    /// order of `budgets` (one statement for all of them).
+    pub async fn periods_at(
+        &self,
+        budgets: &[Budget],
+        at: DateTime<Utc>,
+    ) -> Result<Vec<(Period, PeriodTotals)>, StoreError> {
+        let periods: Vec<Period> = budgets
+            .iter()
+            .map(|b| period_containing(b.period, b.tz, at))
+            .collect();
+        if budgets.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = sqlx::query(
+            "SELECT k.ord, bp.spent_usd, bp.spent_actual_usd, bp.spent_estimated_usd, bp.generations \
+             FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS k(budget_id, period_start, ord) \
+             JOIN budget_periods bp \
+               ON bp.budget_id = k.budget_id AND bp.period_start = k.period_start",
+        )
+        .bind(budgets.iter().map(|b| b.id.clone()).collect::<Vec<_>>())
+        .bind(periods.iter().map(|p| p.start).collect::<Vec<_>>())
+        .fetch_all(self.pool())
+        .await?;
+        let mut totals = vec![PeriodTotals::default(); budgets.len()];
+        for r in &rows {
+            let ord: i64 = r.try_get("ord")?;
+            let slot = usize::try_from(ord - 1)
+                .ok()
+                .and_then(|i| totals.get_mut(i))
+                .ok_or_else(|| StoreError::Corrupt(format!("ordinality {ord} out of range")))?;
+            *slot = totals_from_row(r)?;
+        }
+        Ok(periods.into_iter().zip(totals).collect())
+    }
+
+    /// The journal of a budget, oldest first: at most `limit` entries after
+    /// `cursor` (an `entry_id` returned as the previous page's cursor), and
+    /// the cursor of the next page (`None` on the last page).
+    ///
+    /// Does not check that the budget exists (an unknown budget has no
+    /// entries); callers that need a 404 load the budget first.
+    pub async fn budget_entries(
+        &self,
+        budget_id: &str,
+        cursor: Option<Uuid>,
+        limit: i64,
+    ) -> Result<(Vec<EntryRow>, Option<Uuid>), StoreError> {
+        let limit = limit.max(1);
+        let rows = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries \
+             WHERE budget_id = $1 AND ($2::uuid IS NULL OR entry_id > $2) \
+             ORDER BY entry_id LIMIT $3"
+        ))
+        .bind(budget_id)
+        .bind(cursor)
+        .bind(limit.saturating_add(1))
+        .fetch_all(self.pool())
+        .await?;
+        let mut entries = rows
+            .iter()
+            .map(entry_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        let next = if entries.len() as i64 > limit {
+            entries.truncate(limit as usize);
+            entries.last().map(|e| e.entry_id)
+        } else {
+            None
+        };
+        Ok((entries, next))
+    }
+
+    /// One generation with its journal entries in the budgets of its
+    /// organisation. A generation for which only cost facts arrived is
+    /// returned with state `pending` and no entries.
+    pub async fn generation(&self, generation_id: &str) -> Result<GenerationView, StoreError> {
+        let row = sqlx::query(
+            "SELECT generation_id, org_id, agent_id, session_id, user_id, model, provider, status, \
+                    is_byok, completed_at, estimated_cost_usd, actual_cost_usd, debited_usd, basis, \
+                    state, unresolved_reason, updated_at \
+             FROM generations WHERE generation_id = $1",
+        )
+        .bind(generation_id)
+        .fetch_optional(self.pool())
+        .await?
+        .ok_or(StoreError::NotFound { what: "generation" })?;
+        let org_id: String = row.try_get("org_id")?;
+        let basis: Option<String> = row.try_get("basis")?;
+        let state: String = row.try_get("state")?;
+        let entries = sqlx::query(&format!(
+            "SELECT {ENTRY_COLUMNS} FROM ledger_entries \
+             WHERE generation_id = $1 AND budget_id IN (SELECT id FROM budgets WHERE org_id = $2) \
+             ORDER BY entry_id"
+        ))
+        .bind(generation_id)
+        .bind(&org_id)
+        .fetch_all(self.pool())
+        .await?
+        .iter()
+        .map(entry_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+        Ok(GenerationView {
+            generation_id: row.try_get("generation_id")?,
+            org_id,
+            agent_id: row.try_get("agent_id")?,
+            session_id: row.try_get("session_id")?,
+            user_id: row.try_get("user_id")?,
+            model: row.try_get("model")?,
+            provider: row.try_get("provider")?,
+            status: row.try_get("status")?,
+            is_byok: row.try_get("is_byok")?,
+            completed_at: row.try_get("completed_at")?,
+            estimated_cost_usd: row.try_get("estimated_cost_usd")?,
+            actual_cost_usd: row.try_get("actual_cost_usd")?,
+            debited_usd: row.try_get("debited_usd")?,
+            basis: match basis {
+                None => None,
+                Some(b) => Some(
+                    Basis::parse(&b)
+                        .ok_or_else(|| StoreError::Corrupt(format!("generation basis {b:?}")))?,
+                ),
+            },
+            state: CostState::parse(&state)
+                .ok_or_else(|| StoreError::Corrupt(format!("generation state {state:?}")))?,
+            unresolved_reason: row.try_get("unresolved_reason")?,
+            updated_at: row.try_get("updated_at")?,
+            entries,
+        })
+    }
+
+    /// The spend of an organisation's generations completed in
+    /// `[from, to)`, grouped, ordered by key (`None` last).
+    pub async fn spend(
+        &self,
+        org_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        group_by: GroupBy,
+    ) -> Result<Vec<SpendRow>, StoreError> {
+        let key = group_by.key_sql();
+        let rows = sqlx::query(&format!(
+            "SELECT {key} AS key, \
+                    COALESCE(SUM(debited_usd), 0) AS spent_usd, \
+                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'actual'), 0) AS spent_actual_usd, \
+                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'estimate'), 0) AS spent_estimated_usd, \
+                    COUNT(*) AS generations \
+             FROM generations \
+             WHERE org_id = $1 AND completed_at IS NOT NULL AND completed_at >= $2 AND completed_at < $3 \
+             GROUP BY 1 ORDER BY 1 NULLS LAST"
+        ))
+        .bind(org_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(self.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(SpendRow {
+                    key: r.try_get("key")?,
+                    spent_usd: r.try_get("spent_usd")?,
+                    spent_actual_usd: r.try_get("spent_actual_usd")?,
+                    spent_estimated_usd: r.try_get("spent_estimated_usd")?,
+                    generations: r.try_get("generations")?,
+                })
+            })
+            .collect()
+    }
+
+    /// The non-archived budgets of an organisation that would count a
+    /// generation with the given scope, each with its current period (the
+    /// one containing `now`) and that period's totals, oldest budget first.
+    pub async fn check_budgets(
+        &self,
+        org_id: &str,
+        scope: &CheckScope,
+        now: DateTime<Utc>,
+    ) -> Result<Vec<(Budget, PeriodTotals, Period)>, StoreError> {
+        let facts = GenerationFacts {
+            org_id,
+            agent_id: scope.agent_id.as_deref(),
+            session_id: scope.session_id.as_deref(),
+            user_id: scope.user_id.as_deref(),
+            // An unknown model: no model-scoped budget may match. Scope
+            // values are never empty, so "" matches no set model.
+            model: scope.model.as_deref().unwrap_or(""),
+        };
+        // The pure rule decides (so the API and the projector can never
+        // disagree); an organisation has few budgets.
+        let matching: Vec<Budget> = self
+            .list_budgets(org_id, false)
+            .await?
+            .into_iter()
+            .filter(|b| {
+                b.scope.applies_to(&b.org_id, &facts)
+                    && (scope.model.is_some() || b.scope.model.is_none())
+            })
+            .collect();
+        let periods = self.periods_at(&matching, now).await?;
+        Ok(matching
+            .into_iter()
+            .zip(periods)
+            .map(|(b, (p, t))| (b, t, p))
+            .collect())
+    }
+}

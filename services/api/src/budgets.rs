@@ -1,0 +1,468 @@
+//! Budget endpoints: create, list, get, change, archive, past periods,
+//! the journal, and the pre-flight check.
+//!
+//! | route | success |
+//! |---|---|
+//! | `POST /v1/budgets` | 201 + `Location`, the budget with `current_period` and `booked_generations` |
+//! | `GET /v1/budgets?org_id=…[&include_archived=true]` | 200 `{budgets: [...]}` |
+//! | `GET /v1/budgets/{id}` | 200 the budget with `current_period` |
+//! | `GET /v1/budgets/{id}/periods/{start}` | 200 the period starting at `start` |
+//! | `PATCH /v1/budgets/{id}` | 200 the changed budget |
+//! | `DELETE /v1/budgets/{id}` | 200 the archived budget (`archived_at` set) |
+//! | `GET /v1/budgets/{id}/entries?cursor=&limit=` | 200 `{entries, next_cursor}` |
+//! | `POST /v1/budgets/check` | 200 `{allowed, blocking_budget, budgets}` |
+//!
+//! # Decisions
+//!
+//! * **Enforcement defaults to `hard`.** DESIGN.md gives no default; a budget
+//!   exists to cap spend, so one created without saying otherwise blocks
+//!   when exhausted. Alert-only budgets say `"enforcement": "soft"`.
+//! * **`scope` is required** (`{}` for the whole organisation): a forgotten
+//!   scope would silently make a budget count every generation of the
+//!   organisation.
+//! * **Scope, period, time zone and organisation are immutable.** Changing
+//!   them would move money already booked between budgets and periods, and a
+//!   replay could not reproduce the result; `PATCH` refuses them with
+//!   `immutable_field` (create a new budget and archive the old one).
+//! * **Only hard budgets block.** The check reports every matching budget;
+//!   an exhausted soft budget shows `exhausted: true` but leaves `allowed`
+//!   true. A check that omits a scope field is not matched by budgets that
+//!   set it (see `tally_store::queries`).
+
+use std::str::FromStr;
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::Utc;
+use rust_decimal::Decimal;
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer, Serialize};
+use tally_budget::{
+    parse_timezone, period_starting_at, validate_thresholds, Enforcement, PeriodKind, Scope,
+    DEFAULT_THRESHOLDS,
+};
+use tally_store::ledger::PostingOptions;
+use tally_store::queries::CheckScope;
+use tally_store::{Budget, BudgetPatch, NewBudget};
+use uuid::Uuid;
+
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, Params};
+use crate::wire::{check_id, parse_money, parse_time, BudgetBody, EntryBody, PeriodBody};
+use crate::AppState;
+
+/// Default page size of the journal.
+const DEFAULT_ENTRIES_LIMIT: i64 = 100;
+/// Largest page size of the journal.
+const MAX_ENTRIES_LIMIT: i64 = 1000;
+/// Longest budget name, in characters.
+const MAX_NAME_CHARS: usize = 200;
+
+fn default_timezone() -> String {
+    "UTC".to_owned()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateBody {
+    org_id: String,
+    name: String,
+    scope: Scope,
+    period: String,
+    #[serde(default = "default_timezone")]
+    timezone: String,
+    limit_usd: serde_json::Value,
+    #[serde(default)]
+    thresholds_percent: Option<Vec<u32>>,
+    #[serde(default)]
+    enforcement: Option<String>,
+}
+
+/// Whether a field was present in the body, whatever its value.
+#[derive(Debug, Default)]
+struct Present(bool);
+
+impl<'de> Deserialize<'de> for Present {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Present, D::Error> {
+        IgnoredAny::deserialize(d)?;
+        Ok(Present(true))
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct PatchBody {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    limit_usd: Option<serde_json::Value>,
+    #[serde(default)]
+    thresholds_percent: Option<Vec<u32>>,
+    #[serde(default)]
+    enforcement: Option<String>,
+    // Immutable: recognised only to refuse them by name.
+    #[serde(default)]
+    id: Present,
+    #[serde(default)]
+    org_id: Present,
+    #[serde(default)]
+    scope: Present,
+    #[serde(default)]
+    period: Present,
+    #[serde(default)]
+    timezone: Present,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CheckBody {
+    org_id: String,
+    #[serde(default)]
+    agent_id: Option<String>,
+    #[serde(default)]
+    session_id: Option<String>,
+    #[serde(default)]
+    user_id: Option<String>,
+    #[serde(default)]
+    model: Option<String>,
+}
+
+fn check_name(name: &str) -> Result<(), ApiError> {
+    if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
+        return Err(ApiError::invalid(
+            "name",
+            format!("name must be 1 to {MAX_NAME_CHARS} characters, not blank"),
+        ));
+    }
+    Ok(())
+}
+
+fn parse_enforcement(s: &str) -> Result<Enforcement, ApiError> {
+    Enforcement::from_str(s).map_err(|e| ApiError::field(e.code(), "enforcement", e.to_string()))
+}
+
+fn check_thresholds(t: &[u32]) -> Result<Vec<u32>, ApiError> {
+    validate_thresholds(t)
+        .map_err(|e| ApiError::field(e.code(), "thresholds_percent", e.to_string()))
+}
+
+fn check_scope(scope: &Scope) -> Result<(), ApiError> {
+    scope.validate().map_err(|e| {
+        let field = match &e {
+            tally_budget::BudgetError::InvalidScope { field, .. } => format!("scope.{field}"),
+            _ => "scope".to_owned(),
+        };
+        ApiError::field(e.code(), field, e.to_string())
+    })
+}
+
+/// Loads the budget and its current period.
+async fn budget_body(state: &AppState, b: Budget) -> Result<BudgetBody, ApiError> {
+    let mut periods = state
+        .store
+        .periods_at(std::slice::from_ref(&b), Utc::now())
+        .await?;
+    let (period, totals) = periods
+        .pop()
+        .ok_or_else(|| ApiError::internal("no period for a budget"))?;
+    Ok(BudgetBody::new(b, period, totals))
+}
+
+async fn load(state: &AppState, id: &str) -> Result<Budget, ApiError> {
+    check_id("id", id)?;
+    state.store.get_budget(id).await.map_err(|e| match e {
+        tally_store::StoreError::NotFound { .. } => ApiError::budget_not_found(id),
+        e => e.into(),
+    })
+}
+
+/// `POST /v1/budgets`.
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CreateBody>,
+) -> Result<Response, ApiError> {
+    check_id("org_id", &body.org_id)?;
+    check_name(&body.name)?;
+    check_scope(&body.scope)?;
+    let period = PeriodKind::from_str(&body.period)
+        .map_err(|e| ApiError::field(e.code(), "period", e.to_string()))?;
+    parse_timezone(&body.timezone)
+        .map_err(|e| ApiError::field(e.code(), "timezone", e.to_string()))?;
+    let limit_usd = parse_money("limit_usd", &body.limit_usd)?;
+    let thresholds = check_thresholds(
+        body.thresholds_percent
+            .as_deref()
+            .unwrap_or(&DEFAULT_THRESHOLDS),
+    )?;
+    let enforcement = match &body.enforcement {
+        Some(e) => parse_enforcement(e)?,
+        None => Enforcement::Hard,
+    };
+    let nb = NewBudget {
+        org_id: body.org_id,
+        name: body.name,
+        scope: body.scope,
+        period,
+        timezone: body.timezone,
+        limit_usd,
+        thresholds,
+        enforcement,
+    };
+    let opts = PostingOptions {
+        prefix: state.prefix.clone(),
+        source: "tally/api".to_owned(),
+        publish: true,
+    };
+    let (budget, booked) = state.store.create_budget(nb, &opts).await?;
+    tracing::info!(budget_id = %budget.id, org_id = %budget.org_id, booked, "budget created");
+    let location = format!("/v1/budgets/{}", budget.id);
+    let mut body = budget_body(&state, budget).await?;
+    body.booked_generations = Some(booked);
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    Ok(resp)
+}
+
+#[derive(Serialize)]
+pub(crate) struct ListBody {
+    budgets: Vec<BudgetBody>,
+}
+
+/// `GET /v1/budgets?org_id=…&include_archived=…`.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Json<ListBody>, ApiError> {
+    let params = params.only(&["org_id", "include_archived"])?;
+    let org_id = params.require("org_id")?;
+    check_id("org_id", org_id)?;
+    let include_archived = match params.get("include_archived") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ApiError::invalid(
+                "include_archived",
+                format!("include_archived must be true or false, not {other:?}"),
+            ))
+        }
+    };
+    let budgets = state.store.list_budgets(org_id, include_archived).await?;
+    let periods = state.store.periods_at(&budgets, Utc::now()).await?;
+    Ok(Json(ListBody {
+        budgets: budgets
+            .into_iter()
+            .zip(periods)
+            .map(|(b, (p, t))| BudgetBody::new(b, p, t))
+            .collect(),
+    }))
+}
+
+/// `GET /v1/budgets/{id}`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<BudgetBody>, ApiError> {
+    let b = load(&state, &id).await?;
+    Ok(Json(budget_body(&state, b).await?))
+}
+
+#[derive(Serialize)]
+pub(crate) struct PeriodResponse {
+    budget_id: String,
+    #[serde(with = "tally_money::serde_usd")]
+    limit_usd: Decimal,
+    current: bool,
+    #[serde(flatten)]
+    period: PeriodBody,
+}
+
+/// `GET /v1/budgets/{id}/periods/{start}`.
+pub(crate) async fn period(
+    State(state): State<AppState>,
+    ApiPath((id, start)): ApiPath<(String, String)>,
+) -> Result<Json<PeriodResponse>, ApiError> {
+    let b = load(&state, &id).await?;
+    let start = parse_time("start", &start)?;
+    let period = period_starting_at(b.period, b.tz, start)
+        .map_err(|e| ApiError::field(e.code(), "start", e.to_string()))?;
+    let totals = state.store.budget_period(&b, period).await?;
+    Ok(Json(PeriodResponse {
+        current: period.contains(Utc::now()),
+        period: PeriodBody::new(b.limit_usd, period, totals),
+        limit_usd: b.limit_usd,
+        budget_id: b.id,
+    }))
+}
+
+/// `PATCH /v1/budgets/{id}`.
+pub(crate) async fn patch(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    ApiJson(body): ApiJson<PatchBody>,
+) -> Result<Json<BudgetBody>, ApiError> {
+    check_id("id", &id)?;
+    for (field, present) in [
+        ("id", &body.id),
+        ("org_id", &body.org_id),
+        ("scope", &body.scope),
+        ("period", &body.period),
+        ("timezone", &body.timezone),
+    ] {
+        if present.0 {
+            return Err(ApiError::field(
+                "immutable_field",
+                field,
+                format!(
+                    "{field} cannot be changed after creation (it would move booked money); \
+                     create a new budget and archive this one"
+                ),
+            ));
+        }
+    }
+    if let Some(name) = &body.name {
+        check_name(name)?;
+    }
+    let patch = BudgetPatch {
+        name: body.name,
+        limit_usd: match &body.limit_usd {
+            Some(v) => Some(parse_money("limit_usd", v)?),
+            None => None,
+        },
+        thresholds: match &body.thresholds_percent {
+            Some(t) => Some(check_thresholds(t)?),
+            None => None,
+        },
+        enforcement: match &body.enforcement {
+            Some(e) => Some(parse_enforcement(e)?),
+            None => None,
+        },
+    };
+    let b = state
+        .store
+        .update_budget(&id, patch)
+        .await
+        .map_err(|e| match e {
+            tally_store::StoreError::NotFound { .. } => ApiError::budget_not_found(&id),
+            e => e.into(),
+        })?;
+    tracing::info!(budget_id = %b.id, "budget changed");
+    Ok(Json(budget_body(&state, b).await?))
+}
+
+/// `DELETE /v1/budgets/{id}`: archives.
+pub(crate) async fn archive(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<BudgetBody>, ApiError> {
+    check_id("id", &id)?;
+    let b = state.store.archive_budget(&id).await.map_err(|e| match e {
+        tally_store::StoreError::NotFound { .. } => ApiError::budget_not_found(&id),
+        e => e.into(),
+    })?;
+    tracing::info!(budget_id = %b.id, "budget archived");
+    Ok(Json(budget_body(&state, b).await?))
+}
+
+#[derive(Serialize)]
+pub(crate) struct EntriesBody {
+    budget_id: String,
+    entries: Vec<EntryBody>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/budgets/{id}/entries?cursor=&limit=`.
+pub(crate) async fn entries(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+    params: Params,
+) -> Result<Json<EntriesBody>, ApiError> {
+    let params = params.only(&["cursor", "limit"])?;
+    let cursor = match params.get("cursor") {
+        None | Some("") => None,
+        Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
+            ApiError::invalid(
+                "cursor",
+                "cursor must be a next_cursor value from a previous page",
+            )
+        })?),
+    };
+    let limit = match params.get("limit") {
+        None => DEFAULT_ENTRIES_LIMIT,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_ENTRIES_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_ENTRIES_LIMIT}"),
+                )
+            })?,
+    };
+    let b = load(&state, &id).await?;
+    let (rows, next) = state.store.budget_entries(&b.id, cursor, limit).await?;
+    Ok(Json(EntriesBody {
+        budget_id: b.id,
+        entries: rows.into_iter().map(EntryBody::from).collect(),
+        next_cursor: next.map(|c| c.to_string()),
+    }))
+}
+
+#[derive(Clone, Serialize)]
+pub(crate) struct BudgetStatus {
+    id: String,
+    name: String,
+    scope: Scope,
+    enforcement: Enforcement,
+    #[serde(with = "tally_money::serde_usd")]
+    limit_usd: Decimal,
+    blocks: bool,
+    period: PeriodBody,
+}
+
+#[derive(Serialize)]
+pub(crate) struct CheckResponse {
+    allowed: bool,
+    blocking_budget: Option<BudgetStatus>,
+    budgets: Vec<BudgetStatus>,
+}
+
+/// `POST /v1/budgets/check`.
+pub(crate) async fn check(
+    State(state): State<AppState>,
+    ApiJson(body): ApiJson<CheckBody>,
+) -> Result<Json<CheckResponse>, ApiError> {
+    check_id("org_id", &body.org_id)?;
+    let scope = CheckScope {
+        agent_id: body.agent_id,
+        session_id: body.session_id,
+        user_id: body.user_id,
+        model: body.model,
+    };
+    let matching = state
+        .store
+        .check_budgets(&body.org_id, &scope, Utc::now())
+        .await?;
+    let budgets: Vec<BudgetStatus> = matching
+        .into_iter()
+        .map(|(b, totals, period)| BudgetStatus {
+            blocks: b.enforcement.blocks(b.limit_usd, totals.spent_usd),
+            period: PeriodBody::new(b.limit_usd, period, totals),
+            id: b.id,
+            name: b.name,
+            scope: b.scope,
+            enforcement: b.enforcement,
+            limit_usd: b.limit_usd,
+        })
+        .collect();
+    let blocking_budget = budgets.iter().find(|s| s.blocks).cloned();
+    Ok(Json(CheckResponse {
+        allowed: blocking_budget.is_none(),
+        blocking_budget,
+        budgets,
+    }))
+}

@@ -1,0 +1,301 @@
+//! Errors as RFC 9457 problem details (`application/problem+json`).
+//!
+//! Every error the API returns — bad input, unknown ids, an unavailable
+//! database, an unknown route, a timed-out request — is a [`Problem`] with a
+//! stable `code` (snake_case) and a `type` URI derived from it
+//! (`https://tally.dev/problems/<code with - for _>`), so clients branch on
+//! `code` (or `type`) and show `detail` to people.
+//!
+//! | status | codes |
+//! |---|---|
+//! | 400 | `malformed_json`, `invalid_request` |
+//! | 404 | `budget_not_found`, `generation_not_found`, `route_not_found` |
+//! | 405 | `method_not_allowed` |
+//! | 409 | `conflict` |
+//! | 413 | `payload_too_large` |
+//! | 415 | `unsupported_media_type` |
+//! | 422 | `unknown_field`, `missing_field`, `invalid_field`, `invalid_body`, `immutable_field`, `invalid_id`, `invalid_time`, `invalid_range`, `range_too_large`, the money codes of `tally_money::MoneyError` (`amount_not_string`, `invalid_amount`, `amount_too_precise`, `negative_amount`, `amount_out_of_range`) and the budget codes of `tally_budget::BudgetError` (`unknown_timezone`, `invalid_period_kind`, `invalid_enforcement`, `invalid_threshold`, `too_many_thresholds`, `not_a_period_start`, `invalid_scope`, `instant_out_of_range`) |
+//! | 500 | `internal_error` |
+//! | 503 | `database_unavailable`, `transient_conflict`, `request_timeout` |
+//!
+//! Input errors name the offending `field` (a JSON path such as
+//! `scope.agent_id` or `thresholds_percent[2]`, or a query parameter).
+//!
+//! # Decisions
+//!
+//! * **Internal details stay in the logs.** A database or data error is
+//!   logged with its cause; the client gets `internal_error` and no SQL.
+//! * **Unavailable is 503 with `Retry-After`.** A lost database or a
+//!   serialization conflict is temporary; clients should retry.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+use tally_store::StoreError;
+
+/// Media type of problem responses.
+pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// Base of the problem `type` URIs.
+pub const PROBLEM_TYPE_BASE: &str = "https://tally.dev/problems/";
+
+/// An RFC 9457 problem details body, with tally's `code` and `field`
+/// extensions.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// URI identifying the problem type (stable per `code`).
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// Explanation of this occurrence.
+    pub detail: String,
+    /// Stable machine-readable code (snake_case).
+    pub code: String,
+    /// The offending input field or query parameter, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// The `type` URI of a problem code.
+pub fn problem_type(code: &str) -> String {
+    format!("{PROBLEM_TYPE_BASE}{}", code.replace('_', "-"))
+}
+
+/// The title of a problem code (the same for every occurrence).
+fn title(code: &str, status: StatusCode) -> &'static str {
+    match code {
+        "malformed_json" => "Malformed JSON body",
+        "invalid_request" => "Invalid request",
+        "unsupported_media_type" => "Unsupported media type",
+        "payload_too_large" => "Request body too large",
+        "unknown_field" => "Unknown field",
+        "missing_field" => "Missing field",
+        "immutable_field" => "Field cannot be changed",
+        "invalid_body" => "Invalid request body",
+        "invalid_id" => "Invalid identifier",
+        "invalid_time" => "Invalid time",
+        "invalid_range" => "Invalid time range",
+        "range_too_large" => "Time range too large",
+        "amount_not_string" => "Money must be a decimal string",
+        "not_a_period_start" => "Not the start of a period",
+        "budget_not_found" => "Budget not found",
+        "generation_not_found" => "Generation not found",
+        "route_not_found" => "Not found",
+        "method_not_allowed" => "Method not allowed",
+        "conflict" => "Conflict",
+        "database_unavailable" => "Database unavailable",
+        "transient_conflict" => "Temporary conflict, retry",
+        "request_timeout" => "Request timed out",
+        "internal_error" => "Internal error",
+        _ if status == StatusCode::UNPROCESSABLE_ENTITY => "Invalid field",
+        _ => status.canonical_reason().unwrap_or("Error"),
+    }
+}
+
+/// An error answered as a problem response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    detail: String,
+    field: Option<String>,
+    retry_after_secs: Option<u32>,
+}
+
+impl ApiError {
+    /// A problem with the given status, stable code and detail.
+    pub fn new(status: StatusCode, code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            code,
+            detail: detail.into(),
+            field: None,
+            retry_after_secs: None,
+        }
+    }
+
+    /// Names the offending field.
+    pub fn with_field(mut self, field: impl Into<String>) -> ApiError {
+        self.field = Some(field.into());
+        self
+    }
+
+    /// A 422 naming `field`.
+    pub fn field(
+        code: &'static str,
+        field: impl Into<String>,
+        detail: impl Into<String>,
+    ) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, code, detail).with_field(field)
+    }
+
+    /// A 422 `invalid_field`.
+    pub fn invalid(field: impl Into<String>, detail: impl Into<String>) -> ApiError {
+        ApiError::field("invalid_field", field, detail)
+    }
+
+    /// A 404 for an unknown budget.
+    pub fn budget_not_found(id: &str) -> ApiError {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "budget_not_found",
+            format!("no budget with id {id:?}"),
+        )
+    }
+
+    /// A 500 whose cause is logged, not returned.
+    pub fn internal(cause: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %cause, "internal error");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; the cause is in the server log",
+        )
+    }
+
+    /// The HTTP status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The stable code.
+    pub fn code(&self) -> &'static str {
+        self.code
+    }
+
+    /// The problem body.
+    pub fn problem(&self) -> Problem {
+        Problem {
+            type_: problem_type(self.code),
+            title: title(self.code, self.status).to_owned(),
+            status: self.status.as_u16(),
+            detail: self.detail.clone(),
+            code: self.code.to_owned(),
+            field: self.field.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status.as_u16(), self.code, self.detail)
+    }
+}
+
+impl std::error::Error for ApiError {}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> ApiError {
+        let unavailable = |code, detail: String| {
+            tracing::warn!(error = %detail, code, "store unavailable");
+            let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, code, detail);
+            err.retry_after_secs = Some(1);
+            err
+        };
+        match e {
+            StoreError::NotFound { what: "budget" } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "budget_not_found",
+                "budget not found",
+            ),
+            StoreError::NotFound { what: "generation" } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "generation_not_found",
+                "generation not found",
+            ),
+            StoreError::Invalid { field, reason } => ApiError::invalid(field, reason),
+            StoreError::Conflict(detail) => {
+                tracing::info!(%detail, "store conflict");
+                ApiError::new(
+                    StatusCode::CONFLICT,
+                    "conflict",
+                    "the request conflicts with stored state",
+                )
+            }
+            StoreError::Unavailable(_) => unavailable(
+                "database_unavailable",
+                "the database is unavailable; retry later".to_owned(),
+            ),
+            StoreError::Transient(_) => unavailable(
+                "transient_conflict",
+                "a concurrent change conflicted; retry".to_owned(),
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+/// A problem response for `err`.
+pub fn problem_response(err: &ApiError) -> Response {
+    let body = serde_json::to_vec(&err.problem()).unwrap_or_default();
+    let mut resp = (err.status, body).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(PROBLEM_CONTENT_TYPE),
+    );
+    if let Some(secs) = err.retry_after_secs {
+        resp.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    resp
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        problem_response(&self)
+    }
+}
+
+/// Whether a response already carries a problem body.
+pub(crate) fn is_problem(resp: &Response) -> bool {
+    resp.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with(PROBLEM_CONTENT_TYPE))
+}
+
+/// Middleware: turns every error response that is not yet a problem (axum's
+/// 404/405, the body limit's 413, the timeout's 503, ...) into one, keeping
+/// its status, headers (such as `Allow`) and extensions. No plain-text
+/// error reaches a client.
+pub(crate) async fn problems_only(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if !(status.is_client_error() || status.is_server_error()) || is_problem(&resp) {
+        return resp;
+    }
+    let (code, detail): (&'static str, &str) = match status {
+        StatusCode::NOT_FOUND => ("route_not_found", "no such route"),
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "method_not_allowed",
+            "the route does not support this method (see the Allow header)",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => ("payload_too_large", "the request body is too large"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => (
+            "unsupported_media_type",
+            "the request body must be application/json",
+        ),
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => (
+            "request_timeout",
+            "the request took too long and was abandoned; retry later",
+        ),
+        s if s.is_server_error() => ("internal_error", "internal error"),
+        _ => ("invalid_request", "the request is invalid"),
+    };
+    let (parts, _) = resp.into_parts();
+    let mut fresh = problem_response(&ApiError::new(status, code, detail));
+    // Keep the extensions (the matched route for the metrics, among others).
+    *fresh.extensions_mut() = parts.extensions;
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            fresh.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    fresh
+}

@@ -1,0 +1,88 @@
+//! `GET /v1/generations/{generation_id}`: what a generation cost and how it
+//! was booked.
+//!
+//! Answers 200 with `estimated_cost_usd`, `actual_cost_usd`, `debited_usd`
+//! (what every matching budget carries), `basis` (`actual` | `estimate` |
+//! `none`), `state` (`settled` | `provisional` | `unresolved` | `unpriced`,
+//! or `pending` while only a cost fact arrived and the completed event has
+//! not), and its journal `entries` in every budget; 404
+//! `generation_not_found` for an id the ledger has never seen.
+//!
+//! # Decisions
+//!
+//! * **`pending` is reported, not hidden.** A reconciled cost can arrive
+//!   before the completed event (order does not matter, DESIGN.md rule 4);
+//!   such a generation exists but is not booked yet: `debited_usd` and
+//!   `basis` are `null` and there are no entries.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+use crate::error::ApiError;
+use crate::extract::ApiPath;
+use crate::wire::{basis_str, check_generation_id, EntryBody};
+use crate::AppState;
+
+#[derive(Serialize)]
+pub(crate) struct GenerationBody {
+    generation_id: String,
+    org_id: String,
+    agent_id: Option<String>,
+    session_id: Option<String>,
+    user_id: Option<String>,
+    model: Option<String>,
+    provider: Option<String>,
+    status: Option<String>,
+    is_byok: bool,
+    completed_at: Option<DateTime<Utc>>,
+    #[serde(with = "tally_money::serde_usd::opt")]
+    estimated_cost_usd: Option<Decimal>,
+    #[serde(with = "tally_money::serde_usd::opt")]
+    actual_cost_usd: Option<Decimal>,
+    #[serde(with = "tally_money::serde_usd::opt")]
+    debited_usd: Option<Decimal>,
+    basis: Option<&'static str>,
+    state: &'static str,
+    unresolved_reason: Option<String>,
+    updated_at: DateTime<Utc>,
+    entries: Vec<EntryBody>,
+}
+
+/// `GET /v1/generations/{generation_id}`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<GenerationBody>, ApiError> {
+    check_generation_id(&id)?;
+    let g = state.store.generation(&id).await.map_err(|e| match e {
+        tally_store::StoreError::NotFound { .. } => ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "generation_not_found",
+            format!("no generation with id {id:?} is recorded"),
+        ),
+        e => e.into(),
+    })?;
+    Ok(Json(GenerationBody {
+        generation_id: g.generation_id,
+        org_id: g.org_id,
+        agent_id: g.agent_id,
+        session_id: g.session_id,
+        user_id: g.user_id,
+        model: g.model,
+        provider: g.provider,
+        status: g.status,
+        is_byok: g.is_byok,
+        completed_at: g.completed_at,
+        estimated_cost_usd: g.estimated_cost_usd,
+        actual_cost_usd: g.actual_cost_usd,
+        debited_usd: g.debited_usd,
+        basis: basis_str(g.basis),
+        state: g.state.as_str(),
+        unresolved_reason: g.unresolved_reason,
+        updated_at: g.updated_at,
+        entries: g.entries.into_iter().map(EntryBody::from).collect(),
+    }))
+}

@@ -1,0 +1,111 @@
+//! The API's Prometheus metrics, all in one place.
+//!
+//! * `tally_api_requests_total{route, method, status}`: requests answered.
+//! * `tally_api_request_duration_seconds{route}`: time to answer.
+//!
+//! # Decisions
+//!
+//! * **`route` is the matched path template** (`/v1/budgets/{id}`), never
+//!   the raw path: raw paths carry budget and generation ids and would make
+//!   the label set unbounded. Requests that match no route are labelled
+//!   `unmatched`.
+//! * **`method` is bounded** to the standard methods; anything else is
+//!   labelled `other`.
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::middleware::Next;
+use axum::response::Response;
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Label of requests that matched no route.
+pub const UNMATCHED_ROUTE: &str = "unmatched";
+
+/// The API's metrics (see the module docs).
+#[derive(Clone, Debug)]
+pub struct ApiMetrics {
+    /// `tally_api_requests_total{route, method, status}`.
+    pub requests: IntCounterVec,
+    /// `tally_api_request_duration_seconds{route}`.
+    pub duration: HistogramVec,
+}
+
+impl ApiMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn register(registry: &Registry) -> Result<ApiMetrics, prometheus::Error> {
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tally_api_requests_total",
+                "HTTP requests answered by the API.",
+            ),
+            &["route", "method", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tally_api_request_duration_seconds",
+                "Time the API took to answer a request.",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
+            &["route"],
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        Ok(ApiMetrics { requests, duration })
+    }
+}
+
+/// The route template a request matched, carried from the routing layer to
+/// the metrics layer in the response's extensions.
+#[derive(Clone, Debug)]
+struct RouteLabel(String);
+
+/// Route layer: copies the matched path template into the response.
+pub(crate) async fn record_route(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned());
+    let mut resp = next.run(req).await;
+    if let Some(route) = route {
+        resp.extensions_mut().insert(RouteLabel(route));
+    }
+    resp
+}
+
+fn method_label(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
+}
+
+/// Outer layer: counts and times every request.
+pub(crate) async fn track(State(metrics): State<ApiMetrics>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = method_label(req.method());
+    let resp = next.run(req).await;
+    let route = resp
+        .extensions()
+        .get::<RouteLabel>()
+        .map(|r| r.0.as_str())
+        .unwrap_or(UNMATCHED_ROUTE);
+    metrics
+        .requests
+        .with_label_values(&[route, method, resp.status().as_str()])
+        .inc();
+    metrics
+        .duration
+        .with_label_values(&[route])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}

@@ -1,0 +1,127 @@
+//! `GET /v1/spend?org_id=…&from=…&to=…&group_by=model|agent|user|day`:
+//! an organisation's spend, aggregated.
+//!
+//! Counts the generations whose `completed_at` lies in `[from, to)` (event
+//! time, DESIGN.md rule 5) at their net debit, split into the parts booked
+//! at actual and at estimated cost. Answers 200 with `total` and `groups`
+//! (ordered by key; generations without an agent or user form the group
+//! with key `null`; `day` keys are UTC dates `YYYY-MM-DD`).
+//!
+//! # Decisions
+//!
+//! * **All four parameters are required** and `from < to`; the range may
+//!   span at most [`MAX_RANGE_DAYS`] days, which bounds the work of one
+//!   request (422 `invalid_range` / `range_too_large` naming `to`).
+//! * **Days are UTC days.** Budgets have time zones, spend reports do not:
+//!   one report, one calendar. Callers wanting local days query per day
+//!   with local boundaries in `from`/`to`.
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, TimeDelta, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tally_store::queries::{GroupBy, SpendRow};
+
+use crate::error::ApiError;
+use crate::extract::Params;
+use crate::wire::{check_id, parse_time};
+use crate::AppState;
+
+/// Longest range one spend request may cover, in days.
+pub const MAX_RANGE_DAYS: i64 = 400;
+
+#[derive(Serialize, Default)]
+pub(crate) struct SpendTotals {
+    #[serde(with = "tally_money::serde_usd")]
+    spent_usd: Decimal,
+    #[serde(with = "tally_money::serde_usd")]
+    spent_actual_usd: Decimal,
+    #[serde(with = "tally_money::serde_usd")]
+    spent_estimated_usd: Decimal,
+    generations: i64,
+}
+
+#[derive(Serialize)]
+pub(crate) struct SpendGroup {
+    key: Option<String>,
+    #[serde(flatten)]
+    totals: SpendTotals,
+}
+
+#[derive(Serialize)]
+pub(crate) struct SpendBody {
+    org_id: String,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    group_by: &'static str,
+    total: SpendTotals,
+    groups: Vec<SpendGroup>,
+}
+
+fn add(total: &mut SpendTotals, r: &SpendRow) -> Option<()> {
+    total.spent_usd = total.spent_usd.checked_add(r.spent_usd)?;
+    total.spent_actual_usd = total.spent_actual_usd.checked_add(r.spent_actual_usd)?;
+    total.spent_estimated_usd = total
+        .spent_estimated_usd
+        .checked_add(r.spent_estimated_usd)?;
+    total.generations = total.generations.checked_add(r.generations)?;
+    Some(())
+}
+
+/// `GET /v1/spend`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    params: Params,
+) -> Result<Json<SpendBody>, ApiError> {
+    let params = params.only(&["org_id", "from", "to", "group_by"])?;
+    let org_id = params.require("org_id")?;
+    check_id("org_id", org_id)?;
+    let from = parse_time("from", params.require("from")?)?;
+    let to = parse_time("to", params.require("to")?)?;
+    let group_by_text = params.require("group_by")?;
+    let group_by = GroupBy::parse(group_by_text).ok_or_else(|| {
+        ApiError::invalid(
+            "group_by",
+            format!("group_by must be one of model, agent, user, day, not {group_by_text:?}"),
+        )
+    })?;
+    if from >= to {
+        return Err(ApiError::field(
+            "invalid_range",
+            "to",
+            "to must be later than from",
+        ));
+    }
+    if to - from > TimeDelta::days(MAX_RANGE_DAYS) {
+        return Err(ApiError::field(
+            "range_too_large",
+            "to",
+            format!("from..to may span at most {MAX_RANGE_DAYS} days"),
+        ));
+    }
+    let rows = state.store.spend(org_id, from, to, group_by).await?;
+    let mut total = SpendTotals::default();
+    for r in &rows {
+        add(&mut total, r).ok_or_else(|| ApiError::internal("spend total overflows"))?;
+    }
+    Ok(Json(SpendBody {
+        org_id: org_id.to_owned(),
+        from,
+        to,
+        group_by: group_by.as_str(),
+        total,
+        groups: rows
+            .into_iter()
+            .map(|r| SpendGroup {
+                key: r.key,
+                totals: SpendTotals {
+                    spent_usd: r.spent_usd,
+                    spent_actual_usd: r.spent_actual_usd,
+                    spent_estimated_usd: r.spent_estimated_usd,
+                    generations: r.generations,
+                },
+            })
+            .collect(),
+    }))
+}

@@ -1,0 +1,267 @@
+//! The JSON shapes the API answers with, and the input checks shared by the
+//! handlers.
+//!
+//! Money is always a decimal string (`tally_money::serde_usd`), times are
+//! RFC 3339 in UTC.
+//!
+//! # Decisions
+//!
+//! * **`remaining_usd` is clamped at zero.** "Remaining" is what may still
+//!   be spent; a negative remainder would read as a credit. How far a period
+//!   overshot its limit (a late actual can push it past) is reported
+//!   separately as `over_by_usd`, so nothing is hidden.
+//! * **Past periods are measured against the current limit.** Budgets keep
+//!   no history of their limits; the spend figures themselves are exact.
+
+use chrono::{DateTime, Utc};
+use rust_decimal::Decimal;
+use serde::Serialize;
+use tally_budget::{is_exhausted, Enforcement, Period, PeriodKind, Scope};
+use tally_ledger::Basis;
+use tally_store::queries::{EntryRow, PeriodTotals};
+use tally_store::Budget;
+
+use crate::error::ApiError;
+
+/// Longest generation id accepted in a path.
+const MAX_GENERATION_ID_LEN: usize = 256;
+
+/// A budget period with its totals.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct PeriodBody {
+    pub start: DateTime<Utc>,
+    pub end: DateTime<Utc>,
+    #[serde(with = "tally_money::serde_usd")]
+    pub spent_usd: Decimal,
+    #[serde(with = "tally_money::serde_usd")]
+    pub spent_actual_usd: Decimal,
+    #[serde(with = "tally_money::serde_usd")]
+    pub spent_estimated_usd: Decimal,
+    #[serde(with = "tally_money::serde_usd")]
+    pub remaining_usd: Decimal,
+    #[serde(with = "tally_money::serde_usd")]
+    pub over_by_usd: Decimal,
+    pub generations: i64,
+    pub exhausted: bool,
+}
+
+impl PeriodBody {
+    pub fn new(limit: Decimal, period: Period, t: PeriodTotals) -> PeriodBody {
+        PeriodBody {
+            start: period.start,
+            end: period.end,
+            spent_usd: t.spent_usd,
+            spent_actual_usd: t.spent_actual_usd,
+            spent_estimated_usd: t.spent_estimated_usd,
+            remaining_usd: (limit - t.spent_usd).max(Decimal::ZERO),
+            over_by_usd: (t.spent_usd - limit).max(Decimal::ZERO),
+            generations: t.generations,
+            exhausted: is_exhausted(limit, t.spent_usd),
+        }
+    }
+}
+
+/// A budget with its current period.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct BudgetBody {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub scope: Scope,
+    pub period: PeriodKind,
+    pub timezone: String,
+    #[serde(with = "tally_money::serde_usd")]
+    pub limit_usd: Decimal,
+    pub thresholds_percent: Vec<u32>,
+    pub enforcement: Enforcement,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub archived_at: Option<DateTime<Utc>>,
+    pub current_period: PeriodBody,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub booked_generations: Option<u64>,
+}
+
+impl BudgetBody {
+    pub fn new(b: Budget, period: Period, totals: PeriodTotals) -> BudgetBody {
+        BudgetBody {
+            current_period: PeriodBody::new(b.limit_usd, period, totals),
+            id: b.id,
+            org_id: b.org_id,
+            name: b.name,
+            scope: b.scope,
+            period: b.period,
+            timezone: b.timezone,
+            limit_usd: b.limit_usd,
+            thresholds_percent: b.thresholds,
+            enforcement: b.enforcement,
+            created_at: b.created_at,
+            updated_at: b.updated_at,
+            archived_at: b.archived_at,
+            booked_generations: None,
+        }
+    }
+}
+
+/// One journal entry.
+#[derive(Debug, Clone, Serialize)]
+pub(crate) struct EntryBody {
+    pub entry_id: String,
+    pub budget_id: String,
+    pub generation_id: String,
+    pub kind: &'static str,
+    pub basis: &'static str,
+    #[serde(with = "tally_money::serde_usd")]
+    pub amount_usd: Decimal,
+    pub period_start: DateTime<Utc>,
+    pub period_end: DateTime<Utc>,
+    pub posted_at: DateTime<Utc>,
+    pub batch_id: String,
+}
+
+impl From<EntryRow> for EntryBody {
+    fn from(e: EntryRow) -> EntryBody {
+        EntryBody {
+            entry_id: e.entry_id.to_string(),
+            budget_id: e.budget_id,
+            generation_id: e.generation_id,
+            kind: e.kind.as_str(),
+            basis: e.basis.as_str(),
+            amount_usd: e.amount_usd,
+            period_start: e.period.start,
+            period_end: e.period.end,
+            posted_at: e.posted_at,
+            batch_id: e.batch_id.to_string(),
+        }
+    }
+}
+
+/// The wire spelling of a basis.
+pub(crate) fn basis_str(b: Option<Basis>) -> Option<&'static str> {
+    b.map(Basis::as_str)
+}
+
+/// Whether `s` is an id usable in subjects: `^[A-Za-z0-9_-]{1,64}$`.
+pub(crate) fn is_subject_id(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// Checks an organisation or budget id (422 `invalid_id` naming `field`).
+pub(crate) fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
+    if is_subject_id(value) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "invalid_id",
+            field,
+            format!("{field} {value:?} must match ^[A-Za-z0-9_-]{{1,64}}$"),
+        ))
+    }
+}
+
+/// Checks a generation id: 1 to 256 bytes, no control characters.
+pub(crate) fn check_generation_id(value: &str) -> Result<(), ApiError> {
+    if value.is_empty()
+        || value.len() > MAX_GENERATION_ID_LEN
+        || value.chars().any(char::is_control)
+    {
+        Err(ApiError::field(
+            "invalid_id",
+            "generation_id",
+            "generation_id must be 1 to 256 bytes without control characters",
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// Parses an RFC 3339 time (422 `invalid_time` naming `field`).
+pub(crate) fn parse_time(field: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    DateTime::parse_from_rfc3339(value)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| {
+            ApiError::field(
+                "invalid_time",
+                field,
+                format!(
+                    "{field} {value:?} is not an RFC 3339 time such as 2026-01-01T00:00:00Z \
+                     (in a query string, encode '+' as %2B): {e}"
+                ),
+            )
+        })
+}
+
+/// Parses a money field given as any JSON value: only a decimal string is
+/// accepted; a JSON number is refused with `amount_not_string`.
+pub(crate) fn parse_money(field: &str, value: &serde_json::Value) -> Result<Decimal, ApiError> {
+    use tally_money::MoneyError;
+    let parsed = match value {
+        serde_json::Value::String(s) => tally_money::parse_cost_str(s),
+        serde_json::Value::Number(_) => Err(MoneyError::NumberNotString),
+        other => {
+            return Err(ApiError::invalid(
+                field,
+                format!("{field} must be a decimal string such as \"10.50\", not {other}"),
+            ))
+        }
+    };
+    parsed.map_err(|e| ApiError::field(e.code(), field, format!("{field}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn money_must_be_a_string() {
+        assert_eq!(
+            parse_money("limit_usd", &json!("0.00012345678901234567"))
+                .unwrap()
+                .to_string(),
+            "0.00012345678901234567"
+        );
+        let e = parse_money("limit_usd", &json!(10.5)).unwrap_err();
+        assert_eq!(e.code(), "amount_not_string");
+        assert_eq!(e.problem().field.as_deref(), Some("limit_usd"));
+        assert_eq!(
+            parse_money("x", &json!("-1")).unwrap_err().code(),
+            "negative_amount"
+        );
+        assert_eq!(
+            parse_money("x", &json!("1e3")).unwrap_err().code(),
+            "invalid_amount"
+        );
+        assert_eq!(
+            parse_money("x", &json!(null)).unwrap_err().code(),
+            "invalid_field"
+        );
+    }
+
+    #[test]
+    fn remaining_is_clamped() {
+        let p = Period::TOTAL;
+        let t = PeriodTotals {
+            spent_usd: Decimal::new(15, 1),
+            spent_actual_usd: Decimal::new(15, 1),
+            ..Default::default()
+        };
+        let body = PeriodBody::new(Decimal::ONE, p, t);
+        assert_eq!(body.remaining_usd, Decimal::ZERO);
+        assert_eq!(body.over_by_usd, Decimal::new(5, 1));
+        assert!(body.exhausted);
+    }
+
+    #[test]
+    fn ids() {
+        assert!(check_id("org_id", "acme-1_x").is_ok());
+        assert!(check_id("org_id", "").is_err());
+        assert!(check_id("org_id", "a.b").is_err());
+        assert!(check_id("org_id", &"a".repeat(65)).is_err());
+        assert!(check_generation_id("gen-123").is_ok());
+        assert!(check_generation_id("a\nb").is_err());
+    }
+}
