@@ -27,7 +27,8 @@
 //! * [`client`] — configuration and shared HTTP plumbing (auth, timeouts,
 //!   bounded bodies, status mapping). New endpoints add `impl
 //!   OpenRouterClient` blocks in their own module.
-//! * [`generation`], [`models`] — one module per endpoint.
+//! * [`generation`], [`models`], [`responses`] — one module per endpoint.
+//! * [`sse`] — the server-sent events parser used by streaming endpoints.
 //! * [`error`] — [`OpenRouterError`] and `Retry-After` parsing.
 //!
 //! # Decisions
@@ -51,8 +52,15 @@ pub mod client;
 pub mod error;
 pub mod generation;
 pub mod models;
+pub mod responses;
+pub mod sse;
 
 pub use client::{ClientConfig, OpenRouterClient, DEFAULT_BASE_URL};
 pub use error::{parse_retry_after, OpenRouterError, MAX_RETRY_AFTER};
 pub use generation::GenerationStats;
 pub use models::{ModelInfo, Price, Pricing};
+pub use responses::{
+    InputMessage, MaxPriceUsd, ProviderRouting, ResponseUsage, ResponsesError, ResponsesInput,
+    ResponsesReply, ResponsesRequest, ServerTool, StreamAccumulator,
+};
+pub use sse::{SseEvent, SseParser};
