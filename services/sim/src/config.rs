@@ -120,6 +120,18 @@ pub struct SimConfig {
     pub number_format: NumberFormat,
     /// Seed for the random faults and generated costs (`None`: from the OS).
     pub seed: Option<u64>,
+    /// Generation endpoints (`/responses`, `/chat/completions`): how long
+    /// before the first byte of a reply.
+    pub gen_latency: Duration,
+    /// Generation endpoints: fraction of streams cut before the final event
+    /// (no usage; the connection is closed mid-body).
+    pub gen_abort_rate: Fraction,
+    /// Generation endpoints: fraction of replies whose `usage.cost` is `null`.
+    pub gen_missing_cost_rate: Fraction,
+    /// Generation endpoints: fraction of requests answered 429 with `Retry-After`.
+    pub gen_rate_429: Fraction,
+    /// Generation endpoints: fraction of requests answered 500.
+    pub gen_rate_500: Fraction,
 }
 
 impl Default for SimConfig {
@@ -137,6 +149,11 @@ impl Default for SimConfig {
             byok_rate: Fraction::ZERO,
             number_format: NumberFormat::Js,
             seed: None,
+            gen_latency: Duration::ZERO,
+            gen_abort_rate: Fraction::ZERO,
+            gen_missing_cost_rate: Fraction::ZERO,
+            gen_rate_429: Fraction::ZERO,
+            gen_rate_500: Fraction::ZERO,
         }
     }
 }
@@ -222,6 +239,21 @@ pub struct SimArgs {
     /// Seed for random faults and costs (reproducible runs).
     #[arg(long, env = "TALLY_SIM_SEED")]
     pub seed: Option<u64>,
+    /// `/responses` and `/chat/completions`: delay before the first byte.
+    #[arg(long, env = "TALLY_SIM_GEN_LATENCY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub gen_latency: Duration,
+    /// Fraction (0..1) of generation streams cut before their final event (no usage).
+    #[arg(long, env = "TALLY_SIM_GEN_ABORT_RATE", default_value = "0")]
+    pub gen_abort_rate: Fraction,
+    /// Fraction (0..1) of generation replies with `usage.cost: null`.
+    #[arg(long, env = "TALLY_SIM_GEN_MISSING_COST_RATE", default_value = "0")]
+    pub gen_missing_cost_rate: Fraction,
+    /// Fraction (0..1) of generation requests answered 429 with `Retry-After`.
+    #[arg(long, env = "TALLY_SIM_GEN_RATE_429", default_value = "0")]
+    pub gen_rate_429: Fraction,
+    /// Fraction (0..1) of generation requests answered 500.
+    #[arg(long, env = "TALLY_SIM_GEN_RATE_500", default_value = "0")]
+    pub gen_rate_500: Fraction,
 }
 
 impl From<SimArgs> for SimConfig {
@@ -239,6 +271,11 @@ impl From<SimArgs> for SimConfig {
             byok_rate: a.byok_rate,
             number_format: a.number_format,
             seed: a.seed,
+            gen_latency: a.gen_latency,
+            gen_abort_rate: a.gen_abort_rate,
+            gen_missing_cost_rate: a.gen_missing_cost_rate,
+            gen_rate_429: a.gen_rate_429,
+            gen_rate_500: a.gen_rate_500,
         }
     }
 }

@@ -5,6 +5,8 @@
 //! ```text
 //! GET  /api/v1/generation?id=…   statistics: 404 until ready, then 200; faults on request
 //! GET  /api/v1/models            the model catalog (fixtures/models.json)
+//! POST /api/v1/responses         a generation (Responses API), streaming or not
+//! POST /api/v1/chat/completions  a generation (chat completions), streaming or not
 //! POST /sim/generations          register a generation (admin, JSON)
 //! POST /sim/generations/batch    register many
 //! GET  /sim/stats[?id=…]         call counters
@@ -54,12 +56,14 @@ use axum::{
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
 pub mod admin;
+pub mod chat;
 pub mod config;
 pub mod generation;
 pub mod load;
 pub mod models;
 pub mod number;
 mod reply;
+pub mod responses;
 pub mod state;
 
 pub use admin::{GenerationSpec, RegisteredGeneration, SimStats};
@@ -91,6 +95,8 @@ impl Simulator {
         Router::new()
             .route("/api/v1/generation", get(generation::get_generation))
             .route("/api/v1/models", get(models::get_models))
+            .route("/api/v1/responses", post(responses::post_responses))
+            .route("/api/v1/chat/completions", post(chat::post_chat_completions))
             .route("/sim/generations", post(admin::post_generation))
             .route(
                 "/sim/generations/batch",
