@@ -316,7 +316,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "t_s", "published", "reconciled", "unresolved", "pending", "http_calls", "rate_limit"
     );
     let bench_start = Instant::now();
-    let mut samples: Vec<(u64, u64)> = Vec::new();
+    let mut samples: Vec<(u64, u64, u64)> = Vec::new();
     let mut publish_took = None;
     let mut publisher = Some(publisher);
     let mut second = 0u64;
@@ -339,7 +339,7 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             sim.simulator().total_calls(),
             metrics.rate_limit.get()
         );
-        samples.push((second, pending));
+        samples.push((second, pending, done));
         if publisher.as_ref().is_some_and(|p| p.is_finished()) {
             publish_took = Some(publisher.take().expect("checked").await?);
         }
@@ -365,9 +365,14 @@ async fn bench(args: Args) -> anyhow::Result<()> {
     let settled_at = last_settled.lock().unwrap().unwrap_or(end_of_bench);
     let steady: Vec<u64> = samples
         .iter()
-        .filter(|(t, _)| *t > 5 && *t <= args.secs)
-        .map(|(_, p)| *p)
+        .filter(|(t, _, _)| *t > 5 && *t <= args.secs)
+        .map(|(_, p, _)| *p)
         .collect();
+    // Reconciled per second while publishing at full rate (t = 6 .. secs).
+    let window = samples
+        .iter()
+        .find(|(t, _, _)| *t == 5)
+        .zip(samples.iter().find(|(t, _, _)| *t == args.secs));
 
     println!();
     println!("== results ==");
@@ -382,6 +387,12 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         "reconciled:             {done} ({} /s from first publish to last event), unresolved: {gave_up}",
         per_sec(done, settled_at.duration_since(bench_start))
     );
+    if let Some(((t0, _, r0), (t1, _, r1))) = window {
+        println!(
+            "steady state:           {} reconciled/s (t={t0}..{t1} s, while publishing)",
+            per_sec(r1 - r0, Duration::from_secs(t1 - t0))
+        );
+    }
     if let (Some(min), Some(max)) = (steady.iter().min(), steady.iter().max()) {
         let mean = steady.iter().sum::<u64>() / steady.len() as u64;
         println!(

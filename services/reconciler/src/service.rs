@@ -61,6 +61,9 @@ const PUBLISH_RETRY_DELAY: Duration = Duration::from_secs(1);
 const PENDING_REFRESH: Duration = Duration::from_secs(1);
 /// How long a stop waits for in-flight lookups to settle.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Time after receipt after which a message's ack wait is extended before
+/// its lookup (half the consumer's ack wait).
+const EXTEND_AFTER: Duration = Duration::from_secs(30);
 /// Minimum spacing of the error-level log lines about key problems.
 const KEY_PROBLEM_LOG_EVERY: Duration = Duration::from_secs(30);
 
@@ -152,7 +155,8 @@ impl Reconciler {
             batch_size = shared.cfg.batch_size,
             "reconciler started"
         );
-        let gauge = tokio::spawn(refresh_pending(shared.clone()));
+        // Aborted when `run` returns or is dropped.
+        let _gauge = AbortOnDrop(tokio::spawn(refresh_pending(shared.clone())));
         let max_held = shared.cfg.batch_size + shared.cfg.concurrency;
         let mut tasks = JoinSet::new();
 
@@ -214,9 +218,17 @@ impl Reconciler {
             );
             tasks.abort_all();
         }
-        gauge.abort();
         tracing::info!("reconciler stopped");
         Ok(())
+    }
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -283,6 +295,7 @@ async fn handle(shared: &Shared, delivery: Delivery, shutdown: watch::Receiver<b
 
 /// Everything between receiving a message and settling it.
 async fn decide(shared: &Shared, d: &Delivery, mut shutdown: watch::Receiver<bool>) -> Settle {
+    let received = Instant::now();
     let cfg = &shared.cfg;
     let metrics = &shared.metrics;
     let event =
@@ -341,6 +354,13 @@ async fn decide(shared: &Shared, d: &Delivery, mut shutdown: watch::Receiver<boo
         // The semaphore is never closed; settle defensively all the same.
         return Settle::Nak(None);
     };
+    if received.elapsed() >= EXTEND_AFTER {
+        // Waited long for a permit: keep the message ours for the lookup
+        // and the publish instead of having it redelivered meanwhile.
+        if let Err(e) = d.in_progress().await {
+            tracing::debug!(error = %e, "extending the ack wait failed");
+        }
+    }
     let answer = shared.client.generation(&g.generation_id).await;
     drop(permit);
 
