@@ -23,7 +23,7 @@ if [ "$#" -gt 0 ]; then
   echo "test: cargo test $*"
   exec cargo test "$@"
 fi
-echo "test: cargo test --workspace --all-targets"
-cargo test --workspace --all-targets
+echo "test: cargo test --workspace --all-targets --no-fail-fast"
+cargo test --workspace --all-targets --no-fail-fast
 echo "test: cargo test --workspace --doc"
 cargo test --workspace --doc
