@@ -530,8 +530,7 @@ impl Drop for TestDb {
                     let _ = admin.close().await;
                     Ok::<_, sqlx::Error>(())
                 };
-                if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(15), drop_db).await
-                {
+                if let Ok(Err(err)) = tokio::time::timeout(Duration::from_secs(15), drop_db).await {
                     tracing::warn!(database = %name, error = %err, "could not drop test database");
                 }
             });

@@ -100,7 +100,9 @@ async fn test_db_is_fresh_and_dropped_afterwards() -> anyhow::Result<()> {
     assert!(db.url().ends_with(&name));
     let pool = db.pool();
     sqlx::query("CREATE TABLE t (x int)").execute(&pool).await?;
-    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM t").fetch_one(&pool).await?;
+    let (n,): (i64,) = sqlx::query_as("SELECT count(*) FROM t")
+        .fetch_one(&pool)
+        .await?;
     assert_eq!(n, 0);
     drop(db);
 
