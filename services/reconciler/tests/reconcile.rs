@@ -30,6 +30,21 @@ async fn wait_consumer_drained(env: &Env, timeout: Duration) -> anyhow::Result<(
     }
 }
 
+/// One HTTP/1.1 GET with a bearer key over a plain TCP connection; the
+/// whole response as text.
+async fn raw_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nHost: sim\r\nAuthorization: Bearer sk-or-test\r\n\
+         Connection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    Ok(response)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn actual_costs_are_exact_to_the_digit_and_byok_adds_upstream() -> anyhow::Result<()> {
     let env = Env::start(SimConfig::ephemeral()).await?;
@@ -46,8 +61,14 @@ async fn actual_costs_are_exact_to_the_digit_and_byok_adds_upstream() -> anyhow:
     env.sim().register_generation(
         SimGeneration::new("gen-byok", d("0.0000015")).byok(Some(d("0.00042000000000000001"))),
     );
-    let tiny = env.sim().generation("gen-tiny").expect("registered");
-    assert!(tiny.number_format == Some(NumberFormat::Js));
+    // The simulator really sends these literals.
+    let body = raw_get(env.sim.addr(), "/api/v1/generation?id=gen-tiny").await?;
+    assert!(body.contains(r#""total_cost":1.425e-7"#), "{body}");
+    let body = raw_get(env.sim.addr(), "/api/v1/generation?id=gen-long").await?;
+    assert!(
+        body.contains(r#""total_cost":0.00012345678901234567"#),
+        "{body}"
+    );
 
     let running = env.spawn_reconciler(fast_config());
     let now = Utc::now();
