@@ -40,7 +40,13 @@ impl Harness {
         let db = TestDb::create().await?;
         let store = Store::connect(db.url(), 8).await?;
         store.migrate().await?;
-        let bus = Bus::connect(&BusConfig::new(nats.url())).await?;
+        // A short ack wait: a crashed projector's in-flight messages come
+        // back in seconds, not a minute.
+        let bus = Bus::connect(&BusConfig {
+            ack_wait: Duration::from_secs(5),
+            ..BusConfig::new(nats.url())
+        })
+        .await?;
         bus.ensure_topology().await?;
         Ok(Harness {
             nats,

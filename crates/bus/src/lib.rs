@@ -236,6 +236,10 @@ pub struct BusConfig {
     pub prefix: String,
     /// Replicas of every stream (1 on a single server, 3 in a cluster).
     pub replicas: usize,
+    /// How long the server waits for an ack before redelivering a message
+    /// to another fetch (default [`ACK_WAIT`]): how soon the in-flight
+    /// messages of a crashed instance are picked up by the others.
+    pub ack_wait: Duration,
 }
 
 impl BusConfig {
@@ -254,6 +258,7 @@ impl Default for BusConfig {
             url: "nats://127.0.0.1:4222".to_string(),
             prefix: "tally".to_string(),
             replicas: 1,
+            ack_wait: ACK_WAIT,
         }
     }
 }
@@ -372,6 +377,7 @@ pub struct Bus {
     prefix: String,
     stream_prefix: String,
     replicas: usize,
+    ack_wait: Duration,
 }
 
 /// Whether `s` is one valid subject token (`[A-Za-z0-9_-]+`).
@@ -444,6 +450,7 @@ impl Bus {
             prefix: prefix.to_string(),
             stream_prefix,
             replicas: cfg.replicas,
+            ack_wait: cfg.ack_wait,
         })
     }
 
@@ -497,7 +504,7 @@ impl Bus {
             description: Some(format!("tally {}", name.durable())),
             deliver_policy: jetstream::consumer::DeliverPolicy::All,
             ack_policy: jetstream::consumer::AckPolicy::Explicit,
-            ack_wait: ACK_WAIT,
+            ack_wait: self.ack_wait,
             max_deliver: -1,
             max_ack_pending: MAX_ACK_PENDING,
             filter_subject: self.subject(name.filter_pattern()),

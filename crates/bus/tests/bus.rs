@@ -92,7 +92,7 @@ async fn custom_prefix_gets_its_own_streams() -> anyhow::Result<()> {
     let cfg = BusConfig {
         url: server.url(),
         prefix: "acme-test".into(),
-        replicas: 1,
+        ..BusConfig::default()
     };
     let bus = Bus::connect(&cfg).await?;
     bus.ensure_topology().await?;

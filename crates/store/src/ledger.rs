@@ -357,8 +357,6 @@ async fn apply_in_tx(
             });
         }
     }
-    let (entries, alerts) = post(tx, postings, opts, batch_id, now).await?;
-
     // 5. Write the generations back: new rows inserted, known rows updated.
     let mut ins = GenColumns::default();
     let mut upd = GenColumns::default();
@@ -404,6 +402,9 @@ async fn apply_in_tx(
         );
         upd.bind(q).execute(&mut **tx).await?;
     }
+
+    // 6. Entries, outbox, and last the contended period totals (see `post`).
+    let (entries, alerts) = post(tx, postings, opts, batch_id, now).await?;
 
     Ok(BatchOutcome {
         batch_id,
@@ -513,9 +514,13 @@ impl GenColumns {
     }
 }
 
-/// Posts entries: inserts them, moves the period totals, detects threshold
-/// crossings and writes the derived events to the outbox. Returns the
-/// entries and the number of alerts raised.
+/// Posts entries: inserts them, writes `ledger.posted` to the outbox, then
+/// moves the period totals, detects threshold crossings and writes the
+/// alerts to the outbox. Returns the entries and the number of alerts raised.
+///
+/// Call it last in a transaction: from the period upsert on, the
+/// transaction holds the row locks that concurrent batches of the same
+/// organisation wait for, so it should commit right after.
 pub(crate) async fn post(
     tx: &mut Transaction<'_, Postgres>,
     postings: Vec<Posting>,
@@ -570,6 +575,38 @@ pub(crate) async fn post(
     .bind(batch_id)
     .execute(&mut **tx)
     .await?;
+
+    // The ledger.posted events go to the outbox before the period totals
+    // are touched: the totals' rows are the one place concurrent batches of
+    // the same organisation wait for each other, so everything else happens
+    // before that lock is taken.
+    if opts.publish {
+        let mut rows: Vec<(String, String, Vec<u8>)> = Vec::new();
+        let mut by_org: BTreeMap<&str, Vec<&PostedEntry>> = BTreeMap::new();
+        for e in &entries {
+            by_org.entry(e.org_id.as_str()).or_default().push(e);
+        }
+        for (org, list) in by_org {
+            for (part, chunk) in list.chunks(MAX_ENTRIES_PER_MESSAGE).enumerate() {
+                let msg_id = format!("ledger-{batch_id}-{org}-{part}");
+                let subject = EventType::LedgerPosted.subject(&opts.prefix, org, None);
+                let data = LedgerPosted {
+                    org_id: org.to_owned(),
+                    batch_id: batch_id.to_string(),
+                    entries: chunk.iter().map(|e| wire_entry(e)).collect(),
+                };
+                let ev = CloudEvent::new(
+                    msg_id.clone(),
+                    opts.source.clone(),
+                    subject.clone(),
+                    now,
+                    data,
+                );
+                rows.push((subject, msg_id, ev.to_json()));
+            }
+        }
+        crate::outbox::enqueue(tx, &rows).await?;
+    }
 
     // Period totals, upserted in (budget, period) order.
     #[derive(Default)]
@@ -714,31 +751,7 @@ pub(crate) async fn post(
     }
 
     if opts.publish {
-        let mut rows: Vec<(String, String, Vec<u8>)> = alert_events;
-        let mut by_org: BTreeMap<&str, Vec<&PostedEntry>> = BTreeMap::new();
-        for e in &entries {
-            by_org.entry(e.org_id.as_str()).or_default().push(e);
-        }
-        for (org, list) in by_org {
-            for (part, chunk) in list.chunks(MAX_ENTRIES_PER_MESSAGE).enumerate() {
-                let msg_id = format!("ledger-{batch_id}-{org}-{part}");
-                let subject = EventType::LedgerPosted.subject(&opts.prefix, org, None);
-                let data = LedgerPosted {
-                    org_id: org.to_owned(),
-                    batch_id: batch_id.to_string(),
-                    entries: chunk.iter().map(|e| wire_entry(e)).collect(),
-                };
-                let ev = CloudEvent::new(
-                    msg_id.clone(),
-                    opts.source.clone(),
-                    subject.clone(),
-                    now,
-                    data,
-                );
-                rows.push((subject, msg_id, ev.to_json()));
-            }
-        }
-        crate::outbox::enqueue(tx, &rows).await?;
+        crate::outbox::enqueue(tx, &alert_events).await?;
     }
     Ok((entries, alerts_raised))
 }
@@ -761,5 +774,19 @@ fn wire_entry(e: &PostedEntry) -> LedgerEntry {
         period_start: e.period.start,
         period_end: e.period.end,
         posted_at: e.posted_at,
+    }
+}
+
+impl Store {
+    /// How many generations of an organisation are in each accounting state
+    /// (`pending`, `settled`, `provisional`, `unresolved`, `unpriced`).
+    pub async fn state_counts(&self, org_id: &str) -> Result<Vec<(String, i64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "SELECT state, count(*) FROM generations WHERE org_id = $1 GROUP BY state ORDER BY state",
+        )
+        .bind(org_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(rows)
     }
 }

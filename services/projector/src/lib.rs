@@ -48,6 +48,21 @@ use tokio::sync::{watch, Notify};
 
 pub use metrics::Metrics;
 
+/// A fetched batch with each message's decoding result.
+type Decoded = Vec<(
+    Delivery,
+    Result<(FactInput, &'static str), (&'static str, String)>,
+)>;
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// The service name used in dead-letter subjects and metrics.
 pub const SERVICE: &str = "projector";
 
@@ -80,6 +95,9 @@ pub struct ProjectorConfig {
     pub batch_size: usize,
     /// How long a fetch waits for the first message.
     pub fetch_wait: Duration,
+    /// Batches applied at the same time per consumer, each in its own
+    /// transaction (while one waits for Postgres, another is prepared).
+    pub apply_concurrency: usize,
     /// Subject prefix.
     pub prefix: String,
 }
@@ -89,6 +107,7 @@ impl Default for ProjectorConfig {
         ProjectorConfig {
             batch_size: 1000,
             fetch_wait: Duration::from_millis(500),
+            apply_concurrency: 2,
             prefix: "tally".into(),
         }
     }
@@ -156,36 +175,82 @@ impl Projector {
             return Ok(());
         };
         tracing::info!(consumer = name.durable(), "projector consuming");
-        while !*shutdown.borrow() {
-            let batch = tokio::select! {
-                r = consumer.fetch(self.cfg.batch_size, self.cfg.fetch_wait) => r,
-                _ = shutdown.changed() => break,
-            };
-            let batch = match batch {
-                Ok(b) => b,
-                Err(e) => {
-                    tracing::warn!(error = %e, code = e.code(), "fetch failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                    continue;
+        // The next batches are fetched and decoded while the current ones
+        // are in their transactions; the channel holds `apply_concurrency`
+        // batches, so memory stays bounded by a few batches whatever the
+        // backlog.
+        let workers = self.cfg.apply_concurrency.max(1);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Decoded>(workers);
+        let fetcher = {
+            let this = self.clone();
+            let mut shutdown = shutdown.clone();
+            tokio::spawn(async move {
+                while !*shutdown.borrow() {
+                    let batch = tokio::select! {
+                        r = consumer.fetch(this.cfg.batch_size, this.cfg.fetch_wait) => r,
+                        _ = shutdown.changed() => break,
+                    };
+                    match batch {
+                        Ok(b) if b.is_empty() => continue,
+                        Ok(b) => {
+                            let decoded = b
+                                .into_iter()
+                                .map(|d| {
+                                    let r = decode(&this.cfg.prefix, &d);
+                                    (d, r)
+                                })
+                                .collect();
+                            if tx.send(decoded).await.is_err() {
+                                break;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, code = e.code(), "fetch failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                        }
+                    }
                 }
-            };
-            if batch.is_empty() {
-                continue;
-            }
-            self.process_batch(batch).await;
+            })
+        };
+        let _abort_fetcher = AbortOnDrop(fetcher);
+        let rx = Arc::new(tokio::sync::Mutex::new(rx));
+        let mut appliers = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let this = self.clone();
+            let rx = rx.clone();
+            appliers.spawn(async move {
+                loop {
+                    let next = rx.lock().await.recv().await;
+                    match next {
+                        Some(batch) => this.process_decoded(batch).await,
+                        None => break,
+                    }
+                }
+            });
         }
+        while appliers.join_next().await.is_some() {}
         Ok(())
     }
 
     /// Decodes, applies, dead-letters and acks one batch. Never returns
-    /// before every message of the batch is either applied and acked,
-    /// dead-lettered and acked, or left unacked for redelivery (database
-    /// down).
+    /// before every message of the batch is either applied and committed,
+    /// dead-lettered, or left unacked for redelivery (database down).
     pub async fn process_batch(&self, batch: Vec<Delivery>) {
+        let decoded = batch
+            .into_iter()
+            .map(|d| {
+                let r = decode(&self.cfg.prefix, &d);
+                (d, r)
+            })
+            .collect();
+        self.process_decoded(decoded).await;
+    }
+
+    async fn process_decoded(&self, batch: Decoded) {
         self.metrics.batch_size.observe(batch.len() as f64);
         let mut good: Vec<(Delivery, FactInput, &'static str)> = Vec::with_capacity(batch.len());
-        for d in batch {
-            match decode(&self.cfg.prefix, &d) {
+        for (d, r) in batch {
+            match r {
                 Ok((fact, ty)) => good.push((d, fact, ty)),
                 Err((reason, detail)) => self.dead_letter(&d, reason, &detail, "invalid").await,
             }
@@ -244,7 +309,7 @@ impl Projector {
 
     async fn finish(&self, msgs: Vec<(Delivery, FactInput, &'static str)>, outcome: BatchOutcome) {
         self.metrics.record_outcome(&outcome);
-        let mut acks = Vec::with_capacity(msgs.len());
+        let mut acked = 0usize;
         for ((d, _, ty), result) in msgs.iter().zip(&outcome.outcomes) {
             let label = match result {
                 FactOutcome::Applied => "applied",
@@ -265,15 +330,26 @@ impl Projector {
                 }
             };
             self.metrics.events.with_label_values(&[ty, label]).inc();
-            acks.push(d);
+            acked += 1;
         }
-        let results = futures::future::join_all(acks.iter().map(|d| d.ack())).await;
-        for r in results {
-            if let Err(e) = r {
-                // The effect is committed; a redelivery is a harmless duplicate.
-                tracing::warn!(error = %e, "ack failed; the message will be redelivered and ignored");
+        // The effect is committed: ack in the background while the next
+        // batch goes into its transaction. A lost ack only means a harmless
+        // redelivery.
+        let deliveries: Vec<Delivery> = msgs
+            .into_iter()
+            .zip(&outcome.outcomes)
+            .filter(|(_, o)| matches!(o, FactOutcome::Applied | FactOutcome::Duplicate))
+            .map(|((d, _, _), _)| d)
+            .collect();
+        debug_assert_eq!(deliveries.len(), acked);
+        tokio::spawn(async move {
+            let results = futures::future::join_all(deliveries.iter().map(|d| d.ack())).await;
+            for r in results {
+                if let Err(e) = r {
+                    tracing::warn!(error = %e, "ack failed; the message will be redelivered and ignored");
+                }
             }
-        }
+        });
     }
 
     async fn dead_letter(

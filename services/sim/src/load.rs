@@ -145,7 +145,7 @@ impl Generator {
             None => StdRng::from_os_rng(),
         };
         Ok(Generator {
-            run_id: uuid::Uuid::now_v7().simple().to_string()[..12].to_owned(),
+            run_id: uuid::Uuid::new_v4().simple().to_string()[..12].to_owned(),
             args,
             rng,
             next: 0,
