@@ -1,2 +1,95 @@
-//! tally (under construction).
-fn main() {}
+//! `tally`: the one binary that runs every part of tally.
+//!
+//! This crate only parses configuration and starts things: each subcommand
+//! wires the adapters (`tally-bus`, `tally-store`, `tally-openrouter`) into
+//! a service crate and runs it until Ctrl-C / SIGTERM.
+//!
+//! Exit codes: 0 success, 1 runtime failure, 2 invalid configuration or a
+//! subcommand that is not available.
+
+mod commands;
+mod config;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+
+/// tally — exact, event-sourced cost accounting for LLM generations on OpenRouter.
+#[derive(Parser, Debug)]
+#[command(name = "tally", version, about, long_about = None, propagate_version = true)]
+struct Cli {
+    #[command(flatten)]
+    settings: Settings,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Apply Postgres migrations and create/update JetStream streams and consumers (idempotent).
+    Migrate,
+    /// Run the generation worker: generation.requested → OpenRouter → generation.completed.
+    Worker,
+    /// Run the reconciler: fetch missing actual costs from OpenRouter's generation endpoint.
+    Reconciler,
+    /// Run the ledger projector: debit budgets in Postgres, publish ledger.posted and alerts.
+    Projector,
+    /// Run the HTTP API (budgets, generations, spend, checks, /metrics).
+    Api,
+    /// Run every service in one process (the single-machine default).
+    Run,
+    /// Rebuild the projections from the streams; --verify compares with the live ones.
+    Replay(commands::replay::ReplayArgs),
+    /// OpenRouter simulator and load generator.
+    #[command(subcommand)]
+    Sim(commands::sim::SimCommand),
+    /// Start everything locally, drive a stream of generations and show a live summary.
+    Demo(commands::demo::DemoArgs),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let cfg = match cli.settings.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("tally: {e}");
+            std::process::exit(2);
+        }
+    };
+    tally_telemetry::init_tracing(cfg.log_json);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("tally: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Migrate => commands::migrate(&cfg).await,
+            Command::Worker => commands::not_built("worker", "the generation worker"),
+            Command::Reconciler => commands::reconciler(&cfg).await,
+            Command::Projector => commands::projector(&cfg).await,
+            Command::Api => commands::api(&cfg).await,
+            Command::Run => commands::run(&cfg).await,
+            Command::Replay(args) => commands::replay::replay(&cfg, args).await,
+            Command::Sim(cmd) => commands::sim::sim(&cfg, cmd).await,
+            Command::Demo(args) => commands::demo::demo(&cfg, args).await,
+        }
+    });
+    if let Err(e) = result {
+        if let Some(u) = e.downcast_ref::<commands::UsageError>() {
+            eprintln!("tally: {u}");
+            std::process::exit(2);
+        }
+        if let Some(c) = e.downcast_ref::<config::ConfigError>() {
+            eprintln!("tally: {c}");
+            std::process::exit(2);
+        }
+        eprintln!("tally: {e:#}");
+        std::process::exit(1);
+    }
+}

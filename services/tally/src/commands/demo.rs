@@ -1,0 +1,346 @@
+//! `tally demo`: everything on one machine, with a live summary.
+//!
+//! Starts the OpenRouter simulator in this process, runs every service
+//! (`tally run`) against the local NATS and Postgres, creates a few budgets
+//! through the HTTP API, drives a stream of generations (a share of them
+//! without an actual cost, as after an aborted stream, so the reconciler
+//! has to fetch it), shows a live progress line, and ends with a spend
+//! summary per budget and per model, read back from the API.
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use rust_decimal::Decimal;
+use serde_json::{json, Value};
+use tally_sim::load::{Generator, LoadArgs};
+use tally_sim::{Fraction, SimConfig, Simulator};
+
+use crate::config::Config;
+
+/// Options of `tally demo`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DemoArgs {
+    /// How many generations to drive.
+    #[arg(long, default_value_t = 400)]
+    pub generations: u64,
+    /// Generations per second.
+    #[arg(long, default_value_t = 40)]
+    pub rate: u32,
+    /// Fraction (0..1) of generations whose cost must be reconciled.
+    #[arg(long, default_value = "0.3")]
+    pub missing_cost: Fraction,
+    /// Keep the services (and the API) running after the summary, until Ctrl-C.
+    #[arg(long)]
+    pub keep_running: bool,
+}
+
+const DEFAULT_DEMO_DATABASE_URL: &str = "postgres://tally:tally@127.0.0.1:5432/tally";
+
+/// Runs the demo.
+pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
+    let mut cfg = cfg.clone();
+    if cfg.database_url.is_none() {
+        cfg.database_url = Some(DEFAULT_DEMO_DATABASE_URL.into());
+    }
+    // The simulator stands in for OpenRouter: stats appear after 2 s, and a
+    // few replies are rate limits and server errors, as in real life.
+    let sim = Simulator::start(SimConfig {
+        addr: "127.0.0.1:0".parse()?,
+        stats_delay: Duration::from_secs(2),
+        rate_429: Fraction::from_ppm(20_000),
+        rate_500: Fraction::from_ppm(20_000),
+        retry_after: Duration::from_secs(1),
+        ..SimConfig::default()
+    })
+    .await
+    .context("starting the OpenRouter simulator")?;
+    cfg.openrouter_base_url = sim.base_url();
+    cfg.openrouter_api_key = Some("sk-or-demo".into());
+    cfg.reconcile_deadline = cfg.reconcile_deadline.min(Duration::from_secs(120));
+    println!("tally demo");
+    println!("  OpenRouter simulator  {}", sim.base_url());
+    println!("  NATS                  {}", cfg.nats_url);
+    println!("  HTTP API              http://{}", cfg.http_addr);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let services = {
+        let cfg = cfg.clone();
+        tokio::spawn(async move { super::run_all(&cfg, stop_rx).await })
+    };
+    let api = format!("http://{}", cfg.http_addr);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()?;
+    wait_ready(&http, &api, &services).await?;
+
+    let org = format!("demo-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
+    println!("  organisation          {org}\n");
+    let budgets = create_budgets(&http, &api, &org).await?;
+
+    let bus = super::connect_bus(&cfg).await?;
+    let mut alerts_sub = bus
+        .client()
+        .subscribe(format!("{}.budget.alert.{org}.>", cfg.prefix))
+        .await
+        .context("subscribing to budget alerts")?;
+    let (alert_tx, mut alert_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    tokio::spawn(async move {
+        while let Some(m) = alerts_sub.next().await {
+            let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+            let d = &v["data"];
+            let _ = alert_tx.send(format!(
+                "alert: budget {:?} crossed {}% ({} of {} USD)",
+                d["budget_name"].as_str().unwrap_or("?"),
+                d["threshold_percent"],
+                d["spent_usd"].as_str().unwrap_or("?"),
+                d["limit_usd"].as_str().unwrap_or("?"),
+            ));
+        }
+    });
+
+    let mut generator = Generator::new(
+        LoadArgs {
+            org: org.clone(),
+            missing_cost: args.missing_cost,
+            ..Default::default()
+        },
+        &cfg.prefix,
+    )?;
+    let store = super::connect_store(&cfg, 2).await?;
+    let started = Instant::now();
+    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let mut tick = tokio::time::interval(interval);
+    let mut published = 0u64;
+    let mut true_total = Decimal::ZERO;
+    let mut last_line = Instant::now() - Duration::from_secs(1);
+    let mut alerts = 0u64;
+    let reconcile_deadline = cfg.reconcile_deadline + Duration::from_secs(30);
+    let mut drained_since: Option<Instant> = None;
+    loop {
+        if published < args.generations {
+            tick.tick().await;
+            let g = generator.generate();
+            if let Some(spec) = g.sim_spec.clone() {
+                sim.simulator()
+                    .register_spec(spec)
+                    .map_err(|e| anyhow::anyhow!("simulator refused a generation: {e}"))?;
+            }
+            bus.publish(&g.event.subject, &g.event.id, g.event.to_json().into())
+                .await
+                .context("publishing a completed event")?;
+            true_total += g.true_cost;
+            published += 1;
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        while let Ok(line) = alert_rx.try_recv() {
+            alerts += 1;
+            print!("\r\x1b[2K");
+            println!("  {line}");
+        }
+        if services.is_finished() {
+            bail!("the services stopped unexpectedly (see the log above)");
+        }
+        if last_line.elapsed() >= Duration::from_millis(500) {
+            last_line = Instant::now();
+            let counts = store.state_counts(&org).await?;
+            let get = |s: &str| counts.iter().find(|c| c.0 == s).map(|c| c.1).unwrap_or(0);
+            let booked: i64 = counts
+                .iter()
+                .filter(|c| c.0 != "pending")
+                .map(|c| c.1)
+                .sum();
+            let spent = budget_spent(&http, &api, &budgets[0].0)
+                .await
+                .unwrap_or_default();
+            print!(
+                "\r\x1b[2K  generations {published}/{} | booked {booked} | spent {} USD | awaiting actual cost {} | alerts {alerts}",
+                args.generations,
+                tally_money::to_decimal_string(&spent.round_dp(8)),
+                get("provisional"),
+            );
+            let _ = std::io::stdout().flush();
+            if published == args.generations
+                && booked as u64 == published
+                && get("provisional") == 0
+            {
+                // Give the last alerts a moment to arrive.
+                let since = *drained_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(1) {
+                    break;
+                }
+            }
+            if started.elapsed()
+                > reconcile_deadline
+                    + Duration::from_secs(args.generations / u64::from(args.rate.max(1)))
+            {
+                println!("\n  (stopping: not everything was reconciled in time)");
+                break;
+            }
+        }
+    }
+    println!("\n");
+    summary(&http, &api, &org, &budgets, true_total, &store).await?;
+
+    if args.keep_running {
+        println!("\nservices keep running; API at {api} (Ctrl-C to stop)");
+        let mut stop = super::shutdown_signal();
+        let _ = stop.wait_for(|v| *v).await;
+    }
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), services).await;
+    let _ = sim.shutdown().await;
+    Ok(())
+}
+
+async fn wait_ready(
+    http: &reqwest::Client,
+    api: &str,
+    services: &tokio::task::JoinHandle<anyhow::Result<()>>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        if services.is_finished() {
+            bail!("the services failed to start (see the log above; is NATS running? try `bash deploy/setup.sh --start-nats`)");
+        }
+        if let Ok(r) = http.get(format!("{api}/readyz")).send().await {
+            if r.status().is_success() {
+                return Ok(());
+            }
+        }
+        if started.elapsed() > Duration::from_secs(30) {
+            bail!("the API did not become ready within 30 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn create_budgets(
+    http: &reqwest::Client,
+    api: &str,
+    org: &str,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let defs = [
+        json!({"org_id": org, "name": "Whole organisation (daily)", "scope": {}, "period": "daily",
+               "timezone": "Europe/Berlin", "limit_usd": "5", "enforcement": "soft"}),
+        json!({"org_id": org, "name": "Researcher agent", "scope": {"agent_id": "researcher"},
+               "period": "total", "limit_usd": "0.2", "thresholds_percent": [50, 80, 100],
+               "enforcement": "hard"}),
+        json!({"org_id": org, "name": "DeepSeek R1 (monthly)", "scope": {"model": "deepseek/deepseek-r1"},
+               "period": "monthly", "limit_usd": "0.5", "enforcement": "soft"}),
+    ];
+    let mut out = Vec::new();
+    for d in defs {
+        let r = http
+            .post(format!("{api}/v1/budgets"))
+            .json(&d)
+            .send()
+            .await?;
+        let status = r.status();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if !status.is_success() {
+            bail!("creating budget failed: HTTP {status}: {body}");
+        }
+        let id = body["id"].as_str().unwrap_or_default().to_owned();
+        let name = body["name"].as_str().unwrap_or_default().to_owned();
+        println!(
+            "  budget {name:<28} limit {:>5} USD  ({})",
+            d["limit_usd"].as_str().unwrap_or("?"),
+            d["period"].as_str().unwrap_or("?")
+        );
+        out.push((id, name));
+    }
+    println!();
+    Ok(out)
+}
+
+async fn budget_spent(http: &reqwest::Client, api: &str, id: &str) -> anyhow::Result<Decimal> {
+    let v: Value = http
+        .get(format!("{api}/v1/budgets/{id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(tally_money::parse_decimal_str(
+        v["current_period"]["spent_usd"].as_str().unwrap_or("0"),
+    )?)
+}
+
+async fn summary(
+    http: &reqwest::Client,
+    api: &str,
+    org: &str,
+    budgets: &[(String, String)],
+    true_total: Decimal,
+    store: &tally_store::Store,
+) -> anyhow::Result<()> {
+    println!("Spend per budget (current period, from GET /v1/budgets/{{id}}):");
+    println!(
+        "  {:<28} {:>24} {:>24} {:>24} {:>10}",
+        "budget", "spent USD", "actual part", "estimated part", "limit"
+    );
+    for (id, name) in budgets {
+        let v: Value = http
+            .get(format!("{api}/v1/budgets/{id}"))
+            .send()
+            .await?
+            .json()
+            .await?;
+        let p = &v["current_period"];
+        println!(
+            "  {:<28} {:>24} {:>24} {:>24} {:>10}",
+            name,
+            p["spent_usd"].as_str().unwrap_or("?"),
+            p["spent_actual_usd"].as_str().unwrap_or("?"),
+            p["spent_estimated_usd"].as_str().unwrap_or("?"),
+            v["limit_usd"].as_str().unwrap_or("?"),
+        );
+    }
+    let now = chrono::Utc::now();
+    let from = (now - chrono::Duration::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let to = (now + chrono::Duration::hours(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let v: Value = http
+        .get(format!("{api}/v1/spend"))
+        .query(&[
+            ("org_id", org),
+            ("from", &from),
+            ("to", &to),
+            ("group_by", "model"),
+        ])
+        .send()
+        .await?
+        .json()
+        .await?;
+    println!("\nSpend per model (GET /v1/spend?group_by=model):");
+    for g in v["groups"].as_array().cloned().unwrap_or_default() {
+        println!(
+            "  {:<32} {:>24} USD  {:>5} generations",
+            g["key"].as_str().unwrap_or("-"),
+            g["spent_usd"].as_str().unwrap_or("?"),
+            g["generations"]
+        );
+    }
+    let total = &v["total"];
+    println!(
+        "  {:<32} {:>24} USD  {:>5} generations",
+        "total",
+        total["spent_usd"].as_str().unwrap_or("?"),
+        total["generations"]
+    );
+    let counts = store.state_counts(org).await?;
+    println!(
+        "\nGeneration states: {}",
+        counts
+            .iter()
+            .map(|(s, n)| format!("{s} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "What the generations really cost (simulator's truth): {} USD",
+        tally_money::to_decimal_string(&true_total)
+    );
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! One function per subcommand: connect the adapters, start the service,
+//! stop cleanly on Ctrl-C or SIGTERM.
+
+pub mod demo;
+pub mod replay;
+pub mod sim;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tally_bus::{Bus, BusConfig};
+use tally_store::Store;
+use tally_telemetry::Registry;
+use tokio::sync::watch;
+
+use crate::config::Config;
+
+/// A mistake in how tally was invoked (exit code 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Reports a subcommand that is not available in this build.
+pub fn not_built(cmd: &str, what: &str) -> anyhow::Result<()> {
+    Err(UsageError(format!(
+        "`tally {cmd}` is not available yet: {what} is not built in this version"
+    ))
+    .into())
+}
+
+/// A shutdown signal: becomes true on Ctrl-C or SIGTERM.
+pub fn shutdown_signal() -> watch::Receiver<bool> {
+    let (tx, rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        let term = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut s) => {
+                    s.recv().await;
+                }
+                Err(_) => std::future::pending::<()>().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let term = std::future::pending::<()>();
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term => {}
+        }
+        tracing::info!("shutting down");
+        let _ = tx.send(true);
+    });
+    rx
+}
+
+pub(crate) async fn connect_bus(cfg: &Config) -> anyhow::Result<Bus> {
+    let bus_cfg = BusConfig {
+        url: cfg.nats_url.clone(),
+        prefix: cfg.prefix.clone(),
+        replicas: cfg.nats_replicas,
+        ack_wait: cfg.ack_wait,
+    };
+    Bus::connect(&bus_cfg).await.with_context(|| {
+        format!(
+            "cannot connect to NATS at {} (TALLY_NATS_URL)",
+            cfg.nats_url
+        )
+    })
+}
+
+pub(crate) async fn connect_store(cfg: &Config, max: u32) -> anyhow::Result<Store> {
+    let url = cfg.require_database()?;
+    Store::connect(url, max)
+        .await
+        .context("cannot connect to Postgres (TALLY_DATABASE_URL)")
+}
+
+async fn serve_metrics(cfg: &Config, registry: &Registry) -> anyhow::Result<()> {
+    if let Some(addr) = cfg.metrics_addr {
+        let (bound, _task) = tally_telemetry::serve_metrics(addr, registry.clone()).await?;
+        tracing::info!(%bound, "metrics on /metrics");
+    }
+    Ok(())
+}
+
+/// `tally migrate`.
+pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
+    let store = connect_store(cfg, 2).await?;
+    store.migrate().await.context("Postgres migrations")?;
+    println!("postgres: migrations applied");
+    let bus = connect_bus(cfg).await?;
+    bus.ensure_topology()
+        .await
+        .context("JetStream streams and consumers")?;
+    println!(
+        "jetstream: streams and consumers are up to date (prefix {:?})",
+        cfg.prefix
+    );
+    Ok(())
+}
+
+pub(crate) fn projector_service(
+    bus: &Bus,
+    store: &Store,
+    cfg: &Config,
+    registry: &Registry,
+) -> anyhow::Result<tally_projector::Projector> {
+    let metrics = Arc::new(tally_projector::Metrics::register(registry)?);
+    Ok(tally_projector::Projector::new(
+        bus.clone(),
+        store.clone(),
+        tally_projector::ProjectorConfig {
+            prefix: cfg.prefix.clone(),
+            ..Default::default()
+        },
+        metrics,
+    ))
+}
+
+pub(crate) fn reconciler_service(
+    bus: &Bus,
+    cfg: &Config,
+    registry: &Registry,
+) -> anyhow::Result<tally_reconciler::Reconciler> {
+    let client = tally_openrouter::OpenRouterClient::new(tally_openrouter::ClientConfig {
+        base_url: cfg.openrouter_base_url.clone(),
+        api_key: cfg.openrouter_api_key.clone(),
+        ..Default::default()
+    })?;
+    if cfg.openrouter_api_key.is_none() {
+        tracing::warn!("TALLY_OPENROUTER_API_KEY is not set: OpenRouter will refuse every request");
+    }
+    let metrics = Arc::new(tally_reconciler::Metrics::register(registry)?);
+    Ok(tally_reconciler::Reconciler::new(
+        bus.clone(),
+        client,
+        tally_reconciler::ReconcilerConfig {
+            prefix: cfg.prefix.clone(),
+            deadline: cfg.reconcile_deadline,
+            ..Default::default()
+        },
+        metrics,
+    ))
+}
+
+/// `tally projector`.
+pub async fn projector(cfg: &Config) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let bus = connect_bus(cfg).await?;
+    let store = connect_store(cfg, 8).await?;
+    serve_metrics(cfg, &registry).await?;
+    let svc = projector_service(&bus, &store, cfg, &registry)?;
+    svc.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+/// `tally reconciler`.
+pub async fn reconciler(cfg: &Config) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let bus = connect_bus(cfg).await?;
+    serve_metrics(cfg, &registry).await?;
+    let svc = reconciler_service(&bus, cfg, &registry)?;
+    svc.run(shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn serve_api(
+    cfg: &Config,
+    store: &Store,
+    registry: &Registry,
+    mut shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(cfg.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (TALLY_HTTP_ADDR)", cfg.http_addr))?;
+    tracing::info!(addr = %cfg.http_addr, "HTTP API listening");
+    let state = tally_api::AppState::new(store.clone(), registry.clone(), cfg.prefix.clone())?;
+    tally_api::serve(listener, state, async move {
+        let _ = shutdown.wait_for(|v| *v).await;
+    })
+    .await?;
+    Ok(())
+}
+
+/// `tally api`.
+pub async fn api(cfg: &Config) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let store = connect_store(cfg, 16).await?;
+    serve_api(cfg, &store, &registry, shutdown_signal()).await
+}
+
+/// `tally run`: every service in this process.
+pub async fn run(cfg: &Config) -> anyhow::Result<()> {
+    run_all(cfg, shutdown_signal()).await
+}
+
+/// Runs migrations, then the projector, reconciler and API until `shutdown`.
+pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let bus = connect_bus(cfg).await?;
+    let store = connect_store(cfg, 24).await?;
+    store.migrate().await.context("Postgres migrations")?;
+    bus.ensure_topology().await.context("JetStream topology")?;
+    serve_metrics(cfg, &registry).await?;
+    let projector = projector_service(&bus, &store, cfg, &registry)?;
+    let reconciler = reconciler_service(&bus, cfg, &registry)?;
+    let p = tokio::spawn(projector.run(shutdown.clone()));
+    let r = tokio::spawn(reconciler.run(shutdown.clone()));
+    let api = serve_api(cfg, &store, &registry, shutdown.clone());
+    let api_result = api.await;
+    // The API returns when shutdown is requested; give the consumers time to
+    // finish their in-flight batch.
+    let finish = async {
+        let _ = p.await;
+        let _ = r.await;
+    };
+    if tokio::time::timeout(Duration::from_secs(30), finish)
+        .await
+        .is_err()
+    {
+        tracing::warn!("services did not stop within 30 s");
+    }
+    api_result
+}

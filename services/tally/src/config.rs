@@ -1,0 +1,283 @@
+//! Configuration: every setting is a flag with an environment variable
+//! (DESIGN.md, "Command line"), validated once at start.
+//!
+//! Clap reads the raw strings; [`Settings::validate`] turns them into typed
+//! values. A bad value stops the process with exactly one line that names
+//! the setting, its flag and what is wrong, e.g.
+//! `tally: invalid TALLY_HTTP_ADDR (--http-addr): "localhost" is not an address like 127.0.0.1:8080`.
+//!
+//! # Decisions
+//!
+//! * **Strings first, types second.** Clap's own value errors span several
+//!   lines and name only the flag; operators set these through the
+//!   environment, so the error must name the variable too.
+//! * **The database URL has no default.** A cost ledger written to the
+//!   wrong database is worse than one that refuses to start.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::Args;
+
+/// Settings shared by every subcommand.
+#[derive(Args, Debug, Clone)]
+pub struct Settings {
+    /// NATS server URL(s), comma-separated for a cluster.
+    #[arg(
+        long,
+        env = "TALLY_NATS_URL",
+        default_value = "nats://127.0.0.1:4222",
+        global = true
+    )]
+    pub nats_url: String,
+    /// Postgres URL, e.g. postgres://tally:tally@127.0.0.1:5432/tally.
+    #[arg(long, env = "TALLY_DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+    /// OpenRouter API base URL.
+    #[arg(
+        long,
+        env = "TALLY_OPENROUTER_BASE_URL",
+        default_value = "https://openrouter.ai/api/v1",
+        global = true
+    )]
+    pub openrouter_base_url: String,
+    /// OpenRouter API key (sent as a bearer token).
+    #[arg(
+        long,
+        env = "TALLY_OPENROUTER_API_KEY",
+        global = true,
+        hide_env_values = true
+    )]
+    pub openrouter_api_key: Option<String>,
+    /// Address of the HTTP API.
+    #[arg(
+        long,
+        env = "TALLY_HTTP_ADDR",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub http_addr: String,
+    /// Address of the Prometheus /metrics endpoint of non-HTTP services (off when unset).
+    #[arg(long, env = "TALLY_METRICS_ADDR", global = true)]
+    pub metrics_addr: Option<String>,
+    /// Prefix of every NATS subject and stream.
+    #[arg(
+        long,
+        env = "TALLY_SUBJECT_PREFIX",
+        default_value = "tally",
+        global = true
+    )]
+    pub subject_prefix: String,
+    /// How long the reconciler keeps asking OpenRouter for a missing cost (e.g. 15m, 1h).
+    #[arg(
+        long,
+        env = "TALLY_RECONCILE_DEADLINE",
+        default_value = "15m",
+        global = true
+    )]
+    pub reconcile_deadline: String,
+    /// JetStream stream replicas (3 in a cluster).
+    #[arg(long, env = "TALLY_NATS_REPLICAS", default_value = "1", global = true)]
+    pub nats_replicas: String,
+    /// How long JetStream waits for a consumer's ack before redelivering
+    /// (how soon a crashed instance's in-flight messages go to another).
+    #[arg(long, env = "TALLY_ACK_WAIT", default_value = "60s", global = true)]
+    pub ack_wait: String,
+    /// Log one JSON object per line instead of human-readable text.
+    #[arg(long, env = "TALLY_LOG_JSON", global = true)]
+    pub log_json: bool,
+}
+
+/// A setting that failed validation.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid {env} ({flag}): {reason}")]
+pub struct ConfigError {
+    /// Environment variable.
+    pub env: &'static str,
+    /// Flag.
+    pub flag: &'static str,
+    /// What is wrong, in one line.
+    pub reason: String,
+}
+
+/// Settings after validation.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// NATS URL(s).
+    pub nats_url: String,
+    /// Postgres URL, when given.
+    pub database_url: Option<String>,
+    /// OpenRouter base URL.
+    pub openrouter_base_url: String,
+    /// OpenRouter key.
+    pub openrouter_api_key: Option<String>,
+    /// HTTP API address.
+    pub http_addr: SocketAddr,
+    /// Metrics address.
+    pub metrics_addr: Option<SocketAddr>,
+    /// Subject prefix.
+    pub prefix: String,
+    /// Reconcile deadline.
+    pub reconcile_deadline: Duration,
+    /// Stream replicas.
+    pub nats_replicas: usize,
+    /// Consumer ack wait.
+    pub ack_wait: Duration,
+    /// JSON logs.
+    pub log_json: bool,
+}
+
+fn err(env: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        env,
+        flag,
+        reason: reason.into(),
+    }
+}
+
+fn addr(env: &'static str, flag: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
+    v.parse().map_err(|_| {
+        err(
+            env,
+            flag,
+            format!("{v:?} is not an address like 127.0.0.1:8080"),
+        )
+    })
+}
+
+impl Settings {
+    /// Validates every setting; the error names the first bad one.
+    pub fn validate(&self) -> Result<Config, ConfigError> {
+        for url in self.nats_url.split(',') {
+            let url = url.trim();
+            let ok = ["nats://", "tls://", "ws://", "wss://"]
+                .iter()
+                .any(|s| url.starts_with(s) && url.len() > s.len());
+            if !ok {
+                return Err(err(
+                    "TALLY_NATS_URL",
+                    "--nats-url",
+                    format!("{url:?} is not a NATS URL like nats://127.0.0.1:4222"),
+                ));
+            }
+        }
+        if let Some(db) = &self.database_url {
+            if !(db.starts_with("postgres://") || db.starts_with("postgresql://")) {
+                return Err(err(
+                    "TALLY_DATABASE_URL",
+                    "--database-url",
+                    "must be a postgres:// URL such as postgres://tally:tally@127.0.0.1:5432/tally",
+                ));
+            }
+        }
+        let base = self.openrouter_base_url.trim_end_matches('/');
+        if !(base.starts_with("http://") || base.starts_with("https://")) || base.len() < 10 {
+            return Err(err(
+                "TALLY_OPENROUTER_BASE_URL",
+                "--openrouter-base-url",
+                format!("{base:?} is not an http(s) URL like https://openrouter.ai/api/v1"),
+            ));
+        }
+        if let Some(k) = &self.openrouter_api_key {
+            if k.trim().is_empty() || k.chars().any(char::is_whitespace) {
+                return Err(err(
+                    "TALLY_OPENROUTER_API_KEY",
+                    "--openrouter-api-key",
+                    "must be a non-empty key without spaces",
+                ));
+            }
+        }
+        let http_addr = addr("TALLY_HTTP_ADDR", "--http-addr", &self.http_addr)?;
+        let metrics_addr = match &self.metrics_addr {
+            Some(m) if !m.is_empty() => Some(addr("TALLY_METRICS_ADDR", "--metrics-addr", m)?),
+            _ => None,
+        };
+        let p = &self.subject_prefix;
+        if p.is_empty()
+            || p.len() > 32
+            || !p
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(err(
+                "TALLY_SUBJECT_PREFIX",
+                "--subject-prefix",
+                format!("{p:?} must be 1 to 32 letters, digits, _ or - (one subject token)"),
+            ));
+        }
+        let reconcile_deadline =
+            humantime::parse_duration(&self.reconcile_deadline).map_err(|e| {
+                err(
+                    "TALLY_RECONCILE_DEADLINE",
+                    "--reconcile-deadline",
+                    format!(
+                        "{:?} is not a duration like 15m or 1h ({e})",
+                        self.reconcile_deadline
+                    ),
+                )
+            })?;
+        if reconcile_deadline < Duration::from_secs(1)
+            || reconcile_deadline > Duration::from_secs(7 * 86_400)
+        {
+            return Err(err(
+                "TALLY_RECONCILE_DEADLINE",
+                "--reconcile-deadline",
+                "must be between 1s and 7 days",
+            ));
+        }
+        let nats_replicas: usize = self
+            .nats_replicas
+            .parse()
+            .ok()
+            .filter(|r| (1..=5).contains(r))
+            .ok_or_else(|| {
+                err(
+                    "TALLY_NATS_REPLICAS",
+                    "--nats-replicas",
+                    format!(
+                        "{:?} must be a whole number from 1 to 5",
+                        self.nats_replicas
+                    ),
+                )
+            })?;
+        let ack_wait = humantime::parse_duration(&self.ack_wait)
+            .ok()
+            .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(3600))
+            .ok_or_else(|| {
+                err(
+                    "TALLY_ACK_WAIT",
+                    "--ack-wait",
+                    format!(
+                        "{:?} must be a duration between 1s and 1h, like 60s",
+                        self.ack_wait
+                    ),
+                )
+            })?;
+        Ok(Config {
+            nats_url: self.nats_url.clone(),
+            database_url: self.database_url.clone(),
+            openrouter_base_url: base.to_owned(),
+            openrouter_api_key: self.openrouter_api_key.clone(),
+            http_addr,
+            metrics_addr,
+            prefix: p.clone(),
+            reconcile_deadline,
+            nats_replicas,
+            ack_wait,
+            log_json: self.log_json,
+        })
+    }
+}
+
+impl Config {
+    /// The database URL, or the one-line error naming the missing setting.
+    pub fn require_database(&self) -> Result<&str, ConfigError> {
+        self.database_url.as_deref().ok_or_else(|| {
+            err(
+                "TALLY_DATABASE_URL",
+                "--database-url",
+                "is required for this command (e.g. postgres://tally:tally@127.0.0.1:5432/tally)",
+            )
+        })
+    }
+}
