@@ -1,0 +1,669 @@
+//! The pull loop and the handling of one generation request.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tally_bus::{Bus, ConsumerName, Delivery};
+use tally_events::{
+    CloudEvent, EventType, GenerationCompleted, GenerationFailed, GenerationRequested,
+    GenerationResult, GenerationStatus, Input, Payload, ResultError, ResultStatus, Usage,
+};
+use tally_openrouter::{
+    InputMessage, OpenRouterClient, ResponsesError, ResponsesInput, ResponsesReply,
+    ResponsesRequest, ServerTool,
+};
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::catalog::Catalog;
+use crate::estimate::{approx_tokens, estimate, EstimateInput};
+use crate::preflight::Preflight;
+use crate::routing::{self, RoutingInput, Target};
+use crate::{Metrics, WorkerConfig, WorkerError};
+
+/// CloudEvents `source` of the worker's events.
+pub const SOURCE: &str = "/tally/worker";
+/// Service name in dead-letter subjects (`<prefix>.deadletter.worker`).
+pub const DEAD_LETTER_SERVICE: &str = "worker";
+
+const FETCH_WAIT: Duration = Duration::from_millis(500);
+const FETCH_ERROR_PAUSE: Duration = Duration::from_secs(1);
+const PUBLISH_RETRY_DELAY: Duration = Duration::from_secs(1);
+
+/// The id of the completed event of a generation.
+pub fn completed_event_id(generation_id: &str) -> String {
+    format!("completed-{generation_id}")
+}
+
+/// The id of the failed event of a request.
+pub fn failed_event_id(request_id: &str) -> String {
+    format!("failed-{request_id}")
+}
+
+/// The id of the result event of a request.
+pub fn result_event_id(request_id: &str) -> String {
+    format!("result-{request_id}")
+}
+
+/// The generation worker. See the [crate documentation](crate).
+#[derive(Debug)]
+pub struct Worker {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    bus: Bus,
+    client: OpenRouterClient,
+    preflight: Arc<dyn Preflight>,
+    catalog: Catalog,
+    cfg: WorkerConfig,
+    metrics: Arc<Metrics>,
+}
+
+/// How a delivery is settled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settle {
+    Ack,
+    Nak(Duration),
+}
+
+/// A request that ends without a generation.
+struct Failure {
+    reason: &'static str,
+    message: String,
+    retryable: bool,
+}
+
+impl Worker {
+    /// A worker; nothing happens until [`run`](Self::run).
+    pub fn new(
+        bus: Bus,
+        client: OpenRouterClient,
+        preflight: Arc<dyn Preflight>,
+        catalog: Catalog,
+        cfg: WorkerConfig,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Worker {
+            shared: Arc::new(Shared {
+                bus,
+                client,
+                preflight,
+                catalog,
+                cfg,
+                metrics,
+            }),
+        }
+    }
+
+    /// Runs until `shutdown` becomes `true` (or its sender is dropped):
+    /// stops pulling, lets generations in flight finish, and returns.
+    ///
+    /// Fails at start on an invalid configuration or when the durable
+    /// `worker` consumer cannot be opened (run `tally migrate`).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), WorkerError> {
+        let s = self.shared;
+        s.cfg.validate()?;
+        if s.cfg.prefix != s.bus.prefix() {
+            return Err(WorkerError::Config(format!(
+                "subject prefix {:?} differs from the bus prefix {:?}",
+                s.cfg.prefix,
+                s.bus.prefix()
+            )));
+        }
+        let consumer = s.bus.consumer(ConsumerName::Worker).await?;
+        s.metrics.catalog_models.set(s.catalog.len() as i64);
+        tracing::info!(
+            consumer = consumer.name(),
+            concurrency = s.cfg.concurrency,
+            catalog_models = s.catalog.len(),
+            "generation worker started"
+        );
+        let permits = Arc::new(Semaphore::new(s.cfg.concurrency));
+        let mut tasks = JoinSet::new();
+        while !*shutdown.borrow() {
+            while tasks.try_join_next().is_some() {}
+            let room = permits.available_permits();
+            if room == 0 {
+                tokio::select! {
+                    _ = tasks.join_next() => {}
+                    _ = shutdown.changed() => {}
+                }
+                continue;
+            }
+            match consumer.fetch(room.min(s.cfg.batch_size), FETCH_WAIT).await {
+                Ok(batch) => {
+                    for delivery in batch {
+                        let s = s.clone();
+                        let permit = permits.clone().acquire_owned().await;
+                        tasks.spawn(async move {
+                            let _permit = permit;
+                            handle(&s, delivery).await;
+                        });
+                    }
+                }
+                Err(e) => {
+                    s.metrics.bus_errors.with_label_values(&[e.code()]).inc();
+                    tracing::warn!(error = %e, "pulling generation requests failed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(FETCH_ERROR_PAUSE) => {}
+                        _ = shutdown.changed() => {}
+                    }
+                }
+            }
+            if shutdown.has_changed().is_err() {
+                break;
+            }
+            s.metrics.catalog_models.set(s.catalog.len() as i64);
+        }
+        while tasks.join_next().await.is_some() {}
+        tracing::info!("generation worker stopped");
+        Ok(())
+    }
+}
+
+async fn handle(s: &Shared, delivery: Delivery) {
+    let settle = process(s, &delivery).await;
+    let r = match settle {
+        Settle::Ack => delivery.ack().await,
+        Settle::Nak(d) => delivery.nak(Some(d)).await,
+    };
+    if let Err(e) = r {
+        s.metrics.bus_errors.with_label_values(&[e.code()]).inc();
+        tracing::warn!(error = %e, "settling a generation request failed; it will come back");
+    }
+}
+
+fn backoff(cfg: &WorkerConfig, delivered: i64) -> Duration {
+    let exp = u32::try_from(delivered.saturating_sub(1).clamp(0, 16)).unwrap_or(16);
+    cfg.base_backoff
+        .saturating_mul(2u32.saturating_pow(exp))
+        .min(cfg.max_backoff)
+}
+
+async fn process(s: &Shared, delivery: &Delivery) -> Settle {
+    let prefix = &s.cfg.prefix;
+    let event = match tally_events::decode_as::<GenerationRequested>(
+        prefix,
+        delivery.subject(),
+        delivery.payload(),
+    ) {
+        Ok(e) => e,
+        Err(e) => {
+            s.metrics.requests.with_label_values(&["dead_letter"]).inc();
+            return match s
+                .bus
+                .dead_letter(DEAD_LETTER_SERVICE, delivery, e.code(), &e.to_string())
+                .await
+            {
+                Ok(()) => Settle::Ack,
+                Err(err) => {
+                    s.metrics.bus_errors.with_label_values(&[err.code()]).inc();
+                    Settle::Nak(PUBLISH_RETRY_DELAY)
+                }
+            };
+        }
+    };
+    let req = event.data;
+
+    // Validation: the model (and fallbacks) must be known when a catalog is.
+    if s.catalog.is_loaded() {
+        let mut models = vec![req.model.as_str()];
+        models.extend(req.models.iter().flatten().map(String::as_str));
+        if let Some(unknown) = models.into_iter().find(|m| s.catalog.model(m).is_none()) {
+            return fail(
+                s,
+                &req,
+                None,
+                Failure {
+                    reason: "unknown_model",
+                    message: format!("model {unknown:?} is not in OpenRouter's catalog"),
+                    retryable: false,
+                },
+            )
+            .await;
+        }
+    }
+    let caps = s.catalog.capabilities(&req.model);
+    let byok = s.cfg.byok.for_request(&req.org_id, req.agent_id.as_deref());
+    let compiled = match routing::compile(&RoutingInput {
+        model: &req.model,
+        fallback_models: req.models.as_deref(),
+        routing: req.routing.as_ref(),
+        capabilities: caps.as_ref(),
+        byok,
+        target: s.cfg.target,
+    }) {
+        Ok(c) => c,
+        Err(e) => {
+            return fail(
+                s,
+                &req,
+                None,
+                Failure {
+                    reason: e.code(),
+                    message: e.to_string(),
+                    retryable: false,
+                },
+            )
+            .await
+        }
+    };
+
+    // Budget preflight.
+    match s
+        .preflight
+        .check(
+            &req.org_id,
+            req.agent_id.as_deref(),
+            req.session_id.as_deref(),
+            req.user_id.as_deref(),
+            &req.model,
+        )
+        .await
+    {
+        Ok(d) if d.allowed => {}
+        Ok(d) => {
+            let budget = d
+                .blocking_budget_name
+                .or(d.blocking_budget_id)
+                .unwrap_or_else(|| "a hard budget".to_owned());
+            return fail(
+                s,
+                &req,
+                None,
+                Failure {
+                    reason: "budget_exhausted",
+                    message: format!("budget {budget} is exhausted; OpenRouter was not called"),
+                    retryable: false,
+                },
+            )
+            .await;
+        }
+        Err(e) => {
+            if delivery.delivered() < s.cfg.max_attempts {
+                s.metrics.retries.with_label_values(&[e.code()]).inc();
+                tracing::warn!(error = %e, request_id = req.request_id, "budget preflight failed; retrying");
+                return Settle::Nak(backoff(&s.cfg, delivery.delivered()));
+            }
+            return fail(
+                s,
+                &req,
+                None,
+                Failure {
+                    reason: "preflight_unavailable",
+                    message: e.to_string(),
+                    retryable: true,
+                },
+            )
+            .await;
+        }
+    }
+
+    // The generation.
+    let openrouter = s.cfg.target == Target::OpenRouter;
+    let body = ResponsesRequest {
+        model: req.model.clone(),
+        models: compiled.models,
+        input: match &req.input {
+            Input::Text(t) => ResponsesInput::Text(t.clone()),
+            Input::Messages(ms) => ResponsesInput::Messages(
+                ms.iter()
+                    .map(|m| InputMessage {
+                        role: m.role.as_str().to_owned(),
+                        content: m.content.clone(),
+                    })
+                    .collect(),
+            ),
+        },
+        instructions: req.instructions.clone(),
+        max_output_tokens: req.max_output_tokens,
+        stream: req.stream,
+        provider: compiled.provider,
+        session_id: req.session_id.clone(),
+        user: req.user_id.clone(),
+        tools: req
+            .server_tools
+            .as_ref()
+            .filter(|t| openrouter && !t.is_empty())
+            .map(|t| t.iter().map(|k| ServerTool { kind: k.clone() }).collect()),
+    };
+    let started = Instant::now();
+    let outcome = if req.stream {
+        s.client.responses_stream(&body).await
+    } else {
+        s.client.responses(&body).await
+    };
+    s.metrics
+        .openrouter_seconds
+        .observe(started.elapsed().as_secs_f64());
+    match outcome {
+        Ok(reply) => complete(s, &req, reply).await,
+        Err(e) if e.is_retryable() && delivery.delivered() < s.cfg.max_attempts => {
+            s.metrics.retries.with_label_values(&[e.code()]).inc();
+            let wait = e
+                .retry_after()
+                .unwrap_or_else(|| backoff(&s.cfg, delivery.delivered()));
+            tracing::info!(error = %e, request_id = req.request_id, wait_ms = wait.as_millis() as u64, "retryable OpenRouter error; retrying later");
+            Settle::Nak(wait)
+        }
+        Err(e) => {
+            let retryable = e.is_retryable();
+            fail(
+                s,
+                &req,
+                None,
+                Failure {
+                    reason: failure_reason(&e),
+                    message: e.to_string(),
+                    retryable,
+                },
+            )
+            .await
+        }
+    }
+}
+
+/// The failed-event reason for an OpenRouter error.
+pub fn failure_reason(e: &ResponsesError) -> &'static str {
+    match e.code() {
+        "unknown_model" => "unknown_model",
+        "bad_request" => "upstream_bad_request",
+        "no_endpoints" => "no_provider_available",
+        "payment_required" => "upstream_payment_required",
+        "rate_limited" => "upstream_rate_limited",
+        "unavailable" | "server_error" => "upstream_unavailable",
+        "auth" => "upstream_auth",
+        "timeout" | "transport" => "upstream_unreachable",
+        "malformed_reply" => "upstream_malformed_reply",
+        "invalid_config" => "worker_misconfigured",
+        _ => "upstream_error",
+    }
+}
+
+async fn publish<T: Payload>(s: &Shared, ev: &CloudEvent<T>, subject: &str) -> bool {
+    match s.bus.publish(subject, &ev.id, ev.to_json().into()).await {
+        Ok(()) => true,
+        Err(e) => {
+            s.metrics.bus_errors.with_label_values(&[e.code()]).inc();
+            tracing::warn!(error = %e, subject, "publishing failed; the request will be retried");
+            false
+        }
+    }
+}
+
+/// Publishes the result: to the reply subject (plain NATS, the requester
+/// listens there) or to the org's result subject (JetStream).
+async fn publish_result(s: &Shared, req: &GenerationRequested, result: GenerationResult) -> bool {
+    let id = result_event_id(&req.request_id);
+    match &req.reply_subject {
+        Some(subject) => {
+            let ev = CloudEvent::new(id, SOURCE, subject.clone(), Utc::now(), result);
+            let client = s.bus.client();
+            let r = client.publish(subject.clone(), ev.to_json().into()).await;
+            match r {
+                Ok(()) => {
+                    let _ = client.flush().await;
+                    true
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, subject, "publishing the result failed");
+                    false
+                }
+            }
+        }
+        None => {
+            let ev = CloudEvent::new_on_bus(&s.cfg.prefix, id, SOURCE, Utc::now(), result);
+            let subject = EventType::GenerationResult.subject(&s.cfg.prefix, &req.org_id, None);
+            publish(s, &ev, &subject).await
+        }
+    }
+}
+
+async fn fail(
+    s: &Shared,
+    req: &GenerationRequested,
+    generation_id: Option<String>,
+    f: Failure,
+) -> Settle {
+    let now = Utc::now();
+    let failed = GenerationFailed {
+        request_id: req.request_id.clone(),
+        org_id: req.org_id.clone(),
+        generation_id: generation_id.clone(),
+        agent_id: req.agent_id.clone(),
+        session_id: req.session_id.clone(),
+        user_id: req.user_id.clone(),
+        model: req.model.clone(),
+        reason: f.reason.to_owned(),
+        message: f.message.clone(),
+        retryable: f.retryable,
+        failed_at: now,
+    };
+    let ev = CloudEvent::new_on_bus(
+        &s.cfg.prefix,
+        failed_event_id(&req.request_id),
+        SOURCE,
+        now,
+        failed,
+    );
+    let subject = ev.bus_subject(&s.cfg.prefix);
+    if !publish(s, &ev, &subject).await {
+        return Settle::Nak(PUBLISH_RETRY_DELAY);
+    }
+    let result = GenerationResult {
+        request_id: req.request_id.clone(),
+        org_id: req.org_id.clone(),
+        generation_id,
+        status: ResultStatus::Failed,
+        output_text: None,
+        error: Some(ResultError {
+            reason: f.reason.to_owned(),
+            message: f.message.clone(),
+        }),
+        finished_at: now,
+    };
+    // The failed event is the record; a lost result does not block the ack.
+    publish_result(s, req, result).await;
+    s.metrics.requests.with_label_values(&["failed"]).inc();
+    s.metrics.failures.with_label_values(&[f.reason]).inc();
+    tracing::info!(
+        request_id = req.request_id,
+        reason = f.reason,
+        "generation request failed"
+    );
+    Settle::Ack
+}
+
+fn status_of(reply: &ResponsesReply) -> GenerationStatus {
+    if reply.aborted {
+        return GenerationStatus::Cancelled;
+    }
+    match reply.status.as_deref() {
+        Some("cancelled") => GenerationStatus::Cancelled,
+        Some("failed") => GenerationStatus::Errored,
+        _ if reply.error.is_some() && reply.usage.is_none() => GenerationStatus::Errored,
+        _ => GenerationStatus::Completed,
+    }
+}
+
+fn input_text(req: &GenerationRequested) -> String {
+    let mut text = match &req.input {
+        Input::Text(t) => t.clone(),
+        Input::Messages(ms) => ms
+            .iter()
+            .map(|m| m.content.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
+    };
+    if let Some(i) = &req.instructions {
+        text.push('\n');
+        text.push_str(i);
+    }
+    text
+}
+
+async fn complete(s: &Shared, req: &GenerationRequested, reply: ResponsesReply) -> Settle {
+    let now = Utc::now();
+    let status = status_of(&reply);
+    let model = reply.model.clone().unwrap_or_else(|| req.model.clone());
+    let searches_asked = req
+        .server_tools
+        .iter()
+        .flatten()
+        .filter(|t| t.contains("web_search"))
+        .count() as u64;
+    let (usage, est_input) = match &reply.usage {
+        Some(u) => (
+            Usage {
+                prompt_tokens: u.input_tokens,
+                completion_tokens: u.output_tokens,
+                reasoning_tokens: u.reasoning_tokens,
+                cached_tokens: u.cached_tokens,
+                cache_write_tokens: u.cache_write_tokens,
+            },
+            EstimateInput {
+                prompt_tokens: u.input_tokens,
+                cached_tokens: u.cached_tokens.unwrap_or(0),
+                cache_write_tokens: u.cache_write_tokens.unwrap_or(0),
+                completion_tokens: u.output_tokens,
+                reasoning_tokens: u.reasoning_tokens.unwrap_or(0),
+                web_search_calls: u.web_search_requests.unwrap_or(0),
+            },
+        ),
+        // No usage (aborted stream): token counts stay zero in the event;
+        // the estimate approximates what was sent and received.
+        None => (
+            Usage::default(),
+            EstimateInput {
+                prompt_tokens: approx_tokens(&input_text(req)),
+                completion_tokens: approx_tokens(&reply.output_text),
+                web_search_calls: searches_asked,
+                ..EstimateInput::default()
+            },
+        ),
+    };
+    let pricing = s
+        .catalog
+        .pricing(&model)
+        .or_else(|| s.catalog.pricing(&req.model));
+    let estimated = pricing.and_then(|p| estimate(&p, &est_input));
+    let actual = reply.usage.as_ref().and_then(|u| u.actual_cost());
+    let is_byok = reply.usage.as_ref().is_some_and(|u| u.is_byok);
+    let upstream = reply
+        .usage
+        .as_ref()
+        .filter(|u| u.is_byok)
+        .and_then(|u| u.upstream_inference_cost);
+    let completed = GenerationCompleted {
+        generation_id: reply.generation_id.clone(),
+        org_id: req.org_id.clone(),
+        agent_id: req.agent_id.clone(),
+        session_id: req.session_id.clone(),
+        user_id: req.user_id.clone(),
+        model,
+        provider: reply.provider.clone(),
+        completed_at: now,
+        usage,
+        is_byok,
+        actual_cost_usd: actual,
+        estimated_cost_usd: estimated,
+        status,
+        request_id: Some(req.request_id.clone()),
+        upstream_inference_cost_usd: upstream,
+    };
+    let ev = CloudEvent::new_on_bus(
+        &s.cfg.prefix,
+        completed_event_id(&reply.generation_id),
+        SOURCE,
+        now,
+        completed,
+    );
+    if let Err(e) = ev.validate() {
+        // Should not happen (ids come from OpenRouter); never publish what
+        // consumers would dead-letter.
+        tracing::error!(error = %e, "completed event would be invalid");
+        return fail(
+            s,
+            req,
+            None,
+            Failure {
+                reason: "upstream_malformed_reply",
+                message: format!("the generation cannot be recorded: {e}"),
+                retryable: false,
+            },
+        )
+        .await;
+    }
+    let subject = ev.bus_subject(&s.cfg.prefix);
+    if !publish(s, &ev, &subject).await {
+        return Settle::Nak(PUBLISH_RETRY_DELAY);
+    }
+    let result_status = match status {
+        GenerationStatus::Completed => ResultStatus::Completed,
+        GenerationStatus::Cancelled => ResultStatus::Cancelled,
+        GenerationStatus::Errored => ResultStatus::Errored,
+    };
+    let error = match status {
+        GenerationStatus::Completed => None,
+        GenerationStatus::Cancelled => Some(ResultError {
+            reason: "stream_aborted".to_owned(),
+            message: "the stream ended before its final event".to_owned(),
+        }),
+        GenerationStatus::Errored => Some(ResultError {
+            reason: "generation_errored".to_owned(),
+            message: reply
+                .error
+                .clone()
+                .unwrap_or_else(|| "the generation failed part-way".to_owned()),
+        }),
+    };
+    let result = GenerationResult {
+        request_id: req.request_id.clone(),
+        org_id: req.org_id.clone(),
+        generation_id: Some(reply.generation_id.clone()),
+        status: result_status,
+        output_text: (!reply.output_text.is_empty()).then(|| reply.output_text.clone()),
+        error,
+        finished_at: now,
+    };
+    publish_result(s, req, result).await;
+    s.metrics
+        .requests
+        .with_label_values(&[status.as_str()])
+        .inc();
+    if actual.is_none() {
+        s.metrics.missing_actual_cost.inc();
+    }
+    Metrics::add_usd(&s.metrics.actual_cost_usd, actual);
+    Metrics::add_usd(&s.metrics.estimated_cost_usd, estimated);
+    Settle::Ack
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let cfg = WorkerConfig {
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(10),
+            ..WorkerConfig::default()
+        };
+        let got: Vec<u64> = (1..=6).map(|n| backoff(&cfg, n).as_secs()).collect();
+        assert_eq!(got, [1, 2, 4, 8, 10, 10]);
+    }
+
+    #[test]
+    fn statuses() {
+        let mut r = ResponsesReply::default();
+        assert_eq!(status_of(&r), GenerationStatus::Completed);
+        r.status = Some("failed".into());
+        assert_eq!(status_of(&r), GenerationStatus::Errored);
+        r.aborted = true;
+        assert_eq!(status_of(&r), GenerationStatus::Cancelled);
+    }
+}

@@ -1,0 +1,522 @@
+//! The worker against a real NATS server (tally-testkit) and the OpenRouter
+//! simulator over real HTTP: cost capture streaming and not, aborted streams
+//! reconciled later, budget preflight refusal, bad requests, retries and
+//! dead letters.
+
+use std::{
+    str::FromStr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, Instant},
+};
+
+use chrono::Utc;
+use futures::StreamExt as _;
+use rust_decimal::Decimal;
+use tally_bus::{Bus, BusConfig, Consumer, StreamKind};
+use tally_events::{
+    AnyEvent, Capacity, CloudEvent, GenerationRequested, GenerationStatus, Input, Payload, Routing,
+};
+use tally_openrouter::{ClientConfig, OpenRouterClient};
+use tally_sim::{Fraction, RunningSim, SimConfig, Simulator};
+use tally_testkit::NatsServer;
+use tally_worker::{
+    AllowAll, ByokProviders, Catalog, CatalogConfig, HttpPreflight, Metrics, Preflight, Worker,
+    WorkerConfig,
+};
+use tokio::sync::watch;
+
+const ORG: &str = "acme";
+const WAIT: Duration = Duration::from_secs(20);
+
+fn d(s: &str) -> Decimal {
+    Decimal::from_str(s).unwrap()
+}
+
+struct Env {
+    _nats: NatsServer,
+    bus: Bus,
+    sim: RunningSim,
+    client: OpenRouterClient,
+    catalog: Catalog,
+    stops: Vec<watch::Sender<bool>>,
+}
+
+impl Env {
+    async fn start(sim_cfg: SimConfig) -> anyhow::Result<Env> {
+        let nats = NatsServer::start().await?;
+        let bus = Bus::connect(&BusConfig::new(nats.url())).await?;
+        bus.ensure_topology().await?;
+        let sim = Simulator::start(sim_cfg).await?;
+        let client =
+            OpenRouterClient::new(ClientConfig::new(sim.base_url()).with_api_key("sk-or-test"))?;
+        let catalog = Catalog::new(CatalogConfig::default());
+        catalog.refresh(&client).await?;
+        Ok(Env {
+            _nats: nats,
+            bus,
+            sim,
+            client,
+            catalog,
+            stops: Vec::new(),
+        })
+    }
+
+    fn spawn_worker(&mut self, preflight: Arc<dyn Preflight>, cfg: WorkerConfig) {
+        let (stop, shutdown) = watch::channel(false);
+        let worker = Worker::new(
+            self.bus.clone(),
+            self.client.clone(),
+            preflight,
+            self.catalog.clone(),
+            cfg,
+            Arc::new(Metrics::unregistered()),
+        );
+        tokio::spawn(async move { worker.run(shutdown).await.unwrap() });
+        self.stops.push(stop);
+    }
+
+    async fn request(&self, req: GenerationRequested) -> anyhow::Result<()> {
+        let id = format!("requested-{}", req.request_id);
+        let ev = CloudEvent::new_on_bus(ORG, id.clone(), "/test/agent", Utc::now(), req);
+        let ev = CloudEvent {
+            subject: ev.bus_subject("tally"),
+            ..ev
+        };
+        self.bus
+            .publish(&ev.bus_subject("tally"), &id, ev.to_json().into())
+            .await?;
+        Ok(())
+    }
+
+    async fn reader(&self) -> anyhow::Result<Consumer> {
+        Ok(self
+            .bus
+            .replay_consumer(StreamKind::Generations, "")
+            .await?)
+    }
+}
+
+fn fast() -> WorkerConfig {
+    WorkerConfig {
+        base_backoff: Duration::from_millis(100),
+        max_backoff: Duration::from_millis(500),
+        ..WorkerConfig::default()
+    }
+}
+
+fn request(id: &str, model: &str, stream: bool) -> GenerationRequested {
+    GenerationRequested {
+        request_id: id.to_owned(),
+        org_id: ORG.to_owned(),
+        agent_id: Some("agent-1".into()),
+        session_id: Some("sess-1".into()),
+        user_id: Some("user-1".into()),
+        model: model.to_owned(),
+        models: None,
+        input: Input::Text("What is 2+2?".into()),
+        instructions: None,
+        max_output_tokens: Some(8),
+        stream,
+        routing: None,
+        server_tools: None,
+        reply_subject: None,
+        requested_at: Utc::now(),
+    }
+}
+
+/// Reads the GENERATIONS stream until `pick` returns something.
+async fn wait_for<T>(
+    reader: &Consumer,
+    mut pick: impl FnMut(&AnyEvent) -> Option<T>,
+) -> anyhow::Result<T> {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        // One at a time: nothing fetched is dropped when `pick` matches.
+        for m in reader.fetch(1, Duration::from_millis(200)).await? {
+            m.ack().await?;
+            let Ok(ev) = tally_events::decode("tally", m.subject(), m.payload()) else {
+                continue;
+            };
+            if let Some(t) = pick(&ev) {
+                return Ok(t);
+            }
+        }
+    }
+    anyhow::bail!("no matching event within {WAIT:?}")
+}
+
+async fn completed_of(
+    reader: &Consumer,
+    request_id: &str,
+) -> anyhow::Result<tally_events::GenerationCompleted> {
+    wait_for(reader, |ev| match ev {
+        AnyEvent::Completed(c) if c.data.request_id.as_deref() == Some(request_id) => {
+            assert_eq!(c.id, format!("completed-{}", c.data.generation_id));
+            Some(c.data.clone())
+        }
+        AnyEvent::Failed(f) if f.data.request_id == request_id => {
+            panic!("request failed: {:?}", f.data)
+        }
+        _ => None,
+    })
+    .await
+}
+
+async fn failed_of(
+    reader: &Consumer,
+    request_id: &str,
+) -> anyhow::Result<tally_events::GenerationFailed> {
+    wait_for(reader, |ev| match ev {
+        AnyEvent::Failed(f) if f.data.request_id == request_id => {
+            assert_eq!(f.id, format!("failed-{request_id}"));
+            Some(f.data.clone())
+        }
+        AnyEvent::Completed(c) if c.data.request_id.as_deref() == Some(request_id) => {
+            panic!("request completed: {:?}", c.data)
+        }
+        _ => None,
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn non_streaming_cost_is_captured_exactly_and_the_result_answers() -> anyhow::Result<()> {
+    let mut env = Env::start(SimConfig::ephemeral()).await?;
+    env.spawn_worker(Arc::new(AllowAll), fast());
+    let reader = env.reader().await?;
+    let mut replies = env.bus.client().subscribe("agent.replies.r1").await?;
+    let mut req = request("r1", "openai/gpt-4o-mini", false);
+    req.reply_subject = Some("agent.replies.r1".into());
+    env.request(req).await?;
+
+    let c = completed_of(&reader, "r1").await?;
+    assert_eq!(c.status, GenerationStatus::Completed);
+    // 3 prompt tokens × 0.00000015 + 8 completion tokens × 0.0000006
+    assert_eq!(c.actual_cost_usd, Some(d("0.00000525")));
+    assert_eq!(c.estimated_cost_usd, Some(d("0.00000525")));
+    assert_eq!((c.usage.prompt_tokens, c.usage.completion_tokens), (3, 8));
+    assert_eq!(c.agent_id.as_deref(), Some("agent-1"));
+    assert_eq!(c.provider.as_deref(), Some("OpenAI"));
+    let g = env.sim.simulator().generation(&c.generation_id).unwrap();
+    assert_eq!(g.actual_cost(), d("0.00000525"));
+
+    let msg = tokio::time::timeout(WAIT, replies.next()).await?.unwrap();
+    let result = tally_events::decode_body_as::<tally_events::GenerationResult>(&msg.payload)?;
+    assert_eq!(
+        result.data.generation_id.as_deref(),
+        Some(c.generation_id.as_str())
+    );
+    assert_eq!(result.data.status, tally_events::ResultStatus::Completed);
+    assert_eq!(
+        result
+            .data
+            .output_text
+            .as_deref()
+            .map(|t| t.split_whitespace().count()),
+        Some(8)
+    );
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn streaming_cost_with_cache_and_reasoning_and_byok() -> anyhow::Result<()> {
+    let mut env = Env::start(SimConfig::ephemeral()).await?;
+    env.spawn_worker(Arc::new(AllowAll), fast());
+    let reader = env.reader().await?;
+    let mut req = request("r2", "deepseek/deepseek-r1", true);
+    req.input = Input::Text("x".repeat(160));
+    env.request(req).await?;
+    let c = completed_of(&reader, "r2").await?;
+    assert_eq!(c.status, GenerationStatus::Completed);
+    // 20 uncached × 0.0000004 + 20 cached × 0.0000001 + 8 × 0.000002
+    assert_eq!(c.actual_cost_usd, Some(d("0.000026")));
+    assert_eq!(c.estimated_cost_usd, Some(d("0.000026")));
+    assert_eq!(c.usage.cached_tokens, Some(20));
+    assert_eq!(c.usage.reasoning_tokens, Some(2));
+    drop(env);
+
+    // BYOK: OpenRouter's fee plus the upstream bill.
+    let mut env = Env::start(SimConfig {
+        byok_rate: Fraction::ONE,
+        ..SimConfig::ephemeral()
+    })
+    .await?;
+    env.spawn_worker(Arc::new(AllowAll), fast());
+    let reader = env.reader().await?;
+    env.request(request("r3", "openai/gpt-4o-mini", true))
+        .await?;
+    let c = completed_of(&reader, "r3").await?;
+    assert!(c.is_byok);
+    assert_eq!(c.upstream_inference_cost_usd, Some(d("0.00000525")));
+    assert_eq!(c.actual_cost_usd, Some(d("0.0000055125")));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn aborted_stream_completes_with_null_cost_then_the_reconciler_finds_it() -> anyhow::Result<()>
+{
+    let mut env = Env::start(SimConfig {
+        gen_abort_rate: Fraction::ONE,
+        ..SimConfig::ephemeral()
+    })
+    .await?;
+    env.spawn_worker(Arc::new(AllowAll), fast());
+    let reader = env.reader().await?;
+    env.request(request("r4", "openai/gpt-4o-mini", true))
+        .await?;
+    let c = completed_of(&reader, "r4").await?;
+    assert_eq!(c.status, GenerationStatus::Cancelled);
+    assert_eq!(c.actual_cost_usd, None);
+    // ⌈12/4⌉ = 3 prompt tokens, "The simulated answer is " ⌈24/4⌉ = 6
+    // completion tokens: 3 × 0.00000015 + 6 × 0.0000006
+    assert_eq!(c.estimated_cost_usd, Some(d("0.00000405")));
+    assert_eq!(c.usage.prompt_tokens, 0);
+    assert!(
+        env.sim
+            .simulator()
+            .generation(&c.generation_id)
+            .unwrap()
+            .cancelled
+    );
+
+    // The reconciler finds the actual cost of what was produced.
+    let (stop, shutdown) = watch::channel(false);
+    let rec = tally_reconciler::Reconciler::new(
+        env.bus.clone(),
+        env.client.clone(),
+        tally_reconciler::ReconcilerConfig {
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(500),
+            deadline: Duration::from_secs(60),
+            ..tally_reconciler::ReconcilerConfig::default()
+        },
+        Arc::new(tally_reconciler::Metrics::unregistered()),
+    );
+    let task = tokio::spawn(rec.run(shutdown));
+    let costs = env.bus.replay_consumer(StreamKind::Costs, "").await?;
+    let deadline = Instant::now() + WAIT;
+    let mut found = None;
+    while found.is_none() && Instant::now() < deadline {
+        for m in costs.fetch(10, Duration::from_millis(200)).await? {
+            m.ack().await?;
+            if let Ok(AnyEvent::Reconciled(r)) =
+                tally_events::decode("tally", m.subject(), m.payload())
+            {
+                found = Some(r.data);
+            }
+        }
+    }
+    let r = found.expect("cost.reconciled arrives");
+    assert_eq!(r.generation_id, c.generation_id);
+    // 3 × 0.00000015 + 4 × 0.0000006 (half of the output was produced)
+    assert_eq!(r.actual_cost_usd, d("0.00000285"));
+    stop.send(true)?;
+    task.await??;
+    Ok(())
+}
+
+#[derive(Clone, Default)]
+struct FakeApi {
+    calls: Arc<AtomicU64>,
+}
+
+async fn start_fake_budget_api(allowed: bool) -> anyhow::Result<(String, FakeApi)> {
+    use axum::{routing::post, Json, Router};
+    let api = FakeApi::default();
+    let calls = api.calls.clone();
+    let app = Router::new().route(
+        "/v1/budgets/check",
+        post(move |Json(body): Json<serde_json::Value>| {
+            let calls = calls.clone();
+            async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                assert_eq!(body["org_id"], ORG);
+                assert_eq!(body["agent_id"], "agent-1");
+                assert_eq!(body["model"], "openai/gpt-4o-mini");
+                Json(if allowed {
+                    serde_json::json!({"allowed": true, "blocking_budget": null, "budgets": []})
+                } else {
+                    serde_json::json!({"allowed": false, "blocking_budget": {"id": "b-9", "name": "team-cap"}, "budgets": []})
+                })
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((format!("http://{addr}"), api))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preflight_refusal_fails_with_budget_exhausted_and_never_calls_openrouter(
+) -> anyhow::Result<()> {
+    let mut env = Env::start(SimConfig::ephemeral()).await?;
+    let (url, api) = start_fake_budget_api(false).await?;
+    let preflight = HttpPreflight::new(&url, Duration::from_secs(2))?;
+    env.spawn_worker(Arc::new(preflight), fast());
+    let reader = env.reader().await?;
+    env.request(request("r5", "openai/gpt-4o-mini", false))
+        .await?;
+    let f = failed_of(&reader, "r5").await?;
+    assert_eq!(f.reason, "budget_exhausted");
+    assert!(f.message.contains("team-cap"), "{}", f.message);
+    assert_eq!(f.generation_id, None);
+    assert!(!f.retryable);
+    assert_eq!(api.calls.load(Ordering::SeqCst), 1);
+    assert_eq!(env.sim.simulator().stats(None).generations_registered, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preflight_allowed_runs_the_generation() -> anyhow::Result<()> {
+    let mut env = Env::start(SimConfig::ephemeral()).await?;
+    let (url, api) = start_fake_budget_api(true).await?;
+    env.spawn_worker(
+        Arc::new(HttpPreflight::new(&url, Duration::from_secs(2))?),
+        fast(),
+    );
+    let reader = env.reader().await?;
+    env.request(request("r6", "openai/gpt-4o-mini", false))
+        .await?;
+    let c = completed_of(&reader, "r6").await?;
+    assert_eq!(c.actual_cost_usd, Some(d("0.00000525")));
+    assert_eq!(api.calls.load(Ordering::SeqCst), 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_requests_fail_with_specific_reasons() -> anyhow::Result<()> {
+    let mut env = Env::start(SimConfig::ephemeral()).await?;
+    env.spawn_worker(
+        Arc::new(AllowAll),
+        WorkerConfig {
+            byok: ByokProviders::new().with_org("other-org", ["OpenAI"]),
+            ..fast()
+        },
+    );
+    let reader = env.reader().await?;
+    let routed = |id: &str, model: &str, routing: Routing| GenerationRequested {
+        routing: Some(routing),
+        ..request(id, model, false)
+    };
+    let presets = |p: &[&str]| Routing {
+        presets: Some(p.iter().map(|s| s.to_string()).collect()),
+        ..Routing::default()
+    };
+    let mut fallback = request("bad-fallback", "openai/gpt-4o-mini", false);
+    fallback.models = Some(vec!["nope/never".into()]);
+    let cases = [
+        (request("bad-model", "nope/nope", false), "unknown_model"),
+        (fallback, "unknown_model"),
+        (
+            routed(
+                "bad-byok",
+                "openai/gpt-4o-mini",
+                Routing {
+                    capacity: Some(Capacity::ByokOnly),
+                    ..Routing::default()
+                },
+            ),
+            "byok_no_providers",
+        ),
+        (
+            routed(
+                "bad-reasoning",
+                "openai/gpt-4o-mini",
+                presets(&["reasoning-required"]),
+            ),
+            "preset_unsatisfiable",
+        ),
+        (
+            routed(
+                "bad-json",
+                "deepseek/deepseek-r1",
+                presets(&["strict-json"]),
+            ),
+            "preset_unsatisfiable",
+        ),
+        (
+            routed(
+                "bad-price",
+                "openai/gpt-4o-mini",
+                presets(&["max-price:-3"]),
+            ),
+            "invalid_preset",
+        ),
+    ];
+    for (req, _) in &cases {
+        env.request(req.clone()).await?;
+    }
+    // Requests run concurrently: collect every failure, in any order.
+    let mut failures = std::collections::HashMap::new();
+    while failures.len() < cases.len() {
+        let f = wait_for(&reader, |ev| match ev {
+            AnyEvent::Failed(f) => Some(f.data.clone()),
+            AnyEvent::Completed(c) => panic!("a bad request completed: {:?}", c.data),
+            _ => None,
+        })
+        .await?;
+        failures.insert(f.request_id.clone(), f.reason);
+    }
+    for (req, reason) in &cases {
+        assert_eq!(failures[&req.request_id], *reason, "{}", req.request_id);
+    }
+    assert_eq!(env.sim.simulator().stats(None).generations_registered, 0);
+
+    // A request whose subject names another org is dead-lettered.
+    let req = request("wrong-org", "openai/gpt-4o-mini", false);
+    let ev = CloudEvent::new_on_bus("tally", "requested-wrong-org", "/test", Utc::now(), req);
+    env.bus
+        .publish(
+            "tally.generation.requested.globex",
+            &ev.id,
+            ev.to_json().into(),
+        )
+        .await?;
+    let dl = env.bus.replay_consumer(StreamKind::DeadLetter, "").await?;
+    let deadline = Instant::now() + WAIT;
+    let mut reason = None;
+    while reason.is_none() && Instant::now() < deadline {
+        for m in dl.fetch(10, Duration::from_millis(200)).await? {
+            reason = m
+                .headers()
+                .and_then(|h| h.get(tally_bus::HEADER_DEAD_LETTER_REASON))
+                .map(|v| v.as_str().to_owned());
+        }
+    }
+    assert_eq!(reason.as_deref(), Some("subject_mismatch"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retryable_errors_are_retried_then_fail_retryable() -> anyhow::Result<()> {
+    let mut env = Env::start(SimConfig {
+        gen_rate_429: Fraction::ONE,
+        retry_after: Duration::from_millis(100),
+        ..SimConfig::ephemeral()
+    })
+    .await?;
+    env.spawn_worker(
+        Arc::new(AllowAll),
+        WorkerConfig {
+            max_attempts: 3,
+            ..fast()
+        },
+    );
+    let reader = env.reader().await?;
+    env.request(request("r7", "openai/gpt-4o-mini", false))
+        .await?;
+    let f = failed_of(&reader, "r7").await?;
+    assert_eq!(f.reason, "upstream_rate_limited");
+    assert!(f.retryable);
+    Ok(())
+}
+
+#[test]
+fn requested_events_used_here_are_valid() {
+    let r = request("x", "m/x", false);
+    r.validate().unwrap();
+}
