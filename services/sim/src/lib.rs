@@ -96,7 +96,10 @@ impl Simulator {
             .route("/api/v1/generation", get(generation::get_generation))
             .route("/api/v1/models", get(models::get_models))
             .route("/api/v1/responses", post(responses::post_responses))
-            .route("/api/v1/chat/completions", post(chat::post_chat_completions))
+            .route(
+                "/api/v1/chat/completions",
+                post(chat::post_chat_completions),
+            )
             .route("/sim/generations", post(admin::post_generation))
             .route(
                 "/sim/generations/batch",
