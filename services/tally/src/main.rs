@@ -56,6 +56,11 @@ fn main() {
             std::process::exit(2);
         }
     };
+    // The demo's live summary is the output; keep the logs to warnings
+    // unless asked otherwise.
+    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "warn");
+    }
     tally_telemetry::init_tracing(cfg.log_json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -73,7 +73,14 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .build()?;
-    wait_ready(&http, &api, &services).await?;
+    if let Err(e) = wait_ready(&http, &api, &services).await {
+        if services.is_finished() {
+            if let Ok(Err(cause)) = services.await {
+                return Err(cause.context("the services failed to start"));
+            }
+        }
+        return Err(e);
+    }
 
     let org = format!("demo-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     println!("  organisation          {org}\n");
@@ -203,7 +210,7 @@ async fn wait_ready(
     let started = Instant::now();
     loop {
         if services.is_finished() {
-            bail!("the services failed to start (see the log above; is NATS running? try `bash deploy/setup.sh --start-nats`)");
+            bail!("the services failed to start");
         }
         if let Ok(r) = http.get(format!("{api}/readyz")).send().await {
             if r.status().is_success() {
@@ -224,12 +231,12 @@ async fn create_budgets(
 ) -> anyhow::Result<Vec<(String, String)>> {
     let defs = [
         json!({"org_id": org, "name": "Whole organisation (daily)", "scope": {}, "period": "daily",
-               "timezone": "Europe/Berlin", "limit_usd": "5", "enforcement": "soft"}),
+               "timezone": "Europe/Berlin", "limit_usd": "0.5", "enforcement": "soft"}),
         json!({"org_id": org, "name": "Researcher agent", "scope": {"agent_id": "researcher"},
-               "period": "total", "limit_usd": "0.2", "thresholds_percent": [50, 80, 100],
+               "period": "total", "limit_usd": "0.1", "thresholds_percent": [50, 80, 100],
                "enforcement": "hard"}),
         json!({"org_id": org, "name": "DeepSeek R1 (monthly)", "scope": {"model": "deepseek/deepseek-r1"},
-               "period": "monthly", "limit_usd": "0.5", "enforcement": "soft"}),
+               "period": "monthly", "limit_usd": "0.1", "enforcement": "soft"}),
     ];
     let mut out = Vec::new();
     for d in defs {
