@@ -21,6 +21,10 @@
 //! `TALLY_BENCH_EVENTS` (default 100000), `TALLY_BENCH_NAIVE_EVENTS` (5000),
 //! `TALLY_BENCH_BATCH` (1000).
 
+// Rates and ratios are figures for people; money stays Decimal (checked
+// exactly against the preloaded total).
+#![allow(clippy::float_arithmetic)]
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -554,10 +554,7 @@ fn completed_fact(ev: CloudEvent<GenerationCompleted>) -> FactInput {
 }
 
 fn status_str(g: &GenerationCompleted) -> String {
-    serde_json::to_value(&g.status)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_else(|| "completed".into())
+    g.status.as_str().to_owned()
 }
 
 /// Retries `f` with backoff until it succeeds or shutdown is requested.

@@ -154,15 +154,17 @@ impl Metrics {
             self.entries.with_label_values(&[e.kind.as_str()]).inc();
         }
         for (basis, amount) in &o.debited_by_basis {
-            let value = amount.to_f64().unwrap_or(0.0);
-            if value >= 0.0 {
-                self.debited
+            // Negation happens in Decimal; only the finished figure becomes a float.
+            if amount.is_sign_negative() {
+                let value = (-*amount).to_f64().unwrap_or(0.0);
+                self.credited
                     .with_label_values(&[basis.as_str()])
                     .inc_by(value);
             } else {
-                self.credited
+                let value = amount.to_f64().unwrap_or(0.0);
+                self.debited
                     .with_label_values(&[basis.as_str()])
-                    .inc_by(-value);
+                    .inc_by(value);
             }
         }
         self.unpriced.inc_by(o.newly_unpriced);

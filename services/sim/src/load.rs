@@ -235,6 +235,8 @@ pub struct LoadReport {
 }
 
 impl std::fmt::Display for LoadReport {
+    // A rate for people to read, not money.
+    #[allow(clippy::float_arithmetic)]
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let secs = self.elapsed.as_secs_f64().max(1e-9);
         write!(

@@ -117,7 +117,7 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
     )?;
     let store = super::connect_store(&cfg, 2).await?;
     let started = Instant::now();
-    let interval = Duration::from_secs_f64(1.0 / f64::from(args.rate.max(1)));
+    let interval = Duration::from_micros(1_000_000 / u64::from(args.rate.max(1)));
     let mut tick = tokio::time::interval(interval);
     let mut published = 0u64;
     let mut true_total = Decimal::ZERO;
