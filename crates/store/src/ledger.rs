@@ -790,3 +790,16 @@ impl Store {
         Ok(rows)
     }
 }
+
+impl Store {
+    /// The ids of an organisation's recorded generations (demo and checks).
+    pub async fn generation_ids(&self, org_id: &str) -> Result<Vec<String>, StoreError> {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT generation_id FROM generations WHERE org_id = $1 ORDER BY 1",
+        )
+        .bind(org_id)
+        .fetch_all(self.pool())
+        .await?;
+        Ok(ids)
+    }
+}

@@ -79,6 +79,14 @@ pub struct Settings {
     /// JetStream stream replicas (3 in a cluster).
     #[arg(long, env = "TALLY_NATS_REPLICAS", default_value = "1", global = true)]
     pub nats_replicas: String,
+    /// Base URL of tally's HTTP API, used by the worker's budget preflight
+    /// (default: http://<TALLY_HTTP_ADDR>).
+    #[arg(long, env = "TALLY_API_URL", global = true)]
+    pub api_url: Option<String>,
+    /// File where the worker keeps the last good OpenRouter model catalog,
+    /// so prices survive OpenRouter being down at start (off when unset).
+    #[arg(long, env = "TALLY_CATALOG_PATH", global = true)]
+    pub catalog_path: Option<std::path::PathBuf>,
     /// How long JetStream waits for a consumer's ack before redelivering
     /// (how soon a crashed instance's in-flight messages go to another).
     #[arg(long, env = "TALLY_ACK_WAIT", default_value = "60s", global = true)]
@@ -123,6 +131,10 @@ pub struct Config {
     pub nats_replicas: usize,
     /// Consumer ack wait.
     pub ack_wait: Duration,
+    /// The API base URL for the worker's preflight.
+    pub api_url: String,
+    /// Model catalog persistence file.
+    pub catalog_path: Option<std::path::PathBuf>,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -253,6 +265,20 @@ impl Settings {
                     ),
                 )
             })?;
+        let api_url = match &self.api_url {
+            Some(u) => {
+                let u = u.trim_end_matches('/');
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return Err(err(
+                        "TALLY_API_URL",
+                        "--api-url",
+                        format!("{u:?} is not an http(s) URL like http://127.0.0.1:8080"),
+                    ));
+                }
+                u.to_owned()
+            }
+            None => format!("http://{http_addr}"),
+        };
         Ok(Config {
             nats_url: self.nats_url.clone(),
             database_url: self.database_url.clone(),
@@ -264,6 +290,8 @@ impl Settings {
             reconcile_deadline,
             nats_replicas,
             ack_wait,
+            api_url,
+            catalog_path: self.catalog_path.clone(),
             log_json: self.log_json,
         })
     }

@@ -75,7 +75,7 @@ fn main() {
     let result = runtime.block_on(async move {
         match cli.command {
             Command::Migrate => commands::migrate(&cfg).await,
-            Command::Worker => commands::not_built("worker", "the generation worker"),
+            Command::Worker => commands::worker(&cfg).await,
             Command::Reconciler => commands::reconciler(&cfg).await,
             Command::Projector => commands::projector(&cfg).await,
             Command::Api => commands::api(&cfg).await,

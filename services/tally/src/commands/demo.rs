@@ -28,12 +28,17 @@ pub struct DemoArgs {
     /// Generations per second.
     #[arg(long, default_value_t = 40)]
     pub rate: u32,
-    /// Fraction (0..1) of generations whose cost must be reconciled.
+    /// Fraction (0..1) of generations whose cost must be reconciled
+    /// (aborted streams through the worker; cost-less events with --direct).
     #[arg(long, default_value = "0.3")]
     pub missing_cost: Fraction,
     /// Keep the services (and the API) running after the summary, until Ctrl-C.
     #[arg(long)]
     pub keep_running: bool,
+    /// Publish generation.completed events directly (as "any other
+    /// producer") instead of generation requests through the worker.
+    #[arg(long)]
+    pub direct: bool,
 }
 
 const DEFAULT_DEMO_DATABASE_URL: &str = "postgres://tally:tally@127.0.0.1:5432/tally";
@@ -52,6 +57,10 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
         rate_429: Fraction::from_ppm(20_000),
         rate_500: Fraction::from_ppm(20_000),
         retry_after: Duration::from_secs(1),
+        // Through the worker: part of the streams abort before their usage
+        // arrives, so the reconciler must fetch the cost.
+        gen_abort_rate: args.missing_cost,
+        gen_latency: Duration::from_millis(20),
         ..SimConfig::default()
     })
     .await
@@ -107,14 +116,36 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
         }
     });
 
-    let mut generator = Generator::new(
-        LoadArgs {
+    let mut failed_sub = bus
+        .client()
+        .subscribe(format!("{}.generation.failed.{org}", cfg.prefix))
+        .await
+        .context("subscribing to failed generations")?;
+    let refused = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    {
+        let refused = refused.clone();
+        tokio::spawn(async move {
+            while failed_sub.next().await.is_some() {
+                refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        });
+    }
+    let mut producer = if args.direct {
+        Producer::Direct(Generator::new(
+            LoadArgs {
+                org: org.clone(),
+                missing_cost: args.missing_cost,
+                ..Default::default()
+            },
+            &cfg.prefix,
+        )?)
+    } else {
+        Producer::Requests {
             org: org.clone(),
-            missing_cost: args.missing_cost,
-            ..Default::default()
-        },
-        &cfg.prefix,
-    )?;
+            run: uuid::Uuid::new_v4().simple().to_string()[..8].to_owned(),
+            next: 0,
+        }
+    };
     let store = super::connect_store(&cfg, 2).await?;
     let started = Instant::now();
     let interval = Duration::from_micros(1_000_000 / u64::from(args.rate.max(1)));
@@ -128,16 +159,11 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
     loop {
         if published < args.generations {
             tick.tick().await;
-            let g = generator.generate();
-            if let Some(spec) = g.sim_spec.clone() {
-                sim.simulator()
-                    .register_spec(spec)
-                    .map_err(|e| anyhow::anyhow!("simulator refused a generation: {e}"))?;
-            }
-            bus.publish(&g.event.subject, &g.event.id, g.event.to_json().into())
+            let (subject, id, body, truth) = producer.next(&cfg.prefix, &sim)?;
+            bus.publish(&subject, &id, body.into())
                 .await
-                .context("publishing a completed event")?;
-            true_total += g.true_cost;
+                .context("publishing an event")?;
+            true_total += truth;
             published += 1;
         } else {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -162,15 +188,17 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
             let spent = budget_spent(&http, &api, &budgets[0].0)
                 .await
                 .unwrap_or_default();
+            let refused_now = refused.load(std::sync::atomic::Ordering::Relaxed);
             print!(
-                "\r\x1b[2K  generations {published}/{} | booked {booked} | spent {} USD | awaiting actual cost {} | alerts {alerts}",
+                "\r\x1b[2K  {} {published}/{} | booked {booked} | refused {refused_now} | spent {} USD | awaiting actual cost {} | alerts {alerts}",
+                if args.direct { "generations" } else { "requests" },
                 args.generations,
                 tally_money::to_decimal_string(&spent.round_dp(8)),
                 get("provisional"),
             );
             let _ = std::io::stdout().flush();
             if published == args.generations
-                && booked as u64 == published
+                && booked as u64 + refused_now >= published
                 && get("provisional") == 0
             {
                 // Give the last alerts a moment to arrive.
@@ -189,7 +217,14 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
         }
     }
     println!("\n");
+    if !args.direct {
+        true_total = producer.truth(&store, &org, &sim).await?;
+    }
     summary(&http, &api, &org, &budgets, true_total, &store).await?;
+    let refused_total = refused.load(std::sync::atomic::Ordering::Relaxed);
+    if refused_total > 0 {
+        println!("Requests refused before reaching OpenRouter (budget preflight, bad requests): {refused_total}");
+    }
 
     if args.keep_running {
         println!("\nservices keep running; API at {api} (Ctrl-C to stop)");
@@ -200,6 +235,99 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let _ = tokio::time::timeout(Duration::from_secs(30), services).await;
     let _ = sim.shutdown().await;
     Ok(())
+}
+
+/// What the demo publishes.
+enum Producer {
+    /// Completed events, as any producer would send them.
+    Direct(Generator),
+    /// Generation requests for the worker.
+    Requests { org: String, run: String, next: u64 },
+}
+
+impl Producer {
+    /// The next message: subject, id, body, and (direct mode) its true cost.
+    fn next(
+        &mut self,
+        prefix: &str,
+        sim: &tally_sim::RunningSim,
+    ) -> anyhow::Result<(String, String, Vec<u8>, Decimal)> {
+        match self {
+            Producer::Direct(generator) => {
+                let g = generator.generate();
+                if let Some(spec) = g.sim_spec.clone() {
+                    sim.simulator()
+                        .register_spec(spec)
+                        .map_err(|e| anyhow::anyhow!("simulator refused a generation: {e}"))?;
+                }
+                Ok((
+                    g.event.subject.clone(),
+                    g.event.id.clone(),
+                    g.event.to_json(),
+                    g.true_cost,
+                ))
+            }
+            Producer::Requests { org, run, next } => {
+                let i = *next;
+                *next += 1;
+                const AGENTS: [&str; 3] = ["researcher", "writer", "coder"];
+                const MODELS: [&str; 2] = ["openai/gpt-4o-mini", "deepseek/deepseek-r1"];
+                let request_id = format!("req-{run}-{i}");
+                let data = tally_events::GenerationRequested {
+                    request_id: request_id.clone(),
+                    org_id: org.clone(),
+                    agent_id: Some(AGENTS[(i % 3) as usize].into()),
+                    session_id: Some(format!("sess-{run}-{}", i / 10)),
+                    user_id: Some(format!("user-{}", i % 7)),
+                    model: MODELS[(i % 5 % 2) as usize].into(),
+                    models: None,
+                    input: tally_events::Input::Text(format!(
+                        "Summarise finding #{i} for the weekly report in three sentences."
+                    )),
+                    instructions: Some("Be concise.".into()),
+                    max_output_tokens: Some(400),
+                    stream: i % 2 == 0,
+                    routing: None,
+                    server_tools: None,
+                    reply_subject: None,
+                    requested_at: chrono::Utc::now(),
+                };
+                let subject =
+                    tally_events::EventType::GenerationRequested.subject(prefix, org, None);
+                let id = format!("requested-{request_id}");
+                let ev = tally_events::CloudEvent::new(
+                    id.clone(),
+                    "tally/demo",
+                    subject.clone(),
+                    data.requested_at,
+                    data,
+                );
+                Ok((subject, id, ev.to_json(), Decimal::ZERO))
+            }
+        }
+    }
+
+    /// Through the worker, the truth is what the simulator charged for the
+    /// generations the ledger recorded.
+    async fn truth(
+        &self,
+        store: &tally_store::Store,
+        org: &str,
+        sim: &tally_sim::RunningSim,
+    ) -> anyhow::Result<Decimal> {
+        let mut total = Decimal::ZERO;
+        for id in store.generation_ids(org).await? {
+            if let Some(g) = sim.simulator().generation(&id) {
+                total += g.total_cost
+                    + if g.is_byok {
+                        g.upstream_inference_cost.unwrap_or_default()
+                    } else {
+                        Decimal::ZERO
+                    };
+            }
+        }
+        Ok(total)
+    }
 }
 
 async fn wait_ready(
@@ -231,12 +359,12 @@ async fn create_budgets(
 ) -> anyhow::Result<Vec<(String, String)>> {
     let defs = [
         json!({"org_id": org, "name": "Whole organisation (daily)", "scope": {}, "period": "daily",
-               "timezone": "Europe/Berlin", "limit_usd": "0.5", "enforcement": "soft"}),
+               "timezone": "Europe/Berlin", "limit_usd": "0.012", "enforcement": "soft"}),
         json!({"org_id": org, "name": "Researcher agent", "scope": {"agent_id": "researcher"},
-               "period": "total", "limit_usd": "0.1", "thresholds_percent": [50, 80, 100],
+               "period": "total", "limit_usd": "0.003", "thresholds_percent": [50, 80, 100],
                "enforcement": "hard"}),
         json!({"org_id": org, "name": "DeepSeek R1 (monthly)", "scope": {"model": "deepseek/deepseek-r1"},
-               "period": "monthly", "limit_usd": "0.1", "enforcement": "soft"}),
+               "period": "monthly", "limit_usd": "0.008", "enforcement": "soft"}),
     ];
     let mut out = Vec::new();
     for d in defs {

@@ -21,14 +21,6 @@ use crate::config::Config;
 #[error("{0}")]
 pub struct UsageError(pub String);
 
-/// Reports a subcommand that is not available in this build.
-pub fn not_built(cmd: &str, what: &str) -> anyhow::Result<()> {
-    Err(UsageError(format!(
-        "`tally {cmd}` is not available yet: {what} is not built in this version"
-    ))
-    .into())
-}
-
 /// A shutdown signal: becomes true on Ctrl-C or SIGTERM.
 pub fn shutdown_signal() -> watch::Receiver<bool> {
     let (tx, rx) = watch::channel(false);
@@ -145,6 +137,64 @@ pub(crate) fn reconciler_service(
     ))
 }
 
+/// Builds the generation worker: OpenRouter client (long timeout: a
+/// streamed generation can take minutes), model catalog (persisted copy
+/// first, then a fresh one, refreshed in the background) and the budget
+/// preflight through tally's own API.
+pub(crate) async fn worker_service(
+    bus: &Bus,
+    cfg: &Config,
+    registry: &Registry,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tally_worker::Worker> {
+    let client = tally_openrouter::OpenRouterClient::new(tally_openrouter::ClientConfig {
+        base_url: cfg.openrouter_base_url.clone(),
+        api_key: cfg.openrouter_api_key.clone(),
+        timeout: Duration::from_secs(300),
+        ..Default::default()
+    })?;
+    let catalog = tally_worker::Catalog::new(tally_worker::CatalogConfig {
+        persist_path: cfg.catalog_path.clone(),
+        ..Default::default()
+    });
+    match catalog.load_persisted() {
+        Ok(true) => tracing::info!("model catalog loaded from its persisted copy"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(error = %e, "persisted model catalog unreadable; ignoring it"),
+    }
+    if let Err(e) = catalog.refresh(&client).await {
+        tracing::warn!(error = %e, code = e.code(), "model catalog not fetched yet; will retry");
+    }
+    catalog.clone().spawn_refresh(client.clone(), shutdown);
+    let preflight: Arc<dyn tally_worker::Preflight> = Arc::new(tally_worker::HttpPreflight::new(
+        &cfg.api_url,
+        Duration::from_secs(5),
+    )?);
+    let metrics = Arc::new(tally_worker::Metrics::register(registry)?);
+    Ok(tally_worker::Worker::new(
+        bus.clone(),
+        client,
+        preflight,
+        catalog,
+        tally_worker::WorkerConfig {
+            prefix: cfg.prefix.clone(),
+            ..Default::default()
+        },
+        metrics,
+    ))
+}
+
+/// `tally worker`.
+pub async fn worker(cfg: &Config) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let bus = connect_bus(cfg).await?;
+    serve_metrics(cfg, &registry).await?;
+    let shutdown = shutdown_signal();
+    let svc = worker_service(&bus, cfg, &registry, shutdown.clone()).await?;
+    svc.run(shutdown).await?;
+    Ok(())
+}
+
 /// `tally projector`.
 pub async fn projector(cfg: &Config) -> anyhow::Result<()> {
     let registry = Registry::new();
@@ -196,7 +246,7 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     run_all(cfg, shutdown_signal()).await
 }
 
-/// Runs migrations, then the projector, reconciler and API until `shutdown`.
+/// Runs migrations, then the worker, projector, reconciler and API until `shutdown`.
 pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let registry = Registry::new();
     let bus = connect_bus(cfg).await?;
@@ -206,8 +256,10 @@ pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> an
     serve_metrics(cfg, &registry).await?;
     let projector = projector_service(&bus, &store, cfg, &registry)?;
     let reconciler = reconciler_service(&bus, cfg, &registry)?;
+    let worker = worker_service(&bus, cfg, &registry, shutdown.clone()).await?;
     let p = tokio::spawn(projector.run(shutdown.clone()));
     let r = tokio::spawn(reconciler.run(shutdown.clone()));
+    let w = tokio::spawn(worker.run(shutdown.clone()));
     let api = serve_api(cfg, &store, &registry, shutdown.clone());
     let api_result = api.await;
     // The API returns when shutdown is requested; give the consumers time to
@@ -215,6 +267,7 @@ pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> an
     let finish = async {
         let _ = p.await;
         let _ = r.await;
+        let _ = w.await;
     };
     if tokio::time::timeout(Duration::from_secs(30), finish)
         .await
