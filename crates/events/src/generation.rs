@@ -443,18 +443,10 @@ pub struct GenerationCompleted {
     #[serde(default)]
     pub is_byok: bool,
     /// `usage.cost` (+ upstream inference cost when BYOK); `None` when missing.
-    #[serde(
-        default,
-        with = "tally_money::serde_cost::opt",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "tally_money::serde_cost::opt")]
     pub actual_cost_usd: Option<Decimal>,
     /// The producer's estimate from the price catalog.
-    #[serde(
-        default,
-        with = "tally_money::serde_cost::opt",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "tally_money::serde_cost::opt")]
     pub estimated_cost_usd: Option<Decimal>,
     /// How it ended.
     pub status: GenerationStatus,

@@ -595,14 +595,7 @@ pub(crate) async fn post(
                     batch_id: batch_id.to_string(),
                     entries: chunk.iter().map(|e| wire_entry(e)).collect(),
                 };
-                let ev = CloudEvent::new(
-                    msg_id.clone(),
-                    opts.source.clone(),
-                    subject.clone(),
-                    now,
-                    data,
-                );
-                rows.push((subject, msg_id, ev.to_json()));
+                rows.push(outbox_row(opts, subject, msg_id, now, data));
             }
         }
         crate::outbox::enqueue(tx, &rows).await?;
@@ -739,14 +732,7 @@ pub(crate) async fn post(
             let subject =
                 EventType::BudgetThresholdCrossed.subject(&opts.prefix, &b.org_id, Some(&b.id));
             let msg_id = format!("alert-{id}");
-            let ev = CloudEvent::new(
-                msg_id.clone(),
-                opts.source.clone(),
-                subject.clone(),
-                now,
-                data,
-            );
-            alert_events.push((subject, msg_id, ev.to_json()));
+            alert_events.push(outbox_row(opts, subject, msg_id, now, data));
         }
     }
 
@@ -754,6 +740,26 @@ pub(crate) async fn post(
         crate::outbox::enqueue(tx, &alert_events).await?;
     }
     Ok((entries, alerts_raised))
+}
+
+/// An outbox row (subject, msg id, CloudEvent JSON) for a derived event
+/// whose CloudEvent id is its `Nats-Msg-Id`.
+fn outbox_row<T: tally_events::Payload>(
+    opts: &PostingOptions,
+    subject: String,
+    msg_id: String,
+    now: DateTime<Utc>,
+    data: T,
+) -> (String, String, Vec<u8>) {
+    let json = CloudEvent::new(
+        msg_id.clone(),
+        opts.source.clone(),
+        subject.clone(),
+        now,
+        data,
+    )
+    .to_json();
+    (subject, msg_id, json)
 }
 
 fn wire_entry(e: &PostedEntry) -> LedgerEntry {

@@ -250,8 +250,12 @@ async fn spent_total(store: &Store) -> anyhow::Result<Decimal> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tally_telemetry::init_tracing(false);
-    let n = env_usize("TALLY_BENCH_EVENTS", 100_000);
-    let naive_n = env_usize("TALLY_BENCH_NAIVE_EVENTS", 5_000);
+    // Without `--bench` this runs under `cargo test` (the suite runs every
+    // target): a small smoke run keeps the benchmark working, fast.
+    let smoke = !std::env::args().any(|a| a == "--bench");
+    let (n, naive_n) = if smoke { (300, 30) } else { (100_000, 5_000) };
+    let n = env_usize("TALLY_BENCH_EVENTS", n);
+    let naive_n = env_usize("TALLY_BENCH_NAIVE_EVENTS", naive_n);
     let batch = env_usize("TALLY_BENCH_BATCH", 1000);
     println!("projector drain benchmark: {n} events (naive baseline: {naive_n}), batch {batch}");
 
