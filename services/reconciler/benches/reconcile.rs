@@ -396,8 +396,8 @@ async fn bench(args: Args) -> anyhow::Result<()> {
         println!(
             "steady state:           {} reconciled/s (t={t0}..{t1} s, while publishing)",
             per_sec(
-                r1.saturating_sub(r0),
-                Duration::from_secs(t1.saturating_sub(t0).max(1))
+                r1.saturating_sub(*r0),
+                Duration::from_secs(t1.saturating_sub(*t0).max(1))
             )
         );
     }
