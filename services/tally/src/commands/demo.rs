@@ -131,14 +131,14 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
         });
     }
     let mut producer = if args.direct {
-        Producer::Direct(Generator::new(
+        Producer::Direct(Box::new(Generator::new(
             LoadArgs {
                 org: org.clone(),
                 missing_cost: args.missing_cost,
                 ..Default::default()
             },
             &cfg.prefix,
-        )?)
+        )?))
     } else {
         Producer::Requests {
             org: org.clone(),
@@ -240,7 +240,7 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
 /// What the demo publishes.
 enum Producer {
     /// Completed events, as any producer would send them.
-    Direct(Generator),
+    Direct(Box<Generator>),
     /// Generation requests for the worker.
     Requests { org: String, run: String, next: u64 },
 }
