@@ -503,3 +503,72 @@ async fn ledger_posted_events_rebuild_every_balance() -> anyhow::Result<()> {
     p.stop().await;
     Ok(())
 }
+
+/// Several projector instances on the same durable consumers, as when the
+/// service is scaled out: the ledger is still exact.
+#[tokio::test]
+async fn two_projector_instances_share_the_work_and_the_ledger_stays_exact() -> anyhow::Result<()> {
+    let h = Harness::start().await?;
+    let b = h.budget(budget(ORG, "everything", "1000000")).await?;
+    let agent = h
+        .budget(tally_store::NewBudget {
+            scope: tally_budget::Scope {
+                agent_id: Some("a1".into()),
+                ..Default::default()
+            },
+            ..budget(ORG, "agent a1", "1000000")
+        })
+        .await?;
+    let first = h.spawn_projector(50);
+    let second = h.spawn_projector(50);
+    let mut expected = Decimal::ZERO;
+    let mut expected_agent = Decimal::ZERO;
+    let mut events = Vec::new();
+    let mut costs = Vec::new();
+    for i in 0..2000u64 {
+        let id = format!("g{i}");
+        let estimate = format!("0.00{:018}", 123456789012345678u64 + i);
+        let actual = format!("0.00{:018}", 120000000000000000u64 + i * 3);
+        let reconciled_later = i % 4 == 0;
+        let c = Completed::new(&id, ORG, "2026-11-25T10:00:00Z").estimate(&estimate);
+        let c = if i % 2 == 0 { c.agent("a1") } else { c };
+        let counted = if reconciled_later { usd(&actual) } else { usd(&estimate) };
+        expected += counted;
+        if i % 2 == 0 {
+            expected_agent += counted;
+        }
+        events.push(c.event());
+        if reconciled_later {
+            costs.push(reconciled(&id, ORG, &actual));
+        }
+    }
+    for chunk in events.chunks(500) {
+        futures::future::try_join_all(chunk.iter().map(|e| h.publish(e))).await?;
+    }
+    for chunk in costs.chunks(500) {
+        futures::future::try_join_all(chunk.iter().map(|e| h.publish(e))).await?;
+    }
+    h.drained().await?;
+    assert_eq!(h.spent(&b.id).await?, expected);
+    assert_eq!(h.journal_sum(&b.id).await?, expected);
+    assert_eq!(h.spent(&agent.id).await?, expected_agent);
+    assert_eq!(h.journal_sum(&agent.id).await?, expected_agent);
+    let adjustments: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM ledger_entries WHERE budget_id = $1 AND kind = 'adjustment'",
+    )
+    .bind(&b.id)
+    .fetch_one(h.store.pool())
+    .await?;
+    assert!(adjustments <= 500, "at most one adjustment per reconciled generation");
+    // Both instances did work.
+    for p in [&first, &second] {
+        let text = tally_telemetry::render(&p.registry);
+        assert!(
+            text.lines().any(|l| l.starts_with("tally_projector_events_total") && !l.ends_with(" 0")),
+            "an instance applied nothing:\n{text}"
+        );
+    }
+    first.stop().await;
+    second.stop().await;
+    Ok(())
+}
