@@ -532,7 +532,11 @@ async fn two_projector_instances_share_the_work_and_the_ledger_stays_exact() -> 
         let reconciled_later = i % 4 == 0;
         let c = Completed::new(&id, ORG, "2026-11-25T10:00:00Z").estimate(&estimate);
         let c = if i % 2 == 0 { c.agent("a1") } else { c };
-        let counted = if reconciled_later { usd(&actual) } else { usd(&estimate) };
+        let counted = if reconciled_later {
+            usd(&actual)
+        } else {
+            usd(&estimate)
+        };
         expected += counted;
         if i % 2 == 0 {
             expected_agent += counted;
@@ -559,12 +563,16 @@ async fn two_projector_instances_share_the_work_and_the_ledger_stays_exact() -> 
     .bind(&b.id)
     .fetch_one(h.store.pool())
     .await?;
-    assert!(adjustments <= 500, "at most one adjustment per reconciled generation");
+    assert!(
+        adjustments <= 500,
+        "at most one adjustment per reconciled generation"
+    );
     // Both instances did work.
     for p in [&first, &second] {
         let text = tally_telemetry::render(&p.registry);
         assert!(
-            text.lines().any(|l| l.starts_with("tally_projector_events_total") && !l.ends_with(" 0")),
+            text.lines()
+                .any(|l| l.starts_with("tally_projector_events_total") && !l.ends_with(" 0")),
             "an instance applied nothing:\n{text}"
         );
     }
