@@ -87,6 +87,21 @@ pub struct Settings {
     /// so prices survive OpenRouter being down at start (off when unset).
     #[arg(long, env = "TALLY_CATALOG_PATH", global = true)]
     pub catalog_path: Option<std::path::PathBuf>,
+    /// Upstream providers whose keys the org (or one of its agents) brought
+    /// (BYOK), for the worker's capacity strategies: `org=provider+provider`
+    /// entries, `org/agent=…` for one agent, separated by `;`, e.g.
+    /// `acme=anthropic+openai;acme/researcher=anthropic`.
+    #[arg(long, env = "TALLY_BYOK_PROVIDERS", global = true, default_value = "")]
+    pub byok_providers: String,
+    /// Most OpenRouter generation-stats lookups per second the reconciler
+    /// makes (it halves this on 429s and recovers slowly).
+    #[arg(
+        long,
+        env = "TALLY_RECONCILE_RATE",
+        global = true,
+        default_value = "50"
+    )]
+    pub reconcile_rate: String,
     /// How long JetStream waits for a consumer's ack before redelivering
     /// (how soon a crashed instance's in-flight messages go to another).
     #[arg(long, env = "TALLY_ACK_WAIT", default_value = "60s", global = true)]
@@ -135,6 +150,10 @@ pub struct Config {
     pub api_url: String,
     /// Model catalog persistence file.
     pub catalog_path: Option<std::path::PathBuf>,
+    /// BYOK providers: (org, agent or None, providers).
+    pub byok_providers: Vec<(String, Option<String>, Vec<String>)>,
+    /// Reconciler lookups per second.
+    pub reconcile_rate: u32,
     /// JSON logs.
     pub log_json: bool,
 }
@@ -279,6 +298,23 @@ impl Settings {
             }
             None => format!("http://{http_addr}"),
         };
+        let byok_providers = parse_byok(&self.byok_providers)
+            .map_err(|reason| err("TALLY_BYOK_PROVIDERS", "--byok-providers", reason))?;
+        let reconcile_rate: u32 = self
+            .reconcile_rate
+            .parse()
+            .ok()
+            .filter(|r| (1..=100_000).contains(r))
+            .ok_or_else(|| {
+                err(
+                    "TALLY_RECONCILE_RATE",
+                    "--reconcile-rate",
+                    format!(
+                        "{:?} must be a whole number of lookups per second from 1 to 100000",
+                        self.reconcile_rate
+                    ),
+                )
+            })?;
         Ok(Config {
             nats_url: self.nats_url.clone(),
             database_url: self.database_url.clone(),
@@ -292,6 +328,8 @@ impl Settings {
             ack_wait,
             api_url,
             catalog_path: self.catalog_path.clone(),
+            byok_providers,
+            reconcile_rate,
             log_json: self.log_json,
         })
     }
@@ -307,5 +345,70 @@ impl Config {
                 "is required for this command (e.g. postgres://tally:tally@127.0.0.1:5432/tally)",
             )
         })
+    }
+}
+
+/// Parses `org=p1+p2;org/agent=p3` into (org, agent, providers) entries.
+fn parse_byok(text: &str) -> Result<Vec<(String, Option<String>, Vec<String>)>, String> {
+    let is_id = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    let mut out = Vec::new();
+    for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
+        let (who, providers) = entry
+            .split_once('=')
+            .ok_or_else(|| format!("{entry:?} must look like org=provider+provider"))?;
+        let (org, agent) = match who.split_once('/') {
+            Some((o, a)) => (o, Some(a)),
+            None => (who, None),
+        };
+        if !is_id(org) || agent.is_some_and(|a| !is_id(a)) {
+            return Err(format!(
+                "{who:?}: org and agent ids must match ^[A-Za-z0-9_-]{{1,64}}$"
+            ));
+        }
+        let providers: Vec<String> = providers
+            .split('+')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if providers.is_empty() {
+            return Err(format!("{entry:?} names no provider"));
+        }
+        out.push((org.to_owned(), agent.map(str::to_owned), providers));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byok_providers_parse_per_org_and_agent() {
+        let v = parse_byok("acme=anthropic+openai; acme/researcher=anthropic").unwrap();
+        assert_eq!(
+            v,
+            vec![
+                (
+                    "acme".into(),
+                    None,
+                    vec!["anthropic".into(), "openai".into()]
+                ),
+                (
+                    "acme".into(),
+                    Some("researcher".into()),
+                    vec!["anthropic".into()]
+                ),
+            ]
+        );
+        assert!(parse_byok("").unwrap().is_empty());
+        assert!(parse_byok("acme").is_err());
+        assert!(parse_byok("acme=").is_err());
+        assert!(parse_byok("a b=x").is_err());
     }
 }

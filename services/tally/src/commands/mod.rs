@@ -131,6 +131,7 @@ pub(crate) fn reconciler_service(
         tally_reconciler::ReconcilerConfig {
             prefix: cfg.prefix.clone(),
             deadline: cfg.reconcile_deadline,
+            rate_per_sec: cfg.reconcile_rate,
             ..Default::default()
         },
         metrics,
@@ -178,10 +179,21 @@ pub(crate) async fn worker_service(
         catalog,
         tally_worker::WorkerConfig {
             prefix: cfg.prefix.clone(),
+            byok: byok_providers(cfg),
             ..Default::default()
         },
         metrics,
     ))
+}
+
+fn byok_providers(cfg: &Config) -> tally_worker::ByokProviders {
+    cfg.byok_providers.iter().fold(
+        tally_worker::ByokProviders::new(),
+        |acc, (org, agent, providers)| match agent {
+            Some(agent) => acc.with_agent(org.clone(), agent.clone(), providers.clone()),
+            None => acc.with_org(org.clone(), providers.clone()),
+        },
+    )
 }
 
 /// `tally worker`.
