@@ -150,8 +150,8 @@ pub struct Config {
     pub api_url: String,
     /// Model catalog persistence file.
     pub catalog_path: Option<std::path::PathBuf>,
-    /// BYOK providers: (org, agent or None, providers).
-    pub byok_providers: Vec<(String, Option<String>, Vec<String>)>,
+    /// BYOK providers per organisation or agent.
+    pub byok_providers: Vec<ByokEntry>,
     /// Reconciler lookups per second.
     pub reconcile_rate: u32,
     /// JSON logs.
@@ -348,8 +348,19 @@ impl Config {
     }
 }
 
-/// Parses `org=p1+p2;org/agent=p3` into (org, agent, providers) entries.
-fn parse_byok(text: &str) -> Result<Vec<(String, Option<String>, Vec<String>)>, String> {
+/// Upstream providers an organisation (or one of its agents) has keys for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ByokEntry {
+    /// Organisation.
+    pub org: String,
+    /// Agent, when the entry is for one agent only.
+    pub agent: Option<String>,
+    /// Provider names.
+    pub providers: Vec<String>,
+}
+
+/// Parses `org=p1+p2;org/agent=p3` into entries.
+fn parse_byok(text: &str) -> Result<Vec<ByokEntry>, String> {
     let is_id = |s: &str| {
         !s.is_empty()
             && s.len() <= 64
@@ -379,7 +390,11 @@ fn parse_byok(text: &str) -> Result<Vec<(String, Option<String>, Vec<String>)>, 
         if providers.is_empty() {
             return Err(format!("{entry:?} names no provider"));
         }
-        out.push((org.to_owned(), agent.map(str::to_owned), providers));
+        out.push(ByokEntry {
+            org: org.to_owned(),
+            agent: agent.map(str::to_owned),
+            providers,
+        });
     }
     Ok(out)
 }

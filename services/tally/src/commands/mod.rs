@@ -187,13 +187,14 @@ pub(crate) async fn worker_service(
 }
 
 fn byok_providers(cfg: &Config) -> tally_worker::ByokProviders {
-    cfg.byok_providers.iter().fold(
-        tally_worker::ByokProviders::new(),
-        |acc, (org, agent, providers)| match agent {
-            Some(agent) => acc.with_agent(org.clone(), agent.clone(), providers.clone()),
-            None => acc.with_org(org.clone(), providers.clone()),
-        },
-    )
+    cfg.byok_providers
+        .iter()
+        .fold(tally_worker::ByokProviders::new(), |acc, e| {
+            match &e.agent {
+                Some(agent) => acc.with_agent(e.org.clone(), agent.clone(), e.providers.clone()),
+                None => acc.with_org(e.org.clone(), e.providers.clone()),
+            }
+        })
 }
 
 /// `tally worker`.
