@@ -406,21 +406,11 @@ mod tests {
     #[test]
     fn byok_providers_parse_per_org_and_agent() {
         let v = parse_byok("acme=anthropic+openai; acme/researcher=anthropic").unwrap();
-        assert_eq!(
-            v,
-            vec![
-                (
-                    "acme".into(),
-                    None,
-                    vec!["anthropic".into(), "openai".into()]
-                ),
-                (
-                    "acme".into(),
-                    Some("researcher".into()),
-                    vec!["anthropic".into()]
-                ),
-            ]
-        );
+        assert_eq!(v.len(), 2);
+        assert_eq!((v[0].org.as_str(), v[0].agent.as_deref()), ("acme", None));
+        assert_eq!(v[0].providers, vec!["anthropic", "openai"]);
+        assert_eq!(v[1].agent.as_deref(), Some("researcher"));
+        assert_eq!(v[1].providers, vec!["anthropic"]);
         assert!(parse_byok("").unwrap().is_empty());
         assert!(parse_byok("acme").is_err());
         assert!(parse_byok("acme=").is_err());
