@@ -129,6 +129,9 @@ pub struct WorkerConfig {
     pub byok: ByokProviders,
     /// Where requests go (OpenRouter: routing extensions apply).
     pub target: Target,
+    /// How often a request still being generated is reported in progress
+    /// to JetStream (must be well below the consumer's ack wait), default 15 s.
+    pub heartbeat: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -142,6 +145,7 @@ impl Default for WorkerConfig {
             max_backoff: Duration::from_secs(60),
             byok: ByokProviders::default(),
             target: Target::OpenRouter,
+            heartbeat: service::HEARTBEAT,
         }
     }
 }

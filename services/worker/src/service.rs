@@ -164,8 +164,28 @@ impl Worker {
     }
 }
 
+/// How often, by default, a request still being generated tells JetStream
+/// it is in progress, so a generation longer than the ack wait (60 s by
+/// default) is not redelivered to another worker and run twice.
+pub const HEARTBEAT: Duration = Duration::from_secs(15);
+
 async fn handle(s: &Shared, delivery: Delivery) {
-    let settle = process(s, &delivery).await;
+    let settle = {
+        let work = process(s, &delivery);
+        tokio::pin!(work);
+        let mut beat = tokio::time::interval(s.cfg.heartbeat.max(Duration::from_millis(100)));
+        beat.tick().await; // the first tick is immediate
+        loop {
+            tokio::select! {
+                settle = &mut work => break settle,
+                _ = beat.tick() => {
+                    if let Err(e) = delivery.in_progress().await {
+                        tracing::warn!(error = %e, "in-progress heartbeat failed");
+                    }
+                }
+            }
+        }
+    };
     let r = match settle {
         Settle::Ack => delivery.ack().await,
         Settle::Nak(d) => delivery.nak(Some(d)).await,

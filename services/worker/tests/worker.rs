@@ -46,8 +46,16 @@ struct Env {
 
 impl Env {
     async fn start(sim_cfg: SimConfig) -> anyhow::Result<Env> {
+        Env::start_with_ack_wait(sim_cfg, tally_bus::ACK_WAIT).await
+    }
+
+    async fn start_with_ack_wait(sim_cfg: SimConfig, ack_wait: Duration) -> anyhow::Result<Env> {
         let nats = NatsServer::start().await?;
-        let bus = Bus::connect(&BusConfig::new(nats.url())).await?;
+        let bus = Bus::connect(&BusConfig {
+            ack_wait,
+            ..BusConfig::new(nats.url())
+        })
+        .await?;
         bus.ensure_topology().await?;
         let sim = Simulator::start(sim_cfg).await?;
         let client =
@@ -519,4 +527,41 @@ async fn retryable_errors_are_retried_then_fail_retryable() -> anyhow::Result<()
 fn requested_events_used_here_are_valid() {
     let r = request("x", "m/x", false);
     r.validate().unwrap();
+}
+
+/// A generation that takes longer than the consumer's ack wait is kept in
+/// progress by the heartbeat: it runs once, not once per redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_generation_longer_than_the_ack_wait_runs_once() -> anyhow::Result<()> {
+    let mut env = Env::start_with_ack_wait(
+        SimConfig {
+            gen_latency: Duration::from_secs(5),
+            ..SimConfig::ephemeral()
+        },
+        Duration::from_secs(2),
+    )
+    .await?;
+    env.spawn_worker(
+        Arc::new(AllowAll),
+        WorkerConfig {
+            heartbeat: Duration::from_millis(500),
+            ..fast()
+        },
+    );
+    env.spawn_worker(
+        Arc::new(AllowAll),
+        WorkerConfig {
+            heartbeat: Duration::from_millis(500),
+            ..fast()
+        },
+    );
+    let reader = env.reader().await?;
+    env.request(request("slow-1", "openai/gpt-4o-mini", false))
+        .await?;
+    let c = completed_of(&reader, "slow-1").await?;
+    assert_eq!(c.status, GenerationStatus::Completed);
+    // Past another ack wait: no second generation was started.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(env.sim.simulator().stats(None).generations_registered, 1);
+    Ok(())
 }
