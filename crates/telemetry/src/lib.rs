@@ -16,6 +16,15 @@
 //!   never generation, session or budget ids.
 //! * Money in Prometheus is the one place amounts become `f64`: dashboards
 //!   need floats, and nothing ever reads them back into the ledger.
+//!
+//! # Decisions
+//!
+//! * **One registry per process, passed in.** Each service registers its
+//!   metrics in the registry it is given (`Metrics::register(&registry)`),
+//!   so `tally run` can host every service in one process and tests can
+//!   read one service's metrics without globals.
+//! * **Logs go to stderr.** Standard output belongs to commands that print
+//!   results (`tally migrate`, `tally replay --verify`, the demo's summary).
 
 use std::net::SocketAddr;
 
