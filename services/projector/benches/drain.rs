@@ -6,8 +6,9 @@
 //!
 //! 1. **tally**: the projector (batches of `BATCH` messages, one transaction
 //!    each) draining `EVENTS` events;
-//! 2. **naive**: the same code with batches of one message — one
-//!    transaction and one ack per event — on a smaller backlog;
+//! 2. **naive**: the same code with batches of one message and one
+//!    transaction at a time — one transaction and one ack per event — on a
+//!    smaller backlog;
 //! 3. **raw ceiling**: plain batched Postgres inserts of the same rows
 //!    (generations and journal entries, 1000 rows per statement, one commit
 //!    per batch), no logic, no NATS;
@@ -145,7 +146,7 @@ fn peak_rss_mib() -> f64 {
 }
 
 /// Runs the projector until its consumers are empty; returns events/s.
-async fn drain(s: &Setup, n: usize, batch: usize) -> anyhow::Result<f64> {
+async fn drain(s: &Setup, n: usize, batch: usize, concurrency: usize) -> anyhow::Result<f64> {
     let registry = tally_telemetry::Registry::new();
     let metrics = Arc::new(Metrics::register(&registry)?);
     let m = metrics.clone();
@@ -155,6 +156,7 @@ async fn drain(s: &Setup, n: usize, batch: usize) -> anyhow::Result<f64> {
         ProjectorConfig {
             batch_size: batch,
             fetch_wait: Duration::from_millis(200),
+            apply_concurrency: concurrency,
             ..Default::default()
         },
         metrics,
@@ -264,7 +266,7 @@ async fn main() -> anyhow::Result<()> {
     let expected = preload(&s.bus, n).await?;
     reset_peak_rss();
     let rss_before = peak_rss_mib();
-    let tally_rate = drain(&s, n, batch).await?;
+    let tally_rate = drain(&s, n, batch, ProjectorConfig::default().apply_concurrency).await?;
     let peak = peak_rss_mib();
     let spent = spent_total(&s.store).await?;
     assert_eq!(
@@ -276,7 +278,7 @@ async fn main() -> anyhow::Result<()> {
     // 2. naive
     let naive = setup().await?;
     preload(&naive.bus, naive_n).await?;
-    let naive_rate = drain(&naive, naive_n, 1).await?;
+    let naive_rate = drain(&naive, naive_n, 1, 1).await?;
     println!("  naive (1 msg/tx): {naive_rate:>9.0} events/s");
 
     // 3. raw ceiling
