@@ -17,17 +17,14 @@ pub enum SimCommand {
 pub async fn sim(cfg: &Config, cmd: SimCommand) -> anyhow::Result<()> {
     match cmd {
         SimCommand::Openrouter(args) => {
-            let listener = tokio::net::TcpListener::bind(args.addr)
+            println!(
+                "OpenRouter simulator on http://{}/api/v1 (Ctrl-C to stop)",
+                args.addr
+            );
+            let addr = args.addr;
+            tally_sim::run(args)
                 .await
-                .with_context(|| format!("cannot listen on {} (TALLY_SIM_ADDR)", args.addr))?;
-            let addr = listener.local_addr()?;
-            println!("OpenRouter simulator on http://{addr}/api/v1 (Ctrl-C to stop)");
-            let sim = tally_sim::Simulator::new(args.into());
-            let mut stop = super::shutdown_signal();
-            sim.serve_with_shutdown(listener, async move {
-                let _ = stop.wait_for(|v| *v).await;
-            })
-            .await?;
+                .with_context(|| format!("serving the simulator on {addr} (TALLY_SIM_ADDR)"))?;
             Ok(())
         }
         SimCommand::Load(args) => {
