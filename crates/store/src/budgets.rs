@@ -94,12 +94,6 @@ pub struct BudgetPatch {
     pub enforcement: Option<Enforcement>,
 }
 
-fn is_valid_id(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-}
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> StoreError {
     StoreError::Invalid {
@@ -118,7 +112,7 @@ fn validate_name(name: &str) -> Result<(), StoreError> {
 impl NewBudget {
     /// Checks every field; the error names the first bad one.
     pub fn validate(&mut self) -> Result<(), StoreError> {
-        if !is_valid_id(&self.org_id) {
+        if !tally_events::is_valid_id(&self.org_id) {
             return Err(invalid("org_id", "must match ^[A-Za-z0-9_-]{1,64}$"));
         }
         validate_name(&self.name)?;
