@@ -34,6 +34,9 @@
 //!   the same conflict rule as for reconciled events.
 //! * **Unresolved is a state, not an amount.** When the reconciler gives up,
 //!   the estimate stands; an actual that still arrives later wins.
+//! * **One vocabulary.** [`Basis`] and [`EntryKind`] are the wire enums of
+//!   `tally-events`, so the rules, the store and the events cannot drift
+//!   apart.
 //! * **Pure and small.** The store applies these rules to whole batches with
 //!   set-based SQL; keeping the rules here makes them testable without a
 //!   database, including property tests over every order of facts.
@@ -41,37 +44,7 @@
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 
-/// How the net debit of a generation was determined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Basis {
-    /// The actual cost reported by OpenRouter.
-    Actual,
-    /// The producer's estimate, standing in for a missing actual.
-    Estimate,
-    /// Neither is known: the debit is zero.
-    None,
-}
-
-impl Basis {
-    /// Wire and database spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Basis::Actual => "actual",
-            Basis::Estimate => "estimate",
-            Basis::None => "none",
-        }
-    }
-
-    /// Parses the wire and database spelling.
-    pub fn parse(s: &str) -> Option<Basis> {
-        match s {
-            "actual" => Some(Basis::Actual),
-            "estimate" => Some(Basis::Estimate),
-            "none" => Some(Basis::None),
-            _ => None,
-        }
-    }
-}
+pub use tally_events::{Basis, EntryKind};
 
 /// The accounting state of a generation, as the API reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -257,27 +230,6 @@ impl Generation {
             Some((_, Basis::Estimate)) if self.unresolved_reason.is_some() => CostState::Unresolved,
             Some((_, Basis::Estimate)) => CostState::Provisional,
             Some((_, Basis::None)) => CostState::Unpriced,
-        }
-    }
-}
-
-/// The entry a budget needs so that its sum for a generation moves from
-/// `booked` (what the budget already carries, `None` when it carries nothing
-/// yet) to the generation's net debit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EntryKind {
-    /// The first entry of a generation in a budget.
-    Debit,
-    /// A later correction (actual replacing the estimate); may be negative.
-    Adjustment,
-}
-
-impl EntryKind {
-    /// Wire and database spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EntryKind::Debit => "debit",
-            EntryKind::Adjustment => "adjustment",
         }
     }
 }

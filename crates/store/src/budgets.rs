@@ -94,7 +94,6 @@ pub struct BudgetPatch {
     pub enforcement: Option<Enforcement>,
 }
 
-
 fn invalid(field: &'static str, reason: impl Into<String>) -> StoreError {
     StoreError::Invalid {
         field,
@@ -240,7 +239,9 @@ impl Store {
             let completed_at: DateTime<Utc> = r.try_get("completed_at")?;
             let amount: Decimal = r.try_get("debited_usd")?;
             let basis: String = r.try_get("basis")?;
-            let basis = Basis::parse(&basis)
+            let basis = basis
+                .parse::<Basis>()
+                .ok()
                 .ok_or_else(|| StoreError::Corrupt(format!("generation basis {basis:?}")))?;
             let (d_actual, d_estimate) = match basis {
                 Basis::Actual => (amount, Decimal::ZERO),

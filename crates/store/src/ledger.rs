@@ -25,10 +25,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use sqlx::{Postgres, Row, Transaction};
 use tally_budget::{period_containing, thresholds_crossed, GenerationFacts, Period};
-use tally_events::{
-    Basis as WireBasis, CloudEvent, EntryKind as WireKind, EventType, LedgerEntry, LedgerPosted,
-    ThresholdCrossed,
-};
+use tally_events::{CloudEvent, EventType, LedgerEntry, LedgerPosted, ThresholdCrossed};
 use tally_ledger::{entry_needed, Applied, Basis, EntryKind, Fact, Generation, Placement};
 use uuid::Uuid;
 
@@ -243,7 +240,10 @@ async fn apply_in_tx(
         let unresolved_reason: Option<String> = row.try_get("unresolved_reason")?;
         let debited: Option<Decimal> = row.try_get("debited_usd")?;
         let basis: Option<String> = row.try_get("basis")?;
-        let booked = match (debited, basis.as_deref().and_then(Basis::parse)) {
+        let booked = match (
+            debited,
+            basis.as_deref().and_then(|b| b.parse::<Basis>().ok()),
+        ) {
             (Some(d), Some(b)) => Some((d, b)),
             (None, _) => None,
             (Some(_), None) => {
@@ -767,15 +767,8 @@ fn wire_entry(e: &PostedEntry) -> LedgerEntry {
         entry_id: e.entry_id.to_string(),
         budget_id: e.budget_id.clone(),
         generation_id: e.generation_id.clone(),
-        kind: match e.kind {
-            EntryKind::Debit => WireKind::Debit,
-            EntryKind::Adjustment => WireKind::Adjustment,
-        },
-        basis: match e.basis {
-            Basis::Actual => WireBasis::Actual,
-            Basis::Estimate => WireBasis::Estimate,
-            Basis::None => WireBasis::None,
-        },
+        kind: e.kind,
+        basis: e.basis,
         amount_usd: e.amount_usd,
         period_start: e.period.start,
         period_end: e.period.end,

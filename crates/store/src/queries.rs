@@ -206,7 +206,9 @@ fn entry_from_row(r: &PgRow) -> Result<EntryRow, StoreError> {
             "adjustment" => EntryKind::Adjustment,
             other => return Err(StoreError::Corrupt(format!("entry kind {other:?}"))),
         },
-        basis: Basis::parse(&basis)
+        basis: basis
+            .parse::<Basis>()
+            .ok()
             .ok_or_else(|| StoreError::Corrupt(format!("entry basis {basis:?}")))?,
         amount_usd: r.try_get("amount_usd")?,
         period: Period {
@@ -367,7 +369,8 @@ impl Store {
             basis: match basis {
                 None => None,
                 Some(b) => Some(
-                    Basis::parse(&b)
+                    b.parse::<Basis>()
+                        .ok()
                         .ok_or_else(|| StoreError::Corrupt(format!("generation basis {b:?}")))?,
                 ),
             },

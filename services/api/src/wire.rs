@@ -138,7 +138,7 @@ impl From<EntryRow> for EntryBody {
 
 /// The wire spelling of a basis.
 pub(crate) fn basis_str(b: Option<Basis>) -> Option<&'static str> {
-    b.map(Basis::as_str)
+    b.map(|b| b.as_str())
 }
 
 /// Whether `s` is an id usable in subjects: `^[A-Za-z0-9_-]{1,64}$`.
