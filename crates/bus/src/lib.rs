@@ -686,6 +686,20 @@ impl Bus {
     /// until a service caught up. The server updates it asynchronously: it
     /// may lag a just-acknowledged publish by a few milliseconds.
     pub async fn pending(&self, name: ConsumerName) -> Result<u64, BusError> {
+        let info = self.consumer_info(name).await?;
+        Ok(info.num_pending + info.num_ack_pending as u64)
+    }
+
+    /// Pull requests waiting on a durable consumer right now: above zero
+    /// while some instance of its service is running and fetching.
+    pub async fn waiting_fetches(&self, name: ConsumerName) -> Result<u64, BusError> {
+        Ok(self.consumer_info(name).await?.num_waiting as u64)
+    }
+
+    async fn consumer_info(
+        &self,
+        name: ConsumerName,
+    ) -> Result<jetstream::consumer::Info, BusError> {
         let stream_name = self.stream_name(name.stream());
         let stream = self
             .js
@@ -702,7 +716,7 @@ impl Bus {
                 consumer: name.durable().to_string(),
                 source: Box::new(e),
             })?;
-        Ok(info.num_pending + info.num_ack_pending as u64)
+        Ok(info)
     }
 
     /// Sends a message the `service` cannot apply to

@@ -197,6 +197,23 @@ async fn replay_verify_finds_no_difference_and_reports_tampering() -> anyhow::Re
         })
         .await?;
     let mut p = spawn_projector(&h)?;
+    // While a projector is running, a replacing replay refuses to start.
+    h.wait_for(
+        "the projector to fetch",
+        Duration::from_secs(30),
+        || async {
+            Ok(h.bus
+                .waiting_fetches(tally_bus::ConsumerName::ProjectorCompleted)
+                .await?
+                > 0)
+        },
+    )
+    .await?;
+    let mut c = tally(&h);
+    c.arg("replay");
+    let (code, _, err) = output(c).await?;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("a projector is running"), "{err}");
     for i in 0..200 {
         let day = if i % 2 == 0 {
             "2026-11-24T10:00:00Z"

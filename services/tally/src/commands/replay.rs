@@ -12,16 +12,18 @@
 //! * otherwise: replace the live projections (generations, journal, period
 //!   totals) with the rebuilt ones in one transaction. Stop the projectors
 //!   first: events they apply while the replay runs would be overwritten.
+//!   The command refuses to start while a projector is fetching (a pull
+//!   request is waiting on its consumer) unless given `--force`.
 
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sqlx::Row;
-use tally_bus::StreamKind;
+use tally_bus::{ConsumerName, StreamKind};
 use tally_store::ledger::PostingOptions;
 use tally_store::Store;
 
-use super::{connect_bus, connect_store};
+use super::{connect_bus, connect_store, UsageError};
 use crate::config::Config;
 
 /// Options of `tally replay`.
@@ -36,6 +38,10 @@ pub struct ReplayArgs {
     /// Keep the scratch schema afterwards (for inspection).
     #[arg(long)]
     pub keep_schema: bool,
+    /// Replace the live projections even if a projector seems to be running
+    /// (its work since the replay began would be lost).
+    #[arg(long)]
+    pub force: bool,
 }
 
 /// Differences found by a verification.
@@ -57,6 +63,22 @@ pub async fn replay(cfg: &Config, args: ReplayArgs) -> anyhow::Result<()> {
         chrono::Utc::now().format("%Y%m%d%H%M%S"),
         &uuid::Uuid::new_v4().simple().to_string()[..8]
     );
+    if !args.verify && !args.force {
+        for name in [
+            ConsumerName::ProjectorCompleted,
+            ConsumerName::ProjectorCosts,
+        ] {
+            let waiting = bus.waiting_fetches(name).await?;
+            if waiting > 0 {
+                return Err(UsageError(format!(
+                    "a projector is running ({waiting} fetches waiting on consumer {}): \
+                     stop every projector before `tally replay`, or pass --force",
+                    name.durable()
+                ))
+                .into());
+            }
+        }
+    }
     let outcome = rebuild_and_compare(&live, &url, &bus, &schema, &args).await;
     if !args.keep_schema {
         let _ = sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
