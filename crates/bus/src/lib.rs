@@ -605,14 +605,7 @@ impl Bus {
     /// config) when missing, so its stream must exist (`tally migrate`).
     pub async fn consumer(&self, name: ConsumerName) -> Result<Consumer, BusError> {
         let stream_name = self.stream_name(name.stream());
-        let stream = self
-            .js
-            .get_stream_no_info(&stream_name)
-            .await
-            .map_err(|e| BusError::Stream {
-                stream: stream_name.clone(),
-                source: Box::new(e),
-            })?;
+        let stream = self.stream_handle(name.stream()).await?;
         let inner = stream
             .get_or_create_consumer(name.durable(), self.consumer_config(name))
             .await
@@ -666,14 +659,7 @@ impl Bus {
     /// The sequence of the last message in `stream` (0 when empty).
     pub async fn stream_last_sequence(&self, stream: StreamKind) -> Result<u64, BusError> {
         let name = self.stream_name(stream);
-        let s = self
-            .js
-            .get_stream_no_info(&name)
-            .await
-            .map_err(|e| BusError::Stream {
-                stream: name.clone(),
-                source: Box::new(e),
-            })?;
+        let s = self.stream_handle(stream).await?;
         let info = s.get_info().await.map_err(|e| BusError::Stream {
             stream: name.clone(),
             source: Box::new(e),
@@ -696,19 +682,26 @@ impl Bus {
         Ok(self.consumer_info(name).await?.num_waiting as u64)
     }
 
-    async fn consumer_info(
+    /// A handle on one of the topology's streams (no info request).
+    async fn stream_handle(
         &self,
-        name: ConsumerName,
-    ) -> Result<jetstream::consumer::Info, BusError> {
-        let stream_name = self.stream_name(name.stream());
-        let stream = self
-            .js
+        kind: StreamKind,
+    ) -> Result<jetstream::stream::Stream<()>, BusError> {
+        let stream_name = self.stream_name(kind);
+        self.js
             .get_stream_no_info(&stream_name)
             .await
             .map_err(|e| BusError::Stream {
                 stream: stream_name.clone(),
                 source: Box::new(e),
-            })?;
+            })
+    }
+
+    async fn consumer_info(
+        &self,
+        name: ConsumerName,
+    ) -> Result<jetstream::consumer::Info, BusError> {
+        let stream = self.stream_handle(name.stream()).await?;
         let info = stream
             .consumer_info(name.durable())
             .await
