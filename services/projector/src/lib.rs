@@ -193,13 +193,7 @@ impl Projector {
                     match batch {
                         Ok(b) if b.is_empty() => continue,
                         Ok(b) => {
-                            let decoded = b
-                                .into_iter()
-                                .map(|d| {
-                                    let r = decode(&this.cfg.prefix, &d);
-                                    (d, r)
-                                })
-                                .collect();
+                            let decoded = decode_all(&this.cfg.prefix, b);
                             if tx.send(decoded).await.is_err() {
                                 break;
                             }
@@ -236,13 +230,7 @@ impl Projector {
     /// before every message of the batch is either applied and committed,
     /// dead-lettered, or left unacked for redelivery (database down).
     pub async fn process_batch(&self, batch: Vec<Delivery>) {
-        let decoded = batch
-            .into_iter()
-            .map(|d| {
-                let r = decode(&self.cfg.prefix, &d);
-                (d, r)
-            })
-            .collect();
+        let decoded = decode_all(&self.cfg.prefix, batch);
         self.process_decoded(decoded).await;
     }
 
@@ -475,6 +463,17 @@ fn type_label(subject: &str, prefix: &str) -> &'static str {
     } else {
         "other"
     }
+}
+
+/// Decodes every message of a fetched batch.
+fn decode_all(prefix: &str, batch: Vec<Delivery>) -> Decoded {
+    batch
+        .into_iter()
+        .map(|d| {
+            let r = decode(prefix, &d);
+            (d, r)
+        })
+        .collect()
 }
 
 /// Turns a message into a ledger fact, or a dead-letter reason and detail.
