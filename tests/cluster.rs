@@ -1,5 +1,5 @@
 //! tally on a three-node NATS cluster with streams replicated three times,
-//! as DESIGN.md prescribes for production: two projector instances, one
+//! as tally runs in production: two projector instances, one
 //! broker node killed in the middle of the stream, and the ledger is still
 //! exact.
 

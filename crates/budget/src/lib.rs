@@ -45,8 +45,7 @@
 //!   clamped.
 //! * **Event time decides the period.** Callers pass a generation's
 //!   `completed_at`, never the time it was processed: a generation that
-//!   arrives after its period closed still counts in that period (money rule
-//!   5). Nothing here reads a clock.
+//!   arrives after its period closed still counts in that period ([money rule 5](crate#money-rules)). Nothing here reads a clock.
 //! * **Exact money.** Limits, spend and threshold levels are compared as exact
 //!   decimals; no product or quotient is rounded (see [`thresholds_crossed`]).
 //! * **Thresholds fire once per budget period, defined here, enforced by the
@@ -54,6 +53,14 @@
 //!   spend across, upward; the store records each `(budget, period,
 //!   threshold)` alert at most once (a unique key), so redelivery, replay and
 //!   spend that goes down and up again never alert twice.
+//!
+//! # Money rules
+//!
+//! This crate owns **money rule 5, event time decides the period**: a
+//! generation counts in the budget period that contains its `completed_at`,
+//! even if it arrives after that period closed. Every period computation in
+//! tally goes through [`period_containing`], so the ledger, the API and
+//! replays agree on it.
 //!
 //! # Decisions
 //!

@@ -48,6 +48,15 @@
 //! All consumers: pull, explicit ack, deliver all, ack wait 60 s,
 //! max ack pending 20 000, unlimited redeliveries.
 //!
+//! # Money rules
+//!
+//! This crate owns **money rule 6, nothing is lost**: every message ends
+//! either applied or on the dead-letter subject `<prefix>.deadletter.<service>`
+//! with its original payload and a machine-readable reason; bad input never
+//! crashes a service and never blocks the messages behind it. The bus half
+//! of money rule 2 (ack only after the effect is committed) is here too:
+//! [`Delivery::ack`] is the consumer's last step, after its Postgres commit.
+//!
 //! # Decisions
 //!
 //! - **One stream per kind of fact.** Generations, costs, ledger postings,

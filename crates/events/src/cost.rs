@@ -4,8 +4,8 @@
 //! # Invariants
 //!
 //! * `actual_cost_usd` is the whole actual cost of the generation: OpenRouter's
-//!   `total_cost`, plus `upstream_inference_cost` when BYOK (DESIGN.md money
-//!   rule 8). Both parts are kept so the sum can be audited.
+//!   `total_cost`, plus `upstream_inference_cost` when BYOK (money rule 8,
+//!   owned by `tally-openrouter`). Both parts are kept so the sum can be audited.
 //! * All amounts are costs (≥ 0), exact decimals.
 //!
 //! # Decisions

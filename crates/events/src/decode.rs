@@ -26,8 +26,8 @@
 //!   filters and per-org quotas act on subjects, while money is booked by
 //!   `data.org_id`; if the two could differ, a producer allowed to publish
 //!   only for org A could book spend to org B, or hide its own. A mismatch is
-//!   therefore rejected outright and booked to neither org (DESIGN.md,
-//!   Contracts).
+//!   therefore rejected outright and booked to neither org (the subject
+//!   contract in the crate docs).
 //! * **`data` is read through a `serde_json::Value`.** The envelope is
 //!   checked first with precise errors, then `data` is deserialised with
 //!   `serde_path_to_error` so a failure names its exact path; money errors

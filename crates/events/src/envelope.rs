@@ -24,8 +24,8 @@
 //!   UUID. A projector or reconciler that crashes after its database commit
 //!   and before its ack re-derives the *same* id on redelivery, so JetStream's
 //!   duplicate window drops the second publish and consumers' idempotency
-//!   keys line up; replays produce the same ids too (DESIGN.md money rules
-//!   2 and 7).
+//!   keys line up; replays produce the same ids too (money rules 2 and 7,
+//!   owned by `tally-ledger` and `tally-store`).
 //! * **No extension attributes in v1.** The Rust type cannot carry them, and
 //!   silently dropping attributes on a re-publish would be worse than
 //!   refusing them; a new attribute means a new, deliberate contract

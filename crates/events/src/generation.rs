@@ -16,7 +16,8 @@
 //! * **Completed carries estimate and actual side by side.** The actual
 //!   cost is often missing (aborted streams never deliver `usage`); the
 //!   producer's estimate lets budgets move at once, and the reconciler's
-//!   actual replaces it later (DESIGN.md money rule 3).
+//!   actual replaces it later (money rule 3, owned by
+//!   `tally-ledger`).
 //! * **Cost is not part of the result.** [`GenerationResult`] answers the
 //!   requester; money always travels in [`GenerationCompleted`], so that
 //!   generations from other producers and from tally's worker are booked by

@@ -8,13 +8,15 @@
 //! * A debit is never negative; an adjustment may be (the actual came in
 //!   below the estimate).
 //! * `period_start < period_end`; the period is the one containing the
-//!   generation's `completed_at` (DESIGN.md money rule 5).
+//!   generation's `completed_at` (money rule 5, owned by
+//!   `tally-budget`).
 //!
 //! # Decisions
 //!
 //! * **One message per committed batch**, not per entry: every JetStream
 //!   publish costs an fsync, so derived events are amortised like the
-//!   Postgres commits they report (DESIGN.md, Infrastructure).
+//!   Postgres commits they report (`sync_interval: always` makes every
+//!   JetStream write an fsync).
 //! * **Stringly enums with `as_str`/`FromStr`** so the store can keep them
 //!   in text columns with the same spelling as the wire.
 

@@ -8,7 +8,25 @@
 //! difference between the net debit already booked and the new one into
 //! ledger entries, one per matching budget.
 //!
-//! # Invariants (DESIGN.md money rules 2–4 and 8)
+//! # Money rules
+//!
+//! This crate owns three of tally's money rules (rule 1 is
+//! [`tally_money`]'s; the BYOK rule 8 is applied before a cost reaches
+//! here):
+//!
+//! * **Money rule 2, exactly-once effect.** Delivery is at-least-once; the
+//!   effect is exactly once. Facts are keyed on business ids (the
+//!   `generation_id`; the store adds `budget_id` and period), so a
+//!   redelivered, duplicated or replayed fact changes nothing twice.
+//! * **Money rule 3, actual wins, estimate stands in.** A generation's net
+//!   debit converges to the actual cost when known, else the estimate, else
+//!   zero (flagged unpriced); a later actual posts an adjustment for the
+//!   difference, and history is never rewritten.
+//! * **Money rule 4, order does not matter.** Facts may arrive in any order
+//!   and interleave with duplicates; the final state is the same for every
+//!   order.
+//!
+//! # Invariants
 //!
 //! * **Actual wins, estimate stands in.** The net debit is the actual cost
 //!   when known, else the estimate, else zero (state [`CostState::Unpriced`]).

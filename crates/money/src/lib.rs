@@ -14,6 +14,17 @@
 //! * Output: [`to_decimal_string`], a plain decimal string without exponent
 //!   and without trailing zeros.
 //!
+//! # Money rules
+//!
+//! This crate owns **money rule 1, exact money**: every amount is an exact
+//! decimal, never a binary float, in code, in Postgres (`NUMERIC`) and on the
+//! wire (JSON strings such as `"0.000123"`). OpenRouter's costs arrive as JSON
+//! numbers; they are read from the number's literal text, never through
+//! `f64`, and an amount that cannot be held exactly is refused, never
+//! rounded. The other rules are stated by the crates that own them:
+//! 2–4 in `tally-ledger`, 5 in `tally-budget`, 6 in `tally-bus`, 7 in
+//! `tally-store`, 8 in `tally-openrouter`.
+//!
 //! # Invariants
 //!
 //! * No function here goes through a binary floating point type.

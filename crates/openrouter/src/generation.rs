@@ -2,7 +2,7 @@
 //!
 //! OpenRouter answers `{"data": {...}}` with the generation's statistics;
 //! [`GenerationStats`] keeps the fields tally needs, and
-//! [`GenerationStats::actual_cost`] applies DESIGN.md money rule 8 (BYOK).
+//! [`GenerationStats::actual_cost`] applies [money rule 8](crate#money-rules) (BYOK).
 //!
 //! # Decisions
 //!
@@ -66,7 +66,7 @@ pub struct GenerationStats {
 }
 
 impl GenerationStats {
-    /// The real cost of the generation (DESIGN.md money rule 8): for BYOK,
+    /// The real cost of the generation ([money rule 8](crate#money-rules)): for BYOK,
     /// `total_cost + upstream_inference_cost` (OpenRouter's fee plus what the
     /// provider billed); otherwise `total_cost`.
     ///

@@ -31,6 +31,15 @@
 //! * [`sse`] — the server-sent events parser used by streaming endpoints.
 //! * [`error`] — [`OpenRouterError`] and `Retry-After` parsing.
 //!
+//! # Money rules
+//!
+//! This crate owns **money rule 8, BYOK is real money too**: when `is_byok`
+//! is true, OpenRouter's `cost` is only its fee and the upstream provider
+//! bills `upstream_inference_cost` directly, so the actual cost of the
+//! generation is `cost + upstream_inference_cost`
+//! ([`GenerationStats::actual_cost`], [`responses`]). It reads every cost
+//! under [money rule 1](tally_money#money-rules).
+//!
 //! # Decisions
 //!
 //! * **404 from `/generation` is "not yet", not "never".** OpenRouter
@@ -39,13 +48,13 @@
 //!   [`OpenRouterError::NotYet`], retryable; the caller's deadline decides
 //!   when to give up.
 //! * **Costs are parsed from the literal text of the JSON number**, never via
-//!   `f64` (DESIGN.md money rule 1): a double keeps ~15–17 significant digits
+//!   `f64` ([money rule 1](tally_money#money-rules)): a double keeps ~15–17 significant digits
 //!   and OpenRouter sends 17, sometimes in exponent form (`1.425e-7`). A cost
 //!   that cannot be read exactly (a string, negative, too many decimals)
 //!   makes the reply [`OpenRouterError::Malformed`]: never a wrong cost.
 //! * **`Retry-After` is honoured but capped** at [`MAX_RETRY_AFTER`]
 //!   (5 minutes) so that an absurd header cannot stall a service.
-//! * **BYOK is real money** (DESIGN.md rule 8): the actual cost of a BYOK
+//! * **BYOK is real money** ([money rule 8](crate#money-rules)): the actual cost of a BYOK
 //!   generation is OpenRouter's fee plus the upstream provider's bill.
 
 pub mod client;

@@ -24,7 +24,7 @@
 //!   ([`tally_money::json_number`]); a negative or unreadable cost makes the
 //!   reply malformed, never a wrong number. A `null` cost is `None`.
 //! * **BYOK needs both halves.** [`ResponseUsage::actual_cost`] is
-//!   `cost + upstream_inference_cost` for BYOK (DESIGN.md money rule 8) and
+//!   `cost + upstream_inference_cost` for BYOK ([money rule 8](crate#money-rules)) and
 //!   `None` when the upstream half is missing: a partial actual would be
 //!   booked as final, while `None` lets the reconciler ask.
 //! * **Errors of the generation endpoints get their own type**
@@ -217,7 +217,7 @@ pub struct ResponseUsage {
 }
 
 impl ResponseUsage {
-    /// What the generation really cost (DESIGN.md money rule 8): `cost`, plus
+    /// What the generation really cost ([money rule 8](crate#money-rules)): `cost`, plus
     /// `upstream_inference_cost` for BYOK. `None` when `cost` is missing, or
     /// for BYOK when the upstream cost is missing.
     pub fn actual_cost(&self) -> Option<Decimal> {

@@ -13,6 +13,19 @@
 //! * [`queries`]: read models for the HTTP API.
 //! * [`outbox`]: derived events waiting to be published.
 //!
+//! # Money rules
+//!
+//! * **Money rule 7, conservation and rebuild.** For every budget period,
+//!   `spent = Σ ledger entries = Σ net debits of the generations in scope`;
+//!   dropping the projections and replaying the streams rebuilds identical
+//!   balances (`tally replay --verify` checks it).
+//! * **Money rule 2, exactly-once effect**, in Postgres: idempotency keys are
+//!   business ids (`UNIQUE (budget_id, generation_id, kind)`, one alert per
+//!   budget, period and threshold), and one transaction applies a whole batch,
+//!   committed before any of its messages is acked. The rules of a single
+//!   generation (2–4) are [`tally_ledger`]'s; periods (rule 5) are
+//!   [`tally_budget`]'s.
+//!
 //! # Invariants
 //!
 //! * `ledger_entries` is append-only (a trigger refuses UPDATE and DELETE).
@@ -21,7 +34,7 @@
 //!   or replayed message cannot post twice.
 //! * For every budget period, `budget_periods.spent_usd` equals the sum of
 //!   its entries, and for every matching budget the entries of a generation
-//!   sum to `generations.debited_usd` (conservation, DESIGN.md rule 7).
+//!   sum to `generations.debited_usd` (conservation, money rule 7 below).
 //! * Derived events (ledger.posted, threshold alerts) are written to the
 //!   outbox in the same transaction as the entries they describe.
 //!

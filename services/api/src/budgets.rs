@@ -14,7 +14,7 @@
 //!
 //! # Decisions
 //!
-//! * **Enforcement defaults to `hard`.** DESIGN.md gives no default; a budget
+//! * **Enforcement defaults to `hard`.** The contract names no default; a budget
 //!   exists to cap spend, so one created without saying otherwise blocks
 //!   when exhausted. Alert-only budgets say `"enforcement": "soft"`.
 //! * **`scope` is required** (`{}` for the whole organisation): a forgotten

@@ -11,7 +11,7 @@
 //! # Decisions
 //!
 //! * **`pending` is reported, not hidden.** A reconciled cost can arrive
-//!   before the completed event (order does not matter, DESIGN.md rule 4);
+//!   before the completed event (order does not matter, [money rule 4](tally_ledger#money-rules));
 //!   such a generation exists but is not booked yet: `debited_usd` and
 //!   `basis` are `null` and there are no entries.
 

@@ -2,8 +2,7 @@
 //! about spend, over the Postgres ledger.
 //!
 //! JSON in and out, money as decimal strings, errors as RFC 9457
-//! `application/problem+json` (see [`error`]). Endpoints (DESIGN.md
-//! "HTTP API"):
+//! `application/problem+json` (see [`error`]). Endpoints:
 //!
 //! | route | success | errors |
 //! |---|---|---|
@@ -41,7 +40,7 @@
 //! * **Scope, period, time zone and organisation of a budget are
 //!   immutable**: changing them would move money already booked (see the
 //!   budgets module).
-//! * **Enforcement defaults to `hard`** (DESIGN.md gives no default): a
+//! * **Enforcement defaults to `hard`** (the contract names no default): a
 //!   budget exists to cap spend.
 //! * **Strict input.** Unknown body fields and query parameters are refused
 //!   (422 naming them), so a typo never silently changes a request; bodies

@@ -2,7 +2,7 @@
 //! an organisation's spend, aggregated.
 //!
 //! Counts the generations whose `completed_at` lies in `[from, to)` (event
-//! time, DESIGN.md rule 5) at their net debit, split into the parts booked
+//! time, [money rule 5](tally_budget#money-rules)) at their net debit, split into the parts booked
 //! at actual and at estimated cost. Answers 200 with `total` and `groups`
 //! (ordered by key; generations without an agent or user form the group
 //! with key `null`; `day` keys are UTC dates `YYYY-MM-DD`).

@@ -3,7 +3,7 @@
 //! it.
 //!
 //! A generation's cost goes missing mostly when a stream is aborted before
-//! its final chunk (DESIGN.md, OpenRouter facts). The reconciler reads every
+//! its final chunk (an aborted stream never delivers `usage`). The reconciler reads every
 //! completed event from the durable `reconciler` consumer and
 //!
 //! * **acks at once, without asking anything,** events that already carry

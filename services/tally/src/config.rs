@@ -1,5 +1,5 @@
 //! Configuration: every setting is a flag with an environment variable
-//! (DESIGN.md, "Command line"), validated once at start.
+//! (the README's settings table), validated once at start.
 //!
 //! Clap reads the raw strings; [`Settings::validate`] turns them into typed
 //! values. A bad value stops the process with exactly one line that names
