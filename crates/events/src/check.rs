@@ -61,7 +61,7 @@ pub(crate) fn id(field: &str, value: &str) -> Result<(), EventError> {
     } else {
         Err(EventError::InvalidId {
             field: field.to_owned(),
-            value: value.to_owned(),
+            value: crate::strict::excerpt(value),
         })
     }
 }
@@ -70,10 +70,15 @@ pub(crate) fn opt_id(field: &str, value: Option<&str>) -> Result<(), EventError>
     value.map_or(Ok(()), |v| id(field, v))
 }
 
-/// Non-empty, at most `max` characters.
+/// Non-empty, at most `max` characters, no control character.
 pub(crate) fn text(field: &str, value: &str, max: usize) -> Result<(), EventError> {
     if value.is_empty() {
         return Err(EventError::data(field, "must not be empty"));
+    }
+    if crate::strict::has_control(value) {
+        return Err(EventError::ControlCharacter {
+            field: field.to_owned(),
+        });
     }
     if value.chars().count() > max {
         return Err(EventError::data(
@@ -99,7 +104,10 @@ pub(crate) fn code(field: &str, value: &str) -> Result<(), EventError> {
     } else {
         Err(EventError::data(
             field,
-            format!("{value:?} is not a snake_case code (^[a-z][a-z0-9_]{{0,63}}$)"),
+            format!(
+                "{:?} is not a snake_case code (^[a-z][a-z0-9_]{{0,63}}$)",
+                crate::strict::excerpt(value)
+            ),
         ))
     }
 }
@@ -149,6 +157,18 @@ pub(crate) fn range<T: PartialOrd + std::fmt::Display>(
     Ok(())
 }
 
+/// An event time that decides a budget period must lie in the accepted
+/// window (see [`crate::time`]); reads the clock for its upper bound.
+pub(crate) fn event_time(field: &str, t: &chrono::DateTime<chrono::Utc>) -> Result<(), EventError> {
+    match crate::time::window_violation(*t, chrono::Utc::now()) {
+        None => Ok(()),
+        Some(reason) => Err(EventError::TimeOutOfRange {
+            field: field.to_owned(),
+            reason,
+        }),
+    }
+}
+
 /// Serde helper for *required* nullable fields: `Option<T>` that must be
 /// present in the JSON (possibly as `null`). Serde treats a missing
 /// `Option` field as `None` unless a `deserialize_with` is given; this is
@@ -161,23 +181,15 @@ where
     <Option<T> as serde::Deserialize>::deserialize(d)
 }
 
-/// Parses an RFC 3339 timestamp strictly into UTC.
+/// Parses an RFC 3339 timestamp strictly into a normalised UTC instant
+/// (see [`crate::time`]).
 pub(crate) fn parse_time(text: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
-    // chrono also takes a space between date and time; RFC 3339's
-    // `date-time` production (and JSON Schema's `format`) does not.
-    if !matches!(text.as_bytes().get(10), Some(b'T' | b't')) {
-        return Err(format!(
-            "{text:?} is not an RFC 3339 date-time (expected e.g. \"2025-05-01T12:00:00Z\")"
-        ));
-    }
-    chrono::DateTime::parse_from_rfc3339(text)
-        .map(|t| t.with_timezone(&chrono::Utc))
-        .map_err(|e| format!("{text:?} is not an RFC 3339 date-time: {e}"))
+    crate::time::parse_rfc3339(text)
 }
 
 /// Formats a timestamp as RFC 3339 in UTC (`2025-05-01T12:00:02.500Z`).
 pub(crate) fn format_time(t: &chrono::DateTime<chrono::Utc>) -> String {
-    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
+    crate::time::format(t)
 }
 
 /// Serde helper for `DateTime<Utc>` fields: strict RFC 3339 in, UTC `Z` out.

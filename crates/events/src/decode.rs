@@ -1,7 +1,9 @@
 //! Decoding messages from the bus: [`decode`] (any tally event),
 //! [`decode_as`] (one expected type) and the [`AnyEvent`] they return.
 //!
-//! Checks, in order: the body is JSON ([`EventError::MalformedJson`]), a
+//! Checks, in order: the body is JSON read strictly
+//! ([`EventError::MalformedJson`], [`EventError::DuplicateKey`],
+//! [`EventError::ControlCharacter`]; see [`crate::strict`]), a
 //! CloudEvents 1.0 object ([`EventError::UnsupportedSpecVersion`],
 //! [`EventError::InvalidEnvelope`]) of a known type
 //! ([`EventError::UnknownType`], [`EventError::WrongType`]); its `data`
@@ -38,6 +40,7 @@ use serde_json::{Map, Value};
 use tally_money::MoneyError;
 
 use crate::envelope::{attribute, DATA_CONTENT_TYPE, SPEC_VERSION};
+use crate::strict::StrictError;
 use crate::{
     check, CloudEvent, CostReconciled, CostUnresolved, EventError, EventType, GenerationCompleted,
     GenerationFailed, GenerationRequested, GenerationResult, LedgerPosted, Payload,
@@ -192,8 +195,11 @@ const ATTRIBUTES: [&str; 8] = [
 ];
 
 fn parse_envelope(payload: &[u8]) -> Result<Envelope, EventError> {
-    let value: Value =
-        serde_json::from_slice(payload).map_err(|e| EventError::MalformedJson(e.to_string()))?;
+    let value = crate::strict::parse(payload).map_err(|e| match e {
+        StrictError::Syntax(m) => EventError::MalformedJson(m),
+        StrictError::DuplicateKey { path } => EventError::DuplicateKey { field: path },
+        StrictError::ControlCharacter { path } => EventError::ControlCharacter { field: path },
+    })?;
     let Value::Object(mut attrs) = value else {
         return Err(EventError::envelope(
             "(envelope)",
@@ -207,7 +213,7 @@ fn parse_envelope(payload: &[u8]) -> Result<Envelope, EventError> {
     }
     let type_text = string_attr(&attrs, "type")?;
     let ty = EventType::from_type(type_text)
-        .ok_or_else(|| EventError::UnknownType(type_text.to_owned()))?;
+        .ok_or_else(|| EventError::UnknownType(crate::strict::excerpt(type_text)))?;
     if let Some(extra) = attrs.keys().find(|k| !ATTRIBUTES.contains(&k.as_str())) {
         return Err(EventError::envelope(
             extra.as_str(),

@@ -185,6 +185,11 @@ pub(crate) fn attribute(field: &str, value: &str) -> Result<(), EventError> {
     if value.is_empty() {
         return Err(EventError::envelope(field, "must not be empty"));
     }
+    if crate::strict::has_control(value) {
+        return Err(EventError::ControlCharacter {
+            field: field.to_owned(),
+        });
+    }
     if value.chars().count() > MAX_ATTR_CHARS {
         return Err(EventError::envelope(
             field,

@@ -75,6 +75,30 @@ pub enum EventError {
         /// The offending value.
         value: String,
     },
+    /// An object holds the same key twice (tally reads JSON strictly, see
+    /// [`crate::strict`]).
+    #[error("{field}: the key is given more than once")]
+    DuplicateKey {
+        /// Path of the repeated key, e.g. `data.usage.prompt_tokens`.
+        field: String,
+    },
+    /// A string holds a control character: NUL or another C0 control
+    /// anywhere (tab, line feed and carriage return excepted in free text),
+    /// or any control character in an id, reference or attribute.
+    #[error("{field}: holds a control character")]
+    ControlCharacter {
+        /// Path of the field, e.g. `data.agent_id`.
+        field: String,
+    },
+    /// An event time that decides a budget period is outside
+    /// `[2020-01-01T00:00:00Z, now + 1 day]` (see [`crate::time`]).
+    #[error("{field}: {reason}")]
+    TimeOutOfRange {
+        /// Path of the field, e.g. `data.completed_at`.
+        field: String,
+        /// Which bound it violates.
+        reason: String,
+    },
     /// The subject the message arrived on does not belong to the event's org
     /// (or budget, or type).
     #[error("subject {subject:?} does not match the event; expected {expected:?}")]
@@ -90,7 +114,8 @@ impl EventError {
     /// Stable machine-readable code: `malformed_json`,
     /// `unsupported_specversion`, `unknown_type`, `wrong_type`,
     /// `invalid_envelope`, `invalid_data`, `invalid_money`, `invalid_id`,
-    /// `subject_mismatch`.
+    /// `subject_mismatch`, `duplicate_key`, `control_character`,
+    /// `time_out_of_range`.
     pub fn code(&self) -> &'static str {
         match self {
             EventError::MalformedJson(_) => "malformed_json",
@@ -102,6 +127,9 @@ impl EventError {
             EventError::InvalidMoney { .. } => "invalid_money",
             EventError::InvalidId { .. } => "invalid_id",
             EventError::SubjectMismatch { .. } => "subject_mismatch",
+            EventError::DuplicateKey { .. } => "duplicate_key",
+            EventError::ControlCharacter { .. } => "control_character",
+            EventError::TimeOutOfRange { .. } => "time_out_of_range",
         }
     }
 
@@ -111,7 +139,10 @@ impl EventError {
             EventError::InvalidEnvelope { field, .. }
             | EventError::InvalidData { field, .. }
             | EventError::InvalidMoney { field, .. }
-            | EventError::InvalidId { field, .. } => Some(field),
+            | EventError::InvalidId { field, .. }
+            | EventError::DuplicateKey { field }
+            | EventError::ControlCharacter { field }
+            | EventError::TimeOutOfRange { field, .. } => Some(field),
             EventError::UnsupportedSpecVersion(_) => Some("specversion"),
             EventError::UnknownType(_) | EventError::WrongType { .. } => Some("type"),
             EventError::MalformedJson(_) | EventError::SubjectMismatch { .. } => None,

@@ -438,7 +438,8 @@ pub struct GenerationCompleted {
     /// When it finished; decides the budget period.
     #[serde(with = "check::rfc3339")]
     pub completed_at: DateTime<Utc>,
-    /// Token counts.
+    /// Token counts (an object; an array is refused, not read positionally).
+    #[serde(deserialize_with = "crate::strict::object_only")]
     pub usage: Usage,
     /// Whether the org's own provider key served it.
     #[serde(default)]
@@ -478,6 +479,7 @@ impl Payload for GenerationCompleted {
         check::opt_reference("data.user_id", self.user_id.as_deref())?;
         check::reference("data.model", &self.model)?;
         check::opt_reference("data.provider", self.provider.as_deref())?;
+        check::event_time("data.completed_at", &self.completed_at)?;
         check::opt_cost("data.actual_cost_usd", self.actual_cost_usd.as_ref())?;
         check::opt_cost("data.estimated_cost_usd", self.estimated_cost_usd.as_ref())?;
         check::opt_id("data.request_id", self.request_id.as_deref())?;

@@ -26,7 +26,9 @@
 //!
 //! # Invariants
 //!
-//! * Pure: no I/O, no clocks except [`new_event_id`].
+//! * Pure: no I/O, no clocks except [`new_event_id`] and the upper bound
+//!   of the event-time window (`completed_at` ≤ now + 1 day, see [`time`]),
+//!   read once per validation.
 //! * Every amount is a [`rust_decimal::Decimal`] and travels as a decimal
 //!   string through `tally_money`'s serde helpers; a JSON number where money
 //!   is expected is refused, never rounded through `f64`.
@@ -44,6 +46,14 @@
 //! * **The org token check** (see [`decode`](mod@decode)): the subject's org
 //!   must equal `data.org_id`, because permissions act on subjects and money
 //!   is booked by `data.org_id`; a mismatch is rejected, booked to neither.
+//! * **One strict reading of JSON** ([`strict`]), shared with the HTTP
+//!   API: duplicate keys and control characters are refused at decode with
+//!   their own reasons (`duplicate_key`, `control_character`), so nothing a
+//!   Postgres `text` column cannot hold ever reaches the store.
+//! * **Event times in a window** ([`time`]): `completed_at` must lie in
+//!   `[2020-01-01T00:00:00Z, now + 1 day]` (`time_out_of_range`), leap
+//!   seconds and sub-microsecond digits are normalised so the budget and
+//!   `/v1/spend` agree on the period of every instant.
 //! * **Strict, versioned payloads.** Unknown fields are refused, matching
 //!   the schemas' `additionalProperties: false`; a new field is a new
 //!   version, so producers and consumers never silently disagree about what
@@ -58,6 +68,8 @@ pub mod error;
 pub mod event_type;
 pub mod generation;
 pub mod ledger;
+pub mod strict;
+pub mod time;
 
 pub use budget::ThresholdCrossed;
 pub use check::is_valid_id;

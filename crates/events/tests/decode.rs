@@ -290,3 +290,137 @@ fn wire_enums_parse_their_database_spelling() {
     let err = "credit".parse::<EntryKind>().unwrap_err();
     assert_eq!(err.to_string(), "unknown EntryKind \"credit\"");
 }
+
+const SUBJECT: &str = "tally.generation.completed.acme";
+
+fn refusal(b: &[u8]) -> (String, Option<String>) {
+    let e = decode("tally", SUBJECT, b).expect_err("should be refused");
+    (e.code().to_owned(), e.field().map(str::to_owned))
+}
+
+fn with_data(field: &str, value: Value) -> Vec<u8> {
+    let mut v = completed();
+    v["data"][field] = value;
+    body(&v)
+}
+
+#[test]
+fn control_characters_are_refused_at_decode_naming_the_field() {
+    for (field, text) in [
+        ("agent_id", "a\u{0}b"),
+        ("model", "m\u{0}"),
+        ("generation_id", "gen\u{1}"),
+        ("session_id", "tab\there"),
+        ("provider", "esc\u{1b}[0m"),
+        ("user_id", "c1\u{85}"),
+    ] {
+        let (code, f) = refusal(&with_data(field, json!(text)));
+        assert_eq!(code, "control_character", "{field}");
+        assert_eq!(f.as_deref(), Some(format!("data.{field}").as_str()));
+    }
+    // In an envelope attribute too.
+    let mut v = completed();
+    v["id"] = json!("id\u{0}");
+    assert_eq!(refusal(&body(&v)).0, "control_character");
+    // Free text may hold line breaks and tabs, never NUL.
+    let mut failed = example("tally.generation.failed.v1", "rate-limited.json");
+    let subject = failed["subject"].as_str().unwrap().to_owned();
+    failed["data"]["message"] = json!("line 1\nline\t2");
+    assert!(decode("tally", &subject, &body(&failed)).is_ok());
+    failed["data"]["message"] = json!("nul \u{0} here");
+    let e = decode("tally", &subject, &body(&failed)).unwrap_err();
+    assert_eq!(
+        (e.code(), e.field()),
+        ("control_character", Some("data.message"))
+    );
+}
+
+#[test]
+fn duplicate_keys_are_refused_on_the_bus_as_on_the_api() {
+    let text = String::from_utf8(body(&completed())).unwrap();
+    let repeats = "\"prompt_tokens\":1,".repeat(9_999);
+    let dup = text.replacen(
+        "\"prompt_tokens\":",
+        &format!("{repeats}\"prompt_tokens\":"),
+        1,
+    );
+    let (code, f) = refusal(dup.as_bytes());
+    assert_eq!(code, "duplicate_key");
+    assert_eq!(f.as_deref(), Some("data.usage.prompt_tokens"));
+    // Also in the envelope.
+    let dup = text.replacen(
+        "\"specversion\":",
+        "\"specversion\":\"1.0\",\"specversion\":",
+        1,
+    );
+    assert_eq!(
+        refusal(dup.as_bytes()),
+        ("duplicate_key".into(), Some("specversion".into()))
+    );
+}
+
+#[test]
+fn completed_at_must_lie_in_the_window() {
+    let now = chrono::Utc::now();
+    for bad in [
+        "0000-01-01T00:00:00Z".to_owned(),
+        "0001-01-01T00:00:00Z".to_owned(),
+        "2019-12-31T23:59:59Z".to_owned(),
+        "9999-12-31T23:59:59.999999Z".to_owned(),
+        (now + chrono::TimeDelta::days(2)).to_rfc3339(),
+    ] {
+        let (code, f) = refusal(&with_data("completed_at", json!(bad)));
+        assert_eq!(code, "time_out_of_range", "{bad}");
+        assert_eq!(f.as_deref(), Some("data.completed_at"));
+    }
+    for good in [
+        "2020-01-01T00:00:00Z".to_owned(),
+        (now + chrono::TimeDelta::hours(23)).to_rfc3339(),
+    ] {
+        assert!(decode("tally", SUBJECT, &with_data("completed_at", json!(good))).is_ok());
+    }
+}
+
+#[test]
+fn a_leap_second_is_the_last_microsecond_of_its_minute() {
+    let b = with_data("completed_at", json!("2026-11-30T23:59:60Z"));
+    let AnyEvent::Completed(e) = decode("tally", SUBJECT, &b).unwrap() else {
+        panic!("not a completed event");
+    };
+    assert_eq!(
+        tally_events::time::format(&e.data.completed_at),
+        "2026-11-30T23:59:59.999999Z"
+    );
+    let b = with_data("completed_at", json!("2026-11-30T23:59:59.9999999Z"));
+    let AnyEvent::Completed(e) = decode("tally", SUBJECT, &b).unwrap() else {
+        panic!("not a completed event");
+    };
+    assert_eq!(
+        tally_events::time::format(&e.data.completed_at),
+        "2026-11-30T23:59:59.999999Z"
+    );
+}
+
+#[test]
+fn objects_are_never_read_positionally() {
+    let (code, f) = refusal(&with_data("usage", json!([10, 20])));
+    assert_eq!(code, "invalid_data");
+    assert_eq!(f.as_deref(), Some("data.usage"));
+    // Errors inside the object keep their path.
+    let (code, f) = refusal(&with_data(
+        "usage",
+        json!({"prompt_tokens": -1, "completion_tokens": 1}),
+    ));
+    assert_eq!(code, "invalid_data");
+    assert_eq!(f.as_deref(), Some("data.usage.prompt_tokens"));
+}
+
+#[test]
+fn refusals_repeat_only_a_bounded_prefix_of_the_input() {
+    let long = "x".repeat(10_000);
+    let e = decode("tally", SUBJECT, &with_data("org_id", json!(long))).unwrap_err();
+    assert_eq!(e.code(), "invalid_id");
+    assert!(e.to_string().len() < 300, "{}", e.to_string().len());
+    let e = decode("tally", SUBJECT, &with_data("completed_at", json!(long))).unwrap_err();
+    assert!(e.to_string().len() < 300, "{}", e.to_string().len());
+}

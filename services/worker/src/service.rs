@@ -228,6 +228,33 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
     };
     let req = event.data;
 
+    // A reply subject inside tally's own namespace would let a requester
+    // publish into tally's streams through the worker (the result body
+    // would land on, say, a completed-event subject and be dead-lettered or
+    // worse): refuse the request; its result goes to the org's result
+    // subject instead (see `publish_result`).
+    if let Some(subject) = req
+        .reply_subject
+        .as_deref()
+        .filter(|r| is_tally_subject(prefix, r))
+    {
+        return fail(
+            s,
+            &req,
+            None,
+            Failure {
+                reason: "reply_subject_forbidden",
+                message: format!(
+                    "reply_subject {:?} is inside tally's own subjects ({prefix}.>); \
+                     use a subject outside them, such as an _INBOX",
+                    tally_events::strict::excerpt(subject)
+                ),
+                retryable: false,
+            },
+        )
+        .await;
+    }
+
     // Validation: the model (and fallbacks) must be known when a catalog is.
     if s.catalog.is_loaded() {
         let mut models = vec![req.model.as_str()];
@@ -414,11 +441,25 @@ async fn publish<T: Payload>(s: &Shared, ev: &CloudEvent<T>, subject: &str) -> b
     }
 }
 
+/// Whether `subject` lies in tally's own subject space (`<prefix>` or
+/// `<prefix>.…`), where no requester may direct the worker's output.
+pub fn is_tally_subject(prefix: &str, subject: &str) -> bool {
+    subject == prefix
+        || subject
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('.'))
+}
+
 /// Publishes the result: to the reply subject (plain NATS, the requester
-/// listens there) or to the org's result subject (JetStream).
+/// listens there) or to the org's result subject (JetStream); a reply
+/// subject inside tally's own subjects is never used.
 async fn publish_result(s: &Shared, req: &GenerationRequested, result: GenerationResult) -> bool {
     let id = result_event_id(&req.request_id);
-    match &req.reply_subject {
+    let reply = req
+        .reply_subject
+        .as_ref()
+        .filter(|r| !is_tally_subject(&s.cfg.prefix, r));
+    match reply {
         Some(subject) => {
             let ev = CloudEvent::new(id, SOURCE, subject.clone(), Utc::now(), result);
             let client = s.bus.client();

@@ -565,3 +565,26 @@ async fn a_generation_longer_than_the_ack_wait_runs_once() -> anyhow::Result<()>
     assert_eq!(env.sim.simulator().stats(None).generations_registered, 1);
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_subject_inside_tally_is_refused_and_nothing_lands_there() -> anyhow::Result<()> {
+    let mut env = Env::start(SimConfig::ephemeral()).await?;
+    env.spawn_worker(Arc::new(AllowAll), fast());
+    let reader = env.reader().await?;
+    let target = format!("tally.generation.completed.{ORG}");
+    let mut spy = env.bus.client().subscribe("tally.>").await?;
+    let mut req = request("r-hostile-reply", "openai/gpt-4o-mini", false);
+    req.reply_subject = Some(target.clone());
+    env.request(req).await?;
+    let f = failed_of(&reader, "r-hostile-reply").await?;
+    assert_eq!(f.reason, "reply_subject_forbidden");
+    assert!(!f.retryable);
+    assert_eq!(env.sim.simulator().stats(None).generations_registered, 0);
+    // Nothing was published on the hostile subject (only the request, the
+    // failed event and the result on the org's own result subject).
+    let until = Instant::now() + Duration::from_secs(1);
+    while let Ok(Some(m)) = tokio::time::timeout_at(until.into(), spy.next()).await {
+        assert_ne!(m.subject.as_str(), target, "a message landed on {target}");
+    }
+    Ok(())
+}
