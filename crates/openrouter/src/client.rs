@@ -158,6 +158,36 @@ impl OpenRouterClient {
         })
     }
 
+    /// The same client (same connection pool, base URL and timeouts) with
+    /// another bearer key: one client per organisation costs no new pool.
+    pub fn with_key(&self, key: &secrecy::SecretString) -> Result<Self, OpenRouterError> {
+        use secrecy::ExposeSecret as _;
+        let key = key.expose_secret().trim();
+        let auth = if key.is_empty() {
+            None
+        } else {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).map_err(|_| {
+                OpenRouterError::InvalidConfig(
+                    "api_key contains characters that cannot be sent in a header".into(),
+                )
+            })?;
+            value.set_sensitive(true);
+            Some(value)
+        };
+        Ok(OpenRouterClient {
+            inner: Arc::new(Inner {
+                http: self.inner.http.clone(),
+                base_url: self.inner.base_url.clone(),
+                auth,
+            }),
+        })
+    }
+
+    /// Whether requests carry a bearer key.
+    pub fn has_key(&self) -> bool {
+        self.inner.auth.is_some()
+    }
+
     /// The base URL every path is appended to (without a trailing `/`).
     pub fn base_url(&self) -> &str {
         &self.inner.base_url
@@ -177,6 +207,11 @@ impl OpenRouterClient {
             req = req.header(AUTHORIZATION, auth.clone());
         }
         req
+    }
+
+    /// A request to `url` without any key (the OAuth code exchange).
+    pub(crate) fn request_without_key(&self, method: Method, url: Url) -> RequestBuilder {
+        self.inner.http.request(method, url)
     }
 
     /// Sends `req` and reads the reply. A 2xx reply yields its body (at most

@@ -4,7 +4,14 @@
 //!   generation actually cost ([`GenerationStats`], with
 //!   [`GenerationStats::actual_cost`] applying the BYOK rule).
 //! * [`OpenRouterClient::models`] — `GET /models`: the catalog and its
-//!   per-token prices ([`ModelInfo`], [`Pricing`], [`Price`]).
+//!   per-token prices ([`ModelInfo`], [`Pricing`], [`Price`]);
+//!   [`OpenRouterClient::models_user`] the same filtered by the key
+//!   owner's preferences (`GET /models/user`).
+//! * [`OpenRouterClient::key_info`] — `GET /key`: the key's label, limit and
+//!   usage ([`KeyInfo`]); [`OpenRouterClient::exchange_code`] — the OAuth
+//!   PKCE code exchange (`POST /auth/keys`).
+//! * [`OpenRouterClient::with_key`] — the same client with an
+//!   organisation's own key (one shared connection pool).
 //!
 //! Every failure is an [`OpenRouterError`] with a stable
 //! [`code`](OpenRouterError::code), a retry verdict and the server's
@@ -27,7 +34,8 @@
 //! * [`client`] — configuration and shared HTTP plumbing (auth, timeouts,
 //!   bounded bodies, status mapping). New endpoints add `impl
 //!   OpenRouterClient` blocks in their own module.
-//! * [`generation`], [`models`], [`responses`] — one module per endpoint.
+//! * [`generation`], [`models`], [`responses`], [`account`] — one module
+//!   per endpoint (family).
 //! * [`sse`] — the server-sent events parser used by streaming endpoints.
 //! * [`error`] — [`OpenRouterError`] and `Retry-After` parsing.
 //!
@@ -57,6 +65,7 @@
 //! * **BYOK is real money** ([money rule 8](crate#money-rules)): the actual cost of a BYOK
 //!   generation is OpenRouter's fee plus the upstream provider's bill.
 
+pub mod account;
 pub mod client;
 pub mod error;
 pub mod generation;
@@ -64,6 +73,7 @@ pub mod models;
 pub mod responses;
 pub mod sse;
 
+pub use account::{ExchangedKey, KeyInfo};
 pub use client::{ClientConfig, OpenRouterClient, DEFAULT_BASE_URL};
 pub use error::{parse_retry_after, OpenRouterError, MAX_RETRY_AFTER};
 pub use generation::GenerationStats;

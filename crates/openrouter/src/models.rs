@@ -29,12 +29,20 @@ use crate::{client::OpenRouterClient, error::OpenRouterError};
 const BODY_LIMIT: usize = 32 * 1024 * 1024;
 
 /// One model of the catalog.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ModelInfo {
     /// The model slug, e.g. `openai/gpt-4o-mini`.
     pub id: String,
+    /// Display name (`OpenAI: GPT-4o-mini`), when given.
+    pub name: Option<String>,
     /// Context window in tokens, when known.
     pub context_length: Option<u64>,
+    /// `top_provider.max_completion_tokens`: the longest output, when known.
+    pub max_completion_tokens: Option<u64>,
+    /// `architecture.input_modalities` (`text`, `image`, …).
+    pub input_modalities: Vec<String>,
+    /// `architecture.output_modalities`.
+    pub output_modalities: Vec<String>,
     /// Prices.
     pub pricing: Pricing,
     /// Request parameters the model supports (`tools`, `reasoning`, …).
@@ -119,7 +127,10 @@ struct Envelope {
 #[derive(Deserialize)]
 struct WireModel {
     id: Option<Value>,
+    name: Option<Value>,
     context_length: Option<Value>,
+    top_provider: Option<Value>,
+    architecture: Option<Value>,
     pricing: Option<HashMap<String, Box<RawValue>>>,
     supported_parameters: Option<Value>,
 }
@@ -186,8 +197,26 @@ fn parse_model(raw: &RawValue) -> Option<ModelInfo> {
             .collect(),
         _ => Vec::new(),
     };
+    let strings = |v: Option<&Value>| -> Vec<String> {
+        v.and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let arch = w.architecture.as_ref();
     Some(ModelInfo {
         context_length: w.context_length.and_then(|v| v.as_u64()),
+        name: w.name.and_then(|v| v.as_str().map(str::to_owned)),
+        max_completion_tokens: w
+            .top_provider
+            .as_ref()
+            .and_then(|t| t.get("max_completion_tokens"))
+            .and_then(Value::as_u64),
+        input_modalities: strings(arch.and_then(|a| a.get("input_modalities"))),
+        output_modalities: strings(arch.and_then(|a| a.get("output_modalities"))),
         id,
         pricing,
         supported_parameters,
@@ -198,6 +227,16 @@ impl OpenRouterClient {
     /// `GET {base}/models`: the model catalog with its prices.
     pub async fn models(&self) -> Result<Vec<ModelInfo>, OpenRouterError> {
         let url = self.url("/models")?;
+        let reply = self
+            .send_and_read(self.request(Method::GET, url), BODY_LIMIT, false)
+            .await?;
+        parse_catalog(&reply.body, reply.status)
+    }
+
+    /// `GET {base}/models/user`: the catalog filtered by the key owner's
+    /// provider preferences and privacy settings (needs the key).
+    pub async fn models_user(&self) -> Result<Vec<ModelInfo>, OpenRouterError> {
+        let url = self.url("/models/user")?;
         let reply = self
             .send_and_read(self.request(Method::GET, url), BODY_LIMIT, false)
             .await?;

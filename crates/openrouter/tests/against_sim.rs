@@ -30,7 +30,7 @@ async fn costs_arrive_exact_to_the_digit() {
     // The wire really carries the exponent form a JavaScript backend prints.
     let raw = reqwest::Client::new()
         .get(format!("{}/generation?id=gen-exp", sim.base_url()))
-        .bearer_auth("k")
+        .bearer_auth("sk-or-test")
         .send()
         .await
         .unwrap()
@@ -250,7 +250,7 @@ async fn slow_reply_times_out() {
     );
     let c = OpenRouterClient::new(
         ClientConfig::new(sim.base_url())
-            .with_api_key("k")
+            .with_api_key("sk-or-test")
             .with_timeout(Duration::from_millis(200)),
     )
     .unwrap();

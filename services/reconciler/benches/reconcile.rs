@@ -127,7 +127,7 @@ fn completed(id: &str, at: DateTime<Utc>) -> CloudEvent<GenerationCompleted> {
 }
 
 fn client(base_url: String) -> OpenRouterClient {
-    OpenRouterClient::new(ClientConfig::new(base_url).with_api_key("sk-or-bench"))
+    OpenRouterClient::new(ClientConfig::new(base_url).with_api_key(tally_sim::TEST_KEY))
         .expect("valid client config")
 }
 

@@ -132,6 +132,10 @@ pub struct SimConfig {
     pub gen_rate_429: Fraction,
     /// Generation endpoints: fraction of requests answered 500.
     pub gen_rate_500: Fraction,
+    /// Keys accepted from the start (one account), besides those the
+    /// simulator issues; [`SimConfig::ephemeral`] provisions
+    /// [`TEST_KEY`](crate::TEST_KEY).
+    pub provisioned_keys: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -154,17 +158,20 @@ impl Default for SimConfig {
             gen_missing_cost_rate: Fraction::ZERO,
             gen_rate_429: Fraction::ZERO,
             gen_rate_500: Fraction::ZERO,
+            provisioned_keys: Vec::new(),
         }
     }
 }
 
 impl SimConfig {
     /// The defaults, listening on `127.0.0.1` on any free port, with no
-    /// stats delay: the usual start for a test.
+    /// stats delay and [`TEST_KEY`](crate::TEST_KEY) provisioned: the
+    /// usual start for a test.
     pub fn ephemeral() -> Self {
         SimConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stats_delay: Duration::ZERO,
+            provisioned_keys: vec![crate::TEST_KEY.to_owned()],
             ..SimConfig::default()
         }
     }
@@ -254,6 +261,10 @@ pub struct SimArgs {
     /// Fraction (0..1) of generation requests answered 500.
     #[arg(long, env = "TALLY_SIM_GEN_RATE_500", default_value = "0")]
     pub gen_rate_500: Fraction,
+    /// Keys accepted from the start (comma-separated), besides those issued
+    /// by the OAuth exchange or `POST /sim/keys`.
+    #[arg(long = "provision-key", env = "TALLY_SIM_KEYS", value_delimiter = ',')]
+    pub provisioned_keys: Vec<String>,
 }
 
 impl From<SimArgs> for SimConfig {
@@ -276,6 +287,12 @@ impl From<SimArgs> for SimConfig {
             gen_missing_cost_rate: a.gen_missing_cost_rate,
             gen_rate_429: a.gen_rate_429,
             gen_rate_500: a.gen_rate_500,
+            provisioned_keys: a
+                .provisioned_keys
+                .into_iter()
+                .map(|k| k.trim().to_owned())
+                .filter(|k| !k.is_empty())
+                .collect(),
         }
     }
 }

@@ -42,10 +42,11 @@ pub(crate) async fn get_generation(
         return reply::error(StatusCode::BAD_REQUEST, "Missing generation id", None);
     };
     shared.record_call(&id);
-    if !reply::has_bearer(&headers) {
+    let Some(key) = sim.accounts.authenticate(&headers) else {
         shared.counters.count(Counted::Unauthorized);
-        return reply::unauthorized();
-    }
+        return reply::unknown_key(&headers);
+    };
+    sim.accounts.record_lookup(&key, &id);
     let plan = shared.plan_generation_reply(&id);
     if plan.slow {
         shared.counters.count(Counted::Slow);

@@ -5,11 +5,17 @@
 //! ```text
 //! GET  /api/v1/generation?id=…   statistics: 404 until ready, then 200; faults on request
 //! GET  /api/v1/models            the model catalog (fixtures/models.json)
+//! GET  /api/v1/models/user       the catalog as the key's account sees it
+//! GET  /api/v1/key               the key's label, limit and usage
+//! GET  /auth                     OAuth PKCE approval: redirects to callback_url with a code
+//! POST /api/v1/auth/keys         exchanges a code and its verifier for a new key
 //! POST /api/v1/responses         a generation (Responses API), streaming or not
 //! POST /api/v1/chat/completions  a generation (chat completions), streaming or not
 //! POST /sim/generations          register a generation (admin, JSON)
 //! POST /sim/generations/batch    register many
 //! GET  /sim/stats[?id=…]         call counters
+//! POST /sim/keys                 issue a key; GET /sim/keys/activity?key=… what it served
+//! POST /sim/oauth {deny}         make /auth deny or approve
 //! POST /sim/reset                forget everything
 //! ```
 //!
@@ -46,6 +52,11 @@
 //!   load run can be replayed.
 //! * **The admin endpoints need no key** and are not OpenRouter's; the
 //!   simulator listens on loopback by default.
+//! * **Only issued keys are accepted** ([`accounts`]): keys from the OAuth
+//!   exchange ([`oauth`]), `POST /sim/keys`, or pre-provisioned with
+//!   [`SimConfig::provisioned_keys`] ([`TEST_KEY`] in
+//!   [`SimConfig::ephemeral`]). Every generation and lookup is recorded
+//!   against the key that made it, so tests can prove whose key was used.
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc};
 
@@ -55,6 +66,7 @@ use axum::{
 };
 use tokio::{net::TcpListener, sync::oneshot, task::JoinHandle};
 
+pub mod accounts;
 pub mod admin;
 pub mod chat;
 pub mod config;
@@ -62,10 +74,12 @@ pub mod generation;
 pub mod load;
 pub mod models;
 pub mod number;
+pub mod oauth;
 mod reply;
 pub mod responses;
 pub mod state;
 
+pub use accounts::{IssuedKey, KeyActivity, KeySpec, Served, TEST_KEY};
 pub use admin::{GenerationSpec, RegisteredGeneration, SimStats};
 pub use config::{Fraction, NumberFormat, SimArgs, SimConfig};
 pub use state::{ScriptedReply, SimGeneration};
@@ -74,6 +88,8 @@ pub use state::{ScriptedReply, SimGeneration};
 #[derive(Debug, Clone)]
 pub struct Simulator {
     pub(crate) shared: Arc<state::Shared>,
+    pub(crate) accounts: Arc<accounts::Accounts>,
+    pub(crate) oauth: Arc<oauth::OAuth>,
 }
 
 impl Simulator {
@@ -81,6 +97,8 @@ impl Simulator {
     /// or [`start`](Self::start)).
     pub fn new(cfg: SimConfig) -> Self {
         Simulator {
+            accounts: Arc::new(accounts::Accounts::new(&cfg.provisioned_keys)),
+            oauth: Arc::new(oauth::OAuth::default()),
             shared: Arc::new(state::Shared::new(cfg)),
         }
     }
@@ -100,6 +118,13 @@ impl Simulator {
                 "/api/v1/chat/completions",
                 post(chat::post_chat_completions),
             )
+            .route("/api/v1/key", get(accounts::get_key))
+            .route("/api/v1/models/user", get(accounts::get_models_user))
+            .route("/api/v1/auth/keys", post(oauth::post_auth_keys))
+            .route("/auth", get(oauth::get_auth))
+            .route("/sim/keys", post(accounts::post_key))
+            .route("/sim/keys/activity", get(accounts::get_activity))
+            .route("/sim/oauth", post(oauth::post_oauth_knobs))
             .route("/sim/generations", post(admin::post_generation))
             .route(
                 "/sim/generations/batch",

@@ -57,15 +57,26 @@ pub(crate) fn unauthorized() -> Response {
 }
 
 /// Whether the request carries `Authorization: Bearer <non-empty>`.
+#[cfg(test)]
 pub(crate) fn has_bearer(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            let (scheme, token) = v.trim().split_once(' ')?;
-            Some(scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty())
-        })
-        .unwrap_or(false)
+    bearer(headers).is_some()
+}
+
+/// The token of `Authorization: Bearer <token>`, when non-empty.
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.trim().split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// 401 for a request whose key the simulator did not issue (or none).
+pub(crate) fn unknown_key(headers: &HeaderMap) -> Response {
+    if bearer(headers).is_some() {
+        error(StatusCode::UNAUTHORIZED, "User not found.", None)
+    } else {
+        unauthorized()
+    }
 }
 
 #[cfg(test)]

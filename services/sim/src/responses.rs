@@ -201,9 +201,9 @@ pub(crate) fn plan(
     max_tokens: Option<u64>,
     stream: bool,
 ) -> Result<Planned, Response> {
-    if !reply::has_bearer(headers) {
-        return Err(reply::unauthorized());
-    }
+    let Some(key) = sim.accounts.authenticate(headers) else {
+        return Err(reply::unknown_key(headers));
+    };
     let Some(model) = body["model"].as_str().filter(|m| !m.is_empty()) else {
         return Err(reply::error(
             StatusCode::BAD_REQUEST,
@@ -312,6 +312,18 @@ pub(crate) fn plan(
     } else {
         output_tokens
     };
+    sim.accounts.record_generation(
+        &key,
+        crate::accounts::Served {
+            id: record.id.clone(),
+            at: chrono::Utc::now(),
+            charged: record.total_cost,
+            upstream: record
+                .is_byok
+                .then_some(record.upstream_inference_cost)
+                .flatten(),
+        },
+    );
     sim.register_generation(record);
     if !roll(cfg.gen_missing_cost_rate) {
         if g.is_byok {

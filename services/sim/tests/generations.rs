@@ -15,7 +15,7 @@ async fn start(cfg: SimConfig) -> RunningSim {
 async fn post(sim: &RunningSim, path: &str, body: Value) -> reqwest::Response {
     reqwest::Client::new()
         .post(format!("{}{path}", sim.base_url()))
-        .bearer_auth("sk-test")
+        .bearer_auth(tally_sim::TEST_KEY)
         .json(&body)
         .send()
         .await
@@ -51,7 +51,7 @@ async fn chat_completion_carries_id_and_exact_cost_and_is_registered() {
     assert_eq!(g.total_cost, Decimal::from_str("0.00000525").unwrap());
     let stats = reqwest::Client::new()
         .get(format!("{}/generation?id={id}", sim.base_url()))
-        .bearer_auth("k")
+        .bearer_auth(tally_sim::TEST_KEY)
         .send()
         .await
         .unwrap();

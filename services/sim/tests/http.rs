@@ -43,7 +43,7 @@ async fn admin_registration_then_exact_wire_numbers() {
     assert_eq!(r.total_cost_wire, "1.425e-7");
     assert_eq!(r.actual_cost.to_string(), "0.0000029925");
 
-    let resp = get_generation(&sim, "gen-1", Some("sk")).await;
+    let resp = get_generation(&sim, "gen-1", Some(tally_sim::TEST_KEY)).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/json");
     let text = resp.text().await.unwrap();
@@ -63,7 +63,7 @@ async fn admin_registration_then_exact_wire_numbers() {
         json!({"id": "gen-2", "total_cost": "0.00012345678901234567", "ready_after_ms": 0}),
     )
     .await;
-    let text = get_generation(&sim, "gen-2", Some("sk"))
+    let text = get_generation(&sim, "gen-2", Some(tally_sim::TEST_KEY))
         .await
         .text()
         .await
@@ -118,7 +118,7 @@ async fn random_generations_batch_and_stats() {
     let regs: Vec<RegisteredGeneration> = resp.json().await.unwrap();
     assert_eq!(regs.len(), 20);
     for r in &regs {
-        let text = get_generation(&sim, &r.id, Some("k"))
+        let text = get_generation(&sim, &r.id, Some(tally_sim::TEST_KEY))
             .await
             .text()
             .await
@@ -150,7 +150,12 @@ async fn random_generations_batch_and_stats() {
         .unwrap();
     assert_eq!(resp.status(), 204);
     assert_eq!(sim.simulator().total_calls(), 0);
-    assert_eq!(get_generation(&sim, "gen-0", Some("k")).await.status(), 404);
+    assert_eq!(
+        get_generation(&sim, "gen-0", Some(tally_sim::TEST_KEY))
+            .await
+            .status(),
+        404
+    );
 }
 
 #[tokio::test]
@@ -163,7 +168,7 @@ async fn error_replies_look_like_openrouter() {
     .await;
     // Not ready yet: 404 with OpenRouter's body.
     register(&sim, json!({"id": "gen-w"})).await;
-    let resp = get_generation(&sim, "gen-w", Some("k")).await;
+    let resp = get_generation(&sim, "gen-w", Some(tally_sim::TEST_KEY)).await;
     assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -180,7 +185,7 @@ async fn error_replies_look_like_openrouter() {
     // No id: 400.
     let resp = reqwest::Client::new()
         .get(format!("{}/generation", sim.base_url()))
-        .bearer_auth("k")
+        .bearer_auth(tally_sim::TEST_KEY)
         .send()
         .await
         .unwrap();
@@ -188,7 +193,7 @@ async fn error_replies_look_like_openrouter() {
 
     // 429 with Retry-After rounded up to whole seconds.
     register(&sim, json!({"id": "gen-r", "script": ["rate_limited"]})).await;
-    let resp = get_generation(&sim, "gen-r", Some("k")).await;
+    let resp = get_generation(&sim, "gen-r", Some(tally_sim::TEST_KEY)).await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "2");
     let v: Value = resp.json().await.unwrap();
@@ -229,12 +234,12 @@ async fn truncated_replies_never_break_a_character() {
             json!({"id": id, "total_cost": "0.5", "script": ["malformed"]}),
         )
         .await;
-        let resp = get_generation(&sim, &id, Some("k")).await;
+        let resp = get_generation(&sim, &id, Some(tally_sim::TEST_KEY)).await;
         assert_eq!(resp.status(), 200);
         let text = resp.text().await.unwrap();
         assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
         // The next reply is the real one.
-        let resp = get_generation(&sim, &id, Some("k")).await;
+        let resp = get_generation(&sim, &id, Some(tally_sim::TEST_KEY)).await;
         assert_eq!(resp.status(), 200);
     }
 }

@@ -350,6 +350,7 @@ fn read_file(path: &Path) -> Result<(Vec<ModelInfo>, DateTime<Utc>), CatalogErro
                 context_length: m.context_length,
                 pricing,
                 supported_parameters: m.supported_parameters,
+                ..ModelInfo::default()
             }
         })
         .collect();

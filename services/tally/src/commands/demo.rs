@@ -61,6 +61,7 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
         // arrives, so the reconciler must fetch the cost.
         gen_abort_rate: args.missing_cost,
         gen_latency: Duration::from_millis(20),
+        provisioned_keys: vec!["sk-or-demo".to_owned()],
         ..SimConfig::default()
     })
     .await
