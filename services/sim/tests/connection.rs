@@ -186,7 +186,7 @@ async fn each_key_records_what_it_ran_and_looked_up() {
         [&gb]
     );
     assert!(act_a.lookups.is_empty());
-    assert_eq!(act_b.lookups, [ga.clone()]);
+    assert_eq!(act_b.lookups, vec![ga]);
 
     // /key reports the generation's charge as usage; the limit counts down.
     let body: Value = http
