@@ -255,7 +255,15 @@ impl Catalog {
 #[derive(Serialize, Deserialize)]
 struct FileModel {
     id: String,
+    #[serde(default)]
+    name: Option<String>,
     context_length: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    input_modalities: Vec<String>,
+    #[serde(default)]
+    output_modalities: Vec<String>,
     supported_parameters: Vec<String>,
     pricing: HashMap<String, Option<String>>,
 }
@@ -306,7 +314,11 @@ fn write_file(
                 .collect();
                 FileModel {
                     id: m.id.clone(),
+                    name: m.name.clone(),
                     context_length: m.context_length,
+                    max_completion_tokens: m.max_completion_tokens,
+                    input_modalities: m.input_modalities.clone(),
+                    output_modalities: m.output_modalities.clone(),
                     supported_parameters: m.supported_parameters.clone(),
                     pricing,
                 }
@@ -347,10 +359,13 @@ fn read_file(path: &Path) -> Result<(Vec<ModelInfo>, DateTime<Utc>), CatalogErro
             };
             ModelInfo {
                 id: m.id,
+                name: m.name,
                 context_length: m.context_length,
+                max_completion_tokens: m.max_completion_tokens,
+                input_modalities: m.input_modalities,
+                output_modalities: m.output_modalities,
                 pricing,
                 supported_parameters: m.supported_parameters,
-                ..ModelInfo::default()
             }
         })
         .collect();
