@@ -12,6 +12,9 @@
 //!   booking the already recorded generations into a new budget.
 //! * [`queries`]: read models for the HTTP API.
 //! * [`outbox`]: derived events waiting to be published.
+//! * [`providers`]: provider connections (sealed credentials), OAuth
+//!   states, per-organisation model catalogs and routing profiles —
+//!   configuration, not projections (`tally replay` leaves them alone).
 //!
 //! # Money rules
 //!
@@ -63,6 +66,7 @@
 pub mod budgets;
 pub mod ledger;
 pub mod outbox;
+pub mod providers;
 pub mod queries;
 
 use std::time::Duration;

@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use tally_secrets::SecretString;
 
 /// Settings shared by every subcommand.
 #[derive(Args, Debug, Clone)]
@@ -109,6 +110,31 @@ pub struct Settings {
     /// Log one JSON object per line instead of human-readable text.
     #[arg(long, env = "TALLY_LOG_JSON", global = true)]
     pub log_json: bool,
+    /// Key-encryption key of stored provider credentials:
+    /// `<key_id>:<base64 of 32 bytes>`. Without it no secret can be stored.
+    #[arg(long, env = "TALLY_SECRETS_KEY", global = true, hide_env_values = true, value_parser = secret)]
+    pub secrets_key: Option<SecretString>,
+    /// Older key-encryption keys, comma-separated, still accepted for
+    /// decryption until `tally secrets rotate` has re-wrapped everything.
+    #[arg(long, env = "TALLY_SECRETS_KEY_PREVIOUS", global = true, hide_env_values = true, value_parser = secret)]
+    pub secrets_key_previous: Option<SecretString>,
+    /// tally's public base URL, under which OpenRouter's OAuth callback
+    /// arrives: HTTPS on port 443 or 3000, or any port on localhost,
+    /// 127.0.0.1 or [::1].
+    #[arg(long, env = "TALLY_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+    /// OpenRouter's OAuth authorization page.
+    #[arg(
+        long,
+        env = "TALLY_OPENROUTER_AUTH_URL",
+        default_value = "https://openrouter.ai/auth",
+        global = true
+    )]
+    pub openrouter_auth_url: String,
+}
+
+fn secret(s: &str) -> Result<SecretString, String> {
+    Ok(SecretString::from(s.to_owned()))
 }
 
 /// A setting that failed validation.
@@ -156,6 +182,12 @@ pub struct Config {
     pub reconcile_rate: u32,
     /// JSON logs.
     pub log_json: bool,
+    /// The key-encryption keys (`None`: `TALLY_SECRETS_KEY` unset).
+    pub keyring: Option<std::sync::Arc<tally_secrets::Keyring>>,
+    /// Public base URL for the OAuth callback.
+    pub public_url: Option<url::Url>,
+    /// OpenRouter's OAuth page.
+    pub openrouter_auth_url: String,
 }
 
 fn err(env: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -315,7 +347,56 @@ impl Settings {
                     ),
                 )
             })?;
+        let keyring = match &self.secrets_key {
+            None => {
+                if self.secrets_key_previous.is_some() {
+                    return Err(err(
+                        "TALLY_SECRETS_KEY",
+                        "--secrets-key",
+                        "is required when TALLY_SECRETS_KEY_PREVIOUS is set",
+                    ));
+                }
+                None
+            }
+            Some(k) => Some(std::sync::Arc::new(
+                tally_secrets::Keyring::from_settings(Some(k), self.secrets_key_previous.as_ref())
+                    .map_err(|e| match e {
+                        tally_secrets::SecretsError::KeyInvalid { setting, reason } => {
+                            let flag = if setting == "TALLY_SECRETS_KEY" {
+                                "--secrets-key"
+                            } else {
+                                "--secrets-key-previous"
+                            };
+                            err(setting, flag, reason)
+                        }
+                        other => err("TALLY_SECRETS_KEY", "--secrets-key", other.to_string()),
+                    })?,
+            )),
+        };
+        let public_url = match self.public_url.as_deref().filter(|u| !u.is_empty()) {
+            Some(u) => Some(
+                tally_provider::oauth::validate_public_url(u)
+                    .map_err(|reason| err("TALLY_PUBLIC_URL", "--public-url", reason))?,
+            ),
+            None => None,
+        };
+        let auth = url::Url::parse(&self.openrouter_auth_url)
+            .ok()
+            .filter(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some())
+            .ok_or_else(|| {
+                err(
+                    "TALLY_OPENROUTER_AUTH_URL",
+                    "--openrouter-auth-url",
+                    format!(
+                        "{:?} is not an http(s) URL like https://openrouter.ai/auth",
+                        self.openrouter_auth_url
+                    ),
+                )
+            })?;
         Ok(Config {
+            keyring,
+            public_url,
+            openrouter_auth_url: auth.to_string(),
             nats_url: self.nats_url.clone(),
             database_url: self.database_url.clone(),
             openrouter_base_url: base.to_owned(),
@@ -402,6 +483,77 @@ fn parse_byok(text: &str) -> Result<Vec<ByokEntry>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        s: Settings,
+    }
+
+    fn settings(args: &[&str]) -> Result<Config, ConfigError> {
+        let mut all = vec!["tally"];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().s.validate()
+    }
+
+    #[test]
+    fn provider_settings_are_validated_naming_the_setting() {
+        let c = settings(&[]).unwrap();
+        assert!(c.keyring.is_none() && c.public_url.is_none());
+        assert_eq!(c.openrouter_auth_url, "https://openrouter.ai/auth");
+        let k = tally_secrets::generate_key_setting("k1");
+        use tally_secrets::ExposeSecret;
+        let c = settings(&["--secrets-key", k.expose_secret()]).unwrap();
+        assert_eq!(c.keyring.unwrap().current_key_id(), "k1");
+        assert!(!format!(
+            "{:?}",
+            settings(&["--secrets-key", k.expose_secret()]).unwrap()
+        )
+        .contains(k.expose_secret().split_once(':').unwrap().1));
+        let e = settings(&["--secrets-key", "k1:short"]).unwrap_err();
+        assert_eq!(e.env, "TALLY_SECRETS_KEY");
+        let e = settings(&[
+            "--secrets-key",
+            k.expose_secret(),
+            "--secrets-key-previous",
+            "x",
+        ])
+        .unwrap_err();
+        assert_eq!(e.env, "TALLY_SECRETS_KEY_PREVIOUS");
+        let e = settings(&["--secrets-key-previous", k.expose_secret()]).unwrap_err();
+        assert_eq!(e.env, "TALLY_SECRETS_KEY");
+        for ok in [
+            "https://tally.example.com",
+            "https://t.example.com:3000",
+            "http://localhost:8080",
+            "http://[::1]:1",
+        ] {
+            assert!(
+                settings(&["--public-url", ok])
+                    .unwrap()
+                    .public_url
+                    .is_some(),
+                "{ok}"
+            );
+        }
+        for bad in [
+            "http://tally.example.com",
+            "https://tally.example.com:8443",
+            "nope",
+        ] {
+            let e = settings(&["--public-url", bad]).unwrap_err();
+            assert_eq!(e.env, "TALLY_PUBLIC_URL", "{bad}");
+            assert!(
+                e.to_string()
+                    .starts_with("invalid TALLY_PUBLIC_URL (--public-url):"),
+                "{e}"
+            );
+        }
+        let e = settings(&["--openrouter-auth-url", "openrouter.ai/auth"]).unwrap_err();
+        assert_eq!(e.env, "TALLY_OPENROUTER_AUTH_URL");
+    }
 
     #[test]
     fn byok_providers_parse_per_org_and_agent() {

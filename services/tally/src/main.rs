@@ -45,6 +45,12 @@ enum Command {
     Sim(commands::sim::SimCommand),
     /// Start everything locally, drive a stream of generations and show a live summary.
     Demo(commands::demo::DemoArgs),
+    /// Connect an organisation to OpenRouter.
+    #[command(subcommand)]
+    Provider(commands::provider::ProviderCommand),
+    /// Manage stored secrets (rotate the key-encryption key).
+    #[command(subcommand)]
+    Secrets(commands::provider::SecretsCommand),
 }
 
 fn main() {
@@ -83,6 +89,8 @@ fn main() {
             Command::Replay(args) => commands::replay::replay(&cfg, args).await,
             Command::Sim(cmd) => commands::sim::sim(&cfg, cmd).await,
             Command::Demo(args) => commands::demo::demo(&cfg, args).await,
+            Command::Provider(cmd) => commands::provider::provider(&cfg, cmd).await,
+            Command::Secrets(cmd) => commands::provider::secrets(&cfg, cmd).await,
         }
     });
     if let Err(e) = result {

@@ -2,6 +2,7 @@
 //! stop cleanly on Ctrl-C or SIGTERM.
 
 pub mod demo;
+pub mod provider;
 pub mod replay;
 pub mod sim;
 
@@ -247,8 +248,18 @@ async fn serve_api(
     Ok(())
 }
 
+fn warn_without_secrets_key(cfg: &Config) {
+    if cfg.keyring.is_none() {
+        tracing::warn!(
+            "TALLY_SECRETS_KEY is not set: provider credentials cannot be stored or read \
+             (connecting answers 503 secrets_key_missing)"
+        );
+    }
+}
+
 /// `tally api`.
 pub async fn api(cfg: &Config) -> anyhow::Result<()> {
+    warn_without_secrets_key(cfg);
     let registry = Registry::new();
     let store = connect_store(cfg, 16).await?;
     serve_api(cfg, &store, &registry, shutdown_signal()).await
