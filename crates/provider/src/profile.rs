@@ -307,12 +307,14 @@ mod tests {
         p
     }
 
+    type Check = Box<dyn Fn(&Effective) -> bool>;
+
     struct Case {
         name: &'static str,
         profile: Option<RoutingProfile>,
         routing: Option<Routing>,
         tools: Option<Vec<String>>,
-        want: Result<Box<dyn Fn(&Effective) -> bool>, &'static str>,
+        want: Result<Check, &'static str>,
     }
 
     #[test]

@@ -59,9 +59,12 @@ fn secret(s: &str) -> SecretString {
     SecretString::from(s.to_owned())
 }
 
+/// One connection row's text and byte columns.
+type RawRow = (String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>);
+
 /// Every byte column of the connection rows, to look for plaintext.
 async fn raw_rows(store: &Store) -> Vec<Vec<u8>> {
-    let rows: Vec<(String, Vec<u8>, Vec<u8>, Vec<u8>, Vec<u8>)> = sqlx::query_as(
+    let rows: Vec<RawRow> = sqlx::query_as(
         "SELECT coalesce(key_label, '') || org_id, wrap_nonce, wrapped_key, nonce, ciphertext FROM provider_connections",
     )
     .fetch_all(store.pool())
