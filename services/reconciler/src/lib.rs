@@ -94,6 +94,12 @@
 //!   the actual cost is OpenRouter's fee plus the provider's bill; publishing
 //!   the fee alone would understate spend, so such a reply is retried and, at
 //!   the deadline, reported as `missing_upstream_cost`.
+//! * **Each organisation's own key.** With
+//!   [`Reconciler::with_org_providers`] (how `tally` runs it) a generation is
+//!   looked up with the key of the organisation that made it; an
+//!   organisation without a connected provider is asked about again on the
+//!   normal schedule and, at the deadline, its generation ends unresolved
+//!   with `provider_not_connected`. No environment key is ever used.
 //! * **A shared, adaptive rate limit and bounded concurrency** keep the
 //!   reconciler polite however many generations are pending; one slow or
 //!   never-ready generation only ever occupies one lookup at a time and
@@ -109,7 +115,7 @@ use std::time::Duration;
 pub use metrics::Metrics;
 pub use schedule::{
     KEY_PROBLEM_DELAY, REASON_DEADLINE_EXCEEDED, REASON_MALFORMED_REPLY,
-    REASON_MISSING_UPSTREAM_COST, REASON_UPSTREAM_ERROR, REASON_UPSTREAM_UNREACHABLE,
+    REASON_MISSING_UPSTREAM_COST, REASON_PROVIDER_NOT_CONNECTED, REASON_UPSTREAM_ERROR, REASON_UPSTREAM_UNREACHABLE,
 };
 pub use service::{
     reconciled_event_id, unresolved_event_id, Reconciler, DEAD_LETTER_SERVICE, SOURCE,

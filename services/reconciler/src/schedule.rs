@@ -77,6 +77,9 @@ pub const REASON_MALFORMED_REPLY: &str = "malformed_reply";
 pub const REASON_UPSTREAM_ERROR: &str = "upstream_error";
 /// Reason code: the last lookup got no answer (timeout, connection error).
 pub const REASON_UPSTREAM_UNREACHABLE: &str = "upstream_unreachable";
+/// Reason code: the organisation has no connected provider, so its
+/// generations cannot be looked up with its own key.
+pub const REASON_PROVIDER_NOT_CONNECTED: &str = "provider_not_connected";
 /// Reason code: a BYOK generation whose upstream cost was never reported,
 /// so only OpenRouter's fee would have been known (money rule 8).
 pub const REASON_MISSING_UPSTREAM_COST: &str = "missing_upstream_cost";

@@ -73,6 +73,7 @@ const KEY_PROBLEM_LOG_EVERY: Duration = Duration::from_secs(30);
 pub struct Reconciler {
     bus: Bus,
     client: OpenRouterClient,
+    providers: Option<tally_provider::OrgProviders>,
     cfg: ReconcilerConfig,
     metrics: Arc<Metrics>,
 }
@@ -82,6 +83,7 @@ pub struct Reconciler {
 struct Shared {
     bus: Bus,
     client: OpenRouterClient,
+    providers: Option<tally_provider::OrgProviders>,
     cfg: ReconcilerConfig,
     metrics: Arc<Metrics>,
     limiter: AdaptiveLimiter,
@@ -110,9 +112,19 @@ impl Reconciler {
         Reconciler {
             bus,
             client,
+            providers: None,
             cfg,
             metrics,
         }
+    }
+
+    /// Looks every generation up with the key of the organisation that made
+    /// it (`providers`), never with `client`'s: an organisation without a
+    /// connected provider waits and, at the deadline, ends unresolved with
+    /// [`REASON_PROVIDER_NOT_CONNECTED`](crate::REASON_PROVIDER_NOT_CONNECTED).
+    pub fn with_org_providers(mut self, providers: tally_provider::OrgProviders) -> Self {
+        self.providers = Some(providers);
+        self
     }
 
     /// Runs until `shutdown` becomes `true` (or its sender is dropped), then
@@ -140,6 +152,7 @@ impl Reconciler {
             last_key_problem_log: Mutex::new(None),
             bus: self.bus,
             client: self.client,
+            providers: self.providers,
             cfg: self.cfg,
             metrics: self.metrics,
         });
@@ -361,7 +374,46 @@ async fn decide(shared: &Shared, d: &Delivery, mut shutdown: watch::Receiver<boo
             tracing::debug!(error = %e, "extending the ack wait failed");
         }
     }
-    let answer = shared.client.generation(&g.generation_id).await;
+    let client = match &shared.providers {
+        None => shared.client.clone(),
+        Some(p) => match p.get(&g.org_id).await {
+            Ok(org) => match &org.client {
+                Some(c) => c.clone(),
+                None => {
+                    drop(permit);
+                    metrics
+                        .fetch_attempts
+                        .with_label_values(&[schedule::REASON_PROVIDER_NOT_CONNECTED])
+                        .inc();
+                    let attempts = attempts(d, g.completed_at, cfg.first_delay);
+                    let age = age_at(g.completed_at, Utc::now());
+                    if age >= cfg.deadline {
+                        return unresolved(
+                            shared,
+                            &event,
+                            schedule::REASON_PROVIDER_NOT_CONNECTED,
+                            None,
+                            attempts,
+                        )
+                        .await;
+                    }
+                    return Settle::Nak(Some(schedule::next_delay(
+                        age,
+                        cfg.first_delay,
+                        cfg.max_delay,
+                        None,
+                        cfg.deadline - age,
+                    )));
+                }
+            },
+            Err(e) => {
+                drop(permit);
+                tracing::warn!(org_id = %g.org_id, code = e.code(), error = %e, "organisation's provider key unavailable; retrying");
+                return Settle::Nak(Some(schedule::KEY_PROBLEM_DELAY.min(cfg.max_delay)));
+            }
+        },
+    };
+    let answer = client.generation(&g.generation_id).await;
     drop(permit);
 
     let now = Utc::now();

@@ -41,6 +41,47 @@ pub struct DemoArgs {
     pub direct: bool,
 }
 
+/// Connects the demo organisation to the simulated OpenRouter through the
+/// OAuth PKCE flow: start, follow the authorize URL (the simulator approves
+/// and redirects to the callback with a code), exchange the code.
+async fn connect_with_oauth(cfg: &Config, org: &str) -> anyhow::Result<()> {
+    let store = super::connect_store(cfg, 2).await?;
+    let connections = super::provider::connections(cfg, store)?;
+    let start = connections
+        .start_oauth(org, None, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
+    let browser = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let resp = browser.get(&start.authorize_url).send().await?;
+    let location = resp
+        .headers()
+        .get(reqwest::header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .context("the OAuth page did not redirect to the callback")?;
+    let callback = url::Url::parse(location)?;
+    let param = |k: &str| {
+        callback
+            .query_pairs()
+            .find(|(n, _)| n == k)
+            .map(|(_, v)| v.into_owned())
+    };
+    let (Some(state), Some(code)) = (param("state"), param("code")) else {
+        bail!("the OAuth callback carried no state or code: access was denied");
+    };
+    let (_, status) = connections
+        .finish_oauth(&state, &code)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e} ({})", e.code()))?;
+    println!(
+        "  OpenRouter            connected with OAuth (PKCE): key {}, {} models",
+        status.key_label.as_deref().unwrap_or("?"),
+        status.models.count
+    );
+    Ok(())
+}
+
 const DEFAULT_DEMO_DATABASE_URL: &str = "postgres://tally:tally@127.0.0.1:5432/tally";
 
 /// Runs the demo.
@@ -68,6 +109,22 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
     .context("starting the OpenRouter simulator")?;
     cfg.openrouter_base_url = sim.base_url();
     cfg.openrouter_api_key = Some("sk-or-demo".into());
+    if cfg.keyring.is_none() {
+        // The demo's own key-encryption key, for this run only.
+        let k = tally_secrets::generate_key_setting("demo");
+        cfg.keyring = Some(std::sync::Arc::new(tally_secrets::Keyring::from_settings(
+            Some(&k),
+            None,
+        )?));
+    }
+    if cfg.public_url.is_none() {
+        cfg.public_url = Some(tally_provider::oauth::validate_public_url(&format!(
+            "http://{}",
+            cfg.http_addr
+        ))
+        .map_err(anyhow::Error::msg)?);
+    }
+    cfg.openrouter_auth_url = format!("{}/auth", sim.root_url());
     cfg.reconcile_deadline = cfg.reconcile_deadline.min(Duration::from_secs(120));
     println!("tally demo");
     println!("  OpenRouter simulator  {}", sim.base_url());
@@ -94,6 +151,7 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
 
     let org = format!("demo-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
     println!("  organisation          {org}\n");
+    connect_with_oauth(&cfg, &org).await?;
     let budgets = create_budgets(&http, &api, &org).await?;
 
     let bus = super::connect_bus(&cfg).await?;

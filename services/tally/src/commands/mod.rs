@@ -112,19 +112,30 @@ pub(crate) fn projector_service(
     ))
 }
 
+/// Builds the reconciler: every lookup uses the key of the organisation
+/// that made the generation (decrypted from Postgres, cached, refreshed
+/// when the connection changes); no environment key.
 pub(crate) fn reconciler_service(
     bus: &Bus,
+    store: &Store,
     cfg: &Config,
     registry: &Registry,
+    shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tally_reconciler::Reconciler> {
     let client = tally_openrouter::OpenRouterClient::new(tally_openrouter::ClientConfig {
         base_url: cfg.openrouter_base_url.clone(),
-        api_key: cfg.openrouter_api_key.clone(),
+        api_key: None,
         ..Default::default()
     })?;
-    if cfg.openrouter_api_key.is_none() {
-        tracing::warn!("TALLY_OPENROUTER_API_KEY is not set: OpenRouter will refuse every request");
+    if cfg.keyring.is_none() {
+        tracing::warn!(
+            "TALLY_SECRETS_KEY is not set: organisations' provider keys cannot be read, \
+             so generation costs cannot be looked up"
+        );
     }
+    let providers =
+        tally_provider::OrgProviders::new(store.clone(), cfg.keyring.clone(), client.clone());
+    providers.spawn_listener(shutdown);
     let metrics = Arc::new(tally_reconciler::Metrics::register(registry)?);
     Ok(tally_reconciler::Reconciler::new(
         bus.clone(),
@@ -136,7 +147,8 @@ pub(crate) fn reconciler_service(
             ..Default::default()
         },
         metrics,
-    ))
+    )
+    .with_org_providers(providers))
 }
 
 /// Builds the generation worker: OpenRouter client (long timeout: a
@@ -224,9 +236,11 @@ pub async fn projector(cfg: &Config) -> anyhow::Result<()> {
 pub async fn reconciler(cfg: &Config) -> anyhow::Result<()> {
     let registry = Registry::new();
     let bus = connect_bus(cfg).await?;
+    let store = connect_store(cfg, 4).await?;
     serve_metrics(cfg, &registry).await?;
-    let svc = reconciler_service(&bus, cfg, &registry)?;
-    svc.run(shutdown_signal()).await?;
+    let shutdown = shutdown_signal();
+    let svc = reconciler_service(&bus, &store, cfg, &registry, shutdown.clone())?;
+    svc.run(shutdown).await?;
     Ok(())
 }
 
@@ -279,7 +293,7 @@ pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> an
     bus.ensure_topology().await.context("JetStream topology")?;
     serve_metrics(cfg, &registry).await?;
     let projector = projector_service(&bus, &store, cfg, &registry)?;
-    let reconciler = reconciler_service(&bus, cfg, &registry)?;
+    let reconciler = reconciler_service(&bus, &store, cfg, &registry, shutdown.clone())?;
     let worker = worker_service(&bus, cfg, &registry, shutdown.clone()).await?;
     let p = tokio::spawn(projector.run(shutdown.clone()));
     let r = tokio::spawn(reconciler.run(shutdown.clone()));
