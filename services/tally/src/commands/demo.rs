@@ -118,11 +118,10 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
         )?));
     }
     if cfg.public_url.is_none() {
-        cfg.public_url = Some(tally_provider::oauth::validate_public_url(&format!(
-            "http://{}",
-            cfg.http_addr
-        ))
-        .map_err(anyhow::Error::msg)?);
+        cfg.public_url = Some(
+            tally_provider::oauth::validate_public_url(&format!("http://{}", cfg.http_addr))
+                .map_err(anyhow::Error::msg)?,
+        );
     }
     cfg.openrouter_auth_url = format!("{}/auth", sim.root_url());
     cfg.reconcile_deadline = cfg.reconcile_deadline.min(Duration::from_secs(120));
