@@ -56,6 +56,7 @@ pub struct Worker {
 struct Shared {
     bus: Bus,
     client: OpenRouterClient,
+    providers: Option<tally_provider::OrgProviders>,
     preflight: Arc<dyn Preflight>,
     catalog: Catalog,
     cfg: WorkerConfig,
@@ -90,12 +91,24 @@ impl Worker {
             shared: Arc::new(Shared {
                 bus,
                 client,
+                providers: None,
                 preflight,
                 catalog,
                 cfg,
                 metrics,
             }),
         }
+    }
+
+    /// Runs every request on its organisation's own provider connection
+    /// (`providers`): its key, its catalog (gating and estimates), its BYOK
+    /// providers and routing profile; never on `client`'s key. A request of
+    /// an organisation without a connection fails `provider_not_connected`.
+    pub fn with_org_providers(mut self, providers: tally_provider::OrgProviders) -> Self {
+        if let Some(s) = Arc::get_mut(&mut self.shared) {
+            s.providers = Some(providers);
+        }
+        self
     }
 
     /// Runs until `shutdown` becomes `true` (or its sender is dropped):
@@ -226,7 +239,7 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
             };
         }
     };
-    let req = event.data;
+    let mut req = event.data;
 
     // A reply subject inside tally's own namespace would let a requester
     // publish into tally's streams through the worker (the result body
@@ -255,11 +268,99 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
         .await;
     }
 
+    // The organisation's own provider: its key, catalog, BYOK providers and
+    // routing profile (without `providers`: the fixed client and catalog).
+    let (client, catalog, byok) = match &s.providers {
+        None => (
+            s.client.clone(),
+            s.catalog.clone(),
+            s.cfg
+                .byok
+                .for_request(&req.org_id, req.agent_id.as_deref())
+                .to_vec(),
+        ),
+        Some(p) => {
+            let org = match p.get(&req.org_id).await {
+                Ok(org) => org,
+                Err(e) if delivery.delivered() < s.cfg.max_attempts => {
+                    s.metrics.retries.with_label_values(&[e.code()]).inc();
+                    tracing::warn!(error = %e, org_id = req.org_id, "organisation's provider unavailable; retrying");
+                    return Settle::Nak(backoff(&s.cfg, delivery.delivered()));
+                }
+                Err(e) => {
+                    return fail(
+                        s,
+                        &req,
+                        None,
+                        Failure {
+                            reason: "provider_unavailable",
+                            message: e.to_string(),
+                            retryable: true,
+                        },
+                    )
+                    .await
+                }
+            };
+            let Some(client) = org.client.clone() else {
+                return fail(
+                    s,
+                    &req,
+                    None,
+                    Failure {
+                        reason: "provider_not_connected",
+                        message: format!(
+                            "organisation {:?} has not connected OpenRouter; OpenRouter was not called",
+                            req.org_id
+                        ),
+                        retryable: false,
+                    },
+                )
+                .await;
+            };
+            let eff = match tally_provider::profile::effective(
+                org.profile(req.agent_id.as_deref()),
+                &org.byok_providers,
+                req.routing.as_ref(),
+                req.models.as_deref(),
+                req.server_tools.as_deref(),
+                req.max_output_tokens,
+            ) {
+                Ok(e) => e,
+                Err(e) => {
+                    return fail(
+                        s,
+                        &req,
+                        None,
+                        Failure {
+                            reason: e.code(),
+                            message: e.to_string(),
+                            retryable: false,
+                        },
+                    )
+                    .await
+                }
+            };
+            req.routing = Some(eff.routing);
+            req.models = eff.models;
+            req.server_tools = eff.server_tools;
+            req.max_output_tokens = eff.max_output_tokens;
+            let catalog = if org.catalog_synced {
+                Catalog::from_models(
+                    crate::CatalogConfig::default(),
+                    org.models.values().cloned().collect(),
+                )
+            } else {
+                Catalog::new(crate::CatalogConfig::default())
+            };
+            (client, catalog, eff.byok)
+        }
+    };
+
     // Validation: the model (and fallbacks) must be known when a catalog is.
-    if s.catalog.is_loaded() {
+    if catalog.is_loaded() {
         let mut models = vec![req.model.as_str()];
         models.extend(req.models.iter().flatten().map(String::as_str));
-        if let Some(unknown) = models.into_iter().find(|m| s.catalog.model(m).is_none()) {
+        if let Some(unknown) = models.into_iter().find(|m| catalog.model(m).is_none()) {
             return fail(
                 s,
                 &req,
@@ -273,14 +374,13 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
             .await;
         }
     }
-    let caps = s.catalog.capabilities(&req.model);
-    let byok = s.cfg.byok.for_request(&req.org_id, req.agent_id.as_deref());
+    let caps = catalog.capabilities(&req.model);
     let compiled = match routing::compile(&RoutingInput {
         model: &req.model,
         fallback_models: req.models.as_deref(),
         routing: req.routing.as_ref(),
         capabilities: caps.as_ref(),
-        byok,
+        byok: &byok,
         target: s.cfg.target,
     }) {
         Ok(c) => c,
@@ -379,15 +479,15 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
     };
     let started = Instant::now();
     let outcome = if req.stream {
-        s.client.responses_stream(&body).await
+        client.responses_stream(&body).await
     } else {
-        s.client.responses(&body).await
+        client.responses(&body).await
     };
     s.metrics
         .openrouter_seconds
         .observe(started.elapsed().as_secs_f64());
     match outcome {
-        Ok(reply) => complete(s, &req, reply).await,
+        Ok(reply) => complete(s, &req, &catalog, reply).await,
         Err(e) if e.is_retryable() && delivery.delivered() < s.cfg.max_attempts => {
             s.metrics.retries.with_label_values(&[e.code()]).inc();
             let wait = e
@@ -566,7 +666,12 @@ fn input_text(req: &GenerationRequested) -> String {
     text
 }
 
-async fn complete(s: &Shared, req: &GenerationRequested, reply: ResponsesReply) -> Settle {
+async fn complete(
+    s: &Shared,
+    req: &GenerationRequested,
+    catalog: &Catalog,
+    reply: ResponsesReply,
+) -> Settle {
     let now = Utc::now();
     let status = status_of(&reply);
     let model = reply.model.clone().unwrap_or_else(|| req.model.clone());
@@ -606,10 +711,9 @@ async fn complete(s: &Shared, req: &GenerationRequested, reply: ResponsesReply) 
             },
         ),
     };
-    let pricing = s
-        .catalog
+    let pricing = catalog
         .pricing(&model)
-        .or_else(|| s.catalog.pricing(&req.model));
+        .or_else(|| catalog.pricing(&req.model));
     let estimated = pricing.and_then(|p| estimate(&p, &est_input));
     let actual = reply.usage.as_ref().and_then(|u| u.actual_cost());
     let is_byok = reply.usage.as_ref().is_some_and(|u| u.is_byok);

@@ -157,16 +157,21 @@ pub(crate) fn reconciler_service(
 /// preflight through tally's own API.
 pub(crate) async fn worker_service(
     bus: &Bus,
+    store: &Store,
     cfg: &Config,
     registry: &Registry,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tally_worker::Worker> {
+    // No key of its own: every request carries its organisation's key.
     let client = tally_openrouter::OpenRouterClient::new(tally_openrouter::ClientConfig {
         base_url: cfg.openrouter_base_url.clone(),
-        api_key: cfg.openrouter_api_key.clone(),
+        api_key: None,
         timeout: Duration::from_secs(300),
         ..Default::default()
     })?;
+    let providers =
+        tally_provider::OrgProviders::new(store.clone(), cfg.keyring.clone(), client.clone());
+    providers.spawn_listener(shutdown.clone());
     let catalog = tally_worker::Catalog::new(tally_worker::CatalogConfig {
         persist_path: cfg.catalog_path.clone(),
         ..Default::default()
@@ -196,7 +201,8 @@ pub(crate) async fn worker_service(
             ..Default::default()
         },
         metrics,
-    ))
+    )
+    .with_org_providers(providers))
 }
 
 fn byok_providers(cfg: &Config) -> tally_worker::ByokProviders {
@@ -214,9 +220,10 @@ fn byok_providers(cfg: &Config) -> tally_worker::ByokProviders {
 pub async fn worker(cfg: &Config) -> anyhow::Result<()> {
     let registry = Registry::new();
     let bus = connect_bus(cfg).await?;
+    let store = connect_store(cfg, 4).await?;
     serve_metrics(cfg, &registry).await?;
     let shutdown = shutdown_signal();
-    let svc = worker_service(&bus, cfg, &registry, shutdown.clone()).await?;
+    let svc = worker_service(&bus, &store, cfg, &registry, shutdown.clone()).await?;
     svc.run(shutdown).await?;
     Ok(())
 }
@@ -294,7 +301,7 @@ pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> an
     serve_metrics(cfg, &registry).await?;
     let projector = projector_service(&bus, &store, cfg, &registry)?;
     let reconciler = reconciler_service(&bus, &store, cfg, &registry, shutdown.clone())?;
-    let worker = worker_service(&bus, cfg, &registry, shutdown.clone()).await?;
+    let worker = worker_service(&bus, &store, cfg, &registry, shutdown.clone()).await?;
     let p = tokio::spawn(projector.run(shutdown.clone()));
     let r = tokio::spawn(reconciler.run(shutdown.clone()));
     let w = tokio::spawn(worker.run(shutdown.clone()));
