@@ -588,3 +588,126 @@ async fn a_reply_subject_inside_tally_is_refused_and_nothing_lands_there() -> an
     }
     Ok(())
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn each_organisation_runs_on_its_own_connection() -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use tally_sim::KeySpec;
+    let env = Env::start(SimConfig::ephemeral()).await?;
+    let db = tally_testkit::TestDb::create().await?;
+    let store = tally_store::Store::connect(db.url(), 4).await?;
+    store.migrate().await?;
+    let kek = tally_secrets::generate_key_setting("k1");
+    let keyring = Arc::new(tally_secrets::Keyring::from_settings(Some(&kek), None)?);
+    let base = OpenRouterClient::new(ClientConfig::new(env.sim.base_url()))?;
+    let conns = tally_provider::Connections::new(
+        store.clone(),
+        Some(keyring.clone()),
+        base.clone(),
+        "http://127.0.0.1:1/auth",
+        None,
+    );
+    let ka = env.sim.simulator().issue_key(KeySpec::default());
+    let kb = env.sim.simulator().issue_key(KeySpec::default());
+    for (org, k) in [("acme", &ka.key), ("globex", &kb.key)] {
+        conns
+            .connect_key(
+                org,
+                secrecy::SecretString::from(k.clone()),
+                tally_store::providers::ConnectedVia::ApiKey,
+                None,
+            )
+            .await?;
+    }
+    store
+        .put_routing_profile(
+            "globex",
+            None,
+            &serde_json::json!({"server_tools": ["web_search"]}),
+        )
+        .await?;
+    let providers = tally_provider::OrgProviders::new(store.clone(), Some(keyring), base.clone());
+    let (_stop, shutdown) = watch::channel(false);
+    providers.spawn_listener(shutdown.clone());
+    let worker = Worker::new(
+        env.bus.clone(),
+        base,
+        Arc::new(AllowAll),
+        Catalog::new(CatalogConfig::default()),
+        fast(),
+        Arc::new(Metrics::unregistered()),
+    )
+    .with_org_providers(providers);
+    tokio::spawn(async move { worker.run(shutdown).await.unwrap() });
+    let reader = env.reader().await?;
+
+    let mut asked = Vec::new();
+    for (org, n) in [("acme", 3), ("globex", 3), ("initech", 1)] {
+        for i in 0..n {
+            let id = format!("{org}-{i}");
+            let mut r = request(&id, "openai/gpt-4o-mini", i % 2 == 0);
+            r.org_id = org.to_owned();
+            if org == "globex" && i == 2 {
+                r.server_tools = Some(vec!["web_search".into()]);
+            }
+            env.request(r).await?;
+            asked.push(id);
+        }
+    }
+    let mut r = request("acme-tools", "openai/gpt-4o-mini", false);
+    r.server_tools = Some(vec!["web_search".into()]);
+    env.request(r).await?;
+    asked.push("acme-tools".into());
+
+    let mut outcome: HashMap<String, Result<String, String>> = HashMap::new();
+    let deadline = Instant::now() + WAIT;
+    while outcome.len() < asked.len() && Instant::now() < deadline {
+        for m in reader.fetch(16, Duration::from_millis(200)).await? {
+            m.ack().await?;
+            match tally_events::decode("tally", m.subject(), m.payload()) {
+                Ok(AnyEvent::Completed(c)) => {
+                    let rid = c.data.request_id.clone().unwrap();
+                    outcome.insert(rid, Ok(c.data.generation_id.clone()));
+                }
+                Ok(AnyEvent::Failed(f)) => {
+                    outcome.insert(f.data.request_id.clone(), Err(f.data.reason.clone()));
+                }
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(outcome.len(), asked.len(), "{outcome:?}");
+    assert_eq!(outcome["initech-0"], Err("provider_not_connected".into()));
+    assert_eq!(outcome["acme-tools"], Err("server_tool_not_granted".into()));
+    let gens = |prefix: &str| -> Vec<String> {
+        let mut v: Vec<String> = outcome
+            .iter()
+            .filter(|(k, _)| k.starts_with(prefix) && *k != "acme-tools")
+            .map(|(_, v)| v.clone().expect("completed"))
+            .collect();
+        v.sort();
+        v
+    };
+    let served = |key: &str| -> Vec<String> {
+        let mut v: Vec<String> = env
+            .sim
+            .simulator()
+            .key_activity(key)
+            .unwrap()
+            .generations
+            .into_iter()
+            .map(|g| g.id)
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(served(&ka.key), gens("acme-"));
+    assert_eq!(served(&kb.key), gens("globex-"));
+    assert_eq!(gens("acme-").len(), 3);
+    assert_eq!(gens("globex-").len(), 3, "the granted server tool ran");
+    assert!(
+        served(tally_sim::TEST_KEY).is_empty(),
+        "no other key was used"
+    );
+    Ok(())
+}
