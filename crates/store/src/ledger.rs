@@ -122,8 +122,9 @@ pub struct BatchOutcome {
     pub newly_unpriced: u64,
     /// Generations that became unresolved.
     pub newly_unresolved: u64,
-    /// Net amount newly debited, by basis of the generation after the batch.
-    pub debited_by_basis: Vec<(Basis, Decimal)>,
+    /// Net amount newly debited, by basis of the generation after the batch
+    /// and the model that served it (for metrics: spend by basis and model).
+    pub debited_by_basis: Vec<(Basis, String, Decimal)>,
 }
 
 /// How derived events are produced.
@@ -318,7 +319,7 @@ async fn apply_in_tx(
     dirty.sort_by(|a, b| a.0.cmp(b.0));
     let mut newly_unpriced = 0;
     let mut newly_unresolved = 0;
-    let mut by_basis: BTreeMap<&'static str, (Basis, Decimal)> = BTreeMap::new();
+    let mut by_basis: BTreeMap<(&'static str, &str), (Basis, Decimal)> = BTreeMap::new();
     for (id, slot) in &dirty {
         if slot.gen.unresolved_reason.is_some() && !slot.was_unresolved {
             newly_unresolved += 1;
@@ -335,7 +336,7 @@ async fn apply_in_tx(
             continue;
         };
         let e = by_basis
-            .entry(basis.as_str())
+            .entry((basis.as_str(), placement.model.as_str()))
             .or_insert((basis, Decimal::ZERO));
         e.1 += amount;
         let (mut d_actual, mut d_estimate) = split(basis, net);
@@ -413,7 +414,10 @@ async fn apply_in_tx(
         alerts,
         newly_unpriced,
         newly_unresolved,
-        debited_by_basis: by_basis.into_values().collect(),
+        debited_by_basis: by_basis
+            .into_iter()
+            .map(|((_, model), (basis, amount))| (basis, model.to_owned(), amount))
+            .collect(),
     })
 }
 

@@ -68,6 +68,7 @@ pub mod ledger;
 pub mod outbox;
 pub mod providers;
 pub mod queries;
+pub mod stats;
 
 use std::time::Duration;
 

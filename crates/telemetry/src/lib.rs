@@ -16,6 +16,13 @@
 //!   never generation, session or budget ids.
 //! * Money in Prometheus is the one place amounts become `f64`: dashboards
 //!   need floats, and nothing ever reads them back into the ledger.
+//! * A label whose values come from the outside world (a model id) goes
+//!   through a [`BoundedLabel`]: the first values seen keep their names,
+//!   later ones are reported as [`OTHER_LABEL`], so no producer can grow a
+//!   process's series without bound.
+//! * Every service's `/metrics` passes `promtool check metrics`, and every
+//!   metric the alert rules and the dashboard query is exported (both
+//!   checked by the workspace's end-to-end tests).
 //!
 //! # Decisions
 //!
@@ -26,7 +33,9 @@
 //! * **Logs go to stderr.** Standard output belongs to commands that print
 //!   results (`tally migrate`, `tally replay --verify`, the demo's summary).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 
 use prometheus::{Encoder, TextEncoder};
 
@@ -75,6 +84,40 @@ pub fn init_tracing(json: bool) {
     };
 }
 
+/// The label value that stands for every value past a [`BoundedLabel`]'s limit.
+pub const OTHER_LABEL: &str = "other";
+
+/// Keeps the values of one label bounded: the first `max` distinct values
+/// are reported as they are, every later one as [`OTHER_LABEL`].
+#[derive(Debug)]
+pub struct BoundedLabel {
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl BoundedLabel {
+    /// A label that keeps at most `max` distinct values of its own.
+    pub fn new(max: usize) -> BoundedLabel {
+        BoundedLabel {
+            max,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    /// The value to report for `value`.
+    pub fn value<'a>(&self, value: &'a str) -> &'a str {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) {
+            return value;
+        }
+        if seen.len() < self.max {
+            seen.insert(value.to_owned());
+            return value;
+        }
+        OTHER_LABEL
+    }
+}
+
 /// Renders the registry in Prometheus' text format.
 pub fn render(registry: &Registry) -> String {
     let mut buf = Vec::new();
@@ -97,7 +140,8 @@ pub fn metrics_response(registry: &Registry) -> axum::response::Response {
         .into_response()
 }
 
-/// Serves `/metrics` (and `/healthz`) on `addr` until the task is dropped.
+/// Serves `/metrics` (and `/healthz`, `/readyz` for orchestrators' probes)
+/// on `addr` until the task is dropped.
 /// Returns the bound address (useful with port 0).
 pub async fn serve_metrics(
     addr: SocketAddr,
@@ -118,7 +162,8 @@ pub async fn serve_metrics(
                 async move { metrics_response(&r) }
             }),
         )
-        .route("/healthz", get(|| async { "ok" }));
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(|| async { "ok" }));
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             tracing::error!(error = %e, "metrics server stopped");
@@ -149,5 +194,15 @@ mod tests {
         let mut body = String::new();
         stream.read_to_string(&mut body).await.unwrap();
         assert!(body.contains("tally_test_events_total 3"), "{body}");
+    }
+
+    #[test]
+    fn a_bounded_label_keeps_its_first_values_and_folds_the_rest() {
+        let label = BoundedLabel::new(2);
+        assert_eq!(label.value("a"), "a");
+        assert_eq!(label.value("b"), "b");
+        assert_eq!(label.value("c"), OTHER_LABEL);
+        assert_eq!(label.value("a"), "a");
+        assert_eq!(label.value("d"), OTHER_LABEL);
     }
 }

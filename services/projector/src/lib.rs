@@ -424,6 +424,7 @@ impl Projector {
         self,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), ProjectorError> {
+        let mut round: u32 = 0;
         while !*shutdown.borrow() {
             for name in [
                 ConsumerName::ProjectorCompleted,
@@ -439,6 +440,14 @@ impl Projector {
             if let Ok(n) = self.store.outbox_backlog().await {
                 self.metrics.outbox_backlog.set(n);
             }
+            // Budgets change slowly and the query reads every active one:
+            // every sixth round (30 s) is enough.
+            if round % 6 == 0 {
+                if let Ok(u) = self.store.budget_utilisation().await {
+                    self.metrics.record_utilisation(&u);
+                }
+            }
+            round = round.wrapping_add(1);
             tokio::select! {
                 _ = tokio::time::sleep(Duration::from_secs(5)) => {}
                 _ = shutdown.changed() => {}

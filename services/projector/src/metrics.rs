@@ -2,7 +2,8 @@
 //!
 //! Names follow the conventions in `tally-telemetry`: `tally_projector_`
 //! prefix, base units, `_total` counters, `_usd` money; labels are bounded
-//! (event type, outcome, reason code, basis, entry kind, consumer name).
+//! (event type, outcome, reason code, basis, entry kind, consumer name, and
+//! the model through a [`BoundedLabel`] of [`MAX_MODELS`] values).
 
 use prometheus::CounterVec;
 use prometheus::{
@@ -10,6 +11,11 @@ use prometheus::{
 };
 use rust_decimal::prelude::ToPrimitive;
 use tally_store::BatchOutcome;
+use tally_telemetry::BoundedLabel;
+
+/// Most distinct `model` label values one projector reports; later models
+/// are summed under `other`.
+pub const MAX_MODELS: usize = 100;
 
 /// The projector's metrics.
 pub struct Metrics {
@@ -17,7 +23,7 @@ pub struct Metrics {
     pub events: IntCounterVec,
     /// `tally_projector_entries_posted_total{kind}`.
     pub entries: IntCounterVec,
-    /// `tally_projector_debited_usd_total{basis}`: net amount posted.
+    /// `tally_projector_debited_usd_total{basis, model}`: net amount posted.
     pub debited: CounterVec,
     /// `tally_projector_batch_size`: messages per fetched batch.
     pub batch_size: Histogram,
@@ -39,9 +45,17 @@ pub struct Metrics {
     pub outbox_published: IntCounter,
     /// `tally_projector_outbox_backlog_messages`.
     pub outbox_backlog: IntGauge,
-    /// `tally_projector_credited_usd_total{basis}`: amount given back by
-    /// negative adjustments (actual below the estimate).
+    /// `tally_projector_credited_usd_total{basis, model}`: amount given back
+    /// by negative adjustments (actual below the estimate).
     pub credited: CounterVec,
+    /// `tally_projector_budgets{utilisation}`: active budgets by how much of
+    /// their current period's limit is spent (bands of
+    /// [`tally_store::stats::UTILISATION_BANDS`]).
+    pub budgets: IntGaugeVec,
+    /// `tally_projector_budget_utilisation_max_ratio`: the highest
+    /// spent/limit of an active budget's current period.
+    pub budget_max_ratio: prometheus::Gauge,
+    models: BoundedLabel,
 }
 
 impl Metrics {
@@ -65,9 +79,9 @@ impl Metrics {
             debited: CounterVec::new(
                 Opts::new(
                     "tally_projector_debited_usd_total",
-                    "Net amount posted, by basis of the generation",
+                    "Net amount posted, by basis of the generation and model",
                 ),
-                &["basis"],
+                &["basis", "model"],
             )?,
             batch_size: Histogram::with_opts(
                 HistogramOpts::new("tally_projector_batch_size", "Messages per fetched batch")
@@ -126,10 +140,22 @@ impl Metrics {
             credited: CounterVec::new(
                 Opts::new(
                     "tally_projector_credited_usd_total",
-                    "Amount given back by negative adjustments, by basis",
+                    "Amount given back by negative adjustments, by basis and model",
                 ),
-                &["basis"],
+                &["basis", "model"],
             )?,
+            budgets: IntGaugeVec::new(
+                Opts::new(
+                    "tally_projector_budgets",
+                    "Active budgets by utilisation of their current period",
+                ),
+                &["utilisation"],
+            )?,
+            budget_max_ratio: prometheus::Gauge::new(
+                "tally_projector_budget_utilisation_max_ratio",
+                "Highest spent/limit of an active budget's current period",
+            )?,
+            models: BoundedLabel::new(MAX_MODELS),
         };
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.entries.clone()))?;
@@ -145,7 +171,18 @@ impl Metrics {
         registry.register(Box::new(m.outbox_published.clone()))?;
         registry.register(Box::new(m.outbox_backlog.clone()))?;
         registry.register(Box::new(m.credited.clone()))?;
+        registry.register(Box::new(m.budgets.clone()))?;
+        registry.register(Box::new(m.budget_max_ratio.clone()))?;
         Ok(m)
+    }
+
+    /// Records the budgets' utilisation (ratio converted only here).
+    pub fn record_utilisation(&self, u: &tally_store::stats::BudgetUtilisation) {
+        for (band, n) in tally_store::stats::UTILISATION_BANDS.iter().zip(u.bands) {
+            self.budgets.with_label_values(&[band]).set(n);
+        }
+        self.budget_max_ratio
+            .set(u.max_ratio.to_f64().unwrap_or(0.0));
     }
 
     /// Records what a committed batch did.
@@ -153,17 +190,18 @@ impl Metrics {
         for e in &o.entries {
             self.entries.with_label_values(&[e.kind.as_str()]).inc();
         }
-        for (basis, amount) in &o.debited_by_basis {
+        for (basis, model, amount) in &o.debited_by_basis {
+            let model = self.models.value(model);
             // Negation happens in Decimal; only the finished figure becomes a float.
             if amount.is_sign_negative() {
                 let value = (-*amount).to_f64().unwrap_or(0.0);
                 self.credited
-                    .with_label_values(&[basis.as_str()])
+                    .with_label_values(&[basis.as_str(), model])
                     .inc_by(value);
             } else {
                 let value = amount.to_f64().unwrap_or(0.0);
                 self.debited
-                    .with_label_values(&[basis.as_str()])
+                    .with_label_values(&[basis.as_str(), model])
                     .inc_by(value);
             }
         }

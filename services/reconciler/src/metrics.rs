@@ -20,6 +20,9 @@ use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, 
 use rust_decimal::prelude::ToPrimitive;
 use rust_decimal::Decimal;
 
+/// The `code` values of `tally_reconciler_auth_failures_total`.
+pub const AUTH_FAILURE_CODES: [&str; 3] = ["auth", "payment_required", "invalid_config"];
+
 /// The reconciler's metrics.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -158,6 +161,11 @@ impl Metrics {
         registry.register(Box::new(m.deferred.clone()))?;
         registry.register(Box::new(m.bus_errors.clone()))?;
         registry.register(Box::new(m.rate_limit.clone()))?;
+        // The key-problem codes are a closed set: exported at zero from the
+        // start, so the first refusal is an increase an alert rule sees.
+        for code in AUTH_FAILURE_CODES {
+            m.auth_failures.with_label_values(&[code]);
+        }
         Ok(m)
     }
 
