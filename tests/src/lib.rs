@@ -3,7 +3,8 @@
 //! builders for the events producers send.
 //!
 //! Every test gets its own server and database, so tests run in parallel
-//! and never see each other.
+//! and never see each other. [`procs`] runs the `tally` binary itself, one
+//! process per service, for the tests that treat tally as a black box.
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -20,6 +21,9 @@ use tally_store::ledger::PostingOptions;
 use tally_store::{NewBudget, Store};
 use tally_testkit::{NatsServer, TestDb};
 use tokio::sync::watch;
+
+pub mod pg;
+pub mod procs;
 
 /// Real NATS + Postgres for one test.
 pub struct Harness {
