@@ -5,9 +5,10 @@
 //! # Where the binaries come from
 //!
 //! * `tally`: `$TALLY_BIN` when set; otherwise this workspace's `tally`
-//!   binary, built (`cargo build -p tally --bin tally`, a no-op when it is
-//!   fresh) next to the running test binary, so a test never runs a stale
-//!   one.
+//!   binary next to the running test binary: used as it is when it is newer
+//!   than every source file (`cargo test --workspace` builds it), else built
+//!   first (`cargo build -p tally --bin tally`), so a test never runs a
+//!   stale one.
 //! * `promtool`: `$TALLY_PROMTOOL_BIN`, else `deploy/.local/bin/promtool`
 //!   (installed by `deploy/setup.sh` from the distribution's `prometheus`
 //!   package), else `promtool` on `PATH`. Missing, the tests that need it
@@ -58,6 +59,15 @@ fn locate_tally() -> anyhow::Result<PathBuf> {
     let target_dir = profile_dir
         .parent()
         .context("the test binary is not in <target>/<profile>/deps")?;
+    // `cargo test --workspace` has just built it: use it when it is newer
+    // than every source file (a build with this package's narrower feature
+    // set would compile the dependencies again).
+    let bin = profile_dir.join("tally");
+    if let Ok(built) = std::fs::metadata(&bin).and_then(|m| m.modified()) {
+        if newest_source(&workspace_root()).is_some_and(|newest| newest <= built) {
+            return Ok(bin);
+        }
+    }
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut build = std::process::Command::new(cargo);
     // The environment cargo gives a running test (CARGO_PKG_*, CARGO_MANIFEST_DIR,
@@ -99,11 +109,46 @@ fn locate_tally() -> anyhow::Result<PathBuf> {
     if !status.success() {
         bail!("cargo build -p tally failed ({status})");
     }
-    let bin = profile_dir.join("tally");
     if !bin.is_file() {
         bail!("cargo build -p tally left no binary at {}", bin.display());
     }
     Ok(bin)
+}
+
+/// The newest modification time of the workspace's manifests and sources
+/// (`Cargo.toml`, `Cargo.lock`, everything under `crates/`, `services/`).
+fn newest_source(root: &Path) -> Option<std::time::SystemTime> {
+    fn walk(dir: &Path, newest: &mut Option<std::time::SystemTime>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
+            if meta.is_dir() {
+                if path.file_name().is_some_and(|n| n != "target") {
+                    walk(&path, newest);
+                }
+            } else if let Ok(m) = meta.modified() {
+                if newest.is_none_or(|n| m > n) {
+                    *newest = Some(m);
+                }
+            }
+        }
+    }
+    let mut newest = None;
+    for f in ["Cargo.toml", "Cargo.lock"] {
+        if let Ok(m) = std::fs::metadata(root.join(f)).and_then(|m| m.modified()) {
+            if newest.is_none_or(|n| m > n) {
+                newest = Some(m);
+            }
+        }
+    }
+    walk(&root.join("crates"), &mut newest);
+    walk(&root.join("services"), &mut newest);
+    newest
 }
 
 /// The `promtool` binary (see the module docs).
