@@ -149,6 +149,8 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
         &["sim", "openrouter"],
         &env(&[
             ("TALLY_SIM_ADDR", format!("127.0.0.1:{sim_port}")),
+            // The simulator accepts only keys it issued or was given.
+            ("TALLY_SIM_KEYS", "sk-or-v1-faults".to_owned()),
             ("TALLY_SIM_STATS_DELAY", "500ms".to_owned()),
         ]),
         &logs,

@@ -150,6 +150,8 @@ async fn every_service_exports_clean_metrics_and_every_query_names_one() -> anyh
         &["sim", "openrouter"],
         &with(&[
             ("TALLY_SIM_ADDR", format!("127.0.0.1:{sim_port}")),
+            // The simulator accepts only keys it issued or was given.
+            ("TALLY_SIM_KEYS", "sk-or-v1-test".to_owned()),
             ("TALLY_SIM_STATS_DELAY", "300ms".to_owned()),
         ]),
         &logs,
