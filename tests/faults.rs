@@ -28,7 +28,7 @@ use tally_store::ledger::PostingOptions;
 use tally_store::Store;
 use tally_testkit::{free_port, NatsServer};
 use tally_tests::pg::PrivatePostgres;
-use tally_tests::procs::{wait_http, TallyProcess};
+use tally_tests::procs::{tally_output, wait_http, TallyProcess, TEST_SECRETS_KEY};
 use tally_tests::{budget, Completed};
 
 const ORG: &str = "acme";
@@ -138,6 +138,7 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
         ("TALLY_ACK_WAIT", "3s".to_owned()),
         ("TALLY_OPENROUTER_API_KEY", "sk-or-v1-faults".to_owned()),
         ("TALLY_RECONCILE_DEADLINE", "30m".to_owned()),
+        ("TALLY_SECRETS_KEY", TEST_SECRETS_KEY.to_owned()),
     ];
     let env = |extra: &[(&'static str, String)]| {
         let mut v = base_env.clone();
@@ -186,6 +187,13 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
         log.contains("streams and consumers are up to date"),
         "{log}"
     );
+    // The organisation's OpenRouter key, as an operator connects it.
+    let (code, out, err) = tally_output(
+        &["provider", "connect", "--org", ORG],
+        &env(&[("TALLY_OPENROUTER_BASE_URL", format!("{sim_url}/api/v1"))]),
+    )
+    .await?;
+    assert_eq!(code, 0, "tally provider connect: {out}{err}");
     let store = Store::connect(&db_url, 4).await?;
     let expected: Decimal = (0..N).map(cost).sum();
     // 90 % of the final total: 50, 80 and 100 % are each crossed once.

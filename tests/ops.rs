@@ -9,7 +9,7 @@ use std::time::Duration;
 use tally_testkit::free_port;
 use tally_tests::procs::{
     dashboard_expressions, exported_names, get_text, promql_metric_names, promtool,
-    rule_expressions, wait_http, workspace_root, TallyProcess,
+    rule_expressions, tally_output, wait_http, workspace_root, TallyProcess, TEST_SECRETS_KEY,
 };
 use tally_tests::{budget, Completed, Harness};
 
@@ -139,6 +139,7 @@ async fn every_service_exports_clean_metrics_and_every_query_names_one() -> anyh
         ("TALLY_OPENROUTER_API_KEY", "sk-or-v1-test".to_owned()),
         ("TALLY_API_URL", api_url.clone()),
         ("TALLY_RECONCILE_DEADLINE", "10m".to_owned()),
+        ("TALLY_SECRETS_KEY", TEST_SECRETS_KEY.to_owned()),
     ];
     let with = |extra: &[(&'static str, String)]| {
         let mut v = common.clone();
@@ -157,6 +158,9 @@ async fn every_service_exports_clean_metrics_and_every_query_names_one() -> anyh
         &logs,
     )?;
     wait_http(&format!("{sim_url}/sim/stats"), Duration::from_secs(30)).await?;
+    // The organisation's OpenRouter key, as an operator connects it.
+    let (code, out, err) = tally_output(&["provider", "connect", "--org", ORG], &common).await?;
+    assert_eq!(code, 0, "tally provider connect: {out}{err}");
 
     let mut services = Vec::new();
     let mut scrape = Vec::new();

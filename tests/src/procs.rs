@@ -308,6 +308,33 @@ impl TallyProcess {
     }
 }
 
+/// A `TALLY_SECRETS_KEY` for tests (32 zero bytes).
+pub const TEST_SECRETS_KEY: &str = "test:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+
+/// Runs `tally <args>` to completion with exactly `env` (plus `PATH`);
+/// returns (exit code, stdout, stderr).
+pub async fn tally_output(
+    args: &[&str],
+    env: &[(&str, String)],
+) -> anyhow::Result<(i32, String, String)> {
+    let mut cmd = Command::new(tally_bin()?);
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v)))
+        .args(args)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+        .await
+        .context("tally took over 120 s")??;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
+}
+
 /// GETs `url` and returns the body of a 2xx answer.
 pub async fn get_text(url: &str) -> anyhow::Result<String> {
     let resp = reqwest::Client::new()
