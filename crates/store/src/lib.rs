@@ -15,6 +15,8 @@
 //! * [`providers`]: provider connections (sealed credentials), OAuth
 //!   states, per-organisation model catalogs and routing profiles —
 //!   configuration, not projections (`tally replay` leaves them alone).
+//! * [`tenancy`]: organisations and their API keys (configuration, not a
+//!   projection: replays leave it alone).
 //!
 //! # Money rules
 //!
@@ -69,6 +71,7 @@ pub mod outbox;
 pub mod providers;
 pub mod queries;
 pub mod stats;
+pub mod tenancy;
 
 use std::time::Duration;
 
@@ -77,6 +80,7 @@ use sqlx::{ConnectOptions, PgPool};
 
 pub use budgets::{Budget, BudgetPatch, NewBudget};
 pub use ledger::{BatchOutcome, FactInput, FactOutcome, PostedEntry};
+pub use tenancy::{IssuedKey, KeyInfo, Org, Role};
 
 /// Errors of the store. Each maps to a stable [`code`](StoreError::code).
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A per-organisation limit would be exceeded.
+    #[error("at most {limit} {what} per organisation")]
+    LimitReached {
+        /// What is limited (`keys`).
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
     /// Stored data violates an invariant (a bug or manual tampering).
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -129,6 +141,7 @@ impl StoreError {
             StoreError::NotFound { .. } => "not_found",
             StoreError::Conflict(_) => "conflict",
             StoreError::Invalid { .. } => "invalid_input",
+            StoreError::LimitReached { .. } => "limit_reached",
             StoreError::Corrupt(_) => "corrupt_data",
             StoreError::Database(_) => "database_error",
         }

@@ -131,6 +131,17 @@ pub struct Settings {
         global = true
     )]
     pub openrouter_auth_url: String,
+    /// Operator token: admin of every organisation over HTTP and the only
+    /// caller of POST /v1/orgs (at least 32 visible characters; unset = no
+    /// operator access over HTTP). The standalone worker sends it to the
+    /// API for its budget preflight when it has no database URL.
+    #[arg(
+        long,
+        env = "TALLY_OPERATOR_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub operator_token: Option<String>,
 }
 
 fn secret(s: &str) -> Result<SecretString, String> {
@@ -188,6 +199,8 @@ pub struct Config {
     pub public_url: Option<url::Url>,
     /// OpenRouter's OAuth page.
     pub openrouter_auth_url: String,
+    /// The operator token, if set.
+    pub operator_token: Option<SecretString>,
 }
 
 fn err(env: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -393,6 +406,13 @@ impl Settings {
                     ),
                 )
             })?;
+        let operator_token = match &self.operator_token {
+            None => None,
+            Some(t) => Some(
+                check_operator_token(t)
+                    .map_err(|reason| err("TALLY_OPERATOR_TOKEN", "--operator-token", reason))?,
+            ),
+        };
         Ok(Config {
             keyring,
             public_url,
@@ -412,8 +432,28 @@ impl Settings {
             byok_providers,
             reconcile_rate,
             log_json: self.log_json,
+            operator_token,
         })
     }
+}
+
+/// The operator token: at least 32 visible ASCII characters, and not
+/// shaped like an API key (`tly_…`), so the two can never be confused.
+/// The reason never repeats the token.
+fn check_operator_token(t: &str) -> Result<SecretString, String> {
+    if t.chars().count() < tally_api::auth::MIN_OPERATOR_TOKEN_CHARS {
+        return Err(format!(
+            "must be at least {} characters (e.g. `openssl rand -hex 32`)",
+            tally_api::auth::MIN_OPERATOR_TOKEN_CHARS
+        ));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII characters only (no spaces)".into());
+    }
+    if t.starts_with(tally_store::tenancy::KEY_PREFIX) {
+        return Err("must not start with tly_ (that is the form of API keys)".into());
+    }
+    Ok(SecretString::from(t.to_owned()))
 }
 
 impl Config {
@@ -553,6 +593,15 @@ mod tests {
         }
         let e = settings(&["--openrouter-auth-url", "openrouter.ai/auth"]).unwrap_err();
         assert_eq!(e.env, "TALLY_OPENROUTER_AUTH_URL");
+    }
+
+    #[test]
+    fn operator_tokens_are_long_visible_and_not_keys() {
+        assert!(check_operator_token(&"x".repeat(32)).is_ok());
+        assert!(check_operator_token(&"x".repeat(31)).is_err());
+        assert!(check_operator_token(&format!("{} y", "x".repeat(32))).is_err());
+        let e = check_operator_token(&format!("tly_{}", "x".repeat(40))).unwrap_err();
+        assert!(!e.contains("xxxx"), "{e}");
     }
 
     #[test]

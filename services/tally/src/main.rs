@@ -51,6 +51,12 @@ enum Command {
     /// Manage stored secrets (rotate the key-encryption key).
     #[command(subcommand)]
     Secrets(commands::provider::SecretsCommand),
+    /// Organisations (operator): `tally org create <org_id> [--name NAME]`.
+    #[command(subcommand)]
+    Org(commands::tenancy::OrgCommand),
+    /// API keys (operator): `tally key create --org ORG --role admin|member`, `tally key revoke KEY_ID`.
+    #[command(subcommand)]
+    Key(commands::tenancy::KeyCommand),
 }
 
 fn main() {
@@ -64,7 +70,11 @@ fn main() {
     };
     // The demo's live summary is the output; keep the logs to warnings
     // unless asked otherwise.
-    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
+    if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Org(_) | Command::Key(_)
+    ) && std::env::var_os("RUST_LOG").is_none()
+    {
         std::env::set_var("RUST_LOG", "warn");
     }
     tally_telemetry::init_tracing(cfg.log_json);
@@ -91,6 +101,8 @@ fn main() {
             Command::Demo(args) => commands::demo::demo(&cfg, args).await,
             Command::Provider(cmd) => commands::provider::provider(&cfg, cmd).await,
             Command::Secrets(cmd) => commands::provider::secrets(&cfg, cmd).await,
+            Command::Org(cmd) => commands::tenancy::org(&cfg, cmd).await,
+            Command::Key(cmd) => commands::tenancy::key(&cfg, cmd).await,
         }
     });
     if let Err(e) = result {

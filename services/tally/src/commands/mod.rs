@@ -2,9 +2,11 @@
 //! stop cleanly on Ctrl-C or SIGTERM.
 
 pub mod demo;
+mod preflight;
 pub mod provider;
 pub mod replay;
 pub mod sim;
+pub mod tenancy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -154,7 +156,7 @@ pub(crate) fn reconciler_service(
 /// Builds the generation worker: OpenRouter client (long timeout: a
 /// streamed generation can take minutes), model catalog (persisted copy
 /// first, then a fresh one, refreshed in the background) and the budget
-/// preflight through tally's own API.
+/// preflight straight from Postgres (tally's own services need no API key).
 pub(crate) async fn worker_service(
     bus: &Bus,
     store: &Store,
@@ -185,10 +187,8 @@ pub(crate) async fn worker_service(
         tracing::warn!(error = %e, code = e.code(), "model catalog not fetched yet; will retry");
     }
     catalog.clone().spawn_refresh(client.clone(), shutdown);
-    let preflight: Arc<dyn tally_worker::Preflight> = Arc::new(tally_worker::HttpPreflight::new(
-        &cfg.api_url,
-        Duration::from_secs(5),
-    )?);
+    let preflight: Arc<dyn tally_worker::Preflight> =
+        Arc::new(preflight::StorePreflight::new(store.clone()));
     let metrics = Arc::new(tally_worker::Metrics::register(registry)?);
     Ok(tally_worker::Worker::new(
         bus.clone(),
@@ -261,7 +261,11 @@ async fn serve_api(
         .await
         .with_context(|| format!("cannot listen on {} (TALLY_HTTP_ADDR)", cfg.http_addr))?;
     tracing::info!(addr = %cfg.http_addr, "HTTP API listening");
-    let state = tally_api::AppState::new(store.clone(), registry.clone(), cfg.prefix.clone())?;
+    let state = tally_api::AppState::new(store.clone(), registry.clone(), cfg.prefix.clone())?
+        .with_operator_token(cfg.operator_token.as_ref());
+    if cfg.operator_token.is_none() {
+        tracing::info!("TALLY_OPERATOR_TOKEN is not set: no operator access over HTTP");
+    }
     tally_api::serve(listener, state, async move {
         let _ = shutdown.wait_for(|v| *v).await;
     })
