@@ -258,7 +258,10 @@ async fn key_info_masks_the_key_and_sums_its_spend() {
         .await
         .unwrap();
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert!(v["data"]["label"].as_str().unwrap().contains("..."), "{text}");
+    assert!(
+        v["data"]["label"].as_str().unwrap().contains("..."),
+        "{text}"
+    );
     assert_eq!(v["data"]["rate_limit"]["requests"], -1, "{text}");
     // 3 × 0.00000015 + 8 × 0.0000006 = 0.00000525 billed upstream, 5 % fee.
     assert_eq!(g.upstream_inference_cost.unwrap().to_string(), "0.00000525");
@@ -286,13 +289,18 @@ async fn lookup_scripts_play_402_502_524_529() {
         (524, "timeout"),
         (529, "provider_overloaded"),
     ] {
-        let resp = get_generation(&sim, "gen-e", Some("k")).await;
+        let resp = get_generation(&sim, "gen-e", Some(tally_sim::TEST_KEY)).await;
         assert_eq!(resp.status(), status);
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["error"]["code"], status);
         assert_eq!(v["error"]["metadata"]["error_type"], kind);
     }
-    assert_eq!(get_generation(&sim, "gen-e", Some("k")).await.status(), 200);
+    assert_eq!(
+        get_generation(&sim, "gen-e", Some(tally_sim::TEST_KEY))
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
