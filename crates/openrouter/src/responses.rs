@@ -212,8 +212,15 @@ pub struct ResponseUsage {
     pub cost: Option<Decimal>,
     /// Whether the org's own provider key served it.
     pub is_byok: bool,
-    /// `cost_details.upstream_inference_cost` (USD).
+    /// `cost_details.upstream_inference_cost` (USD): what the upstream
+    /// provider billed (for BYOK, billed to the organisation's own key).
     pub upstream_inference_cost: Option<Decimal>,
+    /// Its prompt part: `cost_details.upstream_inference_input_cost`
+    /// (Responses API) or `upstream_inference_prompt_cost` (chat).
+    pub upstream_inference_input_cost: Option<Decimal>,
+    /// Its completion part: `cost_details.upstream_inference_output_cost`
+    /// (Responses API) or `upstream_inference_completions_cost` (chat).
+    pub upstream_inference_output_cost: Option<Decimal>,
 }
 
 impl ResponseUsage {
@@ -320,8 +327,9 @@ impl ResponsesError {
     }
 }
 
-/// Maps a non-2xx reply of a generation endpoint.
-pub(crate) fn generation_error(status: u16, headers: &HeaderMap, body: &[u8]) -> ResponsesError {
+/// Maps a non-2xx reply of a generation endpoint (`POST /responses`,
+/// `POST /chat/completions`) to its error.
+pub fn generation_error(status: u16, headers: &HeaderMap, body: &[u8]) -> ResponsesError {
     let message = error::error_message(body).unwrap_or_else(|| {
         reqwest::StatusCode::from_u16(status)
             .ok()
@@ -362,6 +370,16 @@ struct WireTokensOut {
 struct WireCostDetails {
     #[serde(default, with = "tally_money::json_number::opt")]
     upstream_inference_cost: Option<Decimal>,
+    // The parts of the upstream cost: Responses API names…
+    #[serde(default, with = "tally_money::json_number::opt")]
+    upstream_inference_input_cost: Option<Decimal>,
+    #[serde(default, with = "tally_money::json_number::opt")]
+    upstream_inference_output_cost: Option<Decimal>,
+    // …and chat-completions names.
+    #[serde(default, with = "tally_money::json_number::opt")]
+    upstream_inference_prompt_cost: Option<Decimal>,
+    #[serde(default, with = "tally_money::json_number::opt")]
+    upstream_inference_completions_cost: Option<Decimal>,
 }
 
 #[derive(Deserialize, Default)]
@@ -370,7 +388,7 @@ struct WireToolUse {
 }
 
 #[derive(Deserialize, Default)]
-struct WireUsage {
+pub(crate) struct WireUsage {
     input_tokens: Option<u64>,
     // Chat-style names, accepted too.
     prompt_tokens: Option<u64>,
@@ -389,15 +407,22 @@ struct WireUsage {
 }
 
 impl WireUsage {
-    fn into_usage(self) -> Result<ResponseUsage, String> {
+    pub(crate) fn into_usage(self) -> Result<ResponseUsage, String> {
+        let details = self.cost_details.unwrap_or_default();
+        let input_part = details
+            .upstream_inference_input_cost
+            .or(details.upstream_inference_prompt_cost);
+        let output_part = details
+            .upstream_inference_output_cost
+            .or(details.upstream_inference_completions_cost);
         for (name, v) in [
             ("cost", self.cost),
             (
                 "cost_details.upstream_inference_cost",
-                self.cost_details
-                    .as_ref()
-                    .and_then(|c| c.upstream_inference_cost),
+                details.upstream_inference_cost,
             ),
+            ("cost_details.upstream_inference_input_cost", input_part),
+            ("cost_details.upstream_inference_output_cost", output_part),
         ] {
             if let Some(v) = v {
                 tally_money::ensure_cost(v).map_err(|e| format!("usage.{name}: {e}"))?;
@@ -419,7 +444,9 @@ impl WireUsage {
                 .and_then(|t| t.web_search_requests),
             cost: self.cost,
             is_byok: self.is_byok.unwrap_or(false),
-            upstream_inference_cost: self.cost_details.and_then(|c| c.upstream_inference_cost),
+            upstream_inference_cost: details.upstream_inference_cost,
+            upstream_inference_input_cost: input_part,
+            upstream_inference_output_cost: output_part,
         })
     }
 }
@@ -464,7 +491,7 @@ fn output_text(output: &[Value]) -> String {
     text
 }
 
-fn error_text(v: &Value) -> Option<String> {
+pub(crate) fn error_text(v: &Value) -> Option<String> {
     match v {
         Value::Null => None,
         Value::String(s) => Some(s.clone()),
@@ -516,7 +543,7 @@ fn apply_response(
     Ok(())
 }
 
-fn header_generation_id(headers: &HeaderMap) -> String {
+pub(crate) fn header_generation_id(headers: &HeaderMap) -> String {
     headers
         .get(GENERATION_ID_HEADER)
         .and_then(|v| v.to_str().ok())
@@ -865,7 +892,10 @@ mod tests {
         assert_eq!(e.code(), "rate_limited");
         assert!(e.is_retryable());
         assert_eq!(e.retry_after(), Some(Duration::from_secs(4)));
-        assert_eq!(generation_error(502, &h, b"").code(), "unavailable");
+        assert_eq!(generation_error(502, &h, b"").code(), "bad_gateway");
+        assert_eq!(generation_error(503, &h, b"").code(), "unavailable");
+        assert_eq!(generation_error(524, &h, b"").code(), "edge_timeout");
+        assert_eq!(generation_error(529, &h, b"").code(), "provider_overloaded");
         assert_eq!(generation_error(500, &h, b"").code(), "server_error");
     }
 

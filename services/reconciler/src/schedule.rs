@@ -96,6 +96,9 @@ pub fn verdict(err: &OpenRouterError) -> Verdict {
         OpenRouterError::Malformed { .. } => retry(REASON_MALFORMED_REPLY),
         OpenRouterError::RateLimited { .. }
         | OpenRouterError::Unavailable { .. }
+        | OpenRouterError::BadGateway { .. }
+        | OpenRouterError::EdgeTimeout
+        | OpenRouterError::ProviderOverloaded { .. }
         | OpenRouterError::Server { .. }
         | OpenRouterError::UnexpectedStatus { .. } => retry(REASON_UPSTREAM_ERROR),
         OpenRouterError::Timeout | OpenRouterError::Transport(_) => {

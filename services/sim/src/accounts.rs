@@ -263,7 +263,12 @@ impl Accounts {
                 r#""limit_reset":null,"include_byok_in_limit":false,"usage":{usage},"#,
                 r#""usage_daily":{ud},"usage_weekly":{uw},"usage_monthly":{um},"#,
                 r#""byok_usage":{bu},"byok_usage_daily":{bd},"byok_usage_weekly":{bw},"#,
-                r#""byok_usage_monthly":{bm},"is_free_tier":{free},"expires_at":null}}}}"#
+                r#""byok_usage_monthly":{bm},"is_free_tier":{free},"expires_at":null,"#,
+                r#""is_management_key":false,"is_provisioning_key":false,"#,
+                r#""rate_limit":{{"requests":-1,"interval":"10s","note":"This field is deprecated and safe to ignore."}},"#,
+                r#""allowed_data_regions":["global"],"budgets":[],"effective_budget":null,"#,
+                r#""free_model_daily_requests":{{"limit":1000,"remaining":1000,"used":0}},"#,
+                r#""creator_user_id":null,"organization_id":null,"workspace_id":null}}}}"#
             ),
             label = masked_label(key),
             limit = limit,
@@ -328,7 +333,7 @@ pub(crate) async fn get_models_user(State(sim): State<Simulator>, headers: Heade
         Ok(v) => v,
         Err(_) => return reply::error(StatusCode::INTERNAL_SERVER_ERROR, "catalog", None),
     };
-    let data: Vec<&serde_json::Value> = catalog["data"]
+    let data: Vec<String> = catalog["data"]
         .as_array()
         .into_iter()
         .flatten()
@@ -337,10 +342,12 @@ pub(crate) async fn get_models_user(State(sim): State<Simulator>, headers: Heade
                 .as_str()
                 .is_some_and(|id| !hidden.iter().any(|h| h == id))
         })
+        .map(|m| m.to_string())
         .collect();
+    let texts: Vec<&str> = data.iter().map(String::as_str).collect();
     reply::json(
         StatusCode::OK,
-        serde_json::json!({ "data": data }).to_string(),
+        crate::models::list_body(&texts, texts.len(), None),
     )
 }
 

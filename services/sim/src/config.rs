@@ -136,6 +136,18 @@ pub struct SimConfig {
     /// simulator issues; [`SimConfig::ephemeral`] provisions
     /// [`TEST_KEY`](crate::TEST_KEY).
     pub provisioned_keys: Vec<String>,
+    /// Generation endpoints: fraction of streams that fail mid-way with an
+    /// error event (chat: a chunk with `finish_reason: "error"`; responses:
+    /// `response.failed`) after the `X-Generation-Id` header and some output.
+    pub gen_mid_stream_error_rate: Fraction,
+    /// Generation endpoints: fraction of requests answered 402 (insufficient credits).
+    pub gen_rate_402: Fraction,
+    /// Generation endpoints: fraction of requests answered 502 (provider error).
+    pub gen_rate_502: Fraction,
+    /// Generation endpoints: fraction of requests answered 524 (edge timeout).
+    pub gen_rate_524: Fraction,
+    /// Generation endpoints: fraction of requests answered 529 (provider overloaded).
+    pub gen_rate_529: Fraction,
 }
 
 impl Default for SimConfig {
@@ -159,6 +171,11 @@ impl Default for SimConfig {
             gen_rate_429: Fraction::ZERO,
             gen_rate_500: Fraction::ZERO,
             provisioned_keys: Vec::new(),
+            gen_mid_stream_error_rate: Fraction::ZERO,
+            gen_rate_402: Fraction::ZERO,
+            gen_rate_502: Fraction::ZERO,
+            gen_rate_524: Fraction::ZERO,
+            gen_rate_529: Fraction::ZERO,
         }
     }
 }
@@ -265,6 +282,21 @@ pub struct SimArgs {
     /// by the OAuth exchange or `POST /sim/keys`.
     #[arg(long = "provision-key", env = "TALLY_SIM_KEYS", value_delimiter = ',')]
     pub provisioned_keys: Vec<String>,
+    /// Fraction (0..1) of generation streams that fail mid-way with an error event.
+    #[arg(long, env = "TALLY_SIM_GEN_MID_STREAM_ERROR_RATE", default_value = "0")]
+    pub gen_mid_stream_error_rate: Fraction,
+    /// Fraction (0..1) of generation requests answered 402 (insufficient credits).
+    #[arg(long, env = "TALLY_SIM_GEN_RATE_402", default_value = "0")]
+    pub gen_rate_402: Fraction,
+    /// Fraction (0..1) of generation requests answered 502 (provider error).
+    #[arg(long, env = "TALLY_SIM_GEN_RATE_502", default_value = "0")]
+    pub gen_rate_502: Fraction,
+    /// Fraction (0..1) of generation requests answered 524 (edge timeout).
+    #[arg(long, env = "TALLY_SIM_GEN_RATE_524", default_value = "0")]
+    pub gen_rate_524: Fraction,
+    /// Fraction (0..1) of generation requests answered 529 (provider overloaded).
+    #[arg(long, env = "TALLY_SIM_GEN_RATE_529", default_value = "0")]
+    pub gen_rate_529: Fraction,
 }
 
 impl From<SimArgs> for SimConfig {
@@ -293,6 +325,11 @@ impl From<SimArgs> for SimConfig {
                 .map(|k| k.trim().to_owned())
                 .filter(|k| !k.is_empty())
                 .collect(),
+            gen_mid_stream_error_rate: a.gen_mid_stream_error_rate,
+            gen_rate_402: a.gen_rate_402,
+            gen_rate_502: a.gen_rate_502,
+            gen_rate_524: a.gen_rate_524,
+            gen_rate_529: a.gen_rate_529,
         }
     }
 }

@@ -7,6 +7,14 @@
 //!   written as JSON numbers with their exact digits (see [`crate::number`]).
 //! * Scripted replies first, then random faults at the configured rates.
 //! * A missing or empty bearer key: 401.
+//! * The statistics agree with the usage the generation endpoints reported
+//!   for the same generation: `native_tokens_cached` / `_reasoning` are the
+//!   usage's cached and reasoning tokens, `streamed` says whether it was
+//!   streamed, a cancelled (cut) generation has no `finish_reason`, one
+//!   that failed mid-stream has `error`, and `upstream_inference_cost` is
+//!   the usage's `cost_details.upstream_inference_cost` (the provider's
+//!   bill: for BYOK billed to the customer's own key, otherwise equal to
+//!   the cost).
 
 use axum::{
     extract::{Query, State},
@@ -73,6 +81,10 @@ pub(crate) async fn get_generation(
             shared.cfg.retry_after,
         ),
         (ReplyKind::Unauthorized, _) => reply::unauthorized(),
+        (ReplyKind::PaymentRequired, _) => reply::payment_required(),
+        (ReplyKind::BadGateway, _) => reply::bad_gateway(),
+        (ReplyKind::EdgeTimeout, _) => reply::edge_timeout(),
+        (ReplyKind::Overloaded, _) => reply::overloaded(shared.cfg.retry_after),
         (ReplyKind::Malformed, g) => {
             let full = match g {
                 Some(g) => body(g, format(g), Cost::Exact),
@@ -152,8 +164,8 @@ struct Data<'a> {
     latency: u64,
     moderation_latency: Option<()>,
     generation_time: u64,
-    finish_reason: &'a str,
-    native_finish_reason: &'a str,
+    finish_reason: Option<&'a str>,
+    native_finish_reason: Option<&'a str>,
     tokens_prompt: u64,
     tokens_completion: u64,
     native_tokens_prompt: u64,
@@ -168,8 +180,8 @@ struct Data<'a> {
     num_fetches: Option<()>,
     origin: &'a str,
     is_byok: bool,
-    external_user: Option<()>,
-    session_id: Option<()>,
+    external_user: Option<&'a str>,
+    session_id: Option<&'a str>,
     request_id: Option<()>,
     router: Option<()>,
     preset_id: Option<()>,
@@ -227,21 +239,21 @@ fn body(g: &SimGeneration, format: NumberFormat, cost: Cost) -> String {
             created_at: created_at_text(g),
             model: &g.model,
             app_id: None,
-            streamed: true,
+            streamed: g.streamed,
             cancelled: g.cancelled,
             provider_name: &g.provider_name,
             latency: 812,
             moderation_latency: None,
             generation_time: 640,
-            finish_reason: "stop",
-            native_finish_reason: "stop",
+            finish_reason: g.finish_reason.as_deref(),
+            native_finish_reason: g.finish_reason.as_deref(),
             tokens_prompt: g.native_tokens_prompt,
             tokens_completion: g.native_tokens_completion,
             native_tokens_prompt: g.native_tokens_prompt,
             native_tokens_completion: g.native_tokens_completion,
             native_tokens_completion_images: None,
-            native_tokens_reasoning: 0,
-            native_tokens_cached: 0,
+            native_tokens_reasoning: g.native_tokens_reasoning,
+            native_tokens_cached: g.native_tokens_cached,
             num_media_prompt: None,
             num_input_audio_prompt: None,
             num_media_completion: None,
@@ -249,8 +261,8 @@ fn body(g: &SimGeneration, format: NumberFormat, cost: Cost) -> String {
             num_fetches: None,
             origin: "",
             is_byok: g.is_byok,
-            external_user: None,
-            session_id: None,
+            external_user: g.external_user.as_deref(),
+            session_id: g.session_id.as_deref(),
             request_id: None,
             router: None,
             preset_id: None,
@@ -261,7 +273,7 @@ fn body(g: &SimGeneration, format: NumberFormat, cost: Cost) -> String {
             workspace_id: None,
             response_cache_source_id: None,
             data_region: "global",
-            api_type: "completions",
+            api_type: &g.api_type,
             provider_responses: None,
         },
     };

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! GET  /api/v1/generation?id=…   statistics: 404 until ready, then 200; faults on request
-//! GET  /api/v1/models            the model catalog (fixtures/models.json)
+//! GET  /api/v1/models            the model catalog (fixtures/models.json), paginated
 //! GET  /api/v1/models/user       the catalog as the key's account sees it
 //! GET  /api/v1/key               the key's label, limit and usage
 //! GET  /auth                     OAuth PKCE approval: redirects to callback_url with a code
@@ -35,9 +35,9 @@
 //! # Modules
 //!
 //! The router lives here; each endpoint has its own module ([`generation`],
-//! [`models`], [`admin`]), sharing [`state`] (known generations, scripts,
-//! faults, counters), [`config`] and the number rendering in [`number`].
-//! New endpoints (`/responses`, `/chat/completions`) add a module and a route.
+//! [`models`], [`accounts`], [`oauth`], [`responses`], [`chat`], [`admin`]), sharing
+//! [`state`] (known generations, scripts, faults, counters),
+//! [`config`] and the number rendering in [`number`].
 //!
 //! # Decisions
 //!
@@ -57,6 +57,21 @@
 //!   [`SimConfig::provisioned_keys`] ([`TEST_KEY`] in
 //!   [`SimConfig::ephemeral`]). Every generation and lookup is recorded
 //!   against the key that made it, so tests can prove whose key was used.
+//! * **OpenRouter's own SDK is the judge of fidelity.** Every reply (each
+//!   endpoint, streamed and not, BYOK and not, every fault knob) must
+//!   validate against the typed models of the official `openrouter` Python
+//!   SDK (generated from OpenRouter's OpenAPI document) without a field
+//!   silently dropped, and the official `openai` SDK's streaming helpers
+//!   must work on it: `crates/openrouter/tests/sdk_conformance.rs`
+//!   runs `tests/conformance/sdk_check.py` there with the pinned SDKs that
+//!   `deploy/setup.sh` installs. Where the hand-made wire examples and the
+//!   SDK's models disagree, the SDK's models win.
+//! * **One generation, one story.** The usage of a reply and the
+//!   `/generation` statistics of the same id agree: tokens (cached,
+//!   reasoning), cost, `upstream_inference_cost` (the provider's bill, equal
+//!   to the cost when not BYOK, as the usage's `cost_details` reports it),
+//!   whether it was streamed, and how it ended (`finish_reason` `stop` /
+//!   `length`, `error` after a mid-stream failure, none when cut).
 
 use std::{future::Future, io, net::SocketAddr, sync::Arc};
 

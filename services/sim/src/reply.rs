@@ -51,6 +51,49 @@ pub(crate) fn rate_limited(wait: Duration) -> Response {
     )
 }
 
+/// 402 with OpenRouter's "insufficient credits" body.
+pub(crate) fn payment_required() -> Response {
+    error(
+        StatusCode::PAYMENT_REQUIRED,
+        "Insufficient credits. Add more using https://openrouter.ai/settings/credits",
+        Some("payment_required"),
+    )
+}
+
+/// 502: the provider behind OpenRouter failed.
+pub(crate) fn bad_gateway() -> Response {
+    error(
+        StatusCode::BAD_GATEWAY,
+        "Provider returned error",
+        Some("provider_unavailable"),
+    )
+}
+
+/// 524: OpenRouter's edge gave up waiting (a Cloudflare timeout).
+pub(crate) fn edge_timeout() -> Response {
+    error(
+        status(524),
+        "The request timed out at OpenRouter's edge",
+        Some("timeout"),
+    )
+}
+
+/// 529: the provider is overloaded.
+pub(crate) fn overloaded(wait: Duration) -> Response {
+    with_retry_after(
+        error(
+            status(529),
+            "Provider is overloaded, try again later",
+            Some("provider_overloaded"),
+        ),
+        wait,
+    )
+}
+
+fn status(code: u16) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_GATEWAY)
+}
+
 /// 401 for a missing or empty bearer key.
 pub(crate) fn unauthorized() -> Response {
     error(StatusCode::UNAUTHORIZED, "No auth credentials found", None)

@@ -6,7 +6,10 @@
 //! * no bearer key: 401; a model (or fallback model) not in the catalog: 400
 //!   `"<model> is not a valid model ID"`;
 //! * faults at the configured rates (`gen_rate_429` with `Retry-After`,
-//!   `gen_rate_500`), then `gen_latency` before the first byte;
+//!   `gen_rate_500`, `gen_rate_402` with OpenRouter's "insufficient
+//!   credits" body, `gen_rate_502`, `gen_rate_524`, `gen_rate_529`), each
+//!   with an error body the SDK's typed errors accept, then `gen_latency`
+//!   before the first byte;
 //! * otherwise a generation: id `gen-<unix>-<random>` in the
 //!   `X-Generation-Id` header and the body `id`; tokens derived from the
 //!   input (⌈characters/4⌉ prompt tokens, half of them cached when the
@@ -15,11 +18,23 @@
 //!   catalog prices (a dynamically priced router is served by
 //!   `openai/gpt-4o-mini`), BYOK at `byok_rate` (OpenRouter's fee 5 %, the
 //!   rest billed upstream), `usage.cost: null` at `gen_missing_cost_rate`;
+//! * the reply carries every field the Responses API declares as required
+//!   (`completed_at`, `instructions`, `tools`, `tool_choice`, …) and the
+//!   full `usage.cost_details` (`upstream_inference_cost` and its
+//!   `_input_` / `_output_` parts, which add up to it); a stream numbers
+//!   every event (`sequence_number`) and sends `response.created`,
+//!   `response.in_progress`, `response.output_item.added`,
+//!   `response.content_part.added`, the text deltas,
+//!   `response.output_text.done`, `response.content_part.done`,
+//!   `response.output_item.done`, `response.completed`, then `[DONE]`;
 //! * streams are cut before the final event at `gen_abort_rate` (the
-//!   connection closes mid-body, so no usage arrives);
+//!   connection closes mid-body, so no usage arrives), and fail after half
+//!   of the output at `gen_mid_stream_error_rate` (`response.failed`, then
+//!   `[DONE]`, no usage);
 //! * every generation served is registered in the generation store, so
 //!   `GET /generation?id=…` answers it after the stats delay (a cut stream
-//!   is registered as cancelled, with the cost of what was produced).
+//!   is registered as cancelled, a failed one with `finish_reason:
+//!   "error"`, both with the cost of what was produced).
 //!
 //! # Decisions
 //!
@@ -30,7 +45,7 @@
 //!   `/generation` endpoint (whose state is private to it); the rates are
 //!   still exact fractions.
 
-use std::{collections::HashMap, str::FromStr, sync::OnceLock, time::Duration};
+use std::{collections::HashMap, sync::OnceLock, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
@@ -116,6 +131,18 @@ fn serving(requested: &str, provider_pref: Option<&str>) -> (String, &'static st
     (model.to_owned(), provider, chosen)
 }
 
+/// How a generation's reply ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// Normally: usage, then `[DONE]` for a stream.
+    Complete,
+    /// The connection is cut mid-stream (no usage, no final event).
+    Abort,
+    /// An error event mid-stream (chat: a chunk with `finish_reason:
+    /// "error"`; responses: `response.failed`), then `[DONE]`; no usage.
+    MidStreamError,
+}
+
 /// One planned generation.
 #[derive(Debug, Clone)]
 pub(crate) struct Planned {
@@ -123,7 +150,10 @@ pub(crate) struct Planned {
     pub(crate) created: i64,
     pub(crate) model: String,
     pub(crate) provider: String,
+    /// Every word the generation would produce.
     pub(crate) words: Vec<String>,
+    /// How many of them are sent (fewer when the stream is cut or fails).
+    pub(crate) sent: usize,
     pub(crate) input_tokens: u64,
     pub(crate) cached_tokens: u64,
     pub(crate) output_tokens: u64,
@@ -132,9 +162,25 @@ pub(crate) struct Planned {
     /// What OpenRouter reports as `cost` (BYOK: its fee); `None` when the
     /// reply hides it.
     pub(crate) cost: Option<Decimal>,
+    /// `cost_details.upstream_inference_cost`: the provider's bill.
     pub(crate) upstream: Option<Decimal>,
+    /// Its prompt part (request fee, input tokens, web searches).
+    pub(crate) upstream_prompt: Option<Decimal>,
+    /// Its completion part (output and reasoning tokens).
+    pub(crate) upstream_completion: Option<Decimal>,
     pub(crate) is_byok: bool,
-    pub(crate) abort: bool,
+    pub(crate) ending: Ending,
+    /// `stop`, or `length` when `max_tokens` cut the answer.
+    pub(crate) finish_reason: &'static str,
+    pub(crate) instructions: Option<String>,
+    pub(crate) max_output_tokens: Option<u64>,
+}
+
+impl Planned {
+    /// The text actually sent.
+    pub(crate) fn sent_text(&self) -> String {
+        self.words[..self.sent].join(" ")
+    }
 }
 
 fn roll(p: Fraction) -> bool {
@@ -176,17 +222,29 @@ const WORDS: [&str; 8] = [
     "usual.",
 ];
 
-fn cost_of(p: &SimPrices, g: &Planned, output_tokens: u64) -> Decimal {
+/// The natural length of an answer (words = output tokens).
+const ANSWER_TOKENS: u64 = 32;
+
+/// The catalog price of a generation that produced `output_tokens`, split
+/// into its prompt part (request fee, input tokens, web searches) and its
+/// completion part (output and reasoning tokens).
+fn cost_parts(p: &SimPrices, g: &Planned, output_tokens: u64) -> (Decimal, Decimal) {
     let z = Decimal::ZERO;
     let n = Decimal::from;
     let uncached = g.input_tokens - g.cached_tokens;
     let prompt = p.prompt.unwrap_or(z);
-    p.request.unwrap_or(z)
+    let prompt_part = p.request.unwrap_or(z)
         + n(uncached) * prompt
         + n(g.cached_tokens) * p.cache_read.unwrap_or(prompt)
-        + n(output_tokens) * p.completion.unwrap_or(z)
-        + n(g.reasoning_tokens.min(output_tokens)) * p.reasoning.unwrap_or(z)
-        + n(g.web_searches) * p.web_search.unwrap_or(z)
+        + n(g.web_searches) * p.web_search.unwrap_or(z);
+    let completion_part = n(output_tokens) * p.completion.unwrap_or(z)
+        + n(g.reasoning_tokens.min(output_tokens)) * p.reasoning.unwrap_or(z);
+    (prompt_part.normalize(), completion_part.normalize())
+}
+
+/// OpenRouter's fee on a BYOK generation (5 % of the provider's bill).
+fn byok_fee(upstream: Decimal) -> Decimal {
+    (upstream * Decimal::new(5, 2)).round_dp(18).normalize()
 }
 
 /// Validates and plans a generation request; `Err` is the reply to send
@@ -234,8 +292,20 @@ pub(crate) fn plan(
         return Err(reply::error(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Internal Server Error",
-            None,
+            Some("server"),
         ));
+    }
+    if roll(cfg.gen_rate_402) {
+        return Err(reply::payment_required());
+    }
+    if roll(cfg.gen_rate_502) {
+        return Err(reply::bad_gateway());
+    }
+    if roll(cfg.gen_rate_524) {
+        return Err(reply::edge_timeout());
+    }
+    if roll(cfg.gen_rate_529) {
+        return Err(reply::overloaded(cfg.retry_after));
     }
     let pref = body["provider"]["only"]
         .get(0)
@@ -249,7 +319,12 @@ pub(crate) fn plan(
     } else {
         0
     };
-    let output_tokens = max_tokens.unwrap_or(32).clamp(1, 32);
+    let output_tokens = max_tokens.unwrap_or(ANSWER_TOKENS).clamp(1, ANSWER_TOKENS);
+    let finish_reason = if output_tokens < ANSWER_TOKENS {
+        "length"
+    } else {
+        "stop"
+    };
     let words: Vec<String> = (0..output_tokens)
         .map(|i| WORDS[i as usize % WORDS.len()].to_owned())
         .collect();
@@ -260,6 +335,15 @@ pub(crate) fn plan(
         .flatten()
         .filter(|t| t["type"].as_str().is_some_and(|t| t.contains("web_search")))
         .count() as u64;
+    let ending = if !stream {
+        Ending::Complete
+    } else if roll(cfg.gen_abort_rate) {
+        Ending::Abort
+    } else if roll(cfg.gen_mid_stream_error_rate) {
+        Ending::MidStreamError
+    } else {
+        Ending::Complete
+    };
     let mut rng = rand::rng();
     let suffix: String = (0..20)
         .map(|_| {
@@ -272,12 +356,17 @@ pub(crate) fn plan(
         })
         .collect();
     let created = chrono::Utc::now().timestamp();
+    let sent = match ending {
+        Ending::Complete => words.len(),
+        Ending::Abort | Ending::MidStreamError => words.len() / 2,
+    };
     let mut g = Planned {
         id: format!("gen-{created}-{suffix}"),
         created,
         model: served,
         provider,
         words,
+        sent,
         input_tokens,
         cached_tokens,
         output_tokens,
@@ -285,33 +374,46 @@ pub(crate) fn plan(
         web_searches,
         cost: None,
         upstream: None,
+        upstream_prompt: None,
+        upstream_completion: None,
         is_byok: roll(cfg.byok_rate),
-        abort: stream && roll(cfg.gen_abort_rate),
+        ending,
+        finish_reason,
+        instructions: body["instructions"].as_str().map(str::to_owned),
+        max_output_tokens: max_tokens,
     };
-    let full = cost_of(&prices, &g, output_tokens).normalize();
-    let produced = if g.abort {
-        cost_of(&prices, &g, output_tokens / 2).normalize()
-    } else {
-        full
+    let (prompt_part, completion_part) = cost_parts(&prices, &g, output_tokens);
+    let full = (prompt_part + completion_part).normalize();
+    let produced_tokens = sent as u64;
+    let produced = {
+        let (p, c) = cost_parts(&prices, &g, produced_tokens);
+        (p + c).normalize()
     };
-    // Register what the generation really cost, for `/generation`.
+    // Register what the generation really cost, for `/generation`: the
+    // same tokens and costs as the usage of the reply (or, for a cut or
+    // failed stream, of what was produced).
     let mut record = if g.is_byok {
-        let fee = (produced * Decimal::from_str("0.05").unwrap_or_default())
-            .round_dp(18)
-            .normalize();
-        SimGeneration::new(g.id.clone(), fee).byok(Some(produced))
+        SimGeneration::new(g.id.clone(), byok_fee(produced)).byok(Some(produced))
     } else {
-        SimGeneration::new(g.id.clone(), produced)
+        let mut r = SimGeneration::new(g.id.clone(), produced);
+        r.upstream_inference_cost = Some(produced);
+        r
     };
     record.model = g.model.clone();
     record.provider_name = g.provider.clone();
-    record.cancelled = g.abort;
+    record.cancelled = ending == Ending::Abort;
     record.native_tokens_prompt = input_tokens;
-    record.native_tokens_completion = if g.abort {
-        output_tokens / 2
-    } else {
-        output_tokens
+    record.native_tokens_completion = produced_tokens;
+    record.native_tokens_cached = cached_tokens;
+    record.native_tokens_reasoning = reasoning_tokens.min(produced_tokens);
+    record.streamed = stream;
+    record.finish_reason = match ending {
+        Ending::Complete => Some(finish_reason.to_owned()),
+        Ending::Abort => None,
+        Ending::MidStreamError => Some("error".to_owned()),
     };
+    record.session_id = body["session_id"].as_str().map(str::to_owned);
+    record.external_user = body["user"].as_str().map(str::to_owned);
     sim.accounts.record_generation(
         &key,
         crate::accounts::Served {
@@ -325,34 +427,65 @@ pub(crate) fn plan(
         },
     );
     sim.register_generation(record);
-    if !roll(cfg.gen_missing_cost_rate) {
-        if g.is_byok {
-            g.cost = Some(
-                (full * Decimal::from_str("0.05").unwrap_or_default())
-                    .round_dp(18)
-                    .normalize(),
-            );
-            g.upstream = Some(full);
-        } else {
-            g.cost = Some(full);
-            g.upstream = Some(full);
-        }
+    if ending == Ending::Complete && !roll(cfg.gen_missing_cost_rate) {
+        g.cost = Some(if g.is_byok { byok_fee(full) } else { full });
+        g.upstream = Some(full);
+        g.upstream_prompt = Some(prompt_part);
+        g.upstream_completion = Some(completion_part);
     }
     Ok(g)
 }
 
-const COST_MARK: &str = "\"__tally_sim_cost__\"";
-const UPSTREAM_MARK: &str = "\"__tally_sim_upstream__\"";
+const MARKS: [&str; 4] = [
+    "\"__tally_sim_cost__\"",
+    "\"__tally_sim_upstream__\"",
+    "\"__tally_sim_upstream_prompt__\"",
+    "\"__tally_sim_upstream_completion__\"",
+];
 
 /// Serialises `v`, writing the cost placeholders as exact JSON numbers.
 pub(crate) fn render(sim: &Simulator, g: &Planned, v: &Value) -> String {
     let fmt = sim.shared.cfg.number_format;
     let num = |d: Option<Decimal>| d.map_or("null".to_owned(), |d| format_number(&d, fmt));
-    v.to_string()
-        .replace(COST_MARK, &num(g.cost))
-        .replace(UPSTREAM_MARK, &num(g.upstream))
+    let mut text = v.to_string();
+    for (mark, value) in
+        MARKS
+            .iter()
+            .zip([g.cost, g.upstream, g.upstream_prompt, g.upstream_completion])
+    {
+        text = text.replace(mark, &num(value));
+    }
+    text
 }
 
+/// `cost_details` with the names of the API (`prompt`/`completions` for
+/// chat, `input`/`output` for responses); null when the cost is hidden.
+fn cost_details(g: &Planned, prompt_name: &str, completion_name: &str) -> Value {
+    if g.cost.is_none() {
+        return Value::Null;
+    }
+    let mut d = serde_json::Map::new();
+    d.insert(
+        "upstream_inference_cost".into(),
+        json!("__tally_sim_upstream__"),
+    );
+    d.insert(prompt_name.into(), json!("__tally_sim_upstream_prompt__"));
+    d.insert(
+        completion_name.into(),
+        json!("__tally_sim_upstream_completion__"),
+    );
+    Value::Object(d)
+}
+
+fn cost_mark(g: &Planned) -> Value {
+    if g.cost.is_some() {
+        json!("__tally_sim_cost__")
+    } else {
+        Value::Null
+    }
+}
+
+/// The Responses API usage object.
 fn usage(g: &Planned) -> Value {
     json!({
         "input_tokens": g.input_tokens,
@@ -360,47 +493,94 @@ fn usage(g: &Planned) -> Value {
         "output_tokens": g.output_tokens,
         "output_tokens_details": {"reasoning_tokens": g.reasoning_tokens},
         "total_tokens": g.input_tokens + g.output_tokens,
-        "cost": "__tally_sim_cost__",
+        "cost": cost_mark(g),
         "is_byok": g.is_byok,
-        "cost_details": {"upstream_inference_cost": "__tally_sim_upstream__"},
+        "cost_details": cost_details(g, "upstream_inference_input_cost", "upstream_inference_output_cost"),
         "server_tool_use_details": {"web_search_requests": g.web_searches},
     })
 }
 
 /// The chat-completions usage object.
 pub(crate) fn chat_usage(g: &Planned) -> Value {
-    json!({
+    let mut u = json!({
         "prompt_tokens": g.input_tokens,
         "completion_tokens": g.output_tokens,
         "total_tokens": g.input_tokens + g.output_tokens,
-        "cost": "__tally_sim_cost__",
+        "cost": cost_mark(g),
         "is_byok": g.is_byok,
-        "prompt_tokens_details": {"cached_tokens": g.cached_tokens, "cache_write_tokens": 0},
-        "cost_details": {"upstream_inference_cost": "__tally_sim_upstream__"},
-        "completion_tokens_details": {"reasoning_tokens": g.reasoning_tokens},
+        "prompt_tokens_details": {"cached_tokens": g.cached_tokens, "cache_write_tokens": 0, "audio_tokens": 0, "video_tokens": 0},
+        "cost_details": cost_details(g, "upstream_inference_prompt_cost", "upstream_inference_completions_cost"),
+        "completion_tokens_details": {"reasoning_tokens": g.reasoning_tokens, "audio_tokens": 0, "accepted_prediction_tokens": 0, "rejected_prediction_tokens": 0},
+    });
+    if g.web_searches > 0 {
+        u["server_tool_use_details"] = json!({"web_search_requests": g.web_searches});
+    }
+    u
+}
+
+/// The one output message item of a response (`status` of the item).
+fn message_item(g: &Planned, status: &str, text: &str) -> Value {
+    json!({
+        "type": "message", "id": format!("msg-{}", g.id), "status": status, "role": "assistant",
+        "content": if status == "in_progress" { json!([]) } else { json!([output_text_part(text)]) },
     })
 }
 
-fn response_object(g: &Planned, status: &str, with_output: bool) -> Value {
-    let text = g.words.join(" ");
-    let mut v = json!({
+fn output_text_part(text: &str) -> Value {
+    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+}
+
+/// The response object in the state `status` (`in_progress`, `completed`,
+/// `failed`), with every field the Responses API declares as required.
+fn response_object(g: &Planned, status: &str) -> Value {
+    let completed = status == "completed";
+    let failed = status == "failed";
+    let text = if completed {
+        g.words.join(" ")
+    } else {
+        g.sent_text()
+    };
+    let output = if completed {
+        json!([message_item(g, "completed", &text)])
+    } else if failed {
+        json!([message_item(g, "incomplete", &text)])
+    } else {
+        json!([])
+    };
+    json!({
         "id": g.id,
         "object": "response",
         "created_at": g.created,
+        "completed_at": if completed { json!(chrono::Utc::now().timestamp()) } else { Value::Null },
         "model": g.model,
         "provider": g.provider,
         "status": status,
-        "output": [],
-        "error": null,
-    });
-    if with_output {
-        v["output"] = json!([{
-            "type": "message", "id": "msg-1", "status": "completed", "role": "assistant",
-            "content": [{"type": "output_text", "text": text, "annotations": []}],
-        }]);
-        v["usage"] = usage(g);
-    }
-    v
+        "output": output,
+        "output_text": if completed { json!(text) } else { Value::Null },
+        "error": if failed { mid_stream_error_field() } else { Value::Null },
+        "incomplete_details": null,
+        "instructions": g.instructions,
+        "metadata": {},
+        "tools": [],
+        "tool_choice": "auto",
+        "parallel_tool_calls": true,
+        "temperature": null,
+        "top_p": null,
+        "presence_penalty": null,
+        "frequency_penalty": null,
+        "max_output_tokens": g.max_output_tokens,
+        "store": false,
+        "truncation": "disabled",
+        "text": {"format": {"type": "text"}},
+        "usage": if completed { usage(g) } else { Value::Null },
+    })
+}
+
+/// The message of a simulated mid-stream failure.
+pub(crate) const MID_STREAM_ERROR_MESSAGE: &str = "Provider disconnected unexpectedly";
+
+fn mid_stream_error_field() -> Value {
+    json!({"code": "server_error", "message": MID_STREAM_ERROR_MESSAGE})
 }
 
 /// Adds `X-Generation-Id`.
@@ -445,8 +625,20 @@ pub(crate) fn stream_reply(id: &str, chunks: Vec<String>, abort: bool) -> Respon
     with_generation_id(resp, id)
 }
 
-fn sse(event: &str, data: &str) -> String {
-    format!("event: {event}\ndata: {data}\n\n")
+/// Numbers the events of one Responses stream.
+struct Events {
+    out: Vec<String>,
+    seq: u64,
+}
+
+impl Events {
+    fn push(&mut self, sim: &Simulator, g: &Planned, mut ev: Value) {
+        ev["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        let kind = ev["type"].as_str().unwrap_or("message").to_owned();
+        self.out
+            .push(format!("event: {kind}\ndata: {}\n\n", render(sim, g, &ev)));
+    }
 }
 
 pub(crate) async fn post_responses(
@@ -482,38 +674,59 @@ pub(crate) async fn post_responses(
         id = g.id,
         model = g.model,
         stream,
-        abort = g.abort,
+        ending = ?g.ending,
         "responses"
     );
     if !stream {
-        let text = render(&sim, &g, &response_object(&g, "completed", true));
+        let text = render(&sim, &g, &response_object(&g, "completed"));
         return with_generation_id(reply::json(StatusCode::OK, text), &g.id);
     }
-    let mut chunks = vec![": OPENROUTER PROCESSING\n\n".to_owned()];
-    chunks.push(sse(
-        "response.created",
-        &json!({"type": "response.created", "response": response_object(&g, "in_progress", false)})
-            .to_string(),
-    ));
-    let n = if g.abort {
-        g.words.len() / 2
-    } else {
-        g.words.len()
+    let mut ev = Events {
+        out: vec![": OPENROUTER PROCESSING\n\n".to_owned()],
+        seq: 0,
     };
-    for (i, w) in g.words.iter().take(n).enumerate() {
+    let item_id = format!("msg-{}", g.id);
+    ev.push(
+        &sim,
+        &g,
+        json!({"type": "response.created", "response": response_object(&g, "in_progress")}),
+    );
+    ev.push(
+        &sim,
+        &g,
+        json!({"type": "response.in_progress", "response": response_object(&g, "in_progress")}),
+    );
+    ev.push(&sim, &g, json!({"type": "response.output_item.added", "output_index": 0, "item": message_item(&g, "in_progress", "")}));
+    ev.push(&sim, &g, json!({"type": "response.content_part.added", "item_id": item_id, "output_index": 0, "content_index": 0, "part": output_text_part("")}));
+    for (i, w) in g.words.iter().take(g.sent).enumerate() {
         let delta = if i + 1 < g.words.len() {
             format!("{w} ")
         } else {
             w.clone()
         };
-        chunks.push(sse(
-            "response.output_text.delta",
-            &json!({"type": "response.output_text.delta", "item_id": "msg-1", "output_index": 0, "content_index": 0, "delta": delta}).to_string(),
-        ));
+        ev.push(&sim, &g, json!({"type": "response.output_text.delta", "item_id": item_id, "output_index": 0, "content_index": 0, "delta": delta, "logprobs": []}));
     }
-    if !g.abort {
-        let done = json!({"type": "response.completed", "response": response_object(&g, "completed", true)});
-        chunks.push(sse("response.completed", &render(&sim, &g, &done)));
+    match g.ending {
+        Ending::Abort => return stream_reply(&g.id, ev.out, true),
+        Ending::MidStreamError => {
+            ev.push(
+                &sim,
+                &g,
+                json!({"type": "response.failed", "response": response_object(&g, "failed")}),
+            );
+        }
+        Ending::Complete => {
+            let text = g.words.join(" ");
+            ev.push(&sim, &g, json!({"type": "response.output_text.done", "item_id": item_id, "output_index": 0, "content_index": 0, "text": text, "logprobs": []}));
+            ev.push(&sim, &g, json!({"type": "response.content_part.done", "item_id": item_id, "output_index": 0, "content_index": 0, "part": output_text_part(&text)}));
+            ev.push(&sim, &g, json!({"type": "response.output_item.done", "output_index": 0, "item": message_item(&g, "completed", &text)}));
+            ev.push(
+                &sim,
+                &g,
+                json!({"type": "response.completed", "response": response_object(&g, "completed")}),
+            );
+        }
     }
-    stream_reply(&g.id, chunks, g.abort)
+    ev.out.push("data: [DONE]\n\n".to_owned());
+    stream_reply(&g.id, ev.out, false)
 }

@@ -46,6 +46,14 @@ pub enum ScriptedReply {
     Unauthorized,
     /// 200 with the statistics, ready or not.
     Ok,
+    /// 402 with OpenRouter's "insufficient credits" body.
+    PaymentRequired,
+    /// 502: the upstream provider failed (OpenRouter's body).
+    BadGateway,
+    /// 524: a timeout at OpenRouter's edge (Cloudflare).
+    EdgeTimeout,
+    /// 529: the provider is overloaded.
+    Overloaded,
 }
 
 /// A generation the simulator knows.
@@ -80,6 +88,21 @@ pub struct SimGeneration {
     pub native_tokens_completion: u64,
     /// How to write its costs (`None`: the configured format).
     pub number_format: Option<NumberFormat>,
+    /// Native reasoning tokens (equal to the usage's `reasoning_tokens`).
+    pub native_tokens_reasoning: u64,
+    /// Native cached prompt tokens (equal to the usage's `cached_tokens`).
+    pub native_tokens_cached: u64,
+    /// Whether it was served as a stream.
+    pub streamed: bool,
+    /// `api_type`: `completions` for both chat completions and the
+    /// Responses API (OpenRouter's enum has no separate value for the latter).
+    pub api_type: String,
+    /// `finish_reason` (`stop`, `length`, `error`; `None` when cancelled).
+    pub finish_reason: Option<String>,
+    /// The request's `session_id`.
+    pub session_id: Option<String>,
+    /// The request's `user`.
+    pub external_user: Option<String>,
 }
 
 impl SimGeneration {
@@ -100,6 +123,13 @@ impl SimGeneration {
             native_tokens_prompt: 118,
             native_tokens_completion: 41,
             number_format: None,
+            native_tokens_reasoning: 0,
+            native_tokens_cached: 0,
+            streamed: false,
+            api_type: "completions".to_owned(),
+            finish_reason: Some("stop".to_owned()),
+            session_id: None,
+            external_user: None,
         }
     }
 
@@ -157,6 +187,10 @@ pub(crate) enum ReplyKind {
     NegativeCost,
     Html,
     Unauthorized,
+    PaymentRequired,
+    BadGateway,
+    EdgeTimeout,
+    Overloaded,
 }
 
 /// A decision for one `/generation` request.
@@ -182,10 +216,11 @@ pub(crate) enum Counted {
     Unauthorized,
     BadRequest,
     Models,
+    PaymentRequired,
 }
 
 impl Counted {
-    const ALL: [Counted; 10] = [
+    const ALL: [Counted; 11] = [
         Counted::Ok,
         Counted::NotFound,
         Counted::RateLimited,
@@ -196,6 +231,7 @@ impl Counted {
         Counted::Unauthorized,
         Counted::BadRequest,
         Counted::Models,
+        Counted::PaymentRequired,
     ];
 
     pub(crate) fn name(self) -> &'static str {
@@ -210,6 +246,7 @@ impl Counted {
             Counted::Unauthorized => "unauthorized",
             Counted::BadRequest => "bad_request",
             Counted::Models => "models",
+            Counted::PaymentRequired => "payment_required",
         }
     }
 }
@@ -220,8 +257,12 @@ impl From<ReplyKind> for Counted {
             ReplyKind::Ok => Counted::Ok,
             ReplyKind::NotFound => Counted::NotFound,
             ReplyKind::RateLimited => Counted::RateLimited,
-            ReplyKind::ServerError => Counted::ServerError,
+            ReplyKind::ServerError
+            | ReplyKind::BadGateway
+            | ReplyKind::EdgeTimeout
+            | ReplyKind::Overloaded => Counted::ServerError,
             ReplyKind::Unavailable => Counted::Unavailable,
+            ReplyKind::PaymentRequired => Counted::PaymentRequired,
             ReplyKind::Malformed
             | ReplyKind::CostAsString
             | ReplyKind::NegativeCost
@@ -388,6 +429,10 @@ impl Shared {
                 ScriptedReply::Html => ReplyKind::Html,
                 ScriptedReply::Unauthorized => ReplyKind::Unauthorized,
                 ScriptedReply::Ok => ReplyKind::Ok,
+                ScriptedReply::PaymentRequired => ReplyKind::PaymentRequired,
+                ScriptedReply::BadGateway => ReplyKind::BadGateway,
+                ScriptedReply::EdgeTimeout => ReplyKind::EdgeTimeout,
+                ScriptedReply::Overloaded => ReplyKind::Overloaded,
                 ScriptedReply::Slow => {
                     return Plan {
                         kind: self.normal(generation.as_ref()),

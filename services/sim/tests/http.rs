@@ -201,17 +201,106 @@ async fn error_replies_look_like_openrouter() {
 }
 
 #[tokio::test]
-async fn models_catalog_is_served_verbatim() {
+async fn models_catalog_is_served_with_total_count_links_and_pages() {
     let sim = start(SimConfig::ephemeral()).await;
-    let text = reqwest::get(format!("{}/models", sim.base_url()))
+    let get = |q: &'static str| {
+        let url = format!("{}/models{q}", sim.base_url());
+        async move {
+            serde_json::from_str::<Value>(&reqwest::get(url).await.unwrap().text().await.unwrap())
+                .unwrap()
+        }
+    };
+    let all = get("").await;
+    let catalog: Value = serde_json::from_str(tally_sim::models::CATALOG_JSON).unwrap();
+    assert_eq!(all["data"], catalog["data"]);
+    assert_eq!(all["total_count"], 3);
+    assert_eq!(all["links"]["next"], Value::Null);
+    assert_eq!(all["data"][2]["pricing"]["prompt"], "-1");
+    let page = get("?offset=0&limit=2").await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 2);
+    assert_eq!(page["total_count"], 3);
+    assert_eq!(page["links"]["next"], "/api/v1/models?offset=2&limit=2");
+    let rest = get("?offset=2&limit=2").await;
+    assert_eq!(rest["data"][0]["id"], "openrouter/auto");
+    assert_eq!(rest["links"]["next"], Value::Null);
+    // The user-filtered list needs a key.
+    let resp = reqwest::get(format!("{}/models/user", sim.base_url()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn key_info_masks_the_key_and_sums_its_spend() {
+    let sim = start(SimConfig {
+        byok_rate: tally_sim::Fraction::ONE,
+        ..SimConfig::ephemeral()
+    })
+    .await;
+    let client = reqwest::Client::new();
+    let key = tally_sim::TEST_KEY;
+    let r = client
+        .post(format!("{}/chat/completions", sim.base_url()))
+        .bearer_auth(key)
+        .json(&json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 8}))
+        .send()
+        .await
+        .unwrap();
+    let gid = r.headers()["x-generation-id"].to_str().unwrap().to_owned();
+    let g = sim.simulator().generation(&gid).unwrap();
+    let text = client
+        .get(format!("{}/key", sim.base_url()))
+        .bearer_auth(key)
+        .send()
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert_eq!(text, tally_sim::models::CATALOG_JSON);
     let v: Value = serde_json::from_str(&text).unwrap();
-    assert_eq!(v["data"][2]["pricing"]["prompt"], "-1");
+    assert!(
+        v["data"]["label"].as_str().unwrap().contains("..."),
+        "{text}"
+    );
+    assert_eq!(v["data"]["rate_limit"]["requests"], -1, "{text}");
+    // 3 × 0.00000015 + 8 × 0.0000006 = 0.00000525 billed upstream, 5 % fee.
+    assert_eq!(g.upstream_inference_cost.unwrap().to_string(), "0.00000525");
+    assert!(text.contains(r#""byok_usage":0.00000525"#), "{text}");
+    assert!(text.contains(r#""usage":2.625e-7"#), "{text}");
+    let resp = client
+        .get(format!("{}/key", sim.base_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+}
+
+#[tokio::test]
+async fn lookup_scripts_play_402_502_524_529() {
+    let sim = start(SimConfig::ephemeral()).await;
+    register(
+        &sim,
+        json!({"id": "gen-e", "total_cost": "0.1", "script": ["payment_required", "bad_gateway", "edge_timeout", "overloaded"]}),
+    )
+    .await;
+    for (status, kind) in [
+        (402, "payment_required"),
+        (502, "provider_unavailable"),
+        (524, "timeout"),
+        (529, "provider_overloaded"),
+    ] {
+        let resp = get_generation(&sim, "gen-e", Some(tally_sim::TEST_KEY)).await;
+        assert_eq!(resp.status(), status);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["error"]["code"], status);
+        assert_eq!(v["error"]["metadata"]["error_type"], kind);
+    }
+    assert_eq!(
+        get_generation(&sim, "gen-e", Some(tally_sim::TEST_KEY))
+            .await
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
