@@ -80,10 +80,6 @@ pub struct Settings {
     /// JetStream stream replicas (3 in a cluster).
     #[arg(long, env = "TALLY_NATS_REPLICAS", default_value = "1", global = true)]
     pub nats_replicas: String,
-    /// Base URL of tally's HTTP API, used by the worker's budget preflight
-    /// (default: http://<TALLY_HTTP_ADDR>).
-    #[arg(long, env = "TALLY_API_URL", global = true)]
-    pub api_url: Option<String>,
     /// File where the worker keeps the last good OpenRouter model catalog,
     /// so prices survive OpenRouter being down at start (off when unset).
     #[arg(long, env = "TALLY_CATALOG_PATH", global = true)]
@@ -183,8 +179,6 @@ pub struct Config {
     pub nats_replicas: usize,
     /// Consumer ack wait.
     pub ack_wait: Duration,
-    /// The API base URL for the worker's preflight.
-    pub api_url: String,
     /// Model catalog persistence file.
     pub catalog_path: Option<std::path::PathBuf>,
     /// BYOK providers per organisation or agent.
@@ -329,20 +323,6 @@ impl Settings {
                     ),
                 )
             })?;
-        let api_url = match &self.api_url {
-            Some(u) => {
-                let u = u.trim_end_matches('/');
-                if !(u.starts_with("http://") || u.starts_with("https://")) {
-                    return Err(err(
-                        "TALLY_API_URL",
-                        "--api-url",
-                        format!("{u:?} is not an http(s) URL like http://127.0.0.1:8080"),
-                    ));
-                }
-                u.to_owned()
-            }
-            None => format!("http://{http_addr}"),
-        };
         let byok_providers = parse_byok(&self.byok_providers)
             .map_err(|reason| err("TALLY_BYOK_PROVIDERS", "--byok-providers", reason))?;
         let reconcile_rate: u32 = self
@@ -427,7 +407,6 @@ impl Settings {
             reconcile_deadline,
             nats_replicas,
             ack_wait,
-            api_url,
             catalog_path: self.catalog_path.clone(),
             byok_providers,
             reconcile_rate,

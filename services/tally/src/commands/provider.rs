@@ -1,7 +1,7 @@
 //! `tally provider connect` and `tally secrets rotate`: the operator's side
 //! of provider connections.
 //!
-//! * `tally provider connect --org ORG [--byok-providers a,b]` reads the
+//! * `tally provider connect --org ORG [--byok a,b]` reads the
 //!   OpenRouter key from `TALLY_OPENROUTER_API_KEY` or, when that is unset,
 //!   from the first line of standard input; verifies it with OpenRouter,
 //!   seals and stores it, discovers the models, and prints the connection
@@ -28,8 +28,10 @@ pub enum ProviderCommand {
         #[arg(long)]
         org: String,
         /// Upstream providers whose own keys the organisation brought
-        /// (BYOK), comma-separated.
-        #[arg(long, value_delimiter = ',')]
+        /// (BYOK), comma-separated. Its own flag name: the global
+        /// `--byok-providers` (the worker's legacy setting) would otherwise
+        /// be merged into it.
+        #[arg(long = "byok", id = "connect_byok", value_delimiter = ',')]
         byok_providers: Option<Vec<String>>,
     },
 }
