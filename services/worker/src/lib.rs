@@ -76,6 +76,16 @@
 //!   (`base_backoff` … `max_backoff`); after `max_attempts` deliveries the
 //!   request fails with a specific, `retryable: true` reason. Nothing waits
 //!   in memory.
+//! * **OpenRouter's errors each get their own failed reason**
+//!   ([`failure_reason`]): 402 → `upstream_payment_required` at once (not
+//!   retried: it needs credits); 502 → `upstream_provider_error`, 524 →
+//!   `upstream_timeout`, 529 → `upstream_overloaded`, 429 →
+//!   `upstream_rate_limited`, other 5xx → `upstream_unavailable`, each
+//!   retried (with `Retry-After` when sent) and failed `retryable: true`
+//!   after `max_attempts`. None of them produced a generation id, so there
+//!   is nothing to book. A failure *inside* a stream (`response.failed`)
+//!   comes after the id: the generation is recorded as a completed event
+//!   with status `errored` and a null actual cost, and is never re-run.
 //! * **A generation with an id always yields a completed event**, whatever
 //!   its status: cancelled and errored generations may have cost money, and
 //!   the reconciler needs the id to find out. An aborted stream's event

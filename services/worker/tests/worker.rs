@@ -711,3 +711,140 @@ async fn each_organisation_runs_on_its_own_connection() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+/// Reads the COSTS stream until the reconciled event of `generation_id`.
+async fn reconciled_of(
+    env: &Env,
+    generation_id: &str,
+) -> anyhow::Result<tally_events::CostReconciled> {
+    let costs = env.bus.replay_consumer(StreamKind::Costs, "").await?;
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        for m in costs.fetch(10, Duration::from_millis(200)).await? {
+            m.ack().await?;
+            match tally_events::decode("tally", m.subject(), m.payload()) {
+                Ok(AnyEvent::Reconciled(r)) if r.data.generation_id == generation_id => {
+                    return Ok(r.data)
+                }
+                Ok(AnyEvent::Unresolved(u)) if u.data.generation_id == generation_id => {
+                    anyhow::bail!("unresolved: {:?}", u.data)
+                }
+                _ => {}
+            }
+        }
+    }
+    anyhow::bail!("no cost.reconciled for {generation_id} within {WAIT:?}")
+}
+
+fn spawn_reconciler(env: &Env) -> (watch::Sender<bool>, tokio::task::JoinHandle<()>) {
+    let (stop, shutdown) = watch::channel(false);
+    let rec = tally_reconciler::Reconciler::new(
+        env.bus.clone(),
+        env.client.clone(),
+        tally_reconciler::ReconcilerConfig {
+            first_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(500),
+            deadline: Duration::from_secs(60),
+            ..tally_reconciler::ReconcilerConfig::default()
+        },
+        Arc::new(tally_reconciler::Metrics::unregistered()),
+    );
+    let task = tokio::spawn(async move { rec.run(shutdown).await.unwrap() });
+    (stop, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn mid_stream_error_completes_errored_once_and_the_reconciler_finds_the_cost_through_502_524_529(
+) -> anyhow::Result<()> {
+    let mut env = Env::start(SimConfig {
+        gen_mid_stream_error_rate: Fraction::ONE,
+        stats_delay: Duration::from_millis(300),
+        ..SimConfig::ephemeral()
+    })
+    .await?;
+    env.spawn_worker(Arc::new(AllowAll), fast());
+    let reader = env.reader().await?;
+    env.request(request("r-mid", "openai/gpt-4o-mini", true))
+        .await?;
+    let c = completed_of(&reader, "r-mid").await?;
+    assert_eq!(c.status, GenerationStatus::Errored);
+    assert_eq!(c.actual_cost_usd, None);
+    assert!(c.estimated_cost_usd.is_some());
+    let g = env.sim.simulator().generation(&c.generation_id).unwrap();
+    assert_eq!(g.finish_reason.as_deref(), Some("error"));
+    assert!(!g.cancelled);
+    // Ran once: one generation in the simulator, one completed event.
+    assert_eq!(env.sim.simulator().stats(None).generations_registered, 1);
+
+    // The lookups meet a provider error, an edge timeout and an overload
+    // first: all transient, so the reconciler keeps asking.
+    use tally_sim::ScriptedReply;
+    env.sim.simulator().register_generation(g.script([
+        ScriptedReply::BadGateway,
+        ScriptedReply::EdgeTimeout,
+        ScriptedReply::Overloaded,
+    ]));
+    let (stop, task) = spawn_reconciler(&env);
+    let r = reconciled_of(&env, &c.generation_id).await?;
+    // 3 × 0.00000015 + 4 × 0.0000006: half of the output was produced.
+    assert_eq!(r.actual_cost_usd, d("0.00000285"));
+    assert!(r.attempts >= 4, "{}", r.attempts);
+    assert!(env.sim.simulator().calls(&c.generation_id) >= 4);
+    stop.send(true)?;
+    task.await?;
+    // Nothing more happened for the request: no second generation.
+    assert_eq!(env.sim.simulator().stats(None).generations_registered, 1);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn payment_required_fails_at_once_and_gateway_errors_fail_after_retries() -> anyhow::Result<()>
+{
+    for (knob, reason, retryable) in [
+        ("402", "upstream_payment_required", false),
+        ("502", "upstream_provider_error", true),
+        ("524", "upstream_timeout", true),
+        ("529", "upstream_overloaded", true),
+    ] {
+        let mut cfg = SimConfig::ephemeral();
+        match knob {
+            "402" => cfg.gen_rate_402 = Fraction::ONE,
+            "502" => cfg.gen_rate_502 = Fraction::ONE,
+            "524" => cfg.gen_rate_524 = Fraction::ONE,
+            _ => cfg.gen_rate_529 = Fraction::ONE,
+        }
+        cfg.retry_after = Duration::from_millis(100);
+        let mut env = Env::start(cfg).await?;
+        env.spawn_worker(
+            Arc::new(AllowAll),
+            WorkerConfig {
+                max_attempts: 3,
+                ..fast()
+            },
+        );
+        let reader = env.reader().await?;
+        let started = Instant::now();
+        let id = format!("r-{knob}");
+        env.request(request(&id, "openai/gpt-4o-mini", false))
+            .await?;
+        let f = failed_of(&reader, &id).await?;
+        assert_eq!(f.reason, reason, "{knob}");
+        assert_eq!(f.retryable, retryable, "{knob}");
+        assert_eq!(f.generation_id, None, "{knob}");
+        if retryable {
+            // Three deliveries with backoff (100 ms, 200 ms) before giving up.
+            assert!(
+                started.elapsed() >= Duration::from_millis(300),
+                "{knob}: {:?}",
+                started.elapsed()
+            );
+        }
+        // No generation ran, so nothing is to be booked.
+        assert_eq!(
+            env.sim.simulator().stats(None).generations_registered,
+            0,
+            "{knob}"
+        );
+    }
+    Ok(())
+}
