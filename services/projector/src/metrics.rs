@@ -8,7 +8,6 @@ use prometheus::CounterVec;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use rust_decimal::prelude::ToPrimitive;
 use tally_store::BatchOutcome;
 
 /// The projector's metrics.
@@ -154,14 +153,14 @@ impl Metrics {
             self.entries.with_label_values(&[e.kind.as_str()]).inc();
         }
         for (basis, amount) in &o.debited_by_basis {
-            // Negation happens in Decimal; only the finished figure becomes a float.
+            // Negation happens in Usd; only the finished figure becomes a float.
             if amount.is_sign_negative() {
-                let value = (-*amount).to_f64().unwrap_or(0.0);
+                let value = (-*amount).to_f64_lossy();
                 self.credited
                     .with_label_values(&[basis.as_str()])
                     .inc_by(value);
             } else {
-                let value = amount.to_f64().unwrap_or(0.0);
+                let value = amount.to_f64_lossy();
                 self.debited
                     .with_label_values(&[basis.as_str()])
                     .inc_by(value);

@@ -544,10 +544,19 @@ async fn reconciled(
 ) -> Settle {
     let g = &event.data;
     let now = Utc::now();
+    // Parsed replies always have an exact sum (the client refuses the
+    // others as malformed); should one not, ask again later, never round.
+    let actual = match stats.actual_cost() {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(generation_id = %g.generation_id, code = e.code(), "actual cost cannot be exact: {e}");
+            return Settle::Nak(Some(Duration::from_secs(60)));
+        }
+    };
     let data = CostReconciled {
         generation_id: g.generation_id.clone(),
         org_id: g.org_id.clone(),
-        actual_cost_usd: stats.actual_cost(),
+        actual_cost_usd: actual,
         total_cost_usd: stats.total_cost,
         upstream_inference_cost_usd: stats.upstream_inference_cost,
         is_byok: stats.is_byok,
@@ -562,10 +571,10 @@ async fn reconciled(
     m.reconciled.inc();
     m.completion_to_reconciled
         .observe(age_at(g.completed_at, now).as_secs_f64());
-    m.observe_drift(stats.actual_cost(), g.estimated_cost_usd);
+    m.observe_drift(actual, g.estimated_cost_usd);
     tracing::debug!(
         generation_id = %g.generation_id,
-        actual_cost_usd = %stats.actual_cost(),
+        actual_cost_usd = %actual,
         attempts,
         "actual cost reconciled"
     );

@@ -30,7 +30,7 @@
 //!   `/generation` endpoint (whose state is private to it); the rates are
 //!   still exact fractions.
 
-use std::{collections::HashMap, str::FromStr, sync::OnceLock, time::Duration};
+use std::{collections::HashMap, sync::OnceLock, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
@@ -40,8 +40,8 @@ use axum::{
 };
 use futures::{channel::mpsc, SinkExt as _};
 use rand::Rng;
-use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use tally_money::Usd;
 
 use crate::{
     config::{Fraction, PPM},
@@ -55,12 +55,12 @@ use crate::{
 /// Prices of one catalog model, USD per unit (`None`: not listed).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SimPrices {
-    prompt: Option<Decimal>,
-    completion: Option<Decimal>,
-    request: Option<Decimal>,
-    cache_read: Option<Decimal>,
-    reasoning: Option<Decimal>,
-    web_search: Option<Decimal>,
+    prompt: Option<Usd>,
+    completion: Option<Usd>,
+    request: Option<Usd>,
+    cache_read: Option<Usd>,
+    reasoning: Option<Usd>,
+    web_search: Option<Usd>,
     dynamic: bool,
     reasons: bool,
 }
@@ -72,12 +72,12 @@ fn catalog() -> &'static HashMap<String, SimPrices> {
         let mut out = HashMap::new();
         for m in v["data"].as_array().into_iter().flatten() {
             let Some(id) = m["id"].as_str() else { continue };
-            let price = |k: &str| -> Option<Decimal> {
+            let price = |k: &str| -> Option<Usd> {
                 m["pricing"][k]
                     .as_str()
                     .and_then(|s| tally_money::parse_json_number(s).ok())
             };
-            let dynamic = price("prompt") == Some(Decimal::NEGATIVE_ONE);
+            let dynamic = price("prompt") == Some(-Usd::ONE);
             let reasons = m["supported_parameters"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|p| p == "reasoning"));
@@ -131,8 +131,8 @@ pub(crate) struct Planned {
     pub(crate) web_searches: u64,
     /// What OpenRouter reports as `cost` (BYOK: its fee); `None` when the
     /// reply hides it.
-    pub(crate) cost: Option<Decimal>,
-    pub(crate) upstream: Option<Decimal>,
+    pub(crate) cost: Option<Usd>,
+    pub(crate) upstream: Option<Usd>,
     pub(crate) is_byok: bool,
     pub(crate) abort: bool,
 }
@@ -176,17 +176,28 @@ const WORDS: [&str; 8] = [
     "usual.",
 ];
 
-fn cost_of(p: &SimPrices, g: &Planned, output_tokens: u64) -> Decimal {
-    let z = Decimal::ZERO;
-    let n = Decimal::from;
+/// The exact cost of a planned generation; the simulator's prices are
+/// small, so a cost past `Usd`'s range only comes from absurd knobs and is
+/// shown as the bound.
+fn cost_of(p: &SimPrices, g: &Planned, output_tokens: u64) -> Usd {
+    let z = Usd::ZERO;
     let uncached = g.input_tokens - g.cached_tokens;
     let prompt = p.prompt.unwrap_or(z);
-    p.request.unwrap_or(z)
-        + n(uncached) * prompt
-        + n(g.cached_tokens) * p.cache_read.unwrap_or(prompt)
-        + n(output_tokens) * p.completion.unwrap_or(z)
-        + n(g.reasoning_tokens.min(output_tokens)) * p.reasoning.unwrap_or(z)
-        + n(g.web_searches) * p.web_search.unwrap_or(z)
+    let parts = [
+        prompt.checked_mul_int(uncached),
+        p.cache_read
+            .unwrap_or(prompt)
+            .checked_mul_int(g.cached_tokens),
+        p.completion.unwrap_or(z).checked_mul_int(output_tokens),
+        p.reasoning
+            .unwrap_or(z)
+            .checked_mul_int(g.reasoning_tokens.min(output_tokens)),
+        p.web_search.unwrap_or(z).checked_mul_int(g.web_searches),
+    ];
+    parts
+        .into_iter()
+        .try_fold(p.request.unwrap_or(z), |acc, x| acc.checked_add(x?))
+        .unwrap_or(Usd::MAX)
 }
 
 /// Validates and plans a generation request; `Err` is the reply to send
@@ -296,9 +307,7 @@ pub(crate) fn plan(
     };
     // Register what the generation really cost, for `/generation`.
     let mut record = if g.is_byok {
-        let fee = (produced * Decimal::from_str("0.05").unwrap_or_default())
-            .round_dp(18)
-            .normalize();
+        let fee = crate::number::scaled(produced, 5, 100);
         SimGeneration::new(g.id.clone(), fee).byok(Some(produced))
     } else {
         SimGeneration::new(g.id.clone(), produced)
@@ -327,11 +336,7 @@ pub(crate) fn plan(
     sim.register_generation(record);
     if !roll(cfg.gen_missing_cost_rate) {
         if g.is_byok {
-            g.cost = Some(
-                (full * Decimal::from_str("0.05").unwrap_or_default())
-                    .round_dp(18)
-                    .normalize(),
-            );
+            g.cost = Some(crate::number::scaled(full, 5, 100));
             g.upstream = Some(full);
         } else {
             g.cost = Some(full);
@@ -347,7 +352,7 @@ const UPSTREAM_MARK: &str = "\"__tally_sim_upstream__\"";
 /// Serialises `v`, writing the cost placeholders as exact JSON numbers.
 pub(crate) fn render(sim: &Simulator, g: &Planned, v: &Value) -> String {
     let fmt = sim.shared.cfg.number_format;
-    let num = |d: Option<Decimal>| d.map_or("null".to_owned(), |d| format_number(&d, fmt));
+    let num = |d: Option<Usd>| d.map_or("null".to_owned(), |d| format_number(&d, fmt));
     v.to_string()
         .replace(COST_MARK, &num(g.cost))
         .replace(UPSTREAM_MARK, &num(g.upstream))
