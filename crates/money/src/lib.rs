@@ -67,11 +67,10 @@
 //!   enough for every double OpenRouter prints down to `e-12`. Costs of
 //!   17 significant digits below `1e-12` (needing more than 28 fractional
 //!   digits) are refused with `amount_too_precise`, loudly.
-//! * **Measured, not assumed.** `cargo bench -p tally-money --bench money`
-//!   compares parse, format, sum and Postgres-encode with `rust_decimal`
-//!   on the same inputs (figures in the README): integer addition is a
-//!   single `i128` add with an overflow check, faster than `Decimal`'s
-//!   rescaling add, and parsing/printing are of the same order.
+//! * **Cost.** Addition is one `i128` add with an overflow check, with no
+//!   rescaling; parsing and printing are digit loops of the same order as
+//!   `rust_decimal`'s. `cargo bench -p tally-money --bench money` compares
+//!   parse, format and sum with `rust_decimal` on the same inputs.
 //! * **Refuse, never round.** An amount with more fractional digits than 28
 //!   is *rejected*, not rounded: rounding money silently is the one thing
 //!   this crate exists to prevent. The same holds for sums: no operator
