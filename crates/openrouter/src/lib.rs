@@ -69,6 +69,7 @@ pub mod account;
 pub mod client;
 pub mod error;
 pub mod generation;
+pub mod key;
 pub mod models;
 pub mod responses;
 pub mod sse;
@@ -77,6 +78,7 @@ pub use account::{ExchangedKey, KeyInfo};
 pub use client::{ClientConfig, OpenRouterClient, DEFAULT_BASE_URL};
 pub use error::{parse_retry_after, OpenRouterError, MAX_RETRY_AFTER};
 pub use generation::GenerationStats;
+pub use key::{KeyUsage, UsageWindow, WindowUsage};
 pub use models::{ModelInfo, Price, Pricing};
 pub use responses::{
     InputMessage, MaxPriceUsd, ProviderRouting, ResponseUsage, ResponsesError, ResponsesInput,

@@ -15,6 +15,8 @@
 //! * [`providers`]: provider connections (sealed credentials), OAuth
 //!   states, per-organisation model catalogs and routing profiles —
 //!   configuration, not projections (`tally replay` leaves them alone).
+//! * [`reconcile`]: the reconciler's first lookups and sweep claims, and
+//!   the booked totals per window that the provider drift compares.
 //!
 //! # Money rules
 //!
@@ -68,6 +70,7 @@ pub mod ledger;
 pub mod outbox;
 pub mod providers;
 pub mod queries;
+pub mod reconcile;
 
 use std::time::Duration;
 

@@ -16,6 +16,7 @@
 //! | `POST /v1/budgets/check` | 200 | 400, 415, 422, 503 |
 //! | `GET /v1/generations/{generation_id}` | 200 | 404, 422, 503 |
 //! | `GET /v1/spend?org_id&from&to&group_by` | 200 | 422, 503 |
+//! | `GET /v1/providers/openrouter/drift` | 200 | 502, 503 (see [`drift`]) |
 //! | `GET /healthz` | 200 | |
 //! | `GET /readyz` | 200 | 503 |
 //! | `GET /metrics` | 200 | |
@@ -49,6 +50,7 @@
 //!   that is not yet `application/problem+json` (routing 404/405, body
 //!   limit, timeout) into one; no plain-text rejection reaches a client.
 
+pub mod drift;
 pub mod error;
 pub mod metrics;
 
@@ -116,6 +118,7 @@ pub struct AppState {
     prefix: String,
     metrics: ApiMetrics,
     request_timeout: Duration,
+    openrouter: Option<tally_openrouter::OpenRouterClient>,
 }
 
 impl AppState {
@@ -134,6 +137,7 @@ impl AppState {
             prefix,
             metrics,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            openrouter: None,
         })
     }
 
@@ -152,6 +156,13 @@ impl AppState {
     /// [`DEFAULT_REQUEST_TIMEOUT`]).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// The OpenRouter client (with the configured key) the drift check
+    /// asks; without one the drift answers 503 `provider_key_missing`.
+    pub fn with_openrouter(mut self, client: tally_openrouter::OpenRouterClient) -> Self {
+        self.openrouter = Some(client);
         self
     }
 
@@ -188,6 +199,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/budgets/{id}/entries", get(budgets::entries))
         .route("/v1/generations/{generation_id}", get(generations::get))
         .route("/v1/spend", get(spend::get))
+        .route("/v1/providers/openrouter/drift", get(drift::get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

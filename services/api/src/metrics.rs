@@ -18,7 +18,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// Label of requests that matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -30,6 +30,10 @@ pub struct ApiMetrics {
     pub requests: IntCounterVec,
     /// `tally_api_request_duration_seconds{route}`.
     pub duration: HistogramVec,
+    /// `tally_api_provider_drift_usd{provider, window}`: what OpenRouter reports
+    /// for the configured key minus what tally booked for the same UTC
+    /// window (positive: spend tally did not see). Set by every drift check.
+    pub provider_drift: GaugeVec,
 }
 
 impl ApiMetrics {
@@ -52,9 +56,21 @@ impl ApiMetrics {
             ]),
             &["route"],
         )?;
+        let provider_drift = GaugeVec::new(
+            Opts::new(
+                "tally_api_provider_drift_usd",
+                "Provider-reported usage minus tally's booked spend for the same UTC window, USD.",
+            ),
+            &["provider", "window"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
-        Ok(ApiMetrics { requests, duration })
+        registry.register(Box::new(provider_drift.clone()))?;
+        Ok(ApiMetrics {
+            requests,
+            duration,
+            provider_drift,
+        })
     }
 }
 

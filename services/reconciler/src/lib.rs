@@ -105,10 +105,12 @@
 //!   never-ready generation only ever occupies one lookup at a time and
 //!   otherwise waits on the server, so it never delays the others.
 
+mod first_lookup;
 mod limiter;
 pub mod metrics;
 mod schedule;
 mod service;
+pub mod sweep;
 
 use std::time::Duration;
 
@@ -121,9 +123,13 @@ pub use schedule::{
 pub use service::{
     reconciled_event_id, unresolved_event_id, Reconciler, DEAD_LETTER_SERVICE, SOURCE,
 };
+pub use sweep::{SweepConfig, SweepReport, Sweeper};
 
 /// Default of [`ReconcilerConfig::deadline`] (`TALLY_RECONCILE_DEADLINE`).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// Default of [`ReconcilerConfig::min_window`] (`TALLY_RECONCILE_MIN_WINDOW`).
+pub const DEFAULT_MIN_WINDOW: Duration = Duration::from_secs(2 * 60);
 
 /// How the reconciler behaves. [`Default`] gives the production settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +139,14 @@ pub struct ReconcilerConfig {
     /// How long after a generation's `completed_at` the reconciler keeps
     /// asking before it gives up (default 15 min, `TALLY_RECONCILE_DEADLINE`).
     pub deadline: Duration,
+    /// How long after tally's own first lookup of a generation the
+    /// reconciler keeps asking at least, whatever its age (default 2 min,
+    /// `TALLY_RECONCILE_MIN_WINDOW`): a generation that reaches tally late
+    /// is still looked up patiently.
+    pub min_window: Duration,
+    /// The sweep that asks again about unresolved and estimate-basis
+    /// generations (runs only with a store, see [`Reconciler::with_store`]).
+    pub sweep: SweepConfig,
     /// Age of a generation at its first lookup, and the shortest delay
     /// between two lookups (default 1 s).
     pub first_delay: Duration,
@@ -153,6 +167,8 @@ impl Default for ReconcilerConfig {
         ReconcilerConfig {
             prefix: "tally".to_owned(),
             deadline: DEFAULT_DEADLINE,
+            min_window: DEFAULT_MIN_WINDOW,
+            sweep: SweepConfig::default(),
             first_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(60),
             concurrency: 64,
@@ -172,6 +188,10 @@ impl ReconcilerConfig {
         if self.deadline.is_zero() {
             return bad("deadline must be greater than zero");
         }
+        if self.min_window.is_zero() {
+            return bad("min_window must be greater than zero");
+        }
+        self.sweep.validate()?;
         if self.first_delay.is_zero() {
             return bad("first_delay must be greater than zero");
         }
@@ -201,15 +221,21 @@ pub enum ReconcilerError {
     /// its durable consumer).
     #[error(transparent)]
     Bus(#[from] tally_bus::BusError),
+    /// Postgres refused something the sweep cannot do without (listing or
+    /// claiming generations).
+    #[error(transparent)]
+    Store(#[from] tally_store::StoreError),
 }
 
 impl ReconcilerError {
-    /// Stable machine-readable code: `reconciler_config`, or the bus error's
-    /// code (`bus_consumer`, `bus_stream`, ...).
+    /// Stable machine-readable code: `reconciler_config`, or the bus or
+    /// store error's code (`bus_consumer`, `bus_stream`,
+    /// `database_unavailable`, ...).
     pub fn code(&self) -> &'static str {
         match self {
             ReconcilerError::Config(_) => "reconciler_config",
             ReconcilerError::Bus(e) => e.code(),
+            ReconcilerError::Store(e) => e.code(),
         }
     }
 }
@@ -223,13 +249,19 @@ mod tests {
         let c = ReconcilerConfig::default();
         assert!(c.validate().is_ok());
         assert_eq!(c.deadline, Duration::from_secs(900));
+        assert_eq!(c.min_window, Duration::from_secs(120));
+        assert_eq!(c.sweep.interval, Duration::from_secs(3600));
+        assert_eq!(c.sweep.horizon, Duration::from_secs(7 * 86_400));
     }
 
     #[test]
     fn invalid_settings_are_named() {
         type Mutate = fn(&mut ReconcilerConfig);
-        let cases: [(Mutate, &str); 6] = [
+        let cases: [(Mutate, &str); 9] = [
             (|c| c.deadline = Duration::ZERO, "deadline"),
+            (|c| c.min_window = Duration::ZERO, "min_window"),
+            (|c| c.sweep.interval = Duration::ZERO, "sweep interval"),
+            (|c| c.sweep.horizon = Duration::ZERO, "sweep horizon"),
             (|c| c.first_delay = Duration::ZERO, "first_delay"),
             (|c| c.max_delay = Duration::from_millis(1), "max_delay"),
             (|c| c.concurrency = 0, "concurrency"),
