@@ -440,12 +440,20 @@ fn a_completed_event_without_status_is_completed_but_a_wrong_status_is_refused()
 
     doc["data"]["status"] = json!("finished");
     assert_eq!(
-        code(decode("tally", "tally.generation.completed.acme", &body(&doc))),
+        code(decode(
+            "tally",
+            "tally.generation.completed.acme",
+            &body(&doc)
+        )),
         "invalid_data"
     );
     doc["data"]["status"] = Value::Null;
     assert_eq!(
-        code(decode("tally", "tally.generation.completed.acme", &body(&doc))),
+        code(decode(
+            "tally",
+            "tally.generation.completed.acme",
+            &body(&doc)
+        )),
         "invalid_data"
     );
 }

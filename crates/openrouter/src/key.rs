@@ -35,7 +35,11 @@ pub enum UsageWindow {
 
 impl UsageWindow {
     /// Every window, shortest first.
-    pub const ALL: [UsageWindow; 3] = [UsageWindow::Daily, UsageWindow::Weekly, UsageWindow::Monthly];
+    pub const ALL: [UsageWindow; 3] = [
+        UsageWindow::Daily,
+        UsageWindow::Weekly,
+        UsageWindow::Monthly,
+    ];
 
     /// Its name (`daily`, `weekly`, `monthly`).
     pub fn as_str(self) -> &'static str {
@@ -126,10 +130,11 @@ impl KeyUsage {
             .data
             .ok_or_else(|| bad("reply has no \"data\" object".to_owned()))?;
         let required = |field: &str, raw| {
-            cost(field, raw, status)?
-                .ok_or_else(|| bad(format!("data.{field} is missing or null")))
+            cost(field, raw, status)?.ok_or_else(|| bad(format!("data.{field} is missing or null")))
         };
-        let optional = |field: &str, raw| Ok::<_, OpenRouterError>(cost(field, raw, status)?.unwrap_or_default());
+        let optional = |field: &str, raw| {
+            Ok::<_, OpenRouterError>(cost(field, raw, status)?.unwrap_or_default())
+        };
         Ok(KeyUsage {
             label: w.label.and_then(|l| l.as_str().map(str::to_owned)),
             daily: WindowUsage {
@@ -177,8 +182,8 @@ mod tests {
         assert_eq!(k.monthly.byok_usage, Decimal::ZERO);
         let e = KeyUsage::parse(br#"{"data":{"usage_daily":"1"}}"#, 200).unwrap_err();
         assert_eq!(e.code(), "malformed_reply");
-        let e = KeyUsage::parse(br#"{"data":{"usage_daily":1,"usage_weekly":1}}"#, 200)
-            .unwrap_err();
+        let e =
+            KeyUsage::parse(br#"{"data":{"usage_daily":1,"usage_weekly":1}}"#, 200).unwrap_err();
         assert!(e.to_string().contains("usage_monthly"), "{e}");
     }
 

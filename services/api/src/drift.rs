@@ -121,7 +121,10 @@ pub async fn check(state: &AppState) -> Result<DriftReport, ApiError> {
         other => ApiError::new(
             StatusCode::BAD_GATEWAY,
             "provider_unavailable",
-            format!("OpenRouter's key usage could not be read ({}): {other}", other.code()),
+            format!(
+                "OpenRouter's key usage could not be read ({}): {other}",
+                other.code()
+            ),
         ),
     })?;
     let now = Utc::now();

@@ -219,7 +219,13 @@ pub fn late_next(
     transient: bool,
     retry_after: Option<Duration>,
 ) -> Option<Duration> {
-    let end = give_up_at(completed_at, first_lookup, p.deadline, p.min_window, transient);
+    let end = give_up_at(
+        completed_at,
+        first_lookup,
+        p.deadline,
+        p.min_window,
+        transient,
+    );
     if now >= end {
         return None;
     }
@@ -409,10 +415,19 @@ mod tests {
     fn the_give_up_instant_is_the_later_of_both_rules() {
         let t0 = DateTime::<Utc>::UNIX_EPOCH;
         // First lookup long before the deadline: the deadline decides.
-        assert_eq!(give_up_at(t0, at(t0, 10), secs(900), secs(120), false), at(t0, 900));
+        assert_eq!(
+            give_up_at(t0, at(t0, 10), secs(900), secs(120), false),
+            at(t0, 900)
+        );
         // First lookup after it: the window decides.
-        assert_eq!(give_up_at(t0, at(t0, 1200), secs(900), secs(120), false), at(t0, 1320));
-        assert_eq!(give_up_at(t0, at(t0, 1200), secs(900), secs(120), true), at(t0, 1440));
+        assert_eq!(
+            give_up_at(t0, at(t0, 1200), secs(900), secs(120), false),
+            at(t0, 1320)
+        );
+        assert_eq!(
+            give_up_at(t0, at(t0, 1200), secs(900), secs(120), true),
+            at(t0, 1440)
+        );
         assert!(is_transient(REASON_UPSTREAM_ERROR));
         assert!(is_transient(REASON_UPSTREAM_UNREACHABLE));
         assert!(is_transient(REASON_MALFORMED_REPLY));

@@ -288,7 +288,9 @@ impl Sweeper {
             Ok(stats) if !stats.missing_upstream_cost() => {
                 self.metrics.sweep_lookups.with_label_values(&["ok"]).inc();
                 let now = Utc::now();
-                let attempts = u32::try_from(c.sweeps).unwrap_or(u32::MAX).saturating_add(1);
+                let attempts = u32::try_from(c.sweeps)
+                    .unwrap_or(u32::MAX)
+                    .saturating_add(1);
                 let data = cost_reconciled(&c.generation_id, &c.org_id, &stats, attempts, now);
                 let id = reconciled_event_id(&c.generation_id);
                 let event = CloudEvent::new_on_bus(&self.cfg.prefix, &id, SOURCE, now, data);
@@ -311,10 +313,7 @@ impl Sweeper {
                         Outcome::Reconciled
                     }
                     Err(e) => {
-                        self.metrics
-                            .bus_errors
-                            .with_label_values(&[e.code()])
-                            .inc();
+                        self.metrics.bus_errors.with_label_values(&[e.code()]).inc();
                         tracing::warn!(error = %e, generation_id = %c.generation_id, "publishing a swept cost failed; next pass asks again");
                         Outcome::Error(e.code())
                     }

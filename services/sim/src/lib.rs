@@ -72,7 +72,6 @@ pub mod admin;
 pub mod chat;
 pub mod config;
 pub mod generation;
-pub mod unseen;
 pub mod load;
 pub mod models;
 pub mod number;
@@ -80,6 +79,7 @@ pub mod oauth;
 mod reply;
 pub mod responses;
 pub mod state;
+pub mod unseen;
 
 pub use accounts::{IssuedKey, KeyActivity, KeySpec, Served, TEST_KEY};
 pub use admin::{GenerationSpec, RegisteredGeneration, SimStats};
@@ -183,7 +183,12 @@ impl Simulator {
     /// Registers a generation that `key` ran at `served_at`: it counts in
     /// that key's usage (`GET /api/v1/key`) in every window containing
     /// `served_at`, like a generation served through `/responses`.
-    pub fn serve_generation(&self, key: &str, g: SimGeneration, served_at: chrono::DateTime<chrono::Utc>) {
+    pub fn serve_generation(
+        &self,
+        key: &str,
+        g: SimGeneration,
+        served_at: chrono::DateTime<chrono::Utc>,
+    ) {
         self.accounts.record_generation(
             key,
             accounts::Served {

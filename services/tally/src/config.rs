@@ -88,7 +88,12 @@ pub struct Settings {
     pub reconcile_min_window: String,
     /// Time between two sweeps that ask OpenRouter again about unresolved and
     /// estimate-basis generations (e.g. 1h).
-    #[arg(long, env = "TALLY_SWEEP_INTERVAL", default_value = "1h", global = true)]
+    #[arg(
+        long,
+        env = "TALLY_SWEEP_INTERVAL",
+        default_value = "1h",
+        global = true
+    )]
     pub sweep_interval: String,
     /// How old a generation may be and still be swept (e.g. 7d).
     #[arg(long, env = "TALLY_SWEEP_HORIZON", default_value = "7d", global = true)]
