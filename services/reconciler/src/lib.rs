@@ -14,14 +14,22 @@
 //!   `tally.cost.reconciled.v1` on `<prefix>.cost.reconciled.<org>` (id
 //!   `reconciled-<generation_id>`; `actual_cost_usd` = `total_cost`, plus
 //!   `upstream_inference_cost` for BYOK, money rule 8, exact to the digit);
-//! * or, once the deadline (`TALLY_RECONCILE_DEADLINE`, default 15 min from
-//!   `completed_at`) has passed, publishes `tally.cost.unresolved.v1` on
+//! * or, once it may give up — at least the deadline
+//!   (`TALLY_RECONCILE_DEADLINE`, default 15 min) after `completed_at`
+//!   **and** at least the minimum window (`TALLY_RECONCILE_MIN_WINDOW`,
+//!   default 2 min) after tally's own first lookup, on a real answer (a
+//!   transient one earns one more window; see `schedule`) — publishes
+//!   `tally.cost.unresolved.v1` on
 //!   `<prefix>.cost.unresolved.<org>` (id `unresolved-<generation_id>`) with
 //!   the reason taken from the last answer: `deadline_exceeded` (still 404),
 //!   `malformed_reply`, `upstream_error` (429/5xx/unexpected status),
 //!   `upstream_unreachable` (timeout, connection error) or
 //!   `missing_upstream_cost` (BYOK without the provider's bill), plus the
 //!   number of lookups and the last HTTP status;
+//! * sweeps, every `TALLY_SWEEP_INTERVAL` (with a store), the generations
+//!   still unresolved or on their estimate and younger than
+//!   `TALLY_SWEEP_HORIZON`, and publishes the costs OpenRouter now has
+//!   ([`sweep`]; also `tally reconcile sweep`);
 //! * dead-letters events it cannot read to `<prefix>.deadletter.reconciler`
 //!   (reason = the decoder's error code) and goes on with the next.
 //!
@@ -50,6 +58,9 @@
 //!   ([`Reconciler`]).
 //! * `schedule` — when to ask again and what to report when giving up (pure).
 //! * `limiter` — the shared, adaptive rate limit toward OpenRouter.
+//! * `first_lookup` — where the first lookup of a generation is remembered.
+//! * [`sweep`] — asking again later about unresolved and estimate-basis
+//!   generations.
 //!
 //! # Decisions
 //!
@@ -63,6 +74,18 @@
 //!   store, no timers in memory, nothing lost on restart, and memory bounded
 //!   by the batch size plus the concurrency, whatever the number pending
 //!   (the consumer's `max_ack_pending` of 20 000 bounds the set itself).
+//! * **The first lookup is remembered in Postgres, not in the message.**
+//!   The give-up rule needs the instant of tally's first lookup, across
+//!   restarts and instances. JetStream cannot attach data to a message it
+//!   redelivers (a nak carries only a delay), and the message's storage
+//!   time comes *before* the first lookup, so after an outage it would end
+//!   the window before it started. A row per generation
+//!   (`reconcile_first_lookups`, earliest write wins) is shared by every
+//!   instance and survives restarts; it is written only close to the
+//!   deadline (the last lookup before the window zone and the lookups in
+//!   it), so generations found early cost no write, and the calls per
+//!   generation of fresh events do not change. Without a store (embedded
+//!   uses, tests) the memory of the process stands in.
 //! * **Doubling backoff from the generation's age, capped.** Statistics
 //!   appear seconds after a normal generation and much later after an
 //!   interrupted one: asking at ages 1, 2, 4, 8 … s, then every `max_delay`,
@@ -70,8 +93,10 @@
 //!   two or three lookups, and the slow ones with a few dozen per 15 minutes.
 //!   Because the delay derives from `completed_at` and the clock, not from
 //!   in-memory counters, any instance computes the same schedule. The last
-//!   delay is cut so one final lookup happens at the deadline, which makes
-//!   the unresolved reason reflect the last real answer.
+//!   delay is cut so one final lookup happens at the give-up instant, which
+//!   makes the unresolved reason reflect the last real answer. Near and past
+//!   the deadline the delay grows from the first lookup instead, so a late
+//!   event is asked again within seconds.
 //! * **Key and account problems never give a generation up.** 401/403
 //!   (key) and 402 (credits) say nothing about the generation: its cost
 //!   exists and will be readable once an operator fixes the key. Giving up
