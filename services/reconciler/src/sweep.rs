@@ -273,7 +273,11 @@ impl Sweeper {
             Some(p) => match p.get(&c.org_id).await {
                 Ok(org) => match &org.client {
                     Some(client) => client.clone(),
-                    None => return self.finish(&c, Outcome::Missing(crate::REASON_PROVIDER_NOT_CONNECTED)).await,
+                    None => {
+                        return self
+                            .finish(&c, Outcome::Missing(crate::REASON_PROVIDER_NOT_CONNECTED))
+                            .await
+                    }
                 },
                 Err(e) => return self.finish(&c, Outcome::Error(e.code())).await,
             },

@@ -23,6 +23,10 @@ fn tally(h: &Harness, sim_url: &str) -> Command {
         .env("TALLY_DATABASE_URL", h.db.url())
         .env("TALLY_OPENROUTER_BASE_URL", sim_url)
         .env("TALLY_OPENROUTER_API_KEY", tally_sim::TEST_KEY)
+        .env(
+            "TALLY_SECRETS_KEY",
+            "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+        )
         .env("TALLY_ACK_WAIT", "3s")
         .env("TALLY_RECONCILE_DEADLINE", "2s")
         .env("TALLY_RECONCILE_MIN_WINDOW", "1s")
@@ -123,6 +127,21 @@ async fn late_events_transient_answers_the_sweep_and_the_drift_seen_from_outside
     let api = format!("http://127.0.0.1:{port}");
     let http = reqwest::Client::new();
 
+    // The organisation connects OpenRouter with the key the simulator knows;
+    // the reconciler looks its generations up with it.
+    let mut c = tally(&h, &sim_url);
+    // `provider connect`'s own --byok-providers shares its name with the
+    // global TALLY_BYOK_PROVIDERS setting, which clap then hands to both;
+    // a value valid for both keeps the command usable.
+    c.args(["provider", "connect", "--org", ORG])
+        .env("TALLY_BYOK_PROVIDERS", "acme=openai");
+    let out = tokio::time::timeout(Duration::from_secs(60), c.output()).await??;
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _projector = spawn(&h, &sim_url, &["projector"], &[])?;
     let _reconciler = spawn(&h, &sim_url, &["reconciler"], &[])?;
     let _api = spawn(

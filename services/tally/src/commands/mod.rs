@@ -116,7 +116,10 @@ pub(crate) fn projector_service(
 /// The organisations' providers the reconciler and the sweep look
 /// generations up with (each organisation's own key, decrypted from
 /// Postgres and cached); no environment key.
-pub(crate) fn org_providers(cfg: &Config, store: &Store) -> anyhow::Result<tally_provider::OrgProviders> {
+pub(crate) fn org_providers(
+    cfg: &Config,
+    store: &Store,
+) -> anyhow::Result<tally_provider::OrgProviders> {
     let client = tally_openrouter::OpenRouterClient::new(tally_openrouter::ClientConfig {
         base_url: cfg.openrouter_base_url.clone(),
         api_key: None,
@@ -128,16 +131,22 @@ pub(crate) fn org_providers(cfg: &Config, store: &Store) -> anyhow::Result<tally
              so generation costs cannot be looked up"
         );
     }
-    Ok(tally_provider::OrgProviders::new(store.clone(), cfg.keyring.clone(), client))
+    Ok(tally_provider::OrgProviders::new(
+        store.clone(),
+        cfg.keyring.clone(),
+        client,
+    ))
 }
 
 /// The base OpenRouter client (no key: every lookup uses an organisation's).
 pub(crate) fn reconcile_client(cfg: &Config) -> anyhow::Result<tally_openrouter::OpenRouterClient> {
-    Ok(tally_openrouter::OpenRouterClient::new(tally_openrouter::ClientConfig {
-        base_url: cfg.openrouter_base_url.clone(),
-        api_key: None,
-        ..Default::default()
-    })?)
+    Ok(tally_openrouter::OpenRouterClient::new(
+        tally_openrouter::ClientConfig {
+            base_url: cfg.openrouter_base_url.clone(),
+            api_key: None,
+            ..Default::default()
+        },
+    )?)
 }
 
 /// The reconciler's settings from the configuration.

@@ -12,7 +12,9 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use clap::{Args, Subcommand};
 
-use super::{connect_bus, connect_store, reconcile_client, reconciler_config, UsageError};
+use super::{
+    connect_bus, connect_store, org_providers, reconcile_client, reconciler_config, UsageError,
+};
 use crate::config::Config;
 
 /// `tally reconcile …`.
@@ -78,7 +80,9 @@ async fn sweep(cfg: &Config, args: SweepArgs) -> anyhow::Result<()> {
     let mut rcfg = reconciler_config(cfg);
     rcfg.sweep.rate_per_sec = args.rate;
     let metrics = std::sync::Arc::new(tally_reconciler::Metrics::unregistered());
-    let sweeper = tally_reconciler::Sweeper::new(bus, store, client, rcfg, metrics);
+    let providers = org_providers(cfg, &store)?;
+    let sweeper = tally_reconciler::Sweeper::new(bus, store, client, rcfg, metrics)
+        .with_org_providers(providers);
     let shutdown = super::shutdown_signal();
     let started = Instant::now();
     let horizon = chrono::Duration::from_std(cfg.sweep_horizon).unwrap_or(chrono::Duration::MAX);
