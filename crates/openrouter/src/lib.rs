@@ -79,7 +79,7 @@ pub use error::{parse_retry_after, OpenRouterError, MAX_RETRY_AFTER};
 pub use generation::GenerationStats;
 pub use models::{ModelInfo, Price, Pricing};
 pub use responses::{
-    InputMessage, MaxPriceUsd, ProviderRouting, ResponseUsage, ResponsesError, ResponsesInput,
-    ResponsesReply, ResponsesRequest, ServerTool, StreamAccumulator,
+    InputMessage, MaxPriceUsd, PendingResponse, ProviderRouting, ResponseUsage, ResponsesError,
+    ResponsesInput, ResponsesReply, ResponsesRequest, ServerTool, StreamAccumulator,
 };
 pub use sse::{SseEvent, SseParser};

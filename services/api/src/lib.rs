@@ -16,6 +16,8 @@
 //! | `POST /v1/budgets/check` | 200 | 400, 415, 422, 503 |
 //! | `GET /v1/generations/{generation_id}` | 200 | 404, 422, 503 |
 //! | `GET /v1/spend?org_id&from&to&group_by` | 200 | 422, 503 |
+//! | `GET /v1/reservations?org_id&state&cursor&limit` | 200 | 422, 503 |
+//! | `GET /v1/reservations/{request_id}` | 200 | 404, 422, 503 |
 //! | `GET /healthz` | 200 | |
 //! | `GET /readyz` | 200 | 503 |
 //! | `GET /metrics` | 200 | |
@@ -56,6 +58,7 @@ mod budgets;
 mod extract;
 mod generations;
 mod health;
+mod reservations;
 mod spend;
 mod wire;
 
@@ -188,6 +191,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/budgets/{id}/entries", get(budgets::entries))
         .route("/v1/generations/{generation_id}", get(generations::get))
         .route("/v1/spend", get(spend::get))
+        .route("/v1/reservations", get(reservations::list))
+        .route("/v1/reservations/{request_id}", get(reservations::get))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

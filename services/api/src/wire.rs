@@ -12,6 +12,10 @@
 //!   separately as `over_by_usd`, so nothing is hidden.
 //! * **Past periods are measured against the current limit.** Budgets keep
 //!   no history of their limits; the spend figures themselves are exact.
+//! * **`available_usd` = limit − spent − reserved, clamped at zero.** It is
+//!   what a new generation may still hold: `reserved_usd` is the worst case
+//!   of the generations running now (their holds), so a hard budget admits
+//!   a request only when its worst case fits in `available_usd`.
 
 use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
@@ -41,6 +45,10 @@ pub(crate) struct PeriodBody {
     pub remaining_usd: Decimal,
     #[serde(with = "tally_money::serde_usd")]
     pub over_by_usd: Decimal,
+    #[serde(with = "tally_money::serde_usd")]
+    pub reserved_usd: Decimal,
+    #[serde(with = "tally_money::serde_usd")]
+    pub available_usd: Decimal,
     pub generations: i64,
     pub exhausted: bool,
 }
@@ -55,6 +63,8 @@ impl PeriodBody {
             spent_estimated_usd: t.spent_estimated_usd,
             remaining_usd: (limit - t.spent_usd).max(Decimal::ZERO),
             over_by_usd: (t.spent_usd - limit).max(Decimal::ZERO),
+            reserved_usd: t.reserved_usd,
+            available_usd: (limit - t.spent_usd - t.reserved_usd).max(Decimal::ZERO),
             generations: t.generations,
             exhausted: is_exhausted(limit, t.spent_usd),
         }
@@ -74,6 +84,7 @@ pub(crate) struct BudgetBody {
     pub limit_usd: Decimal,
     pub thresholds_percent: Vec<u32>,
     pub enforcement: Enforcement,
+    pub allow_unpriced_models: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub archived_at: Option<DateTime<Utc>>,
@@ -95,6 +106,7 @@ impl BudgetBody {
             limit_usd: b.limit_usd,
             thresholds_percent: b.thresholds,
             enforcement: b.enforcement,
+            allow_unpriced_models: b.allow_unpriced_models,
             created_at: b.created_at,
             updated_at: b.updated_at,
             archived_at: b.archived_at,
@@ -251,8 +263,18 @@ mod tests {
         };
         let body = PeriodBody::new(Decimal::ONE, p, t);
         assert_eq!(body.remaining_usd, Decimal::ZERO);
+        assert_eq!(body.available_usd, Decimal::ZERO);
         assert_eq!(body.over_by_usd, Decimal::new(5, 1));
         assert!(body.exhausted);
+        let held = PeriodTotals {
+            spent_usd: Decimal::new(25, 2),
+            reserved_usd: Decimal::new(5, 1),
+            ..Default::default()
+        };
+        let body = PeriodBody::new(Decimal::ONE, p, held);
+        assert_eq!(body.remaining_usd, Decimal::new(75, 2));
+        assert_eq!(body.available_usd, Decimal::new(25, 2));
+        assert!(!body.exhausted);
     }
 
     #[test]
