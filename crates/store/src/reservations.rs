@@ -436,7 +436,7 @@ enum Decision {
         budget: Arc<Budget>,
     },
     /// Already decided by an earlier delivery.
-    Existing(Reservation),
+    Existing(Box<Reservation>),
     /// Same request id earlier in this batch.
     SameAs(usize),
 }
@@ -512,7 +512,7 @@ impl Store {
                     && existing.release_reason.as_deref() == Some("expired")
                     && existing.org_id == r.org_id;
                 if !revivable {
-                    decisions.push(Some(Decision::Existing(existing.clone())));
+                    decisions.push(Some(Decision::Existing(Box::new(existing.clone()))));
                     matching.push(Vec::new());
                     continue;
                 }
