@@ -133,7 +133,6 @@ struct WireModel {
     architecture: Option<Value>,
     pricing: Option<HashMap<String, Box<RawValue>>>,
     supported_parameters: Option<Value>,
-    top_provider: Option<Value>,
 }
 
 fn parse_catalog(body: &[u8], status: u16) -> Result<Vec<ModelInfo>, OpenRouterError> {
