@@ -142,9 +142,10 @@ pub(crate) fn reconciler_service(
 /// Builds the generation worker: OpenRouter client (long timeout: a
 /// streamed generation can take minutes), model catalog (persisted copy
 /// first, then a fresh one, refreshed in the background) and the budget
-/// preflight through tally's own API.
+/// holds in Postgres.
 pub(crate) async fn worker_service(
     bus: &Bus,
+    store: &Store,
     cfg: &Config,
     registry: &Registry,
     shutdown: watch::Receiver<bool>,
@@ -168,19 +169,18 @@ pub(crate) async fn worker_service(
         tracing::warn!(error = %e, code = e.code(), "model catalog not fetched yet; will retry");
     }
     catalog.clone().spawn_refresh(client.clone(), shutdown);
-    let preflight: Arc<dyn tally_worker::Preflight> = Arc::new(tally_worker::HttpPreflight::new(
-        &cfg.api_url,
-        Duration::from_secs(5),
-    )?);
+    let reservations = Some(tally_worker::Reservations::new(store.clone()));
     let metrics = Arc::new(tally_worker::Metrics::register(registry)?);
     Ok(tally_worker::Worker::new(
         bus.clone(),
         client,
-        preflight,
+        reservations,
         catalog,
         tally_worker::WorkerConfig {
             prefix: cfg.prefix.clone(),
             byok: byok_providers(cfg),
+            reservation_ttl: cfg.reservation_ttl,
+            default_max_output_tokens: cfg.default_max_output_tokens,
             ..Default::default()
         },
         metrics,
@@ -202,9 +202,10 @@ fn byok_providers(cfg: &Config) -> tally_worker::ByokProviders {
 pub async fn worker(cfg: &Config) -> anyhow::Result<()> {
     let registry = Registry::new();
     let bus = connect_bus(cfg).await?;
+    let store = connect_store(cfg, 8).await?;
     serve_metrics(cfg, &registry).await?;
     let shutdown = shutdown_signal();
-    let svc = worker_service(&bus, cfg, &registry, shutdown.clone()).await?;
+    let svc = worker_service(&bus, &store, cfg, &registry, shutdown.clone()).await?;
     svc.run(shutdown).await?;
     Ok(())
 }
@@ -280,7 +281,7 @@ pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> an
     serve_metrics(cfg, &registry).await?;
     let projector = projector_service(&bus, &store, cfg, &registry)?;
     let reconciler = reconciler_service(&bus, cfg, &registry)?;
-    let worker = worker_service(&bus, cfg, &registry, shutdown.clone()).await?;
+    let worker = worker_service(&bus, &store, cfg, &registry, shutdown.clone()).await?;
     let p = tokio::spawn(projector.run(shutdown.clone()));
     let r = tokio::spawn(reconciler.run(shutdown.clone()));
     let w = tokio::spawn(worker.run(shutdown.clone()));
