@@ -44,18 +44,24 @@
 //!   budget exists to cap spend.
 //! * **Strict input.** Unknown body fields and query parameters are refused
 //!   (422 naming them), so a typo never silently changes a request; bodies
-//!   are limited to [`BODY_LIMIT`] bytes.
+//!   are limited to [`BODY_LIMIT`] bytes by default.
+//! * **Limits everywhere** ([`limits`], [`server`]): header-read, idle and
+//!   request timeouts, a body limit, a connection cap, per-organisation
+//!   limits on what may be created, and every list paginated.
 //! * **Every error is a problem.** A middleware converts any error response
 //!   that is not yet `application/problem+json` (routing 404/405, body
 //!   limit, timeout) into one; no plain-text rejection reaches a client.
 
 pub mod error;
+pub mod limits;
 pub mod metrics;
+pub mod server;
 
 mod budgets;
 mod extract;
 mod generations;
 mod health;
+mod pagination;
 mod spend;
 mod wire;
 
@@ -75,6 +81,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 pub use error::{ApiError, Problem};
+pub use limits::{HttpLimits, OrgLimits};
 pub use metrics::ApiMetrics;
 
 /// Largest accepted request body, in bytes (64 KiB).
@@ -96,6 +103,11 @@ pub struct ApiConfig {
     pub prefix: String,
     /// Time a request may take before it is answered 503 `request_timeout`.
     pub request_timeout: Duration,
+    /// Connection limits and timeouts (its `request_timeout` is replaced
+    /// by the field above).
+    pub http_limits: HttpLimits,
+    /// What one organisation may create.
+    pub org_limits: OrgLimits,
 }
 
 impl Default for ApiConfig {
@@ -104,6 +116,8 @@ impl Default for ApiConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             prefix: "tally".to_owned(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            http_limits: HttpLimits::default(),
+            org_limits: OrgLimits::default(),
         }
     }
 }
@@ -115,7 +129,8 @@ pub struct AppState {
     registry: Registry,
     prefix: String,
     metrics: ApiMetrics,
-    request_timeout: Duration,
+    http_limits: HttpLimits,
+    org_limits: OrgLimits,
 }
 
 impl AppState {
@@ -133,7 +148,8 @@ impl AppState {
             registry,
             prefix,
             metrics,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            http_limits: HttpLimits::default(),
+            org_limits: OrgLimits::default(),
         })
     }
 
@@ -145,14 +161,35 @@ impl AppState {
         config: &ApiConfig,
     ) -> Result<Self, prometheus::Error> {
         Ok(AppState::new(store, registry, config.prefix.clone())?
+            .with_http_limits(config.http_limits)
+            .with_org_limits(config.org_limits)
             .with_request_timeout(config.request_timeout))
     }
 
     /// Sets the time a request may take (default
     /// [`DEFAULT_REQUEST_TIMEOUT`]).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.http_limits.request_timeout = timeout;
         self
+    }
+
+    /// Sets the connection limits and timeouts (default
+    /// [`HttpLimits::default`]), the request timeout among them.
+    pub fn with_http_limits(mut self, limits: HttpLimits) -> Self {
+        self.http_limits = limits;
+        self
+    }
+
+    /// Sets what one organisation may create (default
+    /// [`OrgLimits::default`]).
+    pub fn with_org_limits(mut self, limits: OrgLimits) -> Self {
+        self.org_limits = limits;
+        self
+    }
+
+    /// What one organisation may create.
+    pub fn org_limits(&self) -> OrgLimits {
+        self.org_limits
     }
 
     /// The store.
@@ -195,13 +232,14 @@ pub fn router(state: AppState) -> Router {
         // for the metrics (so timed-out requests keep their route label).
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
-            state.request_timeout,
+            state.http_limits.request_timeout,
         ))
         .route_layer(axum::middleware::from_fn(metrics::record_route))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
         });
     let metrics = state.metrics.clone();
+    let body_limit = state.http_limits.body_limit;
     routes.with_state(state).layer(
         ServiceBuilder::new()
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
@@ -224,18 +262,19 @@ pub fn router(state: AppState) -> Router {
                 metrics::track,
             ))
             .layer(axum::middleware::from_fn(error::problems_only))
-            .layer(DefaultBodyLimit::max(BODY_LIMIT)),
+            .layer(DefaultBodyLimit::max(body_limit)),
     )
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes
-/// the requests in flight.
+/// the requests in flight; with the state's [`HttpLimits`] (see
+/// [`server`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.http_limits;
+    let metrics = state.metrics.clone();
+    server::serve(listener, router(state), limits, metrics, shutdown).await
 }

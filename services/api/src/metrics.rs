@@ -2,6 +2,9 @@
 //!
 //! * `tally_api_requests_total{route, method, status}`: requests answered.
 //! * `tally_api_request_duration_seconds{route}`: time to answer.
+//! * `tally_api_connections_open`: HTTP connections open now.
+//! * `tally_api_connections_refused_total`: connections refused because
+//!   the connection cap was reached.
 //!
 //! # Decisions
 //!
@@ -18,7 +21,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Label of requests that matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -30,6 +35,10 @@ pub struct ApiMetrics {
     pub requests: IntCounterVec,
     /// `tally_api_request_duration_seconds{route}`.
     pub duration: HistogramVec,
+    /// `tally_api_connections_open`.
+    pub connections_open: IntGauge,
+    /// `tally_api_connections_refused_total`.
+    pub connections_refused: IntCounter,
 }
 
 impl ApiMetrics {
@@ -52,9 +61,24 @@ impl ApiMetrics {
             ]),
             &["route"],
         )?;
+        let connections_open = IntGauge::new(
+            "tally_api_connections_open",
+            "HTTP connections the API has open.",
+        )?;
+        let connections_refused = IntCounter::new(
+            "tally_api_connections_refused_total",
+            "HTTP connections refused because the connection cap was reached.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
-        Ok(ApiMetrics { requests, duration })
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
+        Ok(ApiMetrics {
+            requests,
+            duration,
+            connections_open,
+            connections_refused,
+        })
     }
 }
 

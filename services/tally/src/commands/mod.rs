@@ -254,7 +254,9 @@ async fn serve_api(
         .await
         .with_context(|| format!("cannot listen on {} (TALLY_HTTP_ADDR)", cfg.http_addr))?;
     tracing::info!(addr = %cfg.http_addr, "HTTP API listening");
-    let state = tally_api::AppState::new(store.clone(), registry.clone(), cfg.prefix.clone())?;
+    let state = tally_api::AppState::new(store.clone(), registry.clone(), cfg.prefix.clone())?
+        .with_http_limits(cfg.http_limits)
+        .with_org_limits(cfg.org_limits);
     tally_api::serve(listener, state, async move {
         let _ = shutdown.wait_for(|v| *v).await;
     })
