@@ -645,7 +645,7 @@ async fn reasons(sub: &mut async_nats::Subscriber, want: usize) -> HashMap<Strin
 async fn hostile_events_are_dead_lettered_at_decode_with_their_reason() -> anyhow::Result<()> {
     let env = Env::start(&[], &["projector", "worker"]).await?;
     let client = env.h.bus.client();
-    let mut dl = dead_letters(&client).await?;
+    let mut dl = dead_letters(client).await?;
     let yesterday = (Utc::now() - TimeDelta::days(1))
         .format("%Y-%m-%d")
         .to_string();
