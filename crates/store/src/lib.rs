@@ -12,6 +12,8 @@
 //!   booking the already recorded generations into a new budget.
 //! * [`queries`]: read models for the HTTP API.
 //! * [`outbox`]: derived events waiting to be published.
+//! * [`tenancy`]: organisations and their API keys (configuration, not a
+//!   projection: replays leave it alone).
 //!
 //! # Money rules
 //!
@@ -64,6 +66,7 @@ pub mod budgets;
 pub mod ledger;
 pub mod outbox;
 pub mod queries;
+pub mod tenancy;
 
 use std::time::Duration;
 
@@ -72,6 +75,7 @@ use sqlx::{ConnectOptions, PgPool};
 
 pub use budgets::{Budget, BudgetPatch, NewBudget};
 pub use ledger::{BatchOutcome, FactInput, FactOutcome, PostedEntry};
+pub use tenancy::{IssuedKey, KeyInfo, Org, Role};
 
 /// Errors of the store. Each maps to a stable [`code`](StoreError::code).
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +109,14 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// A per-organisation limit would be exceeded.
+    #[error("at most {limit} {what} per organisation")]
+    LimitReached {
+        /// What is limited (`keys`).
+        what: &'static str,
+        /// The limit.
+        limit: u64,
+    },
     /// Stored data violates an invariant (a bug or manual tampering).
     #[error("corrupt data: {0}")]
     Corrupt(String),
@@ -124,6 +136,7 @@ impl StoreError {
             StoreError::NotFound { .. } => "not_found",
             StoreError::Conflict(_) => "conflict",
             StoreError::Invalid { .. } => "invalid_input",
+            StoreError::LimitReached { .. } => "limit_reached",
             StoreError::Corrupt(_) => "corrupt_data",
             StoreError::Database(_) => "database_error",
         }

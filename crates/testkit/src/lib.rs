@@ -10,6 +10,9 @@
 //!   [`NatsCluster`] starts several such servers joined by cluster routes.
 //! - [`TestDb`] creates a uniquely named PostgreSQL database for one test and
 //!   drops it again when the value is dropped.
+//! - [`TestOrg`] creates an organisation with an admin and a member API key
+//!   in one call (in a migrated database), and [`authed_client`] gives an
+//!   HTTP client that sends one of them on every request.
 //!
 //! # Where the servers come from
 //!
@@ -537,6 +540,69 @@ impl Drop for TestDb {
         });
         let _ = handle.join();
     }
+}
+
+/// An organisation with one admin and one member API key, for tests.
+#[derive(Debug, Clone)]
+pub struct TestOrg {
+    /// The organisation id.
+    pub org_id: String,
+    /// Secret of an admin key (`tly_…`).
+    pub admin_key: String,
+    /// Id of the admin key.
+    pub admin_key_id: uuid::Uuid,
+    /// Secret of a member key (`tly_…`).
+    pub member_key: String,
+    /// Id of the member key.
+    pub member_key_id: uuid::Uuid,
+}
+
+impl TestOrg {
+    /// Creates `org_id` with an admin and a member key in the database of
+    /// `pool` (which must be migrated: `tally_store::Store::migrate`).
+    pub async fn create(pool: &sqlx::PgPool, org_id: &str) -> anyhow::Result<TestOrg> {
+        use secrecy::ExposeSecret as _;
+        let store = tally_store::Store::from_pool(pool.clone());
+        let (_, admin) = store
+            .create_org(org_id, Some(org_id))
+            .await
+            .with_context(|| format!("creating organisation {org_id}"))?;
+        let member = store
+            .create_key(org_id, tally_store::Role::Member, Some("test member"))
+            .await
+            .with_context(|| format!("creating a member key of {org_id}"))?;
+        Ok(TestOrg {
+            org_id: org_id.to_owned(),
+            admin_key: admin.secret.expose_secret().to_owned(),
+            admin_key_id: admin.info.id,
+            member_key: member.secret.expose_secret().to_owned(),
+            member_key_id: member.info.id,
+        })
+    }
+
+    /// An HTTP client sending the admin key on every request.
+    pub fn admin_client(&self) -> anyhow::Result<reqwest::Client> {
+        authed_client(&self.admin_key)
+    }
+
+    /// An HTTP client sending the member key on every request.
+    pub fn member_client(&self) -> anyhow::Result<reqwest::Client> {
+        authed_client(&self.member_key)
+    }
+}
+
+/// An HTTP client (30 s timeout) sending `Authorization: Bearer <key>` on
+/// every request.
+pub fn authed_client(key: &str) -> anyhow::Result<reqwest::Client> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))
+        .context("an API key must be visible ASCII")?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .default_headers(headers)
+        .build()?)
 }
 
 /// Replaces the database of a Postgres URL (`scheme://auth@host:port/db?params`).

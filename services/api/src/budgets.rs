@@ -4,13 +4,17 @@
 //! | route | success |
 //! |---|---|
 //! | `POST /v1/budgets` | 201 + `Location`, the budget with `current_period` and `booked_generations` |
-//! | `GET /v1/budgets?org_id=…[&include_archived=true]` | 200 `{budgets: [...]}` |
+//! | `GET /v1/budgets[?org_id=…][&include_archived=true]` | 200 `{budgets: [...]}` |
 //! | `GET /v1/budgets/{id}` | 200 the budget with `current_period` |
 //! | `GET /v1/budgets/{id}/periods/{start}` | 200 the period starting at `start` |
 //! | `PATCH /v1/budgets/{id}` | 200 the changed budget |
 //! | `DELETE /v1/budgets/{id}` | 200 the archived budget (`archived_at` set) |
 //! | `GET /v1/budgets/{id}/entries?cursor=&limit=` | 200 `{entries, next_cursor}` |
 //! | `POST /v1/budgets/check` | 200 `{allowed, blocking_budget, budgets}` |
+//!
+//! The organisation is the caller's (see `auth`): `org_id` in a body or
+//! query is optional, and a budget of another organisation is 404
+//! `budget_not_found` on every route, exactly as an unknown id.
 //!
 //! # Decisions
 //!
@@ -48,6 +52,7 @@ use tally_store::queries::CheckScope;
 use tally_store::{Budget, BudgetPatch, NewBudget};
 use uuid::Uuid;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Params};
 use crate::wire::{check_id, parse_money, parse_time, BudgetBody, EntryBody, PeriodBody};
@@ -67,7 +72,8 @@ fn default_timezone() -> String {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CreateBody {
-    org_id: String,
+    #[serde(default)]
+    org_id: Option<String>,
     name: String,
     scope: Scope,
     period: String,
@@ -118,7 +124,8 @@ pub(crate) struct PatchBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct CheckBody {
-    org_id: String,
+    #[serde(default)]
+    org_id: Option<String>,
     #[serde(default)]
     agent_id: Option<String>,
     #[serde(default)]
@@ -170,20 +177,29 @@ async fn budget_body(state: &AppState, b: Budget) -> Result<BudgetBody, ApiError
     Ok(BudgetBody::new(b, period, totals))
 }
 
-async fn load(state: &AppState, id: &str) -> Result<Budget, ApiError> {
+/// Loads a budget the caller may see; another organisation's is 404 as
+/// if it did not exist.
+async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Budget, ApiError> {
     check_id("id", id)?;
-    state.store.get_budget(id).await.map_err(|e| match e {
+    let b = state.store.get_budget(id).await.map_err(|e| match e {
         tally_store::StoreError::NotFound { .. } => ApiError::budget_not_found(id),
         e => e.into(),
-    })
+    })?;
+    if !caller.sees(&b.org_id) {
+        return Err(ApiError::budget_not_found(id));
+    }
+    Ok(b)
 }
 
 /// `POST /v1/budgets`.
 pub(crate) async fn create(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(body): ApiJson<CreateBody>,
 ) -> Result<Response, ApiError> {
-    check_id("org_id", &body.org_id)?;
+    let org_id = caller
+        .write_org(&state.store, body.org_id.as_deref())
+        .await?;
     check_name(&body.name)?;
     check_scope(&body.scope)?;
     let period = PeriodKind::from_str(&body.period)
@@ -201,7 +217,7 @@ pub(crate) async fn create(
         None => Enforcement::Hard,
     };
     let nb = NewBudget {
-        org_id: body.org_id,
+        org_id,
         name: body.name,
         scope: body.scope,
         period,
@@ -235,11 +251,12 @@ pub(crate) struct ListBody {
 /// `GET /v1/budgets?org_id=…&include_archived=…`.
 pub(crate) async fn list(
     State(state): State<AppState>,
+    caller: Caller,
     params: Params,
 ) -> Result<Json<ListBody>, ApiError> {
     let params = params.only(&["org_id", "include_archived"])?;
-    let org_id = params.require("org_id")?;
-    check_id("org_id", org_id)?;
+    let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
+    let org_id = org_id.as_str();
     let include_archived = match params.get("include_archived") {
         None | Some("false") => false,
         Some("true") => true,
@@ -264,9 +281,10 @@ pub(crate) async fn list(
 /// `GET /v1/budgets/{id}`.
 pub(crate) async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<BudgetBody>, ApiError> {
-    let b = load(&state, &id).await?;
+    let b = load(&state, &caller, &id).await?;
     Ok(Json(budget_body(&state, b).await?))
 }
 
@@ -283,9 +301,10 @@ pub(crate) struct PeriodResponse {
 /// `GET /v1/budgets/{id}/periods/{start}`.
 pub(crate) async fn period(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath((id, start)): ApiPath<(String, String)>,
 ) -> Result<Json<PeriodResponse>, ApiError> {
-    let b = load(&state, &id).await?;
+    let b = load(&state, &caller, &id).await?;
     let start = parse_time("start", &start)?;
     let period = period_starting_at(b.period, b.tz, start)
         .map_err(|e| ApiError::field(e.code(), "start", e.to_string()))?;
@@ -301,10 +320,12 @@ pub(crate) async fn period(
 /// `PATCH /v1/budgets/{id}`.
 pub(crate) async fn patch(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     ApiJson(body): ApiJson<PatchBody>,
 ) -> Result<Json<BudgetBody>, ApiError> {
-    check_id("id", &id)?;
+    // A budget's organisation never changes, so checking it first is safe.
+    load(&state, &caller, &id).await?;
     for (field, present) in [
         ("id", &body.id),
         ("org_id", &body.org_id),
@@ -356,9 +377,10 @@ pub(crate) async fn patch(
 /// `DELETE /v1/budgets/{id}`: archives.
 pub(crate) async fn archive(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<BudgetBody>, ApiError> {
-    check_id("id", &id)?;
+    load(&state, &caller, &id).await?;
     let b = state.store.archive_budget(&id).await.map_err(|e| match e {
         tally_store::StoreError::NotFound { .. } => ApiError::budget_not_found(&id),
         e => e.into(),
@@ -377,6 +399,7 @@ pub(crate) struct EntriesBody {
 /// `GET /v1/budgets/{id}/entries?cursor=&limit=`.
 pub(crate) async fn entries(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
     params: Params,
 ) -> Result<Json<EntriesBody>, ApiError> {
@@ -403,7 +426,7 @@ pub(crate) async fn entries(
                 )
             })?,
     };
-    let b = load(&state, &id).await?;
+    let b = load(&state, &caller, &id).await?;
     let (rows, next) = state.store.budget_entries(&b.id, cursor, limit).await?;
     Ok(Json(EntriesBody {
         budget_id: b.id,
@@ -434,9 +457,12 @@ pub(crate) struct CheckResponse {
 /// `POST /v1/budgets/check`.
 pub(crate) async fn check(
     State(state): State<AppState>,
+    caller: Caller,
     ApiJson(body): ApiJson<CheckBody>,
 ) -> Result<Json<CheckResponse>, ApiError> {
-    check_id("org_id", &body.org_id)?;
+    let org_id = caller
+        .read_org(&state.store, body.org_id.as_deref())
+        .await?;
     let scope = CheckScope {
         agent_id: body.agent_id,
         session_id: body.session_id,
@@ -445,7 +471,7 @@ pub(crate) async fn check(
     };
     let matching = state
         .store
-        .check_budgets(&body.org_id, &scope, Utc::now())
+        .check_budgets(&org_id, &scope, Utc::now())
         .await?;
     let budgets: Vec<BudgetStatus> = matching
         .into_iter()

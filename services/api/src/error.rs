@@ -9,9 +9,11 @@
 //! | status | codes |
 //! |---|---|
 //! | 400 | `malformed_json`, `invalid_request` |
-//! | 404 | `budget_not_found`, `generation_not_found`, `route_not_found` |
+//! | 401 | `missing_api_key`, `malformed_api_key`, `invalid_api_key` (with `WWW-Authenticate: Bearer`) |
+//! | 403 | `forbidden_role`, `org_mismatch` |
+//! | 404 | `budget_not_found`, `generation_not_found`, `key_not_found`, `org_not_found`, `route_not_found` |
 //! | 405 | `method_not_allowed` |
-//! | 409 | `conflict` |
+//! | 409 | `conflict`, `org_exists`, `too_many_keys` |
 //! | 413 | `payload_too_large` |
 //! | 415 | `unsupported_media_type` |
 //! | 422 | `unknown_field`, `missing_field`, `invalid_field`, `invalid_body`, `immutable_field`, `invalid_id`, `invalid_time`, `invalid_range`, `range_too_large`, the money codes of `tally_money::MoneyError` (`amount_not_string`, `invalid_amount`, `amount_too_precise`, `negative_amount`, `amount_out_of_range`) and the budget codes of `tally_budget::BudgetError` (`unknown_timezone`, `invalid_period_kind`, `invalid_enforcement`, `invalid_threshold`, `too_many_thresholds`, `not_a_period_start`, `invalid_scope`, `instant_out_of_range`) |
@@ -82,6 +84,15 @@ fn title(code: &str, status: StatusCode) -> &'static str {
         "amount_not_string" => "Money must be a decimal string",
         "not_a_period_start" => "Not the start of a period",
         "budget_not_found" => "Budget not found",
+        "key_not_found" => "API key not found",
+        "org_not_found" => "Organisation not found",
+        "org_exists" => "Organisation exists",
+        "too_many_keys" => "Too many API keys",
+        "missing_api_key" => "API key required",
+        "malformed_api_key" => "Malformed API key",
+        "invalid_api_key" => "Invalid API key",
+        "forbidden_role" => "Role not allowed",
+        "org_mismatch" => "Organisation mismatch",
         "generation_not_found" => "Generation not found",
         "route_not_found" => "Not found",
         "method_not_allowed" => "Method not allowed",
@@ -103,6 +114,7 @@ pub struct ApiError {
     detail: String,
     field: Option<String>,
     retry_after_secs: Option<u32>,
+    challenge: Option<&'static str>,
 }
 
 impl ApiError {
@@ -114,7 +126,14 @@ impl ApiError {
             detail: detail.into(),
             field: None,
             retry_after_secs: None,
+            challenge: None,
         }
+    }
+
+    /// Adds a `WWW-Authenticate` challenge (401 responses).
+    pub fn with_challenge(mut self, challenge: &'static str) -> ApiError {
+        self.challenge = Some(challenge);
+        self
     }
 
     /// Names the offending field.
@@ -206,6 +225,21 @@ impl From<StoreError> for ApiError {
                 "generation_not_found",
                 "generation not found",
             ),
+            StoreError::NotFound { what: "key" } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "key_not_found",
+                "API key not found",
+            ),
+            StoreError::NotFound { what: "org" } => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "org_not_found",
+                "organisation not found",
+            ),
+            StoreError::LimitReached { what: "keys", limit } => ApiError::new(
+                StatusCode::CONFLICT,
+                "too_many_keys",
+                format!("an organisation holds at most {limit} unrevoked API keys; revoke one first"),
+            ),
             StoreError::Invalid { field, reason } => ApiError::invalid(field, reason),
             StoreError::Conflict(detail) => {
                 tracing::info!(%detail, "store conflict");
@@ -239,6 +273,12 @@ pub fn problem_response(err: &ApiError) -> Response {
     if let Some(secs) = err.retry_after_secs {
         resp.headers_mut()
             .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+    }
+    if let Some(challenge) = err.challenge {
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static(challenge),
+        );
     }
     resp
 }

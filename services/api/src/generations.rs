@@ -6,7 +6,8 @@
 //! `none`), `state` (`settled` | `provisional` | `unresolved` | `unpriced`,
 //! or `pending` while only a cost fact arrived and the completed event has
 //! not), and its journal `entries` in every budget; 404
-//! `generation_not_found` for an id the ledger has never seen.
+//! `generation_not_found` for an id the ledger has never seen, or one of
+//! another organisation (indistinguishable).
 //!
 //! # Decisions
 //!
@@ -21,6 +22,7 @@ use chrono::{DateTime, Utc};
 use rust_decimal::Decimal;
 use serde::Serialize;
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::ApiPath;
 use crate::wire::{basis_str, check_generation_id, EntryBody};
@@ -54,17 +56,24 @@ pub(crate) struct GenerationBody {
 /// `GET /v1/generations/{generation_id}`.
 pub(crate) async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<GenerationBody>, ApiError> {
     check_generation_id(&id)?;
-    let g = state.store.generation(&id).await.map_err(|e| match e {
-        tally_store::StoreError::NotFound { .. } => ApiError::new(
+    let not_found = || {
+        ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "generation_not_found",
             format!("no generation with id {id:?} is recorded"),
-        ),
+        )
+    };
+    let g = state.store.generation(&id).await.map_err(|e| match e {
+        tally_store::StoreError::NotFound { .. } => not_found(),
         e => e.into(),
     })?;
+    if !caller.sees(&g.org_id) {
+        return Err(not_found());
+    }
     Ok(Json(GenerationBody {
         generation_id: g.generation_id,
         org_id: g.org_id,

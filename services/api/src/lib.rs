@@ -4,29 +4,42 @@
 //! JSON in and out, money as decimal strings, errors as RFC 9457
 //! `application/problem+json` (see [`error`]). Endpoints:
 //!
-//! | route | success | errors |
-//! |---|---|---|
-//! | `POST /v1/budgets` | 201 + `Location` | 400, 413, 415, 422, 503 |
-//! | `GET /v1/budgets?org_id=…[&include_archived=true]` | 200 | 422, 503 |
-//! | `GET /v1/budgets/{id}` | 200 | 404, 422, 503 |
-//! | `GET /v1/budgets/{id}/periods/{start}` | 200 | 404, 422 (`not_a_period_start`), 503 |
-//! | `PATCH /v1/budgets/{id}` | 200 | 400, 404, 415, 422 (`immutable_field`), 503 |
-//! | `DELETE /v1/budgets/{id}` (archives) | 200 | 404, 422, 503 |
-//! | `GET /v1/budgets/{id}/entries?cursor=&limit=` | 200 | 404, 422, 503 |
-//! | `POST /v1/budgets/check` | 200 | 400, 415, 422, 503 |
-//! | `GET /v1/generations/{generation_id}` | 200 | 404, 422, 503 |
-//! | `GET /v1/spend?org_id&from&to&group_by` | 200 | 422, 503 |
-//! | `GET /healthz` | 200 | |
-//! | `GET /readyz` | 200 | 503 |
-//! | `GET /metrics` | 200 | |
+//! | route | access | success | errors |
+//! |---|---|---|---|
+//! | `POST /v1/orgs` | operator | 201 + the first admin key | 400, 409 (`org_exists`), 415, 422 |
+//! | `POST /v1/keys` | admin | 201 + the key, shown once | 400, 409 (`too_many_keys`), 415, 422 |
+//! | `GET /v1/keys[?org_id=…]` | admin | 200 (never a secret) | 404, 422 |
+//! | `DELETE /v1/keys/{id}` (revokes) | admin | 200 | 404 |
+//! | `POST /v1/budgets` | admin | 201 + `Location` | 400, 413, 415, 422, 503 |
+//! | `GET /v1/budgets[?org_id=…][&include_archived=true]` | member | 200 | 404, 422, 503 |
+//! | `GET /v1/budgets/{id}` | member | 200 | 404, 422, 503 |
+//! | `GET /v1/budgets/{id}/periods/{start}` | member | 200 | 404, 422 (`not_a_period_start`), 503 |
+//! | `PATCH /v1/budgets/{id}` | admin | 200 | 400, 404, 415, 422 (`immutable_field`), 503 |
+//! | `DELETE /v1/budgets/{id}` (archives) | admin | 200 | 404, 422, 503 |
+//! | `GET /v1/budgets/{id}/entries?cursor=&limit=` | member | 200 | 404, 422, 503 |
+//! | `POST /v1/budgets/check` | member | 200 | 400, 404, 415, 422, 503 |
+//! | `GET /v1/generations/{generation_id}` | member | 200 | 404, 422, 503 |
+//! | `GET /v1/spend?[org_id&]from&to&group_by` | member | 200 | 404, 422, 503 |
+//! | `GET /healthz` | none | 200 | |
+//! | `GET /readyz` | none | 200 | 503 |
+//! | `GET /metrics` | none | 200 | |
+//!
+//! Every `/v1/*` route needs `Authorization: Bearer <key>` (401
+//! `missing_api_key` / `malformed_api_key` / `invalid_api_key`, 403
+//! `forbidden_role` below its access level; see [`auth`]). The organisation
+//! is the key's: `org_id` in a query or body is optional and, when given,
+//! must name it (a write naming another is 403 `org_mismatch`, a read 404
+//! `org_not_found`); another organisation's budget, generation or key is
+//! 404 as if it did not exist.
 //!
 //! Unknown routes answer 404 `route_not_found`, wrong methods 405
 //! `method_not_allowed`, requests slower than the configured timeout 503
 //! `request_timeout`.
 //!
-//! Modules: [`error`] (problems), [`metrics`] (Prometheus), and private
-//! modules per resource (budgets, generations, spend, health), the request
-//! extractors (extract) and the response shapes (wire).
+//! Modules: [`auth`] (keys, roles, the caller), [`error`] (problems),
+//! [`metrics`] (Prometheus), and private modules per resource (budgets,
+//! generations, spend, keys, health), the request extractors (extract) and
+//! the response shapes (wire).
 //!
 //! # Decisions
 //!
@@ -45,10 +58,19 @@
 //! * **Strict input.** Unknown body fields and query parameters are refused
 //!   (422 naming them), so a typo never silently changes a request; bodies
 //!   are limited to [`BODY_LIMIT`] bytes.
+//! * **One table declares every route's access.** [`routes`] lists each
+//!   `/v1` method and path with the [`Access`] it needs; the router is
+//!   built from it alone, so a route cannot exist without a declared role,
+//!   and a test walks the table with every kind of caller. Handlers take
+//!   the [`auth::Caller`] extractor, which only the table's layer provides.
+//! * **The `Authorization` header is sensitive.** It is marked so before
+//!   any layer sees it (its value prints as `Sensitive` in debug output)
+//!   and request logs never include headers.
 //! * **Every error is a problem.** A middleware converts any error response
 //!   that is not yet `application/problem+json` (routing 404/405, body
 //!   limit, timeout) into one; no plain-text rejection reaches a client.
 
+pub mod auth;
 pub mod error;
 pub mod metrics;
 
@@ -56,6 +78,7 @@ mod budgets;
 mod extract;
 mod generations;
 mod health;
+mod keys;
 mod spend;
 mod wire;
 
@@ -64,16 +87,20 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{HeaderName, StatusCode};
-use axum::routing::{get, post};
+use axum::handler::Handler;
+use axum::http::{header, HeaderName, Method, StatusCode};
+use axum::routing::{get, on, MethodFilter, MethodRouter};
 use axum::Router;
+use secrecy::SecretString;
 use tally_store::Store;
 use tally_telemetry::Registry;
 use tower::ServiceBuilder;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
+pub use auth::{Access, Authenticator, Caller};
 pub use error::{ApiError, Problem};
 pub use metrics::ApiMetrics;
 
@@ -88,7 +115,7 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// How the API is run.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct ApiConfig {
     /// Listen address (`TALLY_HTTP_ADDR`, default `127.0.0.1:8080`).
     pub addr: SocketAddr,
@@ -96,6 +123,10 @@ pub struct ApiConfig {
     pub prefix: String,
     /// Time a request may take before it is answered 503 `request_timeout`.
     pub request_timeout: Duration,
+    /// The operator token (`TALLY_OPERATOR_TOKEN`): admin of every
+    /// organisation, and the only caller of `POST /v1/orgs`. `None`: no
+    /// operator access over HTTP.
+    pub operator_token: Option<SecretString>,
 }
 
 impl Default for ApiConfig {
@@ -104,6 +135,7 @@ impl Default for ApiConfig {
             addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
             prefix: "tally".to_owned(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            operator_token: None,
         }
     }
 }
@@ -116,6 +148,7 @@ pub struct AppState {
     prefix: String,
     metrics: ApiMetrics,
     request_timeout: Duration,
+    auth: Authenticator,
 }
 
 impl AppState {
@@ -134,6 +167,7 @@ impl AppState {
             prefix,
             metrics,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            auth: Authenticator::new(None),
         })
     }
 
@@ -145,7 +179,14 @@ impl AppState {
         config: &ApiConfig,
     ) -> Result<Self, prometheus::Error> {
         Ok(AppState::new(store, registry, config.prefix.clone())?
-            .with_request_timeout(config.request_timeout))
+            .with_request_timeout(config.request_timeout)
+            .with_operator_token(config.operator_token.as_ref()))
+    }
+
+    /// Lets `token` act as admin of every organisation (`None`: nobody).
+    pub fn with_operator_token(mut self, token: Option<&SecretString>) -> Self {
+        self.auth = Authenticator::new(token);
+        self
     }
 
     /// Sets the time a request may take (default
@@ -171,23 +212,98 @@ impl AppState {
     }
 }
 
+/// One `/v1` route: method, path template, the access it needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RouteSpec {
+    /// HTTP method.
+    pub method: &'static str,
+    /// Path template (`/v1/budgets/{id}`).
+    pub path: &'static str,
+    /// Who may call it.
+    pub access: Access,
+}
+
+struct Route {
+    spec: RouteSpec,
+    handler: MethodRouter<AppState>,
+}
+
+fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
+where
+    H: Handler<T, AppState>,
+    T: 'static,
+{
+    let filter = MethodFilter::try_from(method.clone())
+        .unwrap_or_else(|_| panic!("{method} is not a routable method"));
+    Route {
+        spec: RouteSpec {
+            method: method_name(&method),
+            path,
+            access,
+        },
+        handler: on(filter, handler),
+    }
+}
+
+fn method_name(m: &Method) -> &'static str {
+    match *m {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+/// Every `/v1` route and the access it needs: the one table the router is
+/// built from (see the crate docs).
+fn v1_routes() -> Vec<Route> {
+    use Access::{Admin, Member, Operator};
+    vec![
+        route(Method::POST, "/v1/orgs", Operator, keys::create_org),
+        route(Method::POST, "/v1/keys", Admin, keys::create),
+        route(Method::GET, "/v1/keys", Admin, keys::list),
+        route(Method::DELETE, "/v1/keys/{id}", Admin, keys::revoke),
+        route(Method::POST, "/v1/budgets", Admin, budgets::create),
+        route(Method::GET, "/v1/budgets", Member, budgets::list),
+        route(Method::POST, "/v1/budgets/check", Member, budgets::check),
+        route(Method::GET, "/v1/budgets/{id}", Member, budgets::get),
+        route(Method::PATCH, "/v1/budgets/{id}", Admin, budgets::patch),
+        route(Method::DELETE, "/v1/budgets/{id}", Admin, budgets::archive),
+        route(
+            Method::GET,
+            "/v1/budgets/{id}/periods/{start}",
+            Member,
+            budgets::period,
+        ),
+        route(Method::GET, "/v1/budgets/{id}/entries", Member, budgets::entries),
+        route(
+            Method::GET,
+            "/v1/generations/{generation_id}",
+            Member,
+            generations::get,
+        ),
+        route(Method::GET, "/v1/spend", Member, spend::get),
+    ]
+}
+
+/// The route table: every `/v1` method and path with its access level.
+pub fn routes() -> Vec<RouteSpec> {
+    v1_routes().into_iter().map(|r| r.spec).collect()
+}
+
 /// The API's router with every layer (request ids, tracing, metrics,
-/// problems, timeout, body limit).
+/// problems, authentication, timeout, body limit).
 pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
-    let routes = Router::new()
-        .route("/v1/budgets", post(budgets::create).get(budgets::list))
-        .route("/v1/budgets/check", post(budgets::check))
-        .route(
-            "/v1/budgets/{id}",
-            get(budgets::get)
-                .patch(budgets::patch)
-                .delete(budgets::archive),
-        )
-        .route("/v1/budgets/{id}/periods/{start}", get(budgets::period))
-        .route("/v1/budgets/{id}/entries", get(budgets::entries))
-        .route("/v1/generations/{generation_id}", get(generations::get))
-        .route("/v1/spend", get(spend::get))
+    let mut routes = Router::new();
+    for r in v1_routes() {
+        let layer =
+            axum::middleware::from_fn_with_state((state.clone(), r.spec.access), auth::require);
+        routes = routes.route(r.spec.path, r.handler.route_layer(layer));
+    }
+    let routes = routes
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
@@ -204,6 +320,7 @@ pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     routes.with_state(state).layer(
         ServiceBuilder::new()
+            .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req

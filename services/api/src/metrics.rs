@@ -2,6 +2,9 @@
 //!
 //! * `tally_api_requests_total{route, method, status}`: requests answered.
 //! * `tally_api_request_duration_seconds{route}`: time to answer.
+//! * `tally_api_auth_failures_total{reason}`: requests refused by
+//!   authentication (`missing_api_key`, `malformed_api_key`,
+//!   `invalid_api_key`, `forbidden_role`; never the key itself).
 //!
 //! # Decisions
 //!
@@ -30,6 +33,8 @@ pub struct ApiMetrics {
     pub requests: IntCounterVec,
     /// `tally_api_request_duration_seconds{route}`.
     pub duration: HistogramVec,
+    /// `tally_api_auth_failures_total{reason}`.
+    pub auth_failures: IntCounterVec,
 }
 
 impl ApiMetrics {
@@ -52,9 +57,21 @@ impl ApiMetrics {
             ]),
             &["route"],
         )?;
+        let auth_failures = IntCounterVec::new(
+            Opts::new(
+                "tally_api_auth_failures_total",
+                "Requests refused by authentication, by reason.",
+            ),
+            &["reason"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
-        Ok(ApiMetrics { requests, duration })
+        registry.register(Box::new(auth_failures.clone()))?;
+        Ok(ApiMetrics {
+            requests,
+            duration,
+            auth_failures,
+        })
     }
 }
 

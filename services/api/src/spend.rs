@@ -1,5 +1,5 @@
-//! `GET /v1/spend?org_id=…&from=…&to=…&group_by=model|agent|user|day`:
-//! an organisation's spend, aggregated.
+//! `GET /v1/spend?[org_id=…&]from=…&to=…&group_by=model|agent|user|day`:
+//! the caller's organisation's spend, aggregated.
 //!
 //! Counts the generations whose `completed_at` lies in `[from, to)` (event
 //! time, [money rule 5](tally_budget#money-rules)) at their net debit, split into the parts booked
@@ -9,7 +9,8 @@
 //!
 //! # Decisions
 //!
-//! * **All four parameters are required** and `from < to`; the range may
+//! * **`from`, `to` and `group_by` are required** (`org_id` defaults to
+//!   the key's organisation) and `from < to`; the range may
 //!   span at most [`MAX_RANGE_DAYS`] days, which bounds the work of one
 //!   request (422 `invalid_range` / `range_too_large` naming `to`).
 //! * **Days are UTC days.** Budgets have time zones, spend reports do not:
@@ -23,9 +24,10 @@ use rust_decimal::Decimal;
 use serde::Serialize;
 use tally_store::queries::{GroupBy, SpendRow};
 
+use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Params;
-use crate::wire::{check_id, parse_time};
+use crate::wire::parse_time;
 use crate::AppState;
 
 /// Longest range one spend request may cover, in days.
@@ -72,11 +74,12 @@ fn add(total: &mut SpendTotals, r: &SpendRow) -> Option<()> {
 /// `GET /v1/spend`.
 pub(crate) async fn get(
     State(state): State<AppState>,
+    caller: Caller,
     params: Params,
 ) -> Result<Json<SpendBody>, ApiError> {
     let params = params.only(&["org_id", "from", "to", "group_by"])?;
-    let org_id = params.require("org_id")?;
-    check_id("org_id", org_id)?;
+    let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
+    let org_id = org_id.as_str();
     let from = parse_time("from", params.require("from")?)?;
     let to = parse_time("to", params.require("to")?)?;
     let group_by_text = params.require("group_by")?;

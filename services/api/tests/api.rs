@@ -14,7 +14,7 @@ use tally_ledger::{Fact, Placement};
 use tally_store::ledger::{CompletedDetails, FactInput, PostingOptions};
 use tally_store::Store;
 use tally_telemetry::Registry;
-use tally_testkit::TestDb;
+use tally_testkit::{TestDb, TestOrg};
 
 const ORG: &str = "acme";
 
@@ -30,12 +30,21 @@ impl Api {
         let db = TestDb::create().await?;
         let store = Store::from_pool(db.pool());
         store.migrate().await?;
-        Api::serve_store(store, Some(db), tally_api::DEFAULT_REQUEST_TIMEOUT).await
+        let org = TestOrg::create(&db.pool(), ORG).await?;
+        Api::serve_store(
+            store,
+            Some(db),
+            &org.admin_key,
+            tally_api::DEFAULT_REQUEST_TIMEOUT,
+        )
+        .await
     }
 
+    /// Serves `store`, with a client sending `key` on every request.
     async fn serve_store(
         store: Store,
         db: Option<TestDb>,
+        key: &str,
         timeout: Duration,
     ) -> anyhow::Result<Api> {
         let state = AppState::new(store.clone(), Registry::new(), "tally".into())?
@@ -45,9 +54,7 @@ impl Api {
         tokio::spawn(serve(listener, state, std::future::pending()));
         Ok(Api {
             base: format!("http://{addr}"),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(30))
-                .build()?,
+            http: tally_testkit::authed_client(key)?,
             store,
             _db: db,
         })
@@ -274,9 +281,9 @@ async fn budget_lifecycle() -> anyhow::Result<()> {
     assert_eq!(budgets[1]["thresholds_percent"], json!([10, 90]));
     assert_eq!(budgets[1]["enforcement"], "soft");
     assert_eq!(budgets[1]["current_period"]["end"], "9999-12-31T00:00:00Z");
+    // Another organisation's list is not found, as if it did not exist.
     let (status, other) = api.get("/v1/budgets?org_id=other").await;
-    assert_eq!(status, StatusCode::OK);
-    assert_eq!(other["budgets"], json!([]));
+    assert_problem(status, &other, 404, "org_not_found", Some("org_id"));
 
     // Patch.
     let (status, p) = api
@@ -339,8 +346,10 @@ async fn budget_lifecycle() -> anyhow::Result<()> {
     assert_problem(status, &e, 404, "budget_not_found", None);
     let (status, e) = api.get("/v1/budgets/a.b").await;
     assert_problem(status, &e, 422, "invalid_id", Some("id"));
-    let (status, e) = api.get("/v1/budgets").await;
-    assert_problem(status, &e, 422, "missing_field", Some("org_id"));
+    // org_id defaults to the key's organisation.
+    let (status, list) = api.get("/v1/budgets").await;
+    assert_eq!(status, StatusCode::OK, "{list}");
+    assert_eq!(list["budgets"].as_array().unwrap().len(), 1);
     let (status, e) = api.get("/v1/budgets?org_id=acme&archived=true").await;
     assert_problem(status, &e, 422, "unknown_field", Some("archived"));
     let (status, e) = api.get("/v1/budgets?org_id=ac.me").await;
@@ -725,10 +734,12 @@ async fn check_blocks_only_on_exhausted_hard_budgets() -> anyhow::Result<()> {
         .post("/v1/budgets/check", json!({"org_id": ORG, "agent": "a1"}))
         .await;
     assert_problem(status, &e, 422, "unknown_field", Some("agent"));
-    let (status, e) = api
-        .post("/v1/budgets/check", json!({"agent_id": "a1"}))
+    // org_id defaults to the key's organisation.
+    let (status, c) = api
+        .post("/v1/budgets/check", json!({"agent_id": "a2"}))
         .await;
-    assert_problem(status, &e, 422, "missing_field", Some("org_id"));
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(c["budgets"][0]["id"], soft["id"], "{c}");
     Ok(())
 }
 
@@ -948,7 +959,9 @@ async fn an_unreachable_database_is_503() -> anyhow::Result<()> {
     let port = tally_testkit::free_port()?;
     let pool = sqlx_pool(&format!("postgres://tally:tally@127.0.0.1:{port}/tally"))?;
     let store = Store::from_pool(pool);
-    let api = Api::serve_store(store.clone(), None, Duration::from_secs(10)).await?;
+    // A well-formed key: looking it up needs the database.
+    let key = format!("tly_{}", "k".repeat(40));
+    let api = Api::serve_store(store.clone(), None, &key, Duration::from_secs(10)).await?;
     let (status, e) = api.get("/readyz").await;
     assert_problem(status, &e, 503, "database_unavailable", None);
     let (status, _, e) = api.send(api.http.get(api.url("/v1/budgets/bud_x"))).await;
@@ -958,7 +971,7 @@ async fn an_unreachable_database_is_503() -> anyhow::Result<()> {
 
     // A request slower than the timeout (the pool waits 500 ms for a
     // connection) is abandoned with a problem, and keeps its route label.
-    let api = Api::serve_store(store, None, Duration::from_millis(50)).await?;
+    let api = Api::serve_store(store, None, &key, Duration::from_millis(50)).await?;
     let (status, headers, e) = api.send(api.http.get(api.url("/v1/budgets/bud_x"))).await;
     assert_problem(status, &e, 503, "request_timeout", None);
     assert_eq!(headers["content-type"], "application/problem+json");

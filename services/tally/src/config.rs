@@ -18,6 +18,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Args;
+use secrecy::SecretString;
 
 /// Settings shared by every subcommand.
 #[derive(Args, Debug, Clone)]
@@ -109,6 +110,17 @@ pub struct Settings {
     /// Log one JSON object per line instead of human-readable text.
     #[arg(long, env = "TALLY_LOG_JSON", global = true)]
     pub log_json: bool,
+    /// Operator token: admin of every organisation over HTTP and the only
+    /// caller of POST /v1/orgs (at least 32 visible characters; unset = no
+    /// operator access over HTTP). The standalone worker sends it to the
+    /// API for its budget preflight when it has no database URL.
+    #[arg(
+        long,
+        env = "TALLY_OPERATOR_TOKEN",
+        global = true,
+        hide_env_values = true
+    )]
+    pub operator_token: Option<String>,
 }
 
 /// A setting that failed validation.
@@ -156,6 +168,8 @@ pub struct Config {
     pub reconcile_rate: u32,
     /// JSON logs.
     pub log_json: bool,
+    /// The operator token, if set.
+    pub operator_token: Option<SecretString>,
 }
 
 fn err(env: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -315,6 +329,12 @@ impl Settings {
                     ),
                 )
             })?;
+        let operator_token = match &self.operator_token {
+            None => None,
+            Some(t) => Some(check_operator_token(t).map_err(|reason| {
+                err("TALLY_OPERATOR_TOKEN", "--operator-token", reason)
+            })?),
+        };
         Ok(Config {
             nats_url: self.nats_url.clone(),
             database_url: self.database_url.clone(),
@@ -331,8 +351,28 @@ impl Settings {
             byok_providers,
             reconcile_rate,
             log_json: self.log_json,
+            operator_token,
         })
     }
+}
+
+/// The operator token: at least 32 visible ASCII characters, and not
+/// shaped like an API key (`tly_…`), so the two can never be confused.
+/// The reason never repeats the token.
+fn check_operator_token(t: &str) -> Result<SecretString, String> {
+    if t.chars().count() < tally_api::auth::MIN_OPERATOR_TOKEN_CHARS {
+        return Err(format!(
+            "must be at least {} characters (e.g. `openssl rand -hex 32`)",
+            tally_api::auth::MIN_OPERATOR_TOKEN_CHARS
+        ));
+    }
+    if !t.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("must be visible ASCII characters only (no spaces)".into());
+    }
+    if t.starts_with(tally_store::tenancy::KEY_PREFIX) {
+        return Err("must not start with tly_ (that is the form of API keys)".into());
+    }
+    Ok(SecretString::from(t.to_owned()))
 }
 
 impl Config {
@@ -402,6 +442,15 @@ fn parse_byok(text: &str) -> Result<Vec<ByokEntry>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn operator_tokens_are_long_visible_and_not_keys() {
+        assert!(check_operator_token(&"x".repeat(32)).is_ok());
+        assert!(check_operator_token(&"x".repeat(31)).is_err());
+        assert!(check_operator_token(&format!("{} y", "x".repeat(32))).is_err());
+        let e = check_operator_token(&format!("tly_{}", "x".repeat(40))).unwrap_err();
+        assert!(!e.contains("xxxx"), "{e}");
+    }
 
     #[test]
     fn byok_providers_parse_per_org_and_agent() {

@@ -45,6 +45,12 @@ enum Command {
     Sim(commands::sim::SimCommand),
     /// Start everything locally, drive a stream of generations and show a live summary.
     Demo(commands::demo::DemoArgs),
+    /// Organisations (operator): `tally org create <org_id> [--name NAME]`.
+    #[command(subcommand)]
+    Org(commands::tenancy::OrgCommand),
+    /// API keys (operator): `tally key create --org ORG --role admin|member`, `tally key revoke KEY_ID`.
+    #[command(subcommand)]
+    Key(commands::tenancy::KeyCommand),
 }
 
 fn main() {
@@ -58,7 +64,11 @@ fn main() {
     };
     // The demo's live summary is the output; keep the logs to warnings
     // unless asked otherwise.
-    if matches!(cli.command, Command::Demo(_)) && std::env::var_os("RUST_LOG").is_none() {
+    if matches!(
+        cli.command,
+        Command::Demo(_) | Command::Org(_) | Command::Key(_)
+    ) && std::env::var_os("RUST_LOG").is_none()
+    {
         std::env::set_var("RUST_LOG", "warn");
     }
     tally_telemetry::init_tracing(cfg.log_json);
@@ -83,6 +93,8 @@ fn main() {
             Command::Replay(args) => commands::replay::replay(&cfg, args).await,
             Command::Sim(cmd) => commands::sim::sim(&cfg, cmd).await,
             Command::Demo(args) => commands::demo::demo(&cfg, args).await,
+            Command::Org(cmd) => commands::tenancy::org(&cfg, cmd).await,
+            Command::Key(cmd) => commands::tenancy::key(&cfg, cmd).await,
         }
     });
     if let Err(e) = result {

@@ -2,7 +2,9 @@
 //! its scope is exhausted.
 //!
 //! [`Preflight`] is the question; [`HttpPreflight`] asks tally's API
-//! (`POST /v1/budgets/check`), so the worker needs no database;
+//! (`POST /v1/budgets/check`, with a bearer credential that names the
+//! organisation in the body: the operator token), so the worker needs no
+//! database;
 //! [`AllowAll`] never refuses (deployments without budgets, tests).
 //!
 //! # Decisions
@@ -18,6 +20,7 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::Value;
 
 /// The answer of a preflight check.
@@ -119,6 +122,7 @@ impl Preflight for AllowAll {
 pub struct HttpPreflight {
     http: reqwest::Client,
     url: String,
+    bearer: Option<SecretString>,
 }
 
 #[derive(Serialize)]
@@ -157,7 +161,17 @@ impl HttpPreflight {
             .timeout(timeout)
             .build()
             .map_err(|e| PreflightError::Config(e.to_string()))?;
-        Ok(HttpPreflight { http, url })
+        Ok(HttpPreflight {
+            http,
+            url,
+            bearer: None,
+        })
+    }
+
+    /// Sends `token` as `Authorization: Bearer` on every check.
+    pub fn with_bearer(mut self, token: Option<SecretString>) -> Self {
+        self.bearer = token;
+        self
     }
 
     /// The check URL.
@@ -183,10 +197,11 @@ impl Preflight for HttpPreflight {
                 user_id: user,
                 model,
             };
-            let resp = self
-                .http
-                .post(&self.url)
-                .json(&body)
+            let mut req = self.http.post(&self.url).json(&body);
+            if let Some(t) = &self.bearer {
+                req = req.bearer_auth(t.expose_secret());
+            }
+            let resp = req
                 .send()
                 .await
                 .map_err(|e| PreflightError::Unreachable(e.to_string()))?;

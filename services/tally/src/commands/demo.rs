@@ -1,8 +1,9 @@
 //! `tally demo`: everything on one machine, with a live summary.
 //!
 //! Starts the OpenRouter simulator in this process, runs every service
-//! (`tally run`) against the local NATS and Postgres, creates a few budgets
-//! through the HTTP API, drives a stream of generations (a share of them
+//! (`tally run`) against the local NATS and Postgres, creates its own
+//! organisation (as `tally org create` does) and prints the admin key it
+//! uses, creates a few budgets through the HTTP API with that key, drives a stream of generations (a share of them
 //! without an actual cost, as after an aborted stream, so the reconciler
 //! has to fetch it), shows a live progress line, and ends with a spend
 //! summary per budget and per model, read back from the API.
@@ -15,6 +16,7 @@ use futures::StreamExt;
 use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tally_sim::load::{Generator, LoadArgs};
+use secrecy::ExposeSecret;
 use tally_sim::{Fraction, SimConfig, Simulator};
 
 use crate::config::Config;
@@ -92,7 +94,18 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
     }
 
     let org = format!("demo-{}", &uuid::Uuid::now_v7().simple().to_string()[20..]);
-    println!("  organisation          {org}\n");
+    let store = super::connect_store(&cfg, 2).await?;
+    let (_, admin) = store
+        .create_org(&org, Some("tally demo"))
+        .await
+        .context("creating the demo organisation")?;
+    println!("  organisation          {org}");
+    println!(
+        "  admin API key         {} (key id {})\n",
+        admin.secret.expose_secret(),
+        admin.info.id
+    );
+    let http = authed_client(admin.secret.expose_secret())?;
     let budgets = create_budgets(&http, &api, &org).await?;
 
     let bus = super::connect_bus(&cfg).await?;
@@ -146,7 +159,6 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
             next: 0,
         }
     };
-    let store = super::connect_store(&cfg, 2).await?;
     let started = Instant::now();
     let interval = Duration::from_micros(1_000_000 / u64::from(args.rate.max(1)));
     let mut tick = tokio::time::interval(interval);
@@ -328,6 +340,18 @@ impl Producer {
         }
         Ok(total)
     }
+}
+
+/// An HTTP client sending `key` as the bearer credential of every request.
+fn authed_client(key: &str) -> anyhow::Result<reqwest::Client> {
+    let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {key}"))?;
+    value.set_sensitive(true);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(reqwest::header::AUTHORIZATION, value);
+    Ok(reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .default_headers(headers)
+        .build()?)
 }
 
 async fn wait_ready(

@@ -2,8 +2,10 @@
 //! stop cleanly on Ctrl-C or SIGTERM.
 
 pub mod demo;
+mod preflight;
 pub mod replay;
 pub mod sim;
+pub mod tenancy;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -141,9 +143,12 @@ pub(crate) fn reconciler_service(
 /// Builds the generation worker: OpenRouter client (long timeout: a
 /// streamed generation can take minutes), model catalog (persisted copy
 /// first, then a fresh one, refreshed in the background) and the budget
-/// preflight through tally's own API.
+/// preflight: straight from Postgres when `store` is given (tally's own
+/// services need no API key), else through tally's API with the operator
+/// token.
 pub(crate) async fn worker_service(
     bus: &Bus,
+    store: Option<&Store>,
     cfg: &Config,
     registry: &Registry,
     shutdown: watch::Receiver<bool>,
@@ -167,10 +172,21 @@ pub(crate) async fn worker_service(
         tracing::warn!(error = %e, code = e.code(), "model catalog not fetched yet; will retry");
     }
     catalog.clone().spawn_refresh(client.clone(), shutdown);
-    let preflight: Arc<dyn tally_worker::Preflight> = Arc::new(tally_worker::HttpPreflight::new(
-        &cfg.api_url,
-        Duration::from_secs(5),
-    )?);
+    let preflight: Arc<dyn tally_worker::Preflight> = match store {
+        Some(store) => Arc::new(preflight::StorePreflight::new(store.clone())),
+        None => {
+            if cfg.operator_token.is_none() {
+                tracing::warn!(
+                    "neither TALLY_DATABASE_URL nor TALLY_OPERATOR_TOKEN is set: \
+                     the API will refuse the worker's budget preflight"
+                );
+            }
+            Arc::new(
+                tally_worker::HttpPreflight::new(&cfg.api_url, Duration::from_secs(5))?
+                    .with_bearer(cfg.operator_token.clone()),
+            )
+        }
+    };
     let metrics = Arc::new(tally_worker::Metrics::register(registry)?);
     Ok(tally_worker::Worker::new(
         bus.clone(),
@@ -203,7 +219,11 @@ pub async fn worker(cfg: &Config) -> anyhow::Result<()> {
     let bus = connect_bus(cfg).await?;
     serve_metrics(cfg, &registry).await?;
     let shutdown = shutdown_signal();
-    let svc = worker_service(&bus, cfg, &registry, shutdown.clone()).await?;
+    let store = match cfg.database_url {
+        Some(_) => Some(connect_store(cfg, 4).await?),
+        None => None,
+    };
+    let svc = worker_service(&bus, store.as_ref(), cfg, &registry, shutdown.clone()).await?;
     svc.run(shutdown).await?;
     Ok(())
 }
@@ -239,7 +259,11 @@ async fn serve_api(
         .await
         .with_context(|| format!("cannot listen on {} (TALLY_HTTP_ADDR)", cfg.http_addr))?;
     tracing::info!(addr = %cfg.http_addr, "HTTP API listening");
-    let state = tally_api::AppState::new(store.clone(), registry.clone(), cfg.prefix.clone())?;
+    let state = tally_api::AppState::new(store.clone(), registry.clone(), cfg.prefix.clone())?
+        .with_operator_token(cfg.operator_token.as_ref());
+    if cfg.operator_token.is_none() {
+        tracing::info!("TALLY_OPERATOR_TOKEN is not set: no operator access over HTTP");
+    }
     tally_api::serve(listener, state, async move {
         let _ = shutdown.wait_for(|v| *v).await;
     })
@@ -269,7 +293,7 @@ pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> an
     serve_metrics(cfg, &registry).await?;
     let projector = projector_service(&bus, &store, cfg, &registry)?;
     let reconciler = reconciler_service(&bus, cfg, &registry)?;
-    let worker = worker_service(&bus, cfg, &registry, shutdown.clone()).await?;
+    let worker = worker_service(&bus, Some(&store), cfg, &registry, shutdown.clone()).await?;
     let p = tokio::spawn(projector.run(shutdown.clone()));
     let r = tokio::spawn(reconciler.run(shutdown.clone()));
     let w = tokio::spawn(worker.run(shutdown.clone()));

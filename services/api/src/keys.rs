@@ -1,0 +1,237 @@
+//! Organisations and API keys over HTTP.
+//!
+//! | route | access | success |
+//! |---|---|---|
+//! | `POST /v1/orgs {org_id, name?}` | operator | 201 `{org_id, name, created_at, key_id, key, prefix, role: "admin"}` |
+//! | `POST /v1/keys {role, name?, org_id?}` | admin | 201 `{id, key, prefix, role, name, created_at}` |
+//! | `GET /v1/keys[?org_id=]` | admin | 200 `{keys: [{id, prefix, role, name, created_at, last_used_at}]}` |
+//! | `DELETE /v1/keys/{id}` | admin | 200 the key with `revoked_at` |
+//!
+//! The secret (`key`) appears only in the 201 answers that issue it; a
+//! listing never shows it. Revoking takes effect at once on this instance
+//! and within `auth::KEY_CACHE_TTL` on every other one. A key of another
+//! organisation is 404 `key_not_found`, as if it did not exist.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use chrono::{DateTime, Utc};
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use tally_store::tenancy::{KeyInfo, Role};
+use tally_store::{IssuedKey, StoreError};
+use uuid::Uuid;
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{ApiJson, ApiPath, Params};
+use crate::wire::check_id;
+use crate::AppState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateOrgBody {
+    org_id: String,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CreateKeyBody {
+    role: String,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    org_id: Option<String>,
+}
+
+/// A key as listed (never the secret).
+#[derive(Debug, Serialize)]
+pub(crate) struct KeyBody {
+    id: Uuid,
+    org_id: String,
+    prefix: String,
+    role: &'static str,
+    name: Option<String>,
+    created_at: DateTime<Utc>,
+    last_used_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<DateTime<Utc>>,
+}
+
+impl From<KeyInfo> for KeyBody {
+    fn from(k: KeyInfo) -> KeyBody {
+        KeyBody {
+            id: k.id,
+            org_id: k.org_id,
+            prefix: k.prefix,
+            role: k.role.as_str(),
+            name: k.name,
+            created_at: k.created_at,
+            last_used_at: k.last_used_at,
+            revoked_at: k.revoked_at,
+        }
+    }
+}
+
+/// A key just issued, with its secret (shown once).
+#[derive(Serialize)]
+struct IssuedBody {
+    id: Uuid,
+    org_id: String,
+    key: String,
+    prefix: String,
+    role: &'static str,
+    name: Option<String>,
+    created_at: DateTime<Utc>,
+}
+
+impl From<&IssuedKey> for IssuedBody {
+    fn from(k: &IssuedKey) -> IssuedBody {
+        IssuedBody {
+            id: k.info.id,
+            org_id: k.info.org_id.clone(),
+            key: k.secret.expose_secret().to_owned(),
+            prefix: k.info.prefix.clone(),
+            role: k.info.role.as_str(),
+            name: k.info.name.clone(),
+            created_at: k.info.created_at,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct OrgCreatedBody {
+    org_id: String,
+    name: Option<String>,
+    created_at: DateTime<Utc>,
+    key_id: Uuid,
+    key: String,
+    prefix: String,
+    role: &'static str,
+}
+
+fn name_error(e: StoreError) -> ApiError {
+    match e {
+        StoreError::Invalid { field, reason } => ApiError::invalid(field, reason),
+        e => e.into(),
+    }
+}
+
+fn created(body: impl Serialize, location: String) -> Response {
+    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// `POST /v1/orgs` (operator).
+pub(crate) async fn create_org(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiJson(body): ApiJson<CreateOrgBody>,
+) -> Result<Response, ApiError> {
+    check_id("org_id", &body.org_id)?;
+    let (org, key) = state
+        .store
+        .create_org(&body.org_id, body.name.as_deref())
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict(_) => ApiError::new(
+                StatusCode::CONFLICT,
+                "org_exists",
+                format!("organisation {:?} exists already", body.org_id),
+            )
+            .with_field("org_id"),
+            e => name_error(e),
+        })?;
+    tracing::info!(org_id = %org.org_id, key_id = %key.info.id, "organisation created");
+    let location = format!("/v1/keys/{}", key.info.id);
+    Ok(created(
+        OrgCreatedBody {
+            org_id: org.org_id,
+            name: org.name,
+            created_at: org.created_at,
+            key_id: key.info.id,
+            key: key.secret.expose_secret().to_owned(),
+            prefix: key.info.prefix.clone(),
+            role: Role::Admin.as_str(),
+        },
+        location,
+    ))
+}
+
+/// `POST /v1/keys` (admin).
+pub(crate) async fn create(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiJson(body): ApiJson<CreateKeyBody>,
+) -> Result<Response, ApiError> {
+    let org_id = caller.write_org(&state.store, body.org_id.as_deref()).await?;
+    let role = Role::parse(&body.role).ok_or_else(|| {
+        ApiError::field(
+            "invalid_role",
+            "role",
+            format!("role must be admin or member, not {:?}", body.role),
+        )
+    })?;
+    let key = state
+        .store
+        .create_key(&org_id, role, body.name.as_deref())
+        .await
+        .map_err(name_error)?;
+    tracing::info!(org_id = %org_id, key_id = %key.info.id, role = %role, "API key issued");
+    let location = format!("/v1/keys/{}", key.info.id);
+    Ok(created(IssuedBody::from(&key), location))
+}
+
+#[derive(Serialize)]
+pub(crate) struct ListBody {
+    keys: Vec<KeyBody>,
+}
+
+/// `GET /v1/keys` (admin).
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Params,
+) -> Result<Json<ListBody>, ApiError> {
+    let params = params.only(&["org_id"])?;
+    let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
+    let keys = state.store.list_keys(&org_id).await?;
+    Ok(Json(ListBody {
+        keys: keys.into_iter().map(KeyBody::from).collect(),
+    }))
+}
+
+/// `DELETE /v1/keys/{id}` (admin): revokes.
+pub(crate) async fn revoke(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<KeyBody>, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "key_not_found",
+            format!("no API key with id {id:?}"),
+        )
+    };
+    let key_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
+    let info = state
+        .store
+        .revoke_key(key_id, caller.org())
+        .await
+        .map_err(|e| match e {
+            StoreError::NotFound { .. } => not_found(),
+            e => e.into(),
+        })?;
+    state.auth.forget(&info.prefix);
+    tracing::info!(org_id = %info.org_id, key_id = %info.id, "API key revoked");
+    Ok(Json(KeyBody::from(info)))
+}

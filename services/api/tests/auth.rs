@@ -1,0 +1,619 @@
+//! Authentication, roles and organisation isolation over real HTTP against
+//! a real Postgres database: every route of the route table with every kind
+//! of caller, cross-organisation reads and writes, revocation across API
+//! instances.
+
+use std::time::{Duration, Instant};
+
+use chrono::{Datelike, TimeZone, Utc};
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use tally_api::{serve, Access, AppState, RouteSpec};
+use tally_ledger::{Fact, Placement};
+use tally_store::ledger::{CompletedDetails, FactInput, PostingOptions};
+use tally_store::{Role, Store};
+use tally_telemetry::Registry;
+use tally_testkit::{TestDb, TestOrg};
+
+const A: &str = "org-a";
+const B: &str = "org-b";
+const OPERATOR: &str = "operator-token-0123456789abcdefghijklmnop";
+
+struct Env {
+    store: Store,
+    base: String,
+    a: TestOrg,
+    b: TestOrg,
+    revoked_key: String,
+    _db: TestDb,
+}
+
+async fn serve_instance(store: &Store) -> anyhow::Result<String> {
+    let token = secrecy::SecretString::from(OPERATOR.to_owned());
+    let state = AppState::new(store.clone(), Registry::new(), "tally".into())?
+        .with_operator_token(Some(&token));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    Ok(format!("http://{addr}"))
+}
+
+impl Env {
+    async fn start() -> anyhow::Result<Env> {
+        let db = TestDb::create().await?;
+        let store = Store::from_pool(db.pool());
+        store.migrate().await?;
+        let a = TestOrg::create(&db.pool(), A).await?;
+        let b = TestOrg::create(&db.pool(), B).await?;
+        let revoked = store.create_key(A, Role::Admin, Some("old")).await?;
+        store.revoke_key(revoked.info.id, None).await?;
+        use secrecy::ExposeSecret as _;
+        let base = serve_instance(&store).await?;
+        Ok(Env {
+            store,
+            base,
+            a,
+            b,
+            revoked_key: revoked.secret.expose_secret().to_owned(),
+            _db: db,
+        })
+    }
+
+    async fn send(
+        &self,
+        key: Option<&str>,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+        send(&self.base, key, method, path, body).await
+    }
+
+    /// A budget of org A, created through the API.
+    async fn budget_of_a(&self, name: &str) -> String {
+        let (s, _, b) = self
+            .send(
+                Some(&self.a.admin_key),
+                Method::POST,
+                "/v1/budgets",
+                Some(&json!({
+                    "name": name, "scope": {}, "period": "monthly", "limit_usd": "10"
+                })),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        b["id"].as_str().unwrap().to_owned()
+    }
+
+    /// A generation of org A, booked by the projector's transaction.
+    async fn generation_of_a(&self, id: &str) {
+        let fact = FactInput {
+            generation_id: id.to_owned(),
+            org_id: A.to_owned(),
+            fact: Fact::Completed {
+                placement: Placement {
+                    org_id: A.to_owned(),
+                    agent_id: None,
+                    session_id: None,
+                    user_id: None,
+                    model: "m".into(),
+                    completed_at: Utc::now(),
+                },
+                estimate: None,
+                actual: Some("0.5".parse().unwrap()),
+            },
+            details: Some(CompletedDetails {
+                provider: None,
+                status: "completed".into(),
+                is_byok: false,
+            }),
+        };
+        self.store
+            .apply_batch(&[fact], &PostingOptions::default())
+            .await
+            .expect("apply_batch");
+    }
+}
+
+async fn send(
+    base: &str,
+    key: Option<&str>,
+    method: Method,
+    path: &str,
+    body: Option<&Value>,
+) -> (StatusCode, reqwest::header::HeaderMap, Value) {
+    let http = reqwest::Client::new();
+    let mut req = http.request(method, format!("{base}{path}"));
+    if let Some(k) = key {
+        req = req.bearer_auth(k);
+    }
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.expect("body");
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, v)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Who {
+    NoKey,
+    Malformed,
+    Unknown,
+    Revoked,
+    Member,
+    Admin,
+    OtherAdmin,
+    Operator,
+}
+
+const EVERYONE: [Who; 8] = [
+    Who::NoKey,
+    Who::Malformed,
+    Who::Unknown,
+    Who::Revoked,
+    Who::Member,
+    Who::Admin,
+    Who::OtherAdmin,
+    Who::Operator,
+];
+
+/// How a route treats a caller of another organisation naming org A's
+/// resource or org A itself.
+#[derive(Debug, Clone, Copy)]
+enum Foreign {
+    /// 404 with this code (a resource by id, or a read naming org A).
+    NotFound(&'static str),
+    /// 403 `org_mismatch` (a write naming org A).
+    Mismatch,
+    /// The operator-only route: 403 `forbidden_role` for any key.
+    OperatorOnly,
+}
+
+/// A concrete request for a route of the table, made on org A's behalf,
+/// with its success status and how another organisation's key is treated.
+/// Every route of the table must be here: a new route fails this test until
+/// it is added.
+async fn request_for(env: &Env, r: &RouteSpec) -> (String, Option<Value>, u16, Foreign) {
+    let now = Utc::now();
+    let month = Utc
+        .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    match (r.method, r.path) {
+        ("POST", "/v1/orgs") => (
+            "/v1/orgs".into(),
+            Some(json!({"org_id": format!("new-{}", uuid::Uuid::new_v4().simple())})),
+            201,
+            Foreign::OperatorOnly,
+        ),
+        ("POST", "/v1/keys") => (
+            "/v1/keys".into(),
+            Some(json!({"role": "member", "name": "table", "org_id": A})),
+            201,
+            Foreign::Mismatch,
+        ),
+        ("GET", "/v1/keys") => (
+            format!("/v1/keys?org_id={A}"),
+            None,
+            200,
+            Foreign::NotFound("org_not_found"),
+        ),
+        ("DELETE", "/v1/keys/{id}") => {
+            let k = env
+                .store
+                .create_key(A, Role::Member, Some("victim"))
+                .await
+                .unwrap();
+            (
+                format!("/v1/keys/{}", k.info.id),
+                None,
+                200,
+                Foreign::NotFound("key_not_found"),
+            )
+        }
+        ("POST", "/v1/budgets") => (
+            "/v1/budgets".into(),
+            Some(json!({"org_id": A, "name": "t", "scope": {}, "period": "monthly", "limit_usd": "1"})),
+            201,
+            Foreign::Mismatch,
+        ),
+        ("GET", "/v1/budgets") => (
+            format!("/v1/budgets?org_id={A}"),
+            None,
+            200,
+            Foreign::NotFound("org_not_found"),
+        ),
+        ("POST", "/v1/budgets/check") => (
+            "/v1/budgets/check".into(),
+            Some(json!({"org_id": A, "agent_id": "x"})),
+            200,
+            Foreign::NotFound("org_not_found"),
+        ),
+        ("GET", "/v1/budgets/{id}") => (
+            format!("/v1/budgets/{}", env.budget_of_a("get").await),
+            None,
+            200,
+            Foreign::NotFound("budget_not_found"),
+        ),
+        ("PATCH", "/v1/budgets/{id}") => (
+            format!("/v1/budgets/{}", env.budget_of_a("patch").await),
+            Some(json!({"name": "patched"})),
+            200,
+            Foreign::NotFound("budget_not_found"),
+        ),
+        ("DELETE", "/v1/budgets/{id}") => (
+            format!("/v1/budgets/{}", env.budget_of_a("delete").await),
+            None,
+            200,
+            Foreign::NotFound("budget_not_found"),
+        ),
+        ("GET", "/v1/budgets/{id}/periods/{start}") => (
+            format!("/v1/budgets/{}/periods/{month}", env.budget_of_a("period").await),
+            None,
+            200,
+            Foreign::NotFound("budget_not_found"),
+        ),
+        ("GET", "/v1/budgets/{id}/entries") => (
+            format!("/v1/budgets/{}/entries", env.budget_of_a("entries").await),
+            None,
+            200,
+            Foreign::NotFound("budget_not_found"),
+        ),
+        ("GET", "/v1/generations/{generation_id}") => {
+            let id = format!("gen-{}", uuid::Uuid::new_v4().simple());
+            env.generation_of_a(&id).await;
+            (
+                format!("/v1/generations/{id}"),
+                None,
+                200,
+                Foreign::NotFound("generation_not_found"),
+            )
+        }
+        ("GET", "/v1/spend") => (
+            format!(
+                "/v1/spend?org_id={A}&from=2026-01-01T00:00:00Z&to=2026-12-31T00:00:00Z&group_by=model"
+            ),
+            None,
+            200,
+            Foreign::NotFound("org_not_found"),
+        ),
+        (m, p) => panic!("route {m} {p} has no case in the route-table test: add one"),
+    }
+}
+
+fn assert_problem(s: StatusCode, body: &Value, status: u16, code: &str, ctx: &str) {
+    assert_eq!(s.as_u16(), status, "{ctx}: {body}");
+    assert_eq!(body["code"], code, "{ctx}: {body}");
+    assert_eq!(
+        body["type"],
+        format!("https://tally.dev/problems/{}", code.replace('_', "-")),
+        "{ctx}: {body}"
+    );
+}
+
+#[tokio::test]
+async fn every_route_with_every_kind_of_caller() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let routes = tally_api::routes();
+    assert!(routes.len() >= 14, "{routes:?}");
+    let unknown = format!("tly_{}", "Z".repeat(40));
+    let mut checked = 0;
+    for r in &routes {
+        assert!(r.path.starts_with("/v1/"), "{r:?}");
+        for who in EVERYONE {
+            let (path, body, ok, foreign) = request_for(&env, r).await;
+            let key: Option<&str> = match who {
+                Who::NoKey => None,
+                Who::Malformed => Some("sk-or-v1-not-a-tally-key"),
+                Who::Unknown => Some(&unknown),
+                Who::Revoked => Some(&env.revoked_key),
+                Who::Member => Some(&env.a.member_key),
+                Who::Admin => Some(&env.a.admin_key),
+                Who::OtherAdmin => Some(&env.b.admin_key),
+                Who::Operator => Some(OPERATOR),
+            };
+            let method = Method::from_bytes(r.method.as_bytes())?;
+            let (s, h, v) = env.send(key, method, &path, body.as_ref()).await;
+            let ctx = format!("{} {} as {who:?}", r.method, r.path);
+            let unauthorized = |code: &str| {
+                assert_problem(s, &v, 401, code, &ctx);
+                assert_eq!(
+                    h.get("www-authenticate").map(|v| v.to_str().unwrap()),
+                    Some("Bearer realm=\"tally\""),
+                    "{ctx}"
+                );
+            };
+            match who {
+                Who::NoKey => unauthorized("missing_api_key"),
+                Who::Malformed => unauthorized("malformed_api_key"),
+                Who::Unknown | Who::Revoked => unauthorized("invalid_api_key"),
+                Who::Member if r.access != Access::Member => {
+                    assert_problem(s, &v, 403, "forbidden_role", &ctx)
+                }
+                Who::Admin if r.access == Access::Operator => {
+                    assert_problem(s, &v, 403, "forbidden_role", &ctx)
+                }
+                Who::OtherAdmin => match foreign {
+                    Foreign::OperatorOnly => assert_problem(s, &v, 403, "forbidden_role", &ctx),
+                    Foreign::Mismatch => assert_problem(s, &v, 403, "org_mismatch", &ctx),
+                    Foreign::NotFound(code) => assert_problem(s, &v, 404, code, &ctx),
+                },
+                Who::Member | Who::Admin | Who::Operator => {
+                    assert_eq!(s.as_u16(), ok, "{ctx}: {v}")
+                }
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, routes.len() * EVERYONE.len());
+    Ok(())
+}
+
+#[tokio::test]
+async fn one_organisation_never_reads_or_changes_another() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let a_budget = env.budget_of_a("a's money").await;
+    env.generation_of_a("gen-a").await;
+    let b = Some(env.b.admin_key.as_str());
+
+    // B's reads of its own organisation show nothing of A.
+    let (s, _, list) = env.send(b, Method::GET, "/v1/budgets", None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(list["budgets"], json!([]), "{list}");
+    let (s, _, spend) = env
+        .send(
+            b,
+            Method::GET,
+            "/v1/spend?from=2020-01-01T00:00:00Z&to=2021-01-01T00:00:00Z&group_by=model",
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{spend}");
+    let now = Utc::now();
+    let range = format!(
+        "from={}&to={}",
+        (now - chrono::TimeDelta::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        (now + chrono::TimeDelta::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
+    let (_, _, spend) = env
+        .send(b, Method::GET, &format!("/v1/spend?{range}&group_by=model"), None)
+        .await;
+    assert_eq!(spend["total"]["generations"], 0, "{spend}");
+    assert_eq!(spend["groups"], json!([]), "{spend}");
+    let (_, _, spend_a) = env
+        .send(
+            Some(&env.a.member_key),
+            Method::GET,
+            &format!("/v1/spend?{range}&group_by=model"),
+            None,
+        )
+        .await;
+    assert_eq!(spend_a["total"]["generations"], 1, "{spend_a}");
+    let (_, _, check) = env
+        .send(b, Method::POST, "/v1/budgets/check", Some(&json!({})))
+        .await;
+    assert_eq!(check["budgets"], json!([]), "{check}");
+    let (_, _, keys) = env.send(b, Method::GET, "/v1/keys", None).await;
+    let ids: Vec<&str> = keys["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["org_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec![B, B], "{keys}");
+
+    // Naming A's resources or A itself is as if they did not exist.
+    for path in [
+        format!("/v1/budgets/{a_budget}"),
+        format!("/v1/budgets/{a_budget}/entries"),
+        format!("/v1/budgets/{a_budget}/periods/2026-01-01T00:00:00Z"),
+        "/v1/generations/gen-a".to_owned(),
+        format!("/v1/budgets?org_id={A}"),
+        format!("/v1/keys?org_id={A}"),
+        format!("/v1/spend?org_id={A}&{range}&group_by=day"),
+    ] {
+        let (s, _, v) = env.send(b, Method::GET, &path, None).await;
+        assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
+        assert!(!v.to_string().contains("a's money"), "{v}");
+    }
+
+    // A's budget cannot be changed, archived or created for with B's key.
+    let (s, _, _) = env
+        .send(
+            b,
+            Method::PATCH,
+            &format!("/v1/budgets/{a_budget}"),
+            Some(&json!({"limit_usd": "1000000", "enforcement": "soft"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, _) = env
+        .send(b, Method::DELETE, &format!("/v1/budgets/{a_budget}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, _, v) = env
+        .send(
+            b,
+            Method::POST,
+            "/v1/budgets",
+            Some(&json!({"org_id": A, "name": "sneaky", "scope": {}, "period": "total", "limit_usd": "0"})),
+        )
+        .await;
+    assert_problem(s, &v, 403, "org_mismatch", "create for A with B's key");
+    let (s, _, v) = env
+        .send(
+            b,
+            Method::POST,
+            "/v1/keys",
+            Some(&json!({"org_id": A, "role": "admin"})),
+        )
+        .await;
+    assert_problem(s, &v, 403, "org_mismatch", "key for A with B's key");
+    let a_key = env.a.admin_key_id;
+    let (s, _, _) = env
+        .send(b, Method::DELETE, &format!("/v1/keys/{a_key}"), None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+
+    let (s, _, got) = env
+        .send(
+            Some(&env.a.admin_key),
+            Method::GET,
+            &format!("/v1/budgets/{a_budget}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{got}");
+    assert_eq!(got["limit_usd"], "10");
+    assert_eq!(got["enforcement"], "hard");
+    assert_eq!(got["archived_at"], Value::Null);
+    let (_, _, list) = env
+        .send(Some(&env.a.admin_key), Method::GET, "/v1/budgets", None)
+        .await;
+    assert_eq!(list["budgets"].as_array().unwrap().len(), 1, "{list}");
+    // A's admin key still works: B could not revoke it.
+    Ok(())
+}
+
+#[tokio::test]
+async fn keys_are_shown_once_and_revocation_reaches_every_instance() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let other_instance = serve_instance(&env.store).await?;
+    let admin = Some(env.a.admin_key.as_str());
+
+    let (s, h, k) = env
+        .send(
+            admin,
+            Method::POST,
+            "/v1/keys",
+            Some(&json!({"role": "member", "name": "ci"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{k}");
+    assert_eq!(h["cache-control"], "no-store");
+    let secret = k["key"].as_str().unwrap().to_owned();
+    assert!(secret.starts_with("tly_") && secret.len() >= 36, "{k}");
+    assert!(secret[4..].bytes().all(|b| b.is_ascii_alphanumeric()));
+    assert_eq!(k["prefix"], &secret[..12]);
+    assert_eq!(k["role"], "member");
+    assert_eq!(k["name"], "ci");
+    let id = k["id"].as_str().unwrap().to_owned();
+
+    // Both instances accept it (and cache the lookup).
+    for base in [&env.base, &other_instance] {
+        let (s, _, v) = send(base, Some(&secret), Method::GET, "/v1/budgets", None).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+
+    // Listings never show a secret, but do show use.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let (s, _, list) = env.send(admin, Method::GET, "/v1/keys", None).await;
+        assert_eq!(s, StatusCode::OK);
+        let text = list.to_string();
+        assert!(!text.contains(&secret) && !text.contains(&env.a.admin_key), "{text}");
+        assert!(list["keys"].as_array().unwrap().iter().all(|k| k.get("key").is_none()));
+        let ci = list["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["id"] == id.as_str())
+            .cloned()
+            .unwrap();
+        if ci["last_used_at"].is_string() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "last_used_at never set: {ci}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Keep the other instance's cache warm, revoke through the first one.
+    let (s, _, _) = send(&other_instance, Some(&secret), Method::GET, "/v1/budgets", None).await;
+    assert_eq!(s, StatusCode::OK);
+    let revoked_at = Instant::now();
+    let (s, _, v) = env
+        .send(admin, Method::DELETE, &format!("/v1/keys/{id}"), None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(v["revoked_at"].is_string(), "{v}");
+    // At once on the instance that revoked it.
+    let (s, _, v) = env
+        .send(Some(&secret), Method::GET, "/v1/budgets", None)
+        .await;
+    assert_problem(s, &v, 401, "invalid_api_key", "revoked, same instance");
+    // Within a second on the other one.
+    loop {
+        let (s, _, _) = send(&other_instance, Some(&secret), Method::GET, "/v1/budgets", None).await;
+        if s == StatusCode::UNAUTHORIZED {
+            break;
+        }
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(1),
+            "the other instance still accepts a revoked key after {:?}",
+            revoked_at.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(revoked_at.elapsed() < Duration::from_secs(1));
+
+    // Bad key requests.
+    let (s, _, v) = env
+        .send(admin, Method::POST, "/v1/keys", Some(&json!({"role": "owner"})))
+        .await;
+    assert_eq!((s.as_u16(), v["code"].as_str()), (422, Some("invalid_role")), "{v}");
+    let (s, _, v) = env
+        .send(admin, Method::DELETE, "/v1/keys/not-a-uuid", None)
+        .await;
+    assert_problem(s, &v, 404, "key_not_found", "bad key id");
+    Ok(())
+}
+
+#[tokio::test]
+async fn the_operator_names_the_organisation() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let op = Some(OPERATOR);
+    let (s, _, v) = env.send(op, Method::GET, "/v1/budgets", None).await;
+    assert_eq!((s.as_u16(), v["code"].as_str(), v["field"].as_str()), (422, Some("missing_field"), Some("org_id")), "{v}");
+    let (s, _, v) = env
+        .send(op, Method::GET, "/v1/budgets?org_id=nobody", None)
+        .await;
+    assert_problem(s, &v, 404, "org_not_found", "operator, unknown org");
+    let (s, _, v) = env
+        .send(
+            op,
+            Method::POST,
+            "/v1/orgs",
+            Some(&json!({"org_id": "fresh", "name": "Fresh Ltd"})),
+        )
+        .await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["org_id"], "fresh");
+    assert_eq!(v["role"], "admin");
+    let key = v["key"].as_str().unwrap().to_owned();
+    let (s, _, v) = env
+        .send(Some(&key), Method::GET, "/v1/keys", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["keys"][0]["org_id"], "fresh");
+    let (s, _, v) = env
+        .send(op, Method::POST, "/v1/orgs", Some(&json!({"org_id": "fresh"})))
+        .await;
+    assert_problem(s, &v, 409, "org_exists", "duplicate org");
+    let (s, _, v) = env
+        .send(op, Method::POST, "/v1/orgs", Some(&json!({"org_id": "a.b"})))
+        .await;
+    assert_problem(s, &v, 422, "invalid_id", "bad org id");
+
+    // Without an operator token configured, nothing is the operator.
+    let state = AppState::new(env.store.clone(), Registry::new(), "tally".into())?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(serve(listener, state, std::future::pending()));
+    let (s, _, v) = send(&base, op, Method::POST, "/v1/orgs", Some(&json!({"org_id": "x"}))).await;
+    assert_problem(s, &v, 401, "malformed_api_key", "no operator configured");
+    Ok(())
+}
