@@ -208,7 +208,9 @@ fn new_secret() -> SecretString {
 
 fn check_name(field: &'static str, name: Option<&str>) -> Result<(), StoreError> {
     if let Some(n) = name {
-        if n.trim().is_empty() || n.chars().count() > MAX_NAME_CHARS || n.chars().any(char::is_control)
+        if n.trim().is_empty()
+            || n.chars().count() > MAX_NAME_CHARS
+            || n.chars().any(char::is_control)
         {
             return Err(StoreError::Invalid {
                 field,
@@ -231,8 +233,7 @@ fn check_org_id(org_id: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-const KEY_COLUMNS: &str =
-    "id, org_id, role, name, prefix, created_at, last_used_at, revoked_at";
+const KEY_COLUMNS: &str = "id, org_id, role, name, prefix, created_at, last_used_at, revoked_at";
 
 fn key_info(row: &PgRow) -> Result<KeyInfo, StoreError> {
     let role: String = row.try_get("role")?;
@@ -376,12 +377,13 @@ impl Store {
                 Ok(KeyCandidate {
                     id: row.try_get("id")?,
                     org_id: row.try_get("org_id")?,
-                    role: Role::parse(&role)
-                        .ok_or_else(|| StoreError::Corrupt(format!("api key with role {role:?}")))?,
+                    role: Role::parse(&role).ok_or_else(|| {
+                        StoreError::Corrupt(format!("api key with role {role:?}"))
+                    })?,
                     last_used_at: row.try_get("last_used_at")?,
-                    digest: digest
-                        .try_into()
-                        .map_err(|_| StoreError::Corrupt("api key digest is not 32 bytes".into()))?,
+                    digest: digest.try_into().map_err(|_| {
+                        StoreError::Corrupt("api key digest is not 32 bytes".into())
+                    })?,
                 })
             })
             .collect()

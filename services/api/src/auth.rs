@@ -239,11 +239,9 @@ impl<S: Send + Sync> FromRequestParts<S> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts
-            .extensions
-            .get::<Caller>()
-            .cloned()
-            .ok_or_else(|| ApiError::internal("a handler needs a caller but its route declares no access"))
+        parts.extensions.get::<Caller>().cloned().ok_or_else(|| {
+            ApiError::internal("a handler needs a caller but its route declares no access")
+        })
     }
 }
 
@@ -320,7 +318,11 @@ impl Authenticator {
 
     /// Resolves the request's credentials: an [`AuthError`] as a 401
     /// problem, or 503 when the keys cannot be read.
-    pub async fn authenticate(&self, store: &Store, headers: &HeaderMap) -> Result<Caller, ApiError> {
+    pub async fn authenticate(
+        &self,
+        store: &Store,
+        headers: &HeaderMap,
+    ) -> Result<Caller, ApiError> {
         let secret = Self::bearer(headers).ok_or(AuthError::Missing.error())?;
         let presented = match tenancy::parse_key(secret) {
             Ok(p) => p,
@@ -407,7 +409,11 @@ pub(crate) async fn require(
     let caller = match state.auth.authenticate(&state.store, req.headers()).await {
         Ok(c) => c,
         Err(e) => {
-            state.metrics.auth_failures.with_label_values(&[e.code()]).inc();
+            state
+                .metrics
+                .auth_failures
+                .with_label_values(&[e.code()])
+                .inc();
             return e.into_response();
         }
     };

@@ -225,20 +225,23 @@ impl From<StoreError> for ApiError {
                 "generation_not_found",
                 "generation not found",
             ),
-            StoreError::NotFound { what: "key" } => ApiError::new(
-                StatusCode::NOT_FOUND,
-                "key_not_found",
-                "API key not found",
-            ),
+            StoreError::NotFound { what: "key" } => {
+                ApiError::new(StatusCode::NOT_FOUND, "key_not_found", "API key not found")
+            }
             StoreError::NotFound { what: "org" } => ApiError::new(
                 StatusCode::NOT_FOUND,
                 "org_not_found",
                 "organisation not found",
             ),
-            StoreError::LimitReached { what: "keys", limit } => ApiError::new(
+            StoreError::LimitReached {
+                what: "keys",
+                limit,
+            } => ApiError::new(
                 StatusCode::CONFLICT,
                 "too_many_keys",
-                format!("an organisation holds at most {limit} unrevoked API keys; revoke one first"),
+                format!(
+                    "an organisation holds at most {limit} unrevoked API keys; revoke one first"
+                ),
             ),
             StoreError::Invalid { field, reason } => ApiError::invalid(field, reason),
             StoreError::Conflict(detail) => {

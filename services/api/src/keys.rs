@@ -172,7 +172,9 @@ pub(crate) async fn create(
     caller: Caller,
     ApiJson(body): ApiJson<CreateKeyBody>,
 ) -> Result<Response, ApiError> {
-    let org_id = caller.write_org(&state.store, body.org_id.as_deref()).await?;
+    let org_id = caller
+        .write_org(&state.store, body.org_id.as_deref())
+        .await?;
     let role = Role::parse(&body.role).ok_or_else(|| {
         ApiError::field(
             "invalid_role",

@@ -277,7 +277,12 @@ fn v1_routes() -> Vec<Route> {
             Member,
             budgets::period,
         ),
-        route(Method::GET, "/v1/budgets/{id}/entries", Member, budgets::entries),
+        route(
+            Method::GET,
+            "/v1/budgets/{id}/entries",
+            Member,
+            budgets::entries,
+        ),
         route(
             Method::GET,
             "/v1/generations/{generation_id}",
@@ -320,7 +325,9 @@ pub fn router(state: AppState) -> Router {
     let metrics = state.metrics.clone();
     routes.with_state(state).layer(
         ServiceBuilder::new()
-            .layer(SetSensitiveRequestHeadersLayer::new([header::AUTHORIZATION]))
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                header::AUTHORIZATION,
+            ]))
             .layer(SetRequestIdLayer::new(request_id.clone(), MakeRequestUuid))
             .layer(TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req

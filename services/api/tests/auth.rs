@@ -380,7 +380,12 @@ async fn one_organisation_never_reads_or_changes_another() -> anyhow::Result<()>
         (now + chrono::TimeDelta::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
     let (_, _, spend) = env
-        .send(b, Method::GET, &format!("/v1/spend?{range}&group_by=model"), None)
+        .send(
+            b,
+            Method::GET,
+            &format!("/v1/spend?{range}&group_by=model"),
+            None,
+        )
         .await;
     assert_eq!(spend["total"]["generations"], 0, "{spend}");
     assert_eq!(spend["groups"], json!([]), "{spend}");
@@ -515,8 +520,15 @@ async fn keys_are_shown_once_and_revocation_reaches_every_instance() -> anyhow::
         let (s, _, list) = env.send(admin, Method::GET, "/v1/keys", None).await;
         assert_eq!(s, StatusCode::OK);
         let text = list.to_string();
-        assert!(!text.contains(&secret) && !text.contains(&env.a.admin_key), "{text}");
-        assert!(list["keys"].as_array().unwrap().iter().all(|k| k.get("key").is_none()));
+        assert!(
+            !text.contains(&secret) && !text.contains(&env.a.admin_key),
+            "{text}"
+        );
+        assert!(list["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|k| k.get("key").is_none()));
         let ci = list["keys"]
             .as_array()
             .unwrap()
@@ -532,7 +544,14 @@ async fn keys_are_shown_once_and_revocation_reaches_every_instance() -> anyhow::
     }
 
     // Keep the other instance's cache warm, revoke through the first one.
-    let (s, _, _) = send(&other_instance, Some(&secret), Method::GET, "/v1/budgets", None).await;
+    let (s, _, _) = send(
+        &other_instance,
+        Some(&secret),
+        Method::GET,
+        "/v1/budgets",
+        None,
+    )
+    .await;
     assert_eq!(s, StatusCode::OK);
     let revoked_at = Instant::now();
     let (s, _, v) = env
@@ -547,7 +566,14 @@ async fn keys_are_shown_once_and_revocation_reaches_every_instance() -> anyhow::
     assert_problem(s, &v, 401, "invalid_api_key", "revoked, same instance");
     // Within a second on the other one.
     loop {
-        let (s, _, _) = send(&other_instance, Some(&secret), Method::GET, "/v1/budgets", None).await;
+        let (s, _, _) = send(
+            &other_instance,
+            Some(&secret),
+            Method::GET,
+            "/v1/budgets",
+            None,
+        )
+        .await;
         if s == StatusCode::UNAUTHORIZED {
             break;
         }
@@ -562,9 +588,18 @@ async fn keys_are_shown_once_and_revocation_reaches_every_instance() -> anyhow::
 
     // Bad key requests.
     let (s, _, v) = env
-        .send(admin, Method::POST, "/v1/keys", Some(&json!({"role": "owner"})))
+        .send(
+            admin,
+            Method::POST,
+            "/v1/keys",
+            Some(&json!({"role": "owner"})),
+        )
         .await;
-    assert_eq!((s.as_u16(), v["code"].as_str()), (422, Some("invalid_role")), "{v}");
+    assert_eq!(
+        (s.as_u16(), v["code"].as_str()),
+        (422, Some("invalid_role")),
+        "{v}"
+    );
     let (s, _, v) = env
         .send(admin, Method::DELETE, "/v1/keys/not-a-uuid", None)
         .await;
@@ -577,7 +612,11 @@ async fn the_operator_names_the_organisation() -> anyhow::Result<()> {
     let env = Env::start().await?;
     let op = Some(OPERATOR);
     let (s, _, v) = env.send(op, Method::GET, "/v1/budgets", None).await;
-    assert_eq!((s.as_u16(), v["code"].as_str(), v["field"].as_str()), (422, Some("missing_field"), Some("org_id")), "{v}");
+    assert_eq!(
+        (s.as_u16(), v["code"].as_str(), v["field"].as_str()),
+        (422, Some("missing_field"), Some("org_id")),
+        "{v}"
+    );
     let (s, _, v) = env
         .send(op, Method::GET, "/v1/budgets?org_id=nobody", None)
         .await;
@@ -594,17 +633,25 @@ async fn the_operator_names_the_organisation() -> anyhow::Result<()> {
     assert_eq!(v["org_id"], "fresh");
     assert_eq!(v["role"], "admin");
     let key = v["key"].as_str().unwrap().to_owned();
-    let (s, _, v) = env
-        .send(Some(&key), Method::GET, "/v1/keys", None)
-        .await;
+    let (s, _, v) = env.send(Some(&key), Method::GET, "/v1/keys", None).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["keys"][0]["org_id"], "fresh");
     let (s, _, v) = env
-        .send(op, Method::POST, "/v1/orgs", Some(&json!({"org_id": "fresh"})))
+        .send(
+            op,
+            Method::POST,
+            "/v1/orgs",
+            Some(&json!({"org_id": "fresh"})),
+        )
         .await;
     assert_problem(s, &v, 409, "org_exists", "duplicate org");
     let (s, _, v) = env
-        .send(op, Method::POST, "/v1/orgs", Some(&json!({"org_id": "a.b"})))
+        .send(
+            op,
+            Method::POST,
+            "/v1/orgs",
+            Some(&json!({"org_id": "a.b"})),
+        )
         .await;
     assert_problem(s, &v, 422, "invalid_id", "bad org id");
 
@@ -613,7 +660,14 @@ async fn the_operator_names_the_organisation() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let base = format!("http://{}", listener.local_addr()?);
     tokio::spawn(serve(listener, state, std::future::pending()));
-    let (s, _, v) = send(&base, op, Method::POST, "/v1/orgs", Some(&json!({"org_id": "x"}))).await;
+    let (s, _, v) = send(
+        &base,
+        op,
+        Method::POST,
+        "/v1/orgs",
+        Some(&json!({"org_id": "x"})),
+    )
+    .await;
     assert_problem(s, &v, 401, "malformed_api_key", "no operator configured");
     Ok(())
 }

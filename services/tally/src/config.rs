@@ -331,9 +331,10 @@ impl Settings {
             })?;
         let operator_token = match &self.operator_token {
             None => None,
-            Some(t) => Some(check_operator_token(t).map_err(|reason| {
-                err("TALLY_OPERATOR_TOKEN", "--operator-token", reason)
-            })?),
+            Some(t) => Some(
+                check_operator_token(t)
+                    .map_err(|reason| err("TALLY_OPERATOR_TOKEN", "--operator-token", reason))?,
+            ),
         };
         Ok(Config {
             nats_url: self.nats_url.clone(),

@@ -14,9 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use futures::StreamExt;
 use rust_decimal::Decimal;
+use secrecy::ExposeSecret;
 use serde_json::{json, Value};
 use tally_sim::load::{Generator, LoadArgs};
-use secrecy::ExposeSecret;
 use tally_sim::{Fraction, SimConfig, Simulator};
 
 use crate::config::Config;
