@@ -121,6 +121,28 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub operator_token: Option<String>,
+    /// NATS credentials file: a `.creds` file (user JWT + nkey seed) or a
+    /// file with a user nkey seed (`SU…`).
+    #[arg(long, env = "TALLY_NATS_CREDS", global = true)]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// NATS user (with TALLY_NATS_PASSWORD).
+    #[arg(long, env = "TALLY_NATS_USER", global = true)]
+    pub nats_user: Option<String>,
+    /// NATS password (with TALLY_NATS_USER).
+    #[arg(
+        long,
+        env = "TALLY_NATS_PASSWORD",
+        global = true,
+        hide_env_values = true
+    )]
+    pub nats_password: Option<String>,
+    /// NATS token.
+    #[arg(long, env = "TALLY_NATS_TOKEN", global = true, hide_env_values = true)]
+    pub nats_token: Option<String>,
+    /// PEM file of the CA certificates that sign the NATS servers' TLS
+    /// certificates (TLS is then required; tls:// URLs require it anyway).
+    #[arg(long, env = "TALLY_NATS_TLS_CA", global = true)]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
 }
 
 /// A setting that failed validation.
@@ -170,6 +192,10 @@ pub struct Config {
     pub log_json: bool,
     /// The operator token, if set.
     pub operator_token: Option<SecretString>,
+    /// NATS credentials.
+    pub nats_auth: tally_bus::NatsAuth,
+    /// CA certificates for NATS TLS.
+    pub nats_tls_ca: Option<std::path::PathBuf>,
 }
 
 fn err(env: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -336,6 +362,16 @@ impl Settings {
                     .map_err(|reason| err("TALLY_OPERATOR_TOKEN", "--operator-token", reason))?,
             ),
         };
+        let nats_auth = self.nats_auth()?;
+        if let Some(ca) = &self.nats_tls_ca {
+            if !ca.is_file() {
+                return Err(err(
+                    "TALLY_NATS_TLS_CA",
+                    "--nats-tls-ca",
+                    format!("{} is not a readable file", ca.display()),
+                ));
+            }
+        }
         Ok(Config {
             nats_url: self.nats_url.clone(),
             database_url: self.database_url.clone(),
@@ -353,7 +389,58 @@ impl Settings {
             reconcile_rate,
             log_json: self.log_json,
             operator_token,
+            nats_auth,
+            nats_tls_ca: self.nats_tls_ca.clone(),
         })
+    }
+
+    /// At most one way of authenticating to NATS, complete.
+    fn nats_auth(&self) -> Result<tally_bus::NatsAuth, ConfigError> {
+        let nonempty = |v: &Option<String>| v.as_deref().filter(|s| !s.is_empty()).map(str::to_owned);
+        let (user, password, token) = (
+            nonempty(&self.nats_user),
+            nonempty(&self.nats_password),
+            nonempty(&self.nats_token),
+        );
+        let creds = self.nats_creds.clone().filter(|p| !p.as_os_str().is_empty());
+        let methods = usize::from(creds.is_some())
+            + usize::from(user.is_some() || password.is_some())
+            + usize::from(token.is_some());
+        if methods > 1 {
+            return Err(err(
+                "TALLY_NATS_CREDS",
+                "--nats-creds",
+                "set only one of TALLY_NATS_CREDS, TALLY_NATS_USER + TALLY_NATS_PASSWORD, TALLY_NATS_TOKEN",
+            ));
+        }
+        if let Some(path) = creds {
+            if !path.is_file() {
+                return Err(err(
+                    "TALLY_NATS_CREDS",
+                    "--nats-creds",
+                    format!("{} is not a readable file", path.display()),
+                ));
+            }
+            return Ok(tally_bus::NatsAuth::CredsFile(path));
+        }
+        match (user, password, token) {
+            (Some(user), Some(password), _) => Ok(tally_bus::NatsAuth::UserPassword {
+                user,
+                password: SecretString::from(password),
+            }),
+            (Some(_), None, _) => Err(err(
+                "TALLY_NATS_PASSWORD",
+                "--nats-password",
+                "is required with TALLY_NATS_USER",
+            )),
+            (None, Some(_), _) => Err(err(
+                "TALLY_NATS_USER",
+                "--nats-user",
+                "is required with TALLY_NATS_PASSWORD",
+            )),
+            (None, None, Some(token)) => Ok(tally_bus::NatsAuth::Token(SecretString::from(token))),
+            (None, None, None) => Ok(tally_bus::NatsAuth::None),
+        }
     }
 }
 

@@ -55,6 +55,8 @@ pub(crate) async fn connect_bus(cfg: &Config) -> anyhow::Result<Bus> {
         prefix: cfg.prefix.clone(),
         replicas: cfg.nats_replicas,
         ack_wait: cfg.ack_wait,
+        auth: cfg.nats_auth.clone(),
+        tls_ca: cfg.nats_tls_ca.clone(),
     };
     Bus::connect(&bus_cfg).await.with_context(|| {
         format!(
