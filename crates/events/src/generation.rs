@@ -46,6 +46,14 @@ wire_enum! {
     }
 }
 
+impl Default for GenerationStatus {
+    /// A completed event that does not say how the generation ended is a
+    /// generation that ran to the end.
+    fn default() -> Self {
+        GenerationStatus::Completed
+    }
+}
+
 wire_enum! {
     /// How a request ended, as told to the requester.
     pub enum ResultStatus {
@@ -450,7 +458,9 @@ pub struct GenerationCompleted {
     /// The producer's estimate from the price catalog.
     #[serde(default, with = "tally_money::serde_cost::opt")]
     pub estimated_cost_usd: Option<Decimal>,
-    /// How it ended.
+    /// How it ended; `completed` when the producer does not say (most
+    /// producers know nothing of statuses).
+    #[serde(default)]
     pub status: GenerationStatus,
     /// The request it answers, when it came through tally's worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -103,6 +103,10 @@ fn schema_errors(v: &Validator, doc: &Value) -> Vec<String> {
 /// Fields whose schema default is `false`: absent and `false` mean the same.
 const DEFAULT_FALSE: [&str; 2] = ["is_byok", "stream"];
 
+/// Members whose schema default is a string: absent and the default mean
+/// the same.
+const DEFAULT_TEXT: [(&str, &str); 1] = [("status", "completed")];
+
 /// Semantic form of a document: `null` members and default-valued members
 /// dropped, timestamps in UTC with nanoseconds, decimal strings canonical.
 fn normalize(v: &Value) -> Value {
@@ -111,6 +115,7 @@ fn normalize(v: &Value) -> Value {
             m.iter()
                 .filter(|(_, v)| !v.is_null())
                 .filter(|(k, v)| !(DEFAULT_FALSE.contains(&k.as_str()) && **v == json!(false)))
+                .filter(|(k, v)| !DEFAULT_TEXT.iter().any(|(dk, dv)| k == dk && *v == dv))
                 .map(|(k, v)| (k.clone(), normalize(v)))
                 .collect(),
         ),

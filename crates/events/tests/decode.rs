@@ -424,3 +424,36 @@ fn refusals_repeat_only_a_bounded_prefix_of_the_input() {
     let e = decode("tally", SUBJECT, &with_data("completed_at", json!(long))).unwrap_err();
     assert!(e.to_string().len() < 300, "{}", e.to_string().len());
 }
+
+#[test]
+fn a_completed_event_without_status_is_completed_but_a_wrong_status_is_refused() {
+    let mut doc = completed();
+    doc["data"].as_object_mut().unwrap().remove("status");
+    let event = decode("tally", "tally.generation.completed.acme", &body(&doc)).unwrap();
+    let AnyEvent::Completed(e) = event else {
+        panic!("not completed")
+    };
+    assert_eq!(e.data.status, GenerationStatus::Completed);
+    // Written back with the default spelled out.
+    let again: Value = serde_json::from_slice(&e.to_json()).unwrap();
+    assert_eq!(again["data"]["status"], "completed");
+
+    doc["data"]["status"] = json!("finished");
+    assert_eq!(
+        code(decode(
+            "tally",
+            "tally.generation.completed.acme",
+            &body(&doc)
+        )),
+        "invalid_data"
+    );
+    doc["data"]["status"] = Value::Null;
+    assert_eq!(
+        code(decode(
+            "tally",
+            "tally.generation.completed.acme",
+            &body(&doc)
+        )),
+        "invalid_data"
+    );
+}

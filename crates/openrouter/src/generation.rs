@@ -177,7 +177,7 @@ struct Wire {
 }
 
 /// An exact, non-negative cost from a raw JSON number; `null`/absent → `None`.
-fn cost(
+pub(crate) fn cost(
     field: &str,
     raw: Option<&RawValue>,
     status: u16,

@@ -70,6 +70,7 @@ pub mod chat;
 pub mod client;
 pub mod error;
 pub mod generation;
+pub mod key;
 pub mod models;
 pub mod responses;
 pub mod sse;
@@ -79,6 +80,7 @@ pub use chat::{chat_reply_from_body, ChatStreamAccumulator};
 pub use client::{ClientConfig, OpenRouterClient, DEFAULT_BASE_URL};
 pub use error::{parse_retry_after, OpenRouterError, MAX_RETRY_AFTER};
 pub use generation::GenerationStats;
+pub use key::{KeyUsage, UsageWindow, WindowUsage};
 pub use models::{ModelInfo, Price, Pricing};
 pub use responses::{
     generation_error, InputMessage, MaxPriceUsd, ProviderRouting, ResponseUsage, ResponsesError,

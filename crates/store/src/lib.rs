@@ -17,6 +17,8 @@
 //!   configuration, not projections (`tally replay` leaves them alone).
 //! * [`tenancy`]: organisations and their API keys (configuration, not a
 //!   projection: replays leave it alone).
+//! * [`reconcile`]: the reconciler's first lookups and sweep claims, and
+//!   the booked totals per window that the provider drift compares.
 //!
 //! # Money rules
 //!
@@ -70,6 +72,7 @@ pub mod ledger;
 pub mod outbox;
 pub mod providers;
 pub mod queries;
+pub mod reconcile;
 pub mod stats;
 pub mod tenancy;
 

@@ -20,6 +20,7 @@
 //! | `POST /v1/budgets/check` | member | 200 | 400, 404, 415, 422, 503 |
 //! | `GET /v1/generations/{generation_id}` | member | 200 | 404, 422, 503 |
 //! | `GET /v1/spend?[org_id&]from&to&group_by` | member | 200 | 404, 422, 503 |
+//! | `GET /v1/providers/openrouter/drift` | member | 200 | 409 (`provider_not_connected`), 502, 503 (see [`drift`]) |
 //! | `GET /healthz` | none | 200 | |
 //! | `GET /readyz` | none | 200 | 503 |
 //! | `GET /metrics` | none | 200 | |
@@ -71,6 +72,7 @@
 //!   limit, timeout) into one; no plain-text rejection reaches a client.
 
 pub mod auth;
+pub mod drift;
 pub mod error;
 pub mod metrics;
 
@@ -149,6 +151,7 @@ pub struct AppState {
     metrics: ApiMetrics,
     request_timeout: Duration,
     auth: Authenticator,
+    providers: Option<tally_provider::OrgProviders>,
 }
 
 impl AppState {
@@ -168,6 +171,7 @@ impl AppState {
             metrics,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             auth: Authenticator::new(None),
+            providers: None,
         })
     }
 
@@ -193,6 +197,14 @@ impl AppState {
     /// [`DEFAULT_REQUEST_TIMEOUT`]).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
         self.request_timeout = timeout;
+        self
+    }
+
+    /// The organisations' OpenRouter connections the drift check asks
+    /// with (each organisation's own key); without them the drift answers
+    /// 503 `provider_unavailable`.
+    pub fn with_providers(mut self, providers: tally_provider::OrgProviders) -> Self {
+        self.providers = Some(providers);
         self
     }
 
@@ -290,6 +302,12 @@ fn v1_routes() -> Vec<Route> {
             generations::get,
         ),
         route(Method::GET, "/v1/spend", Member, spend::get),
+        route(
+            Method::GET,
+            "/v1/providers/openrouter/drift",
+            Member,
+            drift::get,
+        ),
     ]
 }
 

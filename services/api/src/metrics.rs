@@ -21,7 +21,7 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
 
 /// Label of requests that matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -35,6 +35,10 @@ pub struct ApiMetrics {
     pub duration: HistogramVec,
     /// `tally_api_auth_failures_total{reason}`.
     pub auth_failures: IntCounterVec,
+    /// `tally_api_provider_drift_usd{provider, org_id, window}`: what OpenRouter reports
+    /// for the configured key minus what tally booked for the same UTC
+    /// window (positive: spend tally did not see). Set by every drift check.
+    pub provider_drift: GaugeVec,
 }
 
 impl ApiMetrics {
@@ -64,13 +68,22 @@ impl ApiMetrics {
             ),
             &["reason"],
         )?;
+        let provider_drift = GaugeVec::new(
+            Opts::new(
+                "tally_api_provider_drift_usd",
+                "Provider-reported usage of an organisation's key minus tally's booked spend for the same UTC window, USD.",
+            ),
+            &["provider", "org_id", "window"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
+        registry.register(Box::new(provider_drift.clone()))?;
         Ok(ApiMetrics {
             requests,
             duration,
             auth_failures,
+            provider_drift,
         })
     }
 }

@@ -281,6 +281,14 @@ async fn request_for(env: &Env, r: &RouteSpec) -> (String, Option<Value>, u16, F
             200,
             Foreign::NotFound("org_not_found"),
         ),
+        // This API runs without provider access: reaching the handler is
+        // the 503 that says so.
+        ("GET", "/v1/providers/openrouter/drift") => (
+            format!("/v1/providers/openrouter/drift?org_id={A}"),
+            None,
+            503,
+            Foreign::NotFound("org_not_found"),
+        ),
         (m, p) => panic!("route {m} {p} has no case in the route-table test: add one"),
     }
 }

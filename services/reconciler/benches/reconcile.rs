@@ -23,6 +23,16 @@
 //! | `--limit N` | `TALLY_BENCH_LIMIT` | 5000 | the reconciler's `rate_per_sec` |
 //! | `--concurrency N` | `TALLY_BENCH_CONCURRENCY` | 64 | lookups in flight |
 //! | `--sample N` | `TALLY_BENCH_SAMPLE` | 10 | every N-th generation also polled naively (0: no baseline) |
+//! | `--backlog-secs N` | `TALLY_BENCH_BACKLOG_SECS` | 60 | the backlog case: how long events are published while the reconciler is stopped (0: skip) |
+//!
+//! **The backlog case** follows: the reconciler is stopped, events are
+//! published at the same rate for `--backlog-secs` (the production case is
+//! ten minutes of downtime; one minute keeps the run short and shows the
+//! same behaviour, since the drain rate is set by the rate limit, not by the
+//! backlog's size), then a reconciler whose deadline (half the backlog
+//! duration) has passed for the older half starts; printed: how fast it
+//! drains (reconciled/s), how many it gives up (must be zero) and HTTP calls
+//! per generation, next to the steady-state figures.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -50,6 +60,7 @@ struct Args {
     limit: u32,
     concurrency: usize,
     sample: u64,
+    backlog_secs: u64,
 }
 
 fn arg<T: FromStr>(args: &[String], flag: &str, env: &str, default: T) -> T {
@@ -83,6 +94,12 @@ impl Args {
             limit: arg(&args, "--limit", "TALLY_BENCH_LIMIT", 5000u32).max(1),
             concurrency: arg(&args, "--concurrency", "TALLY_BENCH_CONCURRENCY", 64usize).max(1),
             sample: arg(&args, "--sample", "TALLY_BENCH_SAMPLE", 10u64),
+            backlog_secs: arg(
+                &args,
+                "--backlog-secs",
+                "TALLY_BENCH_BACKLOG_SECS",
+                if smoke { 2 } else { 60 },
+            ),
         }
     }
 }
@@ -455,5 +472,109 @@ async fn bench(args: Args) -> anyhow::Result<()> {
             );
         }
     }
+    if args.backlog_secs > 0 {
+        backlog(&args, &bus).await?;
+    }
+    Ok(())
+}
+
+/// The backlog case: events published while no reconciler runs, then one
+/// starts with a deadline already past for the older half of them.
+async fn backlog(args: &Args, bus: &Bus) -> anyhow::Result<()> {
+    let n = args.rate * args.backlog_secs;
+    let sim = Simulator::start(sim_config()).await?;
+    println!();
+    println!(
+        "== backlog: {n} events published over {} s while the reconciler is stopped ==",
+        args.backlog_secs
+    );
+    let start = Instant::now();
+    let mut sent = 0u64;
+    let mut tasks = tokio::task::JoinSet::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(256));
+    while sent < n {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        let due = (u128::from(args.rate) * start.elapsed().as_millis() / 1000) as u64;
+        while sent < due.min(n) {
+            let id = format!("gen-b-{sent:07}");
+            sim.simulator()
+                .register_generation(sim.simulator().random_generation(&id));
+            let ev = completed(&id, Utc::now());
+            let bus = bus.clone();
+            let permit = permits.clone().acquire_owned().await?;
+            tasks.spawn(async move {
+                let subject = ev.bus_subject("tally");
+                for _ in 0..5 {
+                    if bus
+                        .publish(&subject, &ev.id, ev.to_json().into())
+                        .await
+                        .is_ok()
+                    {
+                        break;
+                    }
+                }
+                drop(permit);
+            });
+            sent += 1;
+        }
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+    let published_in = start.elapsed();
+
+    let reconciled = Arc::new(AtomicU64::new(0));
+    let unresolved = Arc::new(AtomicU64::new(0));
+    let mut sub = bus.client().subscribe("tally.cost.>").await?;
+    let reader = {
+        let reconciled = reconciled.clone();
+        let unresolved = unresolved.clone();
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                match tally_events::decode("tally", msg.subject.as_str(), &msg.payload) {
+                    Ok(AnyEvent::Reconciled(ev)) if ev.data.generation_id.starts_with("gen-b-") => {
+                        reconciled.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(AnyEvent::Unresolved(ev)) if ev.data.generation_id.starts_with("gen-b-") => {
+                        unresolved.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+    let metrics = Arc::new(Metrics::unregistered());
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let cfg = ReconcilerConfig {
+        rate_per_sec: args.limit,
+        concurrency: args.concurrency,
+        deadline: Duration::from_secs((args.backlog_secs / 2).max(1)),
+        ..ReconcilerConfig::default()
+    };
+    let started = Instant::now();
+    let reconciler = tokio::spawn(
+        Reconciler::new(bus.clone(), client(sim.base_url()), cfg, metrics.clone()).run(shutdown),
+    );
+    let limit = started + DRAIN_LIMIT + Duration::from_secs(args.backlog_secs);
+    while reconciled.load(Ordering::Relaxed) + unresolved.load(Ordering::Relaxed) < n
+        && Instant::now() < limit
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained_in = started.elapsed();
+    let _ = stop.send(true);
+    reconciler.await??;
+    reader.abort();
+    let done = reconciled.load(Ordering::Relaxed);
+    let calls = sim.simulator().total_calls();
+    println!("published:              {n} events in {published_in:.1?} (reconciler stopped)");
+    println!(
+        "drained:                {done} reconciled in {drained_in:.1?} after the start = {} reconciled/s, unresolved: {}",
+        per_sec(done, drained_in),
+        unresolved.load(Ordering::Relaxed)
+    );
+    println!(
+        "HTTP calls/generation:  {} ({calls} calls for {n} generations)",
+        ratio(calls, n)
+    );
     Ok(())
 }

@@ -14,14 +14,22 @@
 //!   `tally.cost.reconciled.v1` on `<prefix>.cost.reconciled.<org>` (id
 //!   `reconciled-<generation_id>`; `actual_cost_usd` = `total_cost`, plus
 //!   `upstream_inference_cost` for BYOK, money rule 8, exact to the digit);
-//! * or, once the deadline (`TALLY_RECONCILE_DEADLINE`, default 15 min from
-//!   `completed_at`) has passed, publishes `tally.cost.unresolved.v1` on
+//! * or, once it may give up — at least the deadline
+//!   (`TALLY_RECONCILE_DEADLINE`, default 15 min) after `completed_at`
+//!   **and** at least the minimum window (`TALLY_RECONCILE_MIN_WINDOW`,
+//!   default 2 min) after tally's own first lookup, on a real answer (a
+//!   transient one earns one more window; see `schedule`) — publishes
+//!   `tally.cost.unresolved.v1` on
 //!   `<prefix>.cost.unresolved.<org>` (id `unresolved-<generation_id>`) with
 //!   the reason taken from the last answer: `deadline_exceeded` (still 404),
 //!   `malformed_reply`, `upstream_error` (429/5xx/unexpected status),
 //!   `upstream_unreachable` (timeout, connection error) or
 //!   `missing_upstream_cost` (BYOK without the provider's bill), plus the
 //!   number of lookups and the last HTTP status;
+//! * sweeps, every `TALLY_SWEEP_INTERVAL` (with a store), the generations
+//!   still unresolved or on their estimate and younger than
+//!   `TALLY_SWEEP_HORIZON`, and publishes the costs OpenRouter now has
+//!   ([`sweep`]; also `tally reconcile sweep`);
 //! * dead-letters events it cannot read to `<prefix>.deadletter.reconciler`
 //!   (reason = the decoder's error code) and goes on with the next.
 //!
@@ -50,6 +58,9 @@
 //!   ([`Reconciler`]).
 //! * `schedule` — when to ask again and what to report when giving up (pure).
 //! * `limiter` — the shared, adaptive rate limit toward OpenRouter.
+//! * `first_lookup` — where the first lookup of a generation is remembered.
+//! * [`sweep`] — asking again later about unresolved and estimate-basis
+//!   generations.
 //!
 //! # Decisions
 //!
@@ -63,6 +74,18 @@
 //!   store, no timers in memory, nothing lost on restart, and memory bounded
 //!   by the batch size plus the concurrency, whatever the number pending
 //!   (the consumer's `max_ack_pending` of 20 000 bounds the set itself).
+//! * **The first lookup is remembered in Postgres, not in the message.**
+//!   The give-up rule needs the instant of tally's first lookup, across
+//!   restarts and instances. JetStream cannot attach data to a message it
+//!   redelivers (a nak carries only a delay), and the message's storage
+//!   time comes *before* the first lookup, so after an outage it would end
+//!   the window before it started. A row per generation
+//!   (`reconcile_first_lookups`, earliest write wins) is shared by every
+//!   instance and survives restarts; it is written only close to the
+//!   deadline (the last lookup before the window zone and the lookups in
+//!   it), so generations found early cost no write, and the calls per
+//!   generation of fresh events do not change. Without a store (embedded
+//!   uses, tests) the memory of the process stands in.
 //! * **Doubling backoff from the generation's age, capped.** Statistics
 //!   appear seconds after a normal generation and much later after an
 //!   interrupted one: asking at ages 1, 2, 4, 8 … s, then every `max_delay`,
@@ -70,8 +93,10 @@
 //!   two or three lookups, and the slow ones with a few dozen per 15 minutes.
 //!   Because the delay derives from `completed_at` and the clock, not from
 //!   in-memory counters, any instance computes the same schedule. The last
-//!   delay is cut so one final lookup happens at the deadline, which makes
-//!   the unresolved reason reflect the last real answer.
+//!   delay is cut so one final lookup happens at the give-up instant, which
+//!   makes the unresolved reason reflect the last real answer. Near and past
+//!   the deadline the delay grows from the first lookup instead, so a late
+//!   event is asked again within seconds.
 //! * **Key and account problems never give a generation up.** 401/403
 //!   (key) and 402 (credits) say nothing about the generation: its cost
 //!   exists and will be readable once an operator fixes the key. Giving up
@@ -105,10 +130,12 @@
 //!   never-ready generation only ever occupies one lookup at a time and
 //!   otherwise waits on the server, so it never delays the others.
 
+mod first_lookup;
 mod limiter;
 pub mod metrics;
 mod schedule;
 mod service;
+pub mod sweep;
 
 use std::time::Duration;
 
@@ -121,9 +148,13 @@ pub use schedule::{
 pub use service::{
     reconciled_event_id, unresolved_event_id, Reconciler, DEAD_LETTER_SERVICE, SOURCE,
 };
+pub use sweep::{SweepConfig, SweepReport, Sweeper};
 
 /// Default of [`ReconcilerConfig::deadline`] (`TALLY_RECONCILE_DEADLINE`).
 pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+
+/// Default of [`ReconcilerConfig::min_window`] (`TALLY_RECONCILE_MIN_WINDOW`).
+pub const DEFAULT_MIN_WINDOW: Duration = Duration::from_secs(2 * 60);
 
 /// How the reconciler behaves. [`Default`] gives the production settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +164,14 @@ pub struct ReconcilerConfig {
     /// How long after a generation's `completed_at` the reconciler keeps
     /// asking before it gives up (default 15 min, `TALLY_RECONCILE_DEADLINE`).
     pub deadline: Duration,
+    /// How long after tally's own first lookup of a generation the
+    /// reconciler keeps asking at least, whatever its age (default 2 min,
+    /// `TALLY_RECONCILE_MIN_WINDOW`): a generation that reaches tally late
+    /// is still looked up patiently.
+    pub min_window: Duration,
+    /// The sweep that asks again about unresolved and estimate-basis
+    /// generations (runs only with a store, see [`Reconciler::with_store`]).
+    pub sweep: SweepConfig,
     /// Age of a generation at its first lookup, and the shortest delay
     /// between two lookups (default 1 s).
     pub first_delay: Duration,
@@ -153,6 +192,8 @@ impl Default for ReconcilerConfig {
         ReconcilerConfig {
             prefix: "tally".to_owned(),
             deadline: DEFAULT_DEADLINE,
+            min_window: DEFAULT_MIN_WINDOW,
+            sweep: SweepConfig::default(),
             first_delay: Duration::from_secs(1),
             max_delay: Duration::from_secs(60),
             concurrency: 64,
@@ -172,6 +213,10 @@ impl ReconcilerConfig {
         if self.deadline.is_zero() {
             return bad("deadline must be greater than zero");
         }
+        if self.min_window.is_zero() {
+            return bad("min_window must be greater than zero");
+        }
+        self.sweep.validate()?;
         if self.first_delay.is_zero() {
             return bad("first_delay must be greater than zero");
         }
@@ -201,15 +246,21 @@ pub enum ReconcilerError {
     /// its durable consumer).
     #[error(transparent)]
     Bus(#[from] tally_bus::BusError),
+    /// Postgres refused something the sweep cannot do without (listing or
+    /// claiming generations).
+    #[error(transparent)]
+    Store(#[from] tally_store::StoreError),
 }
 
 impl ReconcilerError {
-    /// Stable machine-readable code: `reconciler_config`, or the bus error's
-    /// code (`bus_consumer`, `bus_stream`, ...).
+    /// Stable machine-readable code: `reconciler_config`, or the bus or
+    /// store error's code (`bus_consumer`, `bus_stream`,
+    /// `database_unavailable`, ...).
     pub fn code(&self) -> &'static str {
         match self {
             ReconcilerError::Config(_) => "reconciler_config",
             ReconcilerError::Bus(e) => e.code(),
+            ReconcilerError::Store(e) => e.code(),
         }
     }
 }
@@ -223,13 +274,19 @@ mod tests {
         let c = ReconcilerConfig::default();
         assert!(c.validate().is_ok());
         assert_eq!(c.deadline, Duration::from_secs(900));
+        assert_eq!(c.min_window, Duration::from_secs(120));
+        assert_eq!(c.sweep.interval, Duration::from_secs(3600));
+        assert_eq!(c.sweep.horizon, Duration::from_secs(7 * 86_400));
     }
 
     #[test]
     fn invalid_settings_are_named() {
         type Mutate = fn(&mut ReconcilerConfig);
-        let cases: [(Mutate, &str); 6] = [
+        let cases: [(Mutate, &str); 9] = [
             (|c| c.deadline = Duration::ZERO, "deadline"),
+            (|c| c.min_window = Duration::ZERO, "min_window"),
+            (|c| c.sweep.interval = Duration::ZERO, "sweep interval"),
+            (|c| c.sweep.horizon = Duration::ZERO, "sweep horizon"),
             (|c| c.first_delay = Duration::ZERO, "first_delay"),
             (|c| c.max_delay = Duration::from_millis(1), "max_delay"),
             (|c| c.concurrency = 0, "concurrency"),

@@ -63,6 +63,20 @@ pub struct Metrics {
     /// `tally_reconciler_rate_limit_per_second`: the adaptive rate limit
     /// currently applied to lookups.
     pub rate_limit: IntGauge,
+    /// `tally_reconciler_store_errors_total{code}`: failed Postgres
+    /// operations (first lookups, sweep claims); the work is retried.
+    pub store_errors: IntCounterVec,
+    /// `tally_reconciler_sweep_lookups_total{outcome}`: lookups made by the
+    /// sweep, by outcome (`ok` or the client's error code).
+    pub sweep_lookups: IntCounterVec,
+    /// `tally_reconciler_sweep_reconciled_total`: actual costs the sweep
+    /// found and published.
+    pub sweep_reconciled: IntCounter,
+    /// `tally_reconciler_sweep_passes_total`: sweep passes finished.
+    pub sweep_passes: IntCounter,
+    /// `tally_reconciler_sweep_candidates`: generations the last sweep pass
+    /// found without an actual cost.
+    pub sweep_candidates: IntGauge,
 }
 
 impl Metrics {
@@ -148,6 +162,32 @@ impl Metrics {
                 "tally_reconciler_rate_limit_per_second",
                 "Adaptive rate limit currently applied to lookups",
             )?,
+            store_errors: IntCounterVec::new(
+                Opts::new(
+                    "tally_reconciler_store_errors_total",
+                    "Failed Postgres operations of the reconciler (retried), by code",
+                ),
+                &["code"],
+            )?,
+            sweep_lookups: IntCounterVec::new(
+                Opts::new(
+                    "tally_reconciler_sweep_lookups_total",
+                    "Lookups made by the sweep, by outcome",
+                ),
+                &["outcome"],
+            )?,
+            sweep_reconciled: IntCounter::new(
+                "tally_reconciler_sweep_reconciled_total",
+                "Actual costs found and published by the sweep",
+            )?,
+            sweep_passes: IntCounter::new(
+                "tally_reconciler_sweep_passes_total",
+                "Sweep passes finished",
+            )?,
+            sweep_candidates: IntGauge::new(
+                "tally_reconciler_sweep_candidates",
+                "Generations without an actual cost found by the last sweep pass",
+            )?,
         };
         registry.register(Box::new(m.fetch_attempts.clone()))?;
         registry.register(Box::new(m.reconciled.clone()))?;
@@ -166,6 +206,11 @@ impl Metrics {
         for code in AUTH_FAILURE_CODES {
             m.auth_failures.with_label_values(&[code]);
         }
+        registry.register(Box::new(m.store_errors.clone()))?;
+        registry.register(Box::new(m.sweep_lookups.clone()))?;
+        registry.register(Box::new(m.sweep_reconciled.clone()))?;
+        registry.register(Box::new(m.sweep_passes.clone()))?;
+        registry.register(Box::new(m.sweep_candidates.clone()))?;
         Ok(m)
     }
 
@@ -203,6 +248,10 @@ mod tests {
         m.dead_letters.with_label_values(&["malformed_json"]).inc();
         m.deferred.with_label_values(&["too_early"]).inc();
         m.bus_errors.with_label_values(&["bus_ack"]).inc();
+        m.store_errors
+            .with_label_values(&["database_unavailable"])
+            .inc();
+        m.sweep_lookups.with_label_values(&["ok"]).inc();
         for family in registry.gather() {
             let name = family.name();
             assert!(name.starts_with("tally_reconciler_"), "{name}");

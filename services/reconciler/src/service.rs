@@ -39,8 +39,12 @@ use tally_openrouter::{GenerationStats, OpenRouterClient};
 use tokio::sync::{watch, Semaphore};
 use tokio::task::JoinSet;
 
+use tally_store::Store;
+
+use crate::first_lookup::FirstLookups;
 use crate::limiter::{AdaptiveLimiter, Feedback};
-use crate::schedule::{self, Verdict};
+use crate::schedule::{self, Patience, Verdict};
+use crate::sweep::Sweeper;
 use crate::{Metrics, ReconcilerConfig, ReconcilerError};
 
 /// CloudEvents `source` of the events the reconciler publishes.
@@ -76,6 +80,7 @@ pub struct Reconciler {
     providers: Option<tally_provider::OrgProviders>,
     cfg: ReconcilerConfig,
     metrics: Arc<Metrics>,
+    store: Option<Store>,
 }
 
 /// State shared by the loop and every message task.
@@ -89,6 +94,7 @@ struct Shared {
     limiter: AdaptiveLimiter,
     lookups: Semaphore,
     last_key_problem_log: Mutex<Option<Instant>>,
+    first_lookups: FirstLookups,
 }
 
 /// How a message is settled.
@@ -115,6 +121,7 @@ impl Reconciler {
             providers: None,
             cfg,
             metrics,
+            store: None,
         }
     }
 
@@ -124,6 +131,15 @@ impl Reconciler {
     /// [`REASON_PROVIDER_NOT_CONNECTED`](crate::REASON_PROVIDER_NOT_CONNECTED).
     pub fn with_org_providers(mut self, providers: tally_provider::OrgProviders) -> Self {
         self.providers = Some(providers);
+        self
+    }
+
+    /// Keeps the first lookups in `store` (shared by every instance, kept
+    /// across restarts) and runs the periodic sweep over it. Without a
+    /// store the first lookups live in this process only and nothing is
+    /// swept.
+    pub fn with_store(mut self, store: Store) -> Self {
+        self.store = Some(store);
         self
     }
 
@@ -146,10 +162,15 @@ impl Reconciler {
             )));
         }
         let consumer = self.bus.consumer(ConsumerName::Reconciler).await?;
+        let first_lookups = match &self.store {
+            Some(store) => FirstLookups::Store(store.clone()),
+            None => FirstLookups::Memory(Mutex::default()),
+        };
         let shared = Arc::new(Shared {
             limiter: AdaptiveLimiter::new(self.cfg.rate_per_sec),
             lookups: Semaphore::new(self.cfg.concurrency),
             last_key_problem_log: Mutex::new(None),
+            first_lookups,
             bus: self.bus,
             client: self.client,
             providers: self.providers,
@@ -163,6 +184,8 @@ impl Reconciler {
         tracing::info!(
             consumer = consumer.name(),
             deadline_s = shared.cfg.deadline.as_secs(),
+            min_window_s = shared.cfg.min_window.as_secs(),
+            sweep = self.store.is_some(),
             concurrency = shared.cfg.concurrency,
             rate_per_sec = shared.cfg.rate_per_sec,
             batch_size = shared.cfg.batch_size,
@@ -170,6 +193,19 @@ impl Reconciler {
         );
         // Aborted when `run` returns or is dropped.
         let _gauge = AbortOnDrop(tokio::spawn(refresh_pending(shared.clone())));
+        let _sweep = self.store.map(|store| {
+            let mut sweeper = Sweeper::new(
+                shared.bus.clone(),
+                store,
+                shared.client.clone(),
+                shared.cfg.clone(),
+                shared.metrics.clone(),
+            );
+            if let Some(p) = &shared.providers {
+                sweeper = sweeper.with_org_providers(p.clone());
+            }
+            AbortOnDrop(tokio::spawn(sweeper.run_periodic(shutdown.clone())))
+        });
         let max_held = shared.cfg.batch_size + shared.cfg.concurrency;
         let mut tasks = JoinSet::new();
 
@@ -472,16 +508,46 @@ async fn decide(shared: &Shared, d: &Delivery, mut shutdown: watch::Receiver<boo
             last_status,
             retry_after,
         } => {
-            if age >= cfg.deadline {
-                return unresolved(shared, &event, reason, last_status, attempts).await;
+            if !schedule::in_window_zone(age, cfg.deadline, cfg.min_window) {
+                // Far from the deadline: the age-based schedule, with no
+                // state. The last lookup before the window zone records
+                // itself, so the zone knows a lookup happened this early.
+                let next = schedule::next_delay(
+                    age,
+                    cfg.first_delay,
+                    cfg.max_delay,
+                    retry_after,
+                    cfg.deadline.saturating_sub(age),
+                );
+                if schedule::needs_first_lookup(age, next, cfg.deadline, cfg.min_window) {
+                    shared
+                        .first_lookups
+                        .record(&g.generation_id, &g.org_id, now, metrics)
+                        .await;
+                }
+                return Settle::Nak(Some(next));
             }
-            Settle::Nak(Some(schedule::next_delay(
-                age,
-                cfg.first_delay,
-                cfg.max_delay,
+            let first = shared
+                .first_lookups
+                .record(&g.generation_id, &g.org_id, now, metrics)
+                .await;
+            let patience = Patience {
+                deadline: cfg.deadline,
+                min_window: cfg.min_window,
+                first_delay: cfg.first_delay,
+                max_delay: cfg.max_delay,
+            };
+            match schedule::late_next(
+                patience,
+                now,
+                g.completed_at,
+                first,
+                schedule::is_transient(reason),
                 retry_after,
-                cfg.deadline - age,
-            )))
+            ) {
+                Some(delay) => Settle::Nak(Some(delay)),
+                None => unresolved(shared, &event, reason, last_status, attempts).await,
+            }
         }
     }
 }
@@ -544,20 +610,12 @@ async fn reconciled(
 ) -> Settle {
     let g = &event.data;
     let now = Utc::now();
-    let data = CostReconciled {
-        generation_id: g.generation_id.clone(),
-        org_id: g.org_id.clone(),
-        actual_cost_usd: stats.actual_cost(),
-        total_cost_usd: stats.total_cost,
-        upstream_inference_cost_usd: stats.upstream_inference_cost,
-        is_byok: stats.is_byok,
-        attempts: attempts.max(1),
-        reconciled_at: now,
-    };
+    let data = cost_reconciled(&g.generation_id, &g.org_id, stats, attempts, now);
     let id = reconciled_event_id(&g.generation_id);
     if let Err(e) = publish(shared, &id, data).await {
         return publish_failed(shared, &e, &g.generation_id);
     }
+    shared.first_lookups.forget(&g.generation_id);
     let m = &shared.metrics;
     m.reconciled.inc();
     m.completion_to_reconciled
@@ -570,6 +628,27 @@ async fn reconciled(
         "actual cost reconciled"
     );
     Settle::Ack
+}
+
+/// The `cost.reconciled` payload of `stats` (the actual cost per money rule
+/// 8), as the live hunt and the sweep publish it.
+pub(crate) fn cost_reconciled(
+    generation_id: &str,
+    org_id: &str,
+    stats: &GenerationStats,
+    attempts: u32,
+    now: DateTime<Utc>,
+) -> CostReconciled {
+    CostReconciled {
+        generation_id: generation_id.to_owned(),
+        org_id: org_id.to_owned(),
+        actual_cost_usd: stats.actual_cost(),
+        total_cost_usd: stats.total_cost,
+        upstream_inference_cost_usd: stats.upstream_inference_cost,
+        is_byok: stats.is_byok,
+        attempts: attempts.max(1),
+        reconciled_at: now,
+    }
 }
 
 /// Publishes that the cost could not be found; acks only once it is stored.
@@ -593,6 +672,7 @@ async fn unresolved(
     if let Err(e) = publish(shared, &id, data).await {
         return publish_failed(shared, &e, &g.generation_id);
     }
+    shared.first_lookups.forget(&g.generation_id);
     shared.metrics.unresolved.with_label_values(&[reason]).inc();
     tracing::warn!(
         generation_id = %g.generation_id,

@@ -9,6 +9,7 @@
 //! GET  /api/v1/key               the key's label, limit and usage
 //! GET  /auth                     OAuth PKCE approval: redirects to callback_url with a code
 //! POST /api/v1/auth/keys         exchanges a code and its verifier for a new key
+//! POST /sim/unseen               serve generations tally is never told about (drift)
 //! POST /api/v1/responses         a generation (Responses API), streaming or not
 //! POST /api/v1/chat/completions  a generation (chat completions), streaming or not
 //! POST /sim/generations          register a generation (admin, JSON)
@@ -93,6 +94,7 @@ pub mod oauth;
 mod reply;
 pub mod responses;
 pub mod state;
+pub mod unseen;
 
 pub use accounts::{IssuedKey, KeyActivity, KeySpec, Served, TEST_KEY};
 pub use admin::{GenerationSpec, RegisteredGeneration, SimStats};
@@ -128,6 +130,7 @@ impl Simulator {
         Router::new()
             .route("/api/v1/generation", get(generation::get_generation))
             .route("/api/v1/models", get(models::get_models))
+            .route("/sim/unseen", post(unseen::post_unseen))
             .route("/api/v1/responses", post(responses::post_responses))
             .route(
                 "/api/v1/chat/completions",
@@ -190,6 +193,42 @@ impl Simulator {
     /// script starts from the beginning.
     pub fn register_generation(&self, g: SimGeneration) {
         self.shared.register(g);
+    }
+
+    /// Registers a generation that `key` ran at `served_at`: it counts in
+    /// that key's usage (`GET /api/v1/key`) in every window containing
+    /// `served_at`, like a generation served through `/responses`.
+    pub fn serve_generation(
+        &self,
+        key: &str,
+        g: SimGeneration,
+        served_at: chrono::DateTime<chrono::Utc>,
+    ) {
+        self.accounts.record_generation(
+            key,
+            accounts::Served {
+                id: g.id.clone(),
+                at: served_at,
+                charged: g.total_cost,
+                upstream: g.is_byok.then_some(g.upstream_inference_cost).flatten(),
+            },
+        );
+        self.shared.register(g);
+    }
+
+    /// Serves `count` generations with random costs to `key` now, that no
+    /// completed event will ever announce (someone else using the key):
+    /// they count in `GET /api/v1/key` and nowhere in tally. Returns them;
+    /// their [`SimGeneration::actual_cost`]s sum to the drift they cause.
+    pub fn serve_unseen(&self, key: &str, count: usize) -> Vec<SimGeneration> {
+        (0..count)
+            .map(|_| {
+                let id = format!("gen-unseen-{}", uuid::Uuid::new_v4().simple());
+                let g = self.shared.random_generation(id, None);
+                self.serve_generation(key, g.clone(), chrono::Utc::now());
+                g
+            })
+            .collect()
     }
 
     /// A generation with a random, realistic cost (BYOK at the configured

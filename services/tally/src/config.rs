@@ -77,6 +77,27 @@ pub struct Settings {
         global = true
     )]
     pub reconcile_deadline: String,
+    /// How long after tally's own first lookup of a generation the
+    /// reconciler keeps asking at least, however old the generation (e.g. 2m).
+    #[arg(
+        long,
+        env = "TALLY_RECONCILE_MIN_WINDOW",
+        default_value = "2m",
+        global = true
+    )]
+    pub reconcile_min_window: String,
+    /// Time between two sweeps that ask OpenRouter again about unresolved and
+    /// estimate-basis generations (e.g. 1h).
+    #[arg(
+        long,
+        env = "TALLY_SWEEP_INTERVAL",
+        default_value = "1h",
+        global = true
+    )]
+    pub sweep_interval: String,
+    /// How old a generation may be and still be swept (e.g. 7d).
+    #[arg(long, env = "TALLY_SWEEP_HORIZON", default_value = "7d", global = true)]
+    pub sweep_horizon: String,
     /// JetStream stream replicas (3 in a cluster).
     #[arg(long, env = "TALLY_NATS_REPLICAS", default_value = "1", global = true)]
     pub nats_replicas: String,
@@ -175,6 +196,12 @@ pub struct Config {
     pub prefix: String,
     /// Reconcile deadline.
     pub reconcile_deadline: Duration,
+    /// Reconcile minimum window after the first lookup.
+    pub reconcile_min_window: Duration,
+    /// Sweep interval.
+    pub sweep_interval: Duration,
+    /// Sweep horizon.
+    pub sweep_horizon: Duration,
     /// Stream replicas.
     pub nats_replicas: usize,
     /// Consumer ack wait.
@@ -213,6 +240,31 @@ fn addr(env: &'static str, flag: &'static str, v: &str) -> Result<SocketAddr, Co
             format!("{v:?} is not an address like 127.0.0.1:8080"),
         )
     })
+}
+
+/// A duration setting within `[min, max]`.
+fn duration_between(
+    env: &'static str,
+    flag: &'static str,
+    v: &str,
+    min: Duration,
+    max: Duration,
+    example: &str,
+) -> Result<Duration, ConfigError> {
+    humantime::parse_duration(v)
+        .ok()
+        .filter(|d| *d >= min && *d <= max)
+        .ok_or_else(|| {
+            err(
+                env,
+                flag,
+                format!(
+                    "{v:?} must be a duration between {} and {}, like {example}",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            )
+        })
 }
 
 impl Settings {
@@ -295,6 +347,30 @@ impl Settings {
                 "must be between 1s and 7 days",
             ));
         }
+        let reconcile_min_window = duration_between(
+            "TALLY_RECONCILE_MIN_WINDOW",
+            "--reconcile-min-window",
+            &self.reconcile_min_window,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+            "2m",
+        )?;
+        let sweep_interval = duration_between(
+            "TALLY_SWEEP_INTERVAL",
+            "--sweep-interval",
+            &self.sweep_interval,
+            Duration::from_secs(1),
+            Duration::from_secs(7 * 86_400),
+            "1h",
+        )?;
+        let sweep_horizon = duration_between(
+            "TALLY_SWEEP_HORIZON",
+            "--sweep-horizon",
+            &self.sweep_horizon,
+            Duration::from_secs(60),
+            Duration::from_secs(90 * 86_400),
+            "7d",
+        )?;
         let nats_replicas: usize = self
             .nats_replicas
             .parse()
@@ -405,6 +481,9 @@ impl Settings {
             metrics_addr,
             prefix: p.clone(),
             reconcile_deadline,
+            reconcile_min_window,
+            sweep_interval,
+            sweep_horizon,
             nats_replicas,
             ack_wait,
             catalog_path: self.catalog_path.clone(),

@@ -40,6 +40,9 @@ enum Command {
     Run,
     /// Rebuild the projections from the streams; --verify compares with the live ones.
     Replay(commands::replay::ReplayArgs),
+    /// Reconciliation on demand: `tally reconcile sweep [--since …]`.
+    #[command(subcommand)]
+    Reconcile(commands::reconcile::ReconcileCommand),
     /// OpenRouter simulator and load generator.
     #[command(subcommand)]
     Sim(commands::sim::SimCommand),
@@ -97,6 +100,7 @@ fn main() {
             Command::Api => commands::api(&cfg).await,
             Command::Run => commands::run(&cfg).await,
             Command::Replay(args) => commands::replay::replay(&cfg, args).await,
+            Command::Reconcile(cmd) => commands::reconcile::reconcile(&cfg, cmd).await,
             Command::Sim(cmd) => commands::sim::sim(&cfg, cmd).await,
             Command::Demo(args) => commands::demo::demo(&cfg, args).await,
             Command::Provider(cmd) => commands::provider::provider(&cfg, cmd).await,

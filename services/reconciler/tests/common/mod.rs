@@ -19,7 +19,8 @@ use tally_events::{
 use tally_openrouter::{ClientConfig, OpenRouterClient};
 use tally_reconciler::{Metrics, Reconciler, ReconcilerConfig};
 use tally_sim::{RunningSim, SimConfig, Simulator};
-use tally_testkit::NatsServer;
+use tally_store::Store;
+use tally_testkit::{NatsServer, TestDb};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -70,11 +71,27 @@ impl Env {
         cfg: ReconcilerConfig,
         client: OpenRouterClient,
     ) -> Running {
+        self.spawn_reconciler_on(cfg, client, None)
+    }
+
+    /// Starts a reconciler that keeps its first lookups in `store`.
+    pub fn spawn_reconciler_stored(&self, cfg: ReconcilerConfig, store: &Store) -> Running {
+        self.spawn_reconciler_on(cfg, self.client(Some("sk-or-test")), Some(store.clone()))
+    }
+
+    fn spawn_reconciler_on(
+        &self,
+        cfg: ReconcilerConfig,
+        client: OpenRouterClient,
+        store: Option<Store>,
+    ) -> Running {
         let metrics = Arc::new(Metrics::unregistered());
         let (stop, shutdown) = watch::channel(false);
-        let task = tokio::spawn(
-            Reconciler::new(self.bus.clone(), client, cfg, metrics.clone()).run(shutdown),
-        );
+        let mut reconciler = Reconciler::new(self.bus.clone(), client, cfg, metrics.clone());
+        if let Some(store) = store {
+            reconciler = reconciler.with_store(store);
+        }
+        let task = tokio::spawn(reconciler.run(shutdown));
         Running {
             stop,
             task,
@@ -244,6 +261,7 @@ pub fn completed(
 pub fn fast_config() -> ReconcilerConfig {
     ReconcilerConfig {
         deadline: Duration::from_secs(60),
+        min_window: Duration::from_secs(1),
         first_delay: Duration::from_millis(100),
         max_delay: Duration::from_secs(1),
         concurrency: 16,
@@ -251,6 +269,14 @@ pub fn fast_config() -> ReconcilerConfig {
         batch_size: 64,
         ..ReconcilerConfig::default()
     }
+}
+
+/// A fresh, migrated database of the test's own.
+pub async fn store() -> anyhow::Result<(TestDb, Store)> {
+    let db = TestDb::create().await?;
+    let store = Store::connect(db.url(), 8).await?;
+    store.migrate().await?;
+    Ok((db, store))
 }
 
 fn init_logs() {

@@ -4,6 +4,7 @@
 pub mod demo;
 mod preflight;
 pub mod provider;
+pub mod reconcile;
 pub mod replay;
 pub mod sim;
 pub mod tenancy;
@@ -114,16 +115,13 @@ pub(crate) fn projector_service(
     ))
 }
 
-/// Builds the reconciler: every lookup uses the key of the organisation
-/// that made the generation (decrypted from Postgres, cached, refreshed
-/// when the connection changes); no environment key.
-pub(crate) fn reconciler_service(
-    bus: &Bus,
-    store: &Store,
+/// The organisations' providers the reconciler and the sweep look
+/// generations up with (each organisation's own key, decrypted from
+/// Postgres and cached); no environment key.
+pub(crate) fn org_providers(
     cfg: &Config,
-    registry: &Registry,
-    shutdown: watch::Receiver<bool>,
-) -> anyhow::Result<tally_reconciler::Reconciler> {
+    store: &Store,
+) -> anyhow::Result<tally_provider::OrgProviders> {
     let client = tally_openrouter::OpenRouterClient::new(tally_openrouter::ClientConfig {
         base_url: cfg.openrouter_base_url.clone(),
         api_key: None,
@@ -135,22 +133,60 @@ pub(crate) fn reconciler_service(
              so generation costs cannot be looked up"
         );
     }
-    let providers =
-        tally_provider::OrgProviders::new(store.clone(), cfg.keyring.clone(), client.clone());
+    Ok(tally_provider::OrgProviders::new(
+        store.clone(),
+        cfg.keyring.clone(),
+        client,
+    ))
+}
+
+/// The base OpenRouter client (no key: every lookup uses an organisation's).
+pub(crate) fn reconcile_client(cfg: &Config) -> anyhow::Result<tally_openrouter::OpenRouterClient> {
+    Ok(tally_openrouter::OpenRouterClient::new(
+        tally_openrouter::ClientConfig {
+            base_url: cfg.openrouter_base_url.clone(),
+            api_key: None,
+            ..Default::default()
+        },
+    )?)
+}
+
+/// The reconciler's settings from the configuration.
+pub(crate) fn reconciler_config(cfg: &Config) -> tally_reconciler::ReconcilerConfig {
+    tally_reconciler::ReconcilerConfig {
+        prefix: cfg.prefix.clone(),
+        deadline: cfg.reconcile_deadline,
+        min_window: cfg.reconcile_min_window,
+        rate_per_sec: cfg.reconcile_rate,
+        sweep: tally_reconciler::SweepConfig {
+            interval: cfg.sweep_interval,
+            horizon: cfg.sweep_horizon,
+            ..Default::default()
+        },
+        ..Default::default()
+    }
+}
+
+/// Builds the reconciler: every lookup uses the key of the organisation
+/// that made the generation; first lookups and the sweep in Postgres.
+pub(crate) fn reconciler_service(
+    bus: &Bus,
+    store: &Store,
+    cfg: &Config,
+    registry: &Registry,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<tally_reconciler::Reconciler> {
+    let providers = org_providers(cfg, store)?;
     providers.spawn_listener(shutdown);
     let metrics = Arc::new(tally_reconciler::Metrics::register(registry)?);
     Ok(tally_reconciler::Reconciler::new(
         bus.clone(),
-        client,
-        tally_reconciler::ReconcilerConfig {
-            prefix: cfg.prefix.clone(),
-            deadline: cfg.reconcile_deadline,
-            rate_per_sec: cfg.reconcile_rate,
-            ..Default::default()
-        },
+        reconcile_client(cfg)?,
+        reconciler_config(cfg),
         metrics,
     )
-    .with_org_providers(providers))
+    .with_org_providers(providers)
+    .with_store(store.clone()))
 }
 
 /// Builds the generation worker: OpenRouter client (long timeout: a
@@ -251,6 +287,9 @@ pub async fn reconciler(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How often the API checks the drift against OpenRouter for its gauge.
+const DRIFT_REFRESH: Duration = Duration::from_secs(300);
+
 async fn serve_api(
     cfg: &Config,
     store: &Store,
@@ -261,8 +300,16 @@ async fn serve_api(
         .await
         .with_context(|| format!("cannot listen on {} (TALLY_HTTP_ADDR)", cfg.http_addr))?;
     tracing::info!(addr = %cfg.http_addr, "HTTP API listening");
+    let providers = org_providers(cfg, store)?;
+    providers.spawn_listener(shutdown.clone());
     let state = tally_api::AppState::new(store.clone(), registry.clone(), cfg.prefix.clone())?
-        .with_operator_token(cfg.operator_token.as_ref());
+        .with_operator_token(cfg.operator_token.as_ref())
+        .with_providers(providers);
+    tokio::spawn(tally_api::drift::refresh_periodically(
+        state.clone(),
+        DRIFT_REFRESH,
+        shutdown.clone(),
+    ));
     if cfg.operator_token.is_none() {
         tracing::info!("TALLY_OPERATOR_TOKEN is not set: no operator access over HTTP");
     }
