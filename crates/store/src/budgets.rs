@@ -187,8 +187,22 @@ impl Store {
     /// generations booked.
     pub async fn create_budget(
         &self,
+        nb: NewBudget,
+        opts: &PostingOptions,
+    ) -> Result<(Budget, u64), StoreError> {
+        self.create_budget_within(nb, opts, None).await
+    }
+
+    /// Like [`Store::create_budget`], refusing with
+    /// [`StoreError::LimitExceeded`] (`budgets_per_org`) when the
+    /// organisation already has `max_budgets` budgets that are not
+    /// archived (counted under the organisation's lock, so concurrent
+    /// creations cannot overshoot).
+    pub async fn create_budget_within(
+        &self,
         mut nb: NewBudget,
         opts: &PostingOptions,
+        max_budgets: Option<u32>,
     ) -> Result<(Budget, u64), StoreError> {
         nb.validate()?;
         let id = format!("bud_{}", Uuid::now_v7().simple());
@@ -197,6 +211,20 @@ impl Store {
             .bind(org_lock_key(&nb.org_id))
             .execute(&mut *tx)
             .await?;
+        if let Some(max) = max_budgets {
+            let live: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM budgets WHERE org_id = $1 AND archived_at IS NULL",
+            )
+            .bind(&nb.org_id)
+            .fetch_one(&mut *tx)
+            .await?;
+            if live >= i64::from(max) {
+                return Err(StoreError::LimitExceeded {
+                    limit: "budgets_per_org",
+                    max,
+                });
+            }
+        }
         let thresholds: Vec<i32> = nb.thresholds.iter().map(|t| *t as i32).collect();
         let row = sqlx::query(&format!(
             "INSERT INTO budgets (id, org_id, name, agent_id, session_id, user_id, model, period, \
@@ -275,24 +303,53 @@ impl Store {
         from_row(&row)
     }
 
-    /// The budgets of an organisation, oldest first.
+    /// The budgets of an organisation, oldest first (ids are time-ordered
+    /// UUID v7s, so id order is creation order).
     pub async fn list_budgets(
         &self,
         org_id: &str,
         include_archived: bool,
     ) -> Result<Vec<Budget>, StoreError> {
+        Ok(self
+            .list_budgets_page(org_id, include_archived, None, i64::MAX)
+            .await?
+            .0)
+    }
+
+    /// One page of [`Store::list_budgets`]: at most `limit` budgets with an
+    /// id after `after`, and the cursor (the last id) of the next page, or
+    /// `None` on the last page.
+    pub async fn list_budgets_page(
+        &self,
+        org_id: &str,
+        include_archived: bool,
+        after: Option<&str>,
+        limit: i64,
+    ) -> Result<(Vec<Budget>, Option<String>), StoreError> {
+        let limit = limit.max(1);
         let rows = sqlx::query(&format!(
             "SELECT {COLUMNS} FROM budgets WHERE org_id = $1 AND ($2 OR archived_at IS NULL) \
-             ORDER BY created_at, id"
+               AND ($3::text IS NULL OR id > $3) \
+             ORDER BY id LIMIT $4"
         ))
         .bind(org_id)
         .bind(include_archived)
+        .bind(after)
+        .bind(limit.saturating_add(1))
         .fetch_all(self.pool())
         .await?;
-        rows.iter().map(from_row).collect()
+        let mut budgets = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
+        let next = if budgets.len() as i64 > limit {
+            budgets.truncate(limit as usize);
+            budgets.last().map(|b| b.id.clone())
+        } else {
+            None
+        };
+        Ok((budgets, next))
     }
 
-    /// Changes name, limit, thresholds or enforcement.
+    /// Changes name, limit, thresholds or enforcement; an archived budget
+    /// cannot change ([`StoreError::Archived`]).
     pub async fn update_budget(&self, id: &str, patch: BudgetPatch) -> Result<Budget, StoreError> {
         if let Some(name) = &patch.name {
             validate_name(name)?;
@@ -315,7 +372,7 @@ impl Store {
             "UPDATE budgets SET name = COALESCE($2, name), limit_usd = COALESCE($3, limit_usd), \
                  thresholds_percent = COALESCE($4, thresholds_percent), \
                  enforcement = COALESCE($5, enforcement), updated_at = now() \
-             WHERE id = $1 RETURNING {COLUMNS}"
+             WHERE id = $1 AND archived_at IS NULL RETURNING {COLUMNS}"
         ))
         .bind(id)
         .bind(&patch.name)
@@ -323,12 +380,19 @@ impl Store {
         .bind(thresholds)
         .bind(patch.enforcement.map(|e| e.as_str()))
         .fetch_optional(self.pool())
-        .await?
-        .ok_or(StoreError::NotFound { what: "budget" })?;
-        from_row(&row)
+        .await?;
+        match row {
+            Some(row) => from_row(&row),
+            None => {
+                // Unknown, or archived: tell them apart.
+                self.get_budget(id).await?;
+                Err(StoreError::Archived { what: "budget" })
+            }
+        }
     }
 
-    /// Archives a budget (idempotent: the first archive time stays).
+    /// Archives a budget (idempotent: the first archive time and the
+    /// `updated_at` of that first archive stay).
     pub async fn archive_budget(&self, id: &str) -> Result<Budget, StoreError> {
         let budget = self.get_budget(id).await?;
         // Under the organisation's exclusive lock, so no batch that still
@@ -339,7 +403,8 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         let row = sqlx::query(&format!(
-            "UPDATE budgets SET archived_at = COALESCE(archived_at, now()), updated_at = now() \
+            "UPDATE budgets SET archived_at = COALESCE(archived_at, now()), \
+                 updated_at = CASE WHEN archived_at IS NULL THEN now() ELSE updated_at END \
              WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .bind(id)

@@ -117,13 +117,19 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
-    /// A per-organisation limit would be exceeded.
-    #[error("at most {limit} {what} per organisation")]
-    LimitReached {
-        /// What is limited (`keys`).
+    /// An organisation already has as many of something as it may have.
+    #[error("limit {limit} reached: at most {max}")]
+    LimitExceeded {
+        /// The limit, e.g. `budgets_per_org`.
+        limit: &'static str,
+        /// Its value.
+        max: u32,
+    },
+    /// The row is archived and can no longer change.
+    #[error("{what} is archived")]
+    Archived {
+        /// What was to be changed.
         what: &'static str,
-        /// The limit.
-        limit: u64,
     },
     /// Stored data violates an invariant (a bug or manual tampering).
     #[error("corrupt data: {0}")]
@@ -144,7 +150,8 @@ impl StoreError {
             StoreError::NotFound { .. } => "not_found",
             StoreError::Conflict(_) => "conflict",
             StoreError::Invalid { .. } => "invalid_input",
-            StoreError::LimitReached { .. } => "limit_reached",
+            StoreError::LimitExceeded { .. } => "limit_exceeded",
+            StoreError::Archived { .. } => "archived",
             StoreError::Corrupt(_) => "corrupt_data",
             StoreError::Database(_) => "database_error",
         }

@@ -113,8 +113,11 @@ pub struct GenerationView {
     pub unresolved_reason: Option<String>,
     /// Last change of the row.
     pub updated_at: DateTime<Utc>,
-    /// Journal entries of the generation in every budget, oldest first.
+    /// Journal entries of the generation in every budget, oldest first
+    /// (one page of them with [`Store::generation_page`]).
     pub entries: Vec<EntryRow>,
+    /// The cursor of the next page of entries, `None` on the last one.
+    pub next_entries_cursor: Option<Uuid>,
 }
 
 /// How [`Store::spend`] groups generations.
@@ -327,6 +330,18 @@ impl Store {
     /// organisation. A generation for which only cost facts arrived is
     /// returned with state `pending` and no entries.
     pub async fn generation(&self, generation_id: &str) -> Result<GenerationView, StoreError> {
+        self.generation_page(generation_id, None, i64::MAX).await
+    }
+
+    /// Like [`Store::generation`], with at most `limit` entries after the
+    /// entry id `after`, and the cursor of the next page.
+    pub async fn generation_page(
+        &self,
+        generation_id: &str,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> Result<GenerationView, StoreError> {
+        let limit = limit.max(1);
         let row = sqlx::query(
             "SELECT generation_id, org_id, agent_id, session_id, user_id, model, provider, status, \
                     is_byok, completed_at, estimated_cost_usd, actual_cost_usd, debited_usd, basis, \
@@ -343,15 +358,25 @@ impl Store {
         let entries = sqlx::query(&format!(
             "SELECT {ENTRY_COLUMNS} FROM ledger_entries \
              WHERE generation_id = $1 AND budget_id IN (SELECT id FROM budgets WHERE org_id = $2) \
-             ORDER BY entry_id"
+               AND ($3::uuid IS NULL OR entry_id > $3) \
+             ORDER BY entry_id LIMIT $4"
         ))
         .bind(generation_id)
         .bind(&org_id)
+        .bind(after)
+        .bind(limit.saturating_add(1))
         .fetch_all(self.pool())
         .await?
         .iter()
         .map(entry_from_row)
         .collect::<Result<Vec<_>, _>>()?;
+        let mut entries = entries;
+        let next_entries_cursor = if entries.len() as i64 > limit {
+            entries.truncate(limit as usize);
+            entries.last().map(|e| e.entry_id)
+        } else {
+            None
+        };
         Ok(GenerationView {
             generation_id: row.try_get("generation_id")?,
             org_id,
@@ -379,6 +404,7 @@ impl Store {
             unresolved_reason: row.try_get("unresolved_reason")?,
             updated_at: row.try_get("updated_at")?,
             entries,
+            next_entries_cursor,
         })
     }
 
@@ -418,6 +444,86 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// One page of [`Store::spend`]: at most `limit` groups whose key comes
+    /// after `after` (`None`: the first page; `Some(None)`: after the
+    /// `null` group, which is last, so nothing), the totals over *every*
+    /// group, and whether more groups follow.
+    pub async fn spend_page(
+        &self,
+        org_id: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        group_by: GroupBy,
+        after: Option<Option<&str>>,
+        limit: i64,
+    ) -> Result<(Vec<SpendRow>, SpendRow, bool), StoreError> {
+        let limit = limit.max(1);
+        let key = group_by.key_sql();
+        let (skip_all, after_key) = match after {
+            None => (false, None),
+            Some(None) => (true, None),
+            Some(Some(k)) => (false, Some(k)),
+        };
+        let totals = sqlx::query(
+            "SELECT COALESCE(SUM(debited_usd), 0) AS spent_usd, \
+                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'actual'), 0) AS spent_actual_usd, \
+                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'estimate'), 0) AS spent_estimated_usd, \
+                    COUNT(*) AS generations \
+             FROM generations \
+             WHERE org_id = $1 AND completed_at IS NOT NULL AND completed_at >= $2 AND completed_at < $3",
+        )
+        .bind(org_id)
+        .bind(from)
+        .bind(to)
+        .fetch_one(self.pool())
+        .await?;
+        let total = SpendRow {
+            key: None,
+            spent_usd: totals.try_get("spent_usd")?,
+            spent_actual_usd: totals.try_get("spent_actual_usd")?,
+            spent_estimated_usd: totals.try_get("spent_estimated_usd")?,
+            generations: totals.try_get("generations")?,
+        };
+        if skip_all {
+            return Ok((Vec::new(), total, false));
+        }
+        let rows = sqlx::query(&format!(
+            "SELECT * FROM ( \
+               SELECT {key} AS key, \
+                    COALESCE(SUM(debited_usd), 0) AS spent_usd, \
+                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'actual'), 0) AS spent_actual_usd, \
+                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'estimate'), 0) AS spent_estimated_usd, \
+                    COUNT(*) AS generations \
+               FROM generations \
+               WHERE org_id = $1 AND completed_at IS NOT NULL AND completed_at >= $2 AND completed_at < $3 \
+               GROUP BY 1) g \
+             WHERE $4::text IS NULL OR g.key > $4 OR g.key IS NULL \
+             ORDER BY g.key NULLS LAST LIMIT $5"
+        ))
+        .bind(org_id)
+        .bind(from)
+        .bind(to)
+        .bind(after_key)
+        .bind(limit.saturating_add(1))
+        .fetch_all(self.pool())
+        .await?;
+        let mut groups = rows
+            .iter()
+            .map(|r| {
+                Ok(SpendRow {
+                    key: r.try_get("key")?,
+                    spent_usd: r.try_get("spent_usd")?,
+                    spent_actual_usd: r.try_get("spent_actual_usd")?,
+                    spent_estimated_usd: r.try_get("spent_estimated_usd")?,
+                    generations: r.try_get("generations")?,
+                })
+            })
+            .collect::<Result<Vec<_>, StoreError>>()?;
+        let more = groups.len() as i64 > limit;
+        groups.truncate(limit as usize);
+        Ok((groups, total, more))
     }
 
     /// The non-archived budgets of an organisation that would count a

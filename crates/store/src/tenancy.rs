@@ -296,14 +296,28 @@ impl Store {
         .transpose()
     }
 
-    /// Issues a key. Unknown organisation → [`StoreError::NotFound`]
-    /// (`org`); [`MAX_KEYS_PER_ORG`] unrevoked keys already →
-    /// [`StoreError::LimitReached`].
+    /// Issues a key, at most [`MAX_KEYS_PER_ORG`] unrevoked per
+    /// organisation (see [`Store::create_key_within`]).
     pub async fn create_key(
         &self,
         org_id: &str,
         role: Role,
         name: Option<&str>,
+    ) -> Result<IssuedKey, StoreError> {
+        self.create_key_within(org_id, role, name, MAX_KEYS_PER_ORG as u32)
+            .await
+    }
+
+    /// Issues a key. Unknown organisation → [`StoreError::NotFound`]
+    /// (`org`); `max_keys` unrevoked keys already →
+    /// [`StoreError::LimitExceeded`] (`keys_per_org`). The organisation's
+    /// row is locked, so concurrent issues never pass the limit.
+    pub async fn create_key_within(
+        &self,
+        org_id: &str,
+        role: Role,
+        name: Option<&str>,
+        max_keys: u32,
     ) -> Result<IssuedKey, StoreError> {
         check_org_id(org_id)?;
         check_name("name", name)?;
@@ -321,10 +335,10 @@ impl Store {
         .bind(org_id)
         .fetch_one(&mut *tx)
         .await?;
-        if active >= MAX_KEYS_PER_ORG {
-            return Err(StoreError::LimitReached {
-                what: "keys",
-                limit: MAX_KEYS_PER_ORG as u64,
+        if active >= i64::from(max_keys) {
+            return Err(StoreError::LimitExceeded {
+                limit: "keys_per_org",
+                max: max_keys,
             });
         }
         let key = insert_key(&mut tx, org_id, role, name).await?;

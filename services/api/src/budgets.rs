@@ -4,13 +4,19 @@
 //! | route | success |
 //! |---|---|
 //! | `POST /v1/budgets` | 201 + `Location`, the budget with `current_period` and `booked_generations` |
-//! | `GET /v1/budgets[?org_id=…][&include_archived=true]` | 200 `{budgets: [...]}` |
+//! | `GET /v1/budgets[?org_id=…][&include_archived=true][&cursor=&limit=]` | 200 `{budgets: [...], next_cursor}` |
 //! | `GET /v1/budgets/{id}` | 200 the budget with `current_period` |
 //! | `GET /v1/budgets/{id}/periods/{start}` | 200 the period starting at `start` |
 //! | `PATCH /v1/budgets/{id}` | 200 the changed budget |
 //! | `DELETE /v1/budgets/{id}` | 200 the archived budget (`archived_at` set) |
 //! | `GET /v1/budgets/{id}/entries?cursor=&limit=` | 200 `{entries, next_cursor}` |
-//! | `POST /v1/budgets/check` | 200 `{allowed, blocking_budget, budgets}` |
+//! | `POST /v1/budgets/check[?cursor=&limit=]` | 200 `{allowed, blocking_budget, budgets, next_cursor}` |
+//!
+//! Lists are pages (see the pagination module); `allowed` and
+//! `blocking_budget` of a check always count every matching budget, only
+//! its `budgets` details are paged. Past `TALLY_MAX_BUDGETS_PER_ORG` live
+//! budgets a creation is 409 `limit_exceeded`; a `PATCH` of an archived
+//! budget is 409 `budget_archived`; a repeated `DELETE` changes nothing.
 //!
 //! The organisation is the caller's (see `auth`): `org_id` in a body or
 //! query is optional, and a budget of another organisation is 404
@@ -55,7 +61,10 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Params};
-use crate::wire::{check_id, parse_money, parse_time, BudgetBody, EntryBody, PeriodBody};
+use crate::pagination::Page;
+use crate::wire::{
+    check_id, check_text, parse_money, parse_time, BudgetBody, EntryBody, PeriodBody,
+};
 use crate::AppState;
 
 /// Default page size of the journal.
@@ -75,6 +84,7 @@ pub(crate) struct CreateBody {
     #[serde(default)]
     org_id: Option<String>,
     name: String,
+    #[serde(deserialize_with = "tally_events::strict::object_only")]
     scope: Scope,
     period: String,
     #[serde(default = "default_timezone")]
@@ -137,6 +147,7 @@ pub(crate) struct CheckBody {
 }
 
 fn check_name(name: &str) -> Result<(), ApiError> {
+    check_text("name", name)?;
     if name.trim().is_empty() || name.chars().count() > MAX_NAME_CHARS {
         return Err(ApiError::invalid(
             "name",
@@ -156,6 +167,16 @@ fn check_thresholds(t: &[u32]) -> Result<Vec<u32>, ApiError> {
 }
 
 fn check_scope(scope: &Scope) -> Result<(), ApiError> {
+    for (field, value) in [
+        ("scope.agent_id", &scope.agent_id),
+        ("scope.session_id", &scope.session_id),
+        ("scope.user_id", &scope.user_id),
+        ("scope.model", &scope.model),
+    ] {
+        if let Some(v) = value {
+            check_text(field, v)?;
+        }
+    }
     scope.validate().map_err(|e| {
         let field = match &e {
             tally_budget::BudgetError::InvalidScope { field, .. } => format!("scope.{field}"),
@@ -231,7 +252,10 @@ pub(crate) async fn create(
         source: "tally/api".to_owned(),
         publish: true,
     };
-    let (budget, booked) = state.store.create_budget(nb, &opts).await?;
+    let (budget, booked) = state
+        .store
+        .create_budget_within(nb, &opts, Some(state.org_limits.max_budgets))
+        .await?;
     tracing::info!(budget_id = %budget.id, org_id = %budget.org_id, booked, "budget created");
     let location = format!("/v1/budgets/{}", budget.id);
     let mut body = budget_body(&state, budget).await?;
@@ -246,6 +270,7 @@ pub(crate) async fn create(
 #[derive(Serialize)]
 pub(crate) struct ListBody {
     budgets: Vec<BudgetBody>,
+    next_cursor: Option<String>,
 }
 
 /// `GET /v1/budgets?org_id=…&include_archived=…`.
@@ -254,7 +279,8 @@ pub(crate) async fn list(
     caller: Caller,
     params: Params,
 ) -> Result<Json<ListBody>, ApiError> {
-    let params = params.only(&["org_id", "include_archived"])?;
+    let params = params.only(&["org_id", "include_archived", "cursor", "limit"])?;
+    let page = Page::from_params(&params)?;
     let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
     let org_id = org_id.as_str();
     let include_archived = match params.get("include_archived") {
@@ -267,9 +293,13 @@ pub(crate) async fn list(
             ))
         }
     };
-    let budgets = state.store.list_budgets(org_id, include_archived).await?;
+    let (budgets, next_cursor) = state
+        .store
+        .list_budgets_page(org_id, include_archived, page.cursor.as_deref(), page.limit)
+        .await?;
     let periods = state.store.periods_at(&budgets, Utc::now()).await?;
     Ok(Json(ListBody {
+        next_cursor,
         budgets: budgets
             .into_iter()
             .zip(periods)
@@ -452,14 +482,27 @@ pub(crate) struct CheckResponse {
     allowed: bool,
     blocking_budget: Option<BudgetStatus>,
     budgets: Vec<BudgetStatus>,
+    next_cursor: Option<String>,
 }
 
 /// `POST /v1/budgets/check`.
 pub(crate) async fn check(
     State(state): State<AppState>,
     caller: Caller,
+    params: Params,
     ApiJson(body): ApiJson<CheckBody>,
 ) -> Result<Json<CheckResponse>, ApiError> {
+    let page = Page::from_params(&params.only(&["cursor", "limit"])?)?;
+    for (field, value) in [
+        ("agent_id", &body.agent_id),
+        ("session_id", &body.session_id),
+        ("user_id", &body.user_id),
+        ("model", &body.model),
+    ] {
+        if let Some(v) = value {
+            check_text(field, v)?;
+        }
+    }
     let org_id = caller
         .read_org(&state.store, body.org_id.as_deref())
         .await?;
@@ -486,9 +529,27 @@ pub(crate) async fn check(
         })
         .collect();
     let blocking_budget = budgets.iter().find(|s| s.blocks).cloned();
+    // The decision counts every matching budget; the details are one page
+    // of them, in id order.
+    let mut details: Vec<BudgetStatus> = budgets
+        .into_iter()
+        .filter(|b| page.cursor.as_deref().is_none_or(|c| b.id.as_str() > c))
+        .take(
+            usize::try_from(page.limit)
+                .unwrap_or(usize::MAX)
+                .saturating_add(1),
+        )
+        .collect();
+    let next_cursor = if details.len() as i64 > page.limit {
+        details.truncate(usize::try_from(page.limit).unwrap_or(usize::MAX));
+        details.last().map(|b| b.id.clone())
+    } else {
+        None
+    };
     Ok(Json(CheckResponse {
         allowed: blocking_budget.is_none(),
         blocking_budget,
-        budgets,
+        budgets: details,
+        next_cursor,
     }))
 }

@@ -8,23 +8,28 @@
 //!
 //! | status | codes |
 //! |---|---|
-//! | 400 | `malformed_json`, `invalid_request` |
+//! | 400 | `malformed_json`, `invalid_request`, `invalid_host`, `malformed_request` |
 //! | 401 | `missing_api_key`, `malformed_api_key`, `invalid_api_key` (with `WWW-Authenticate: Bearer`) |
 //! | 403 | `forbidden_role`, `org_mismatch` |
 //! | 404 | `budget_not_found`, `generation_not_found`, `key_not_found`, `org_not_found`, `route_not_found` |
 //! | 405 | `method_not_allowed` |
-//! | 409 | `conflict`, `org_exists`, `too_many_keys` |
+//! | 409 | `conflict`, `org_exists`, `limit_exceeded` (naming the limit in `field`), `budget_archived`, `provider_not_connected` |
 //! | 413 | `payload_too_large` |
+//! | 414 | `uri_too_long` |
+//! | 431 | `headers_too_large` |
 //! | 415 | `unsupported_media_type` |
-//! | 422 | `unknown_field`, `missing_field`, `invalid_field`, `invalid_body`, `immutable_field`, `invalid_id`, `invalid_time`, `invalid_range`, `range_too_large`, the money codes of `tally_money::MoneyError` (`amount_not_string`, `invalid_amount`, `amount_too_precise`, `negative_amount`, `amount_out_of_range`) and the budget codes of `tally_budget::BudgetError` (`unknown_timezone`, `invalid_period_kind`, `invalid_enforcement`, `invalid_threshold`, `too_many_thresholds`, `not_a_period_start`, `invalid_scope`, `instant_out_of_range`) |
+//! | 422 | `duplicate_key`, `control_character`, `time_out_of_range`, `unknown_field`, `missing_field`, `invalid_field`, `invalid_body`, `immutable_field`, `invalid_id`, `invalid_time`, `invalid_range`, `range_too_large`, the money codes of `tally_money::MoneyError` (`amount_not_string`, `invalid_amount`, `amount_too_precise`, `negative_amount`, `amount_out_of_range`) and the budget codes of `tally_budget::BudgetError` (`unknown_timezone`, `invalid_period_kind`, `invalid_enforcement`, `invalid_threshold`, `too_many_thresholds`, `not_a_period_start`, `invalid_scope`, `instant_out_of_range`) |
 //! | 500 | `internal_error` |
-//! | 503 | `database_unavailable`, `transient_conflict`, `request_timeout` |
+//! | 503 | `database_unavailable`, `transient_conflict`, `request_timeout`, `too_many_connections` |
 //!
 //! Input errors name the offending `field` (a JSON path such as
 //! `scope.agent_id` or `thresholds_percent[2]`, or a query parameter).
 //!
 //! # Decisions
 //!
+//! * **Bounded answers.** A problem's `detail` is at most
+//!   [`MAX_DETAIL_CHARS`] characters and its `field` at most 64: a
+//!   10 000-character id gets a short 422, not a 10 KB echo.
 //! * **Internal details stay in the logs.** A database or data error is
 //!   logged with its cause; the client gets `internal_error` and no SQL.
 //! * **Unavailable is 503 with `Retry-After`.** A lost database or a
@@ -37,6 +42,9 @@ use tally_store::StoreError;
 
 /// Media type of problem responses.
 pub const PROBLEM_CONTENT_TYPE: &str = "application/problem+json";
+
+/// Longest `detail` of a problem, in characters.
+pub const MAX_DETAIL_CHARS: usize = 300;
 
 /// Base of the problem `type` URIs.
 pub const PROBLEM_TYPE_BASE: &str = "https://tally.dev/problems/";
@@ -87,7 +95,6 @@ fn title(code: &str, status: StatusCode) -> &'static str {
         "key_not_found" => "API key not found",
         "org_not_found" => "Organisation not found",
         "org_exists" => "Organisation exists",
-        "too_many_keys" => "Too many API keys",
         "missing_api_key" => "API key required",
         "malformed_api_key" => "Malformed API key",
         "invalid_api_key" => "Invalid API key",
@@ -101,6 +108,16 @@ fn title(code: &str, status: StatusCode) -> &'static str {
         "transient_conflict" => "Temporary conflict, retry",
         "request_timeout" => "Request timed out",
         "internal_error" => "Internal error",
+        "duplicate_key" => "Duplicate field",
+        "control_character" => "Control character in text",
+        "time_out_of_range" => "Time outside the accepted window",
+        "limit_exceeded" => "Limit reached",
+        "budget_archived" => "Budget is archived",
+        "invalid_host" => "Missing or repeated Host header",
+        "uri_too_long" => "Request target too long",
+        "headers_too_large" => "Request headers too large",
+        "malformed_request" => "Malformed HTTP request",
+        "too_many_connections" => "Too many connections",
         _ if status == StatusCode::UNPROCESSABLE_ENTITY => "Invalid field",
         _ => status.canonical_reason().unwrap_or("Error"),
     }
@@ -185,15 +202,24 @@ impl ApiError {
         self.code
     }
 
-    /// The problem body.
+    /// The problem body; `detail` and `field` are cut to a bounded length
+    /// ([`MAX_DETAIL_CHARS`], [`tally_events::strict::EXCERPT_CHARS`]), so
+    /// no answer repeats more than a short prefix of what a client sent.
     pub fn problem(&self) -> Problem {
+        let detail = if self.detail.chars().count() > MAX_DETAIL_CHARS {
+            let mut d: String = self.detail.chars().take(MAX_DETAIL_CHARS).collect();
+            d.push('…');
+            d
+        } else {
+            self.detail.clone()
+        };
         Problem {
             type_: problem_type(self.code),
             title: title(self.code, self.status).to_owned(),
             status: self.status.as_u16(),
-            detail: self.detail.clone(),
+            detail,
             code: self.code.to_owned(),
-            field: self.field.clone(),
+            field: self.field.as_deref().map(tally_events::strict::excerpt),
         }
     }
 }
@@ -233,16 +259,6 @@ impl From<StoreError> for ApiError {
                 "org_not_found",
                 "organisation not found",
             ),
-            StoreError::LimitReached {
-                what: "keys",
-                limit,
-            } => ApiError::new(
-                StatusCode::CONFLICT,
-                "too_many_keys",
-                format!(
-                    "an organisation holds at most {limit} unrevoked API keys; revoke one first"
-                ),
-            ),
             StoreError::Invalid { field, reason } => ApiError::invalid(field, reason),
             StoreError::Conflict(detail) => {
                 tracing::info!(%detail, "store conflict");
@@ -252,6 +268,20 @@ impl From<StoreError> for ApiError {
                     "the request conflicts with stored state",
                 )
             }
+            StoreError::LimitExceeded { limit, max } => ApiError::new(
+                StatusCode::CONFLICT,
+                "limit_exceeded",
+                format!(
+                    "the organisation already has {max} (the {limit} limit); \
+                     archive, delete or revoke some first"
+                ),
+            )
+            .with_field(limit),
+            StoreError::Archived { what } => ApiError::new(
+                StatusCode::CONFLICT,
+                "budget_archived",
+                format!("the {what} is archived and can no longer be changed"),
+            ),
             StoreError::Unavailable(_) => unavailable(
                 "database_unavailable",
                 "the database is unavailable; retry later".to_owned(),

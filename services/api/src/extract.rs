@@ -3,7 +3,9 @@
 //! axum's own `Json`, `Query` and `Path` reject with plain-text bodies; these
 //! wrappers answer with [`ApiError`]s instead, naming the offending field:
 //!
-//! * [`ApiJson`]: `Content-Type` must be `application/json` (or `…+json`),
+//! * [`ApiJson`]: bodies are read with the bus's strict JSON reading first
+//!   (`tally_events::strict`: 422 `duplicate_key`, `control_character`
+//!   naming the field); `Content-Type` must be `application/json` (or `…+json`),
 //!   else 415; unreadable or too large bodies give 400/413; syntax errors
 //!   give 400 `malformed_json`; type errors give 422 with the JSON path of
 //!   the field (`unknown_field`, `missing_field`, `invalid_field`).
@@ -25,6 +27,7 @@ use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, StatusCode};
 use serde::de::DeserializeOwned;
 use serde_path_to_error::Segment;
+use tally_events::strict::StrictError;
 
 use crate::error::ApiError;
 
@@ -69,10 +72,8 @@ where
                 ApiError::new(
                     StatusCode::PAYLOAD_TOO_LARGE,
                     "payload_too_large",
-                    format!(
-                        "the request body is larger than {} bytes",
-                        crate::BODY_LIMIT
-                    ),
+                    "the request body is larger than the body limit \
+                     (TALLY_HTTP_BODY_LIMIT, 64 KiB by default)",
                 )
             } else {
                 ApiError::new(
@@ -103,6 +104,25 @@ pub(crate) fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                 ),
             },
         );
+    }
+    // The one strict reading the bus uses too: duplicate keys and control
+    // characters are refused by name before the typed decoding.
+    match tally_events::strict::parse(bytes) {
+        Err(StrictError::DuplicateKey { path }) => {
+            return Err(ApiError::field(
+                "duplicate_key",
+                path.clone(),
+                format!("the field {path:?} is given more than once"),
+            ))
+        }
+        Err(StrictError::ControlCharacter { path }) => {
+            return Err(ApiError::field(
+                "control_character",
+                path.clone(),
+                format!("{path} holds a control character (NUL and other C0 controls are refused)"),
+            ))
+        }
+        Err(StrictError::Syntax(_)) | Ok(_) => {}
     }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
@@ -185,7 +205,11 @@ fn json_error(parent: &str, e: serde_json::Error) -> ApiError {
             } else if msg.starts_with("duplicate field") {
                 let name = quoted_name(&msg).unwrap_or("?");
                 let field = join(parent, name);
-                ApiError::invalid(field.clone(), format!("the field {field:?} is given twice"))
+                ApiError::field(
+                    "duplicate_key",
+                    field.clone(),
+                    format!("the field {field:?} is given twice"),
+                )
             } else if parent.is_empty() {
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,

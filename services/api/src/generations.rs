@@ -5,9 +5,10 @@
 //! (what every matching budget carries), `basis` (`actual` | `estimate` |
 //! `none`), `state` (`settled` | `provisional` | `unresolved` | `unpriced`,
 //! or `pending` while only a cost fact arrived and the completed event has
-//! not), and its journal `entries` in every budget; 404
-//! `generation_not_found` for an id the ledger has never seen, or one of
-//! another organisation (indistinguishable).
+//! not), and its journal `entries` in every budget (a page of them:
+//! `?cursor=&limit=`, `next_cursor`); 404 `generation_not_found` for an id
+//! the ledger has never seen, or one of another organisation
+//! (indistinguishable).
 //!
 //! # Decisions
 //!
@@ -24,7 +25,8 @@ use serde::Serialize;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::ApiPath;
+use crate::extract::{ApiPath, Params};
+use crate::pagination::{bad_cursor, Page};
 use crate::wire::{basis_str, check_generation_id, EntryBody};
 use crate::AppState;
 
@@ -51,6 +53,7 @@ pub(crate) struct GenerationBody {
     unresolved_reason: Option<String>,
     updated_at: DateTime<Utc>,
     entries: Vec<EntryBody>,
+    next_cursor: Option<String>,
 }
 
 /// `GET /v1/generations/{generation_id}`.
@@ -58,19 +61,32 @@ pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,
     ApiPath(id): ApiPath<String>,
+    params: Params,
 ) -> Result<Json<GenerationBody>, ApiError> {
+    let page = Page::from_params(&params.only(&["cursor", "limit"])?)?;
+    let after = match &page.cursor {
+        None => None,
+        Some(c) => Some(uuid::Uuid::parse_str(c).map_err(|_| bad_cursor())?),
+    };
     check_generation_id(&id)?;
     let not_found = || {
         ApiError::new(
             axum::http::StatusCode::NOT_FOUND,
             "generation_not_found",
-            format!("no generation with id {id:?} is recorded"),
+            format!(
+                "no generation with id {:?} is recorded",
+                tally_events::strict::excerpt(&id)
+            ),
         )
     };
-    let g = state.store.generation(&id).await.map_err(|e| match e {
-        tally_store::StoreError::NotFound { .. } => not_found(),
-        e => e.into(),
-    })?;
+    let g = state
+        .store
+        .generation_page(&id, after, page.limit)
+        .await
+        .map_err(|e| match e {
+            tally_store::StoreError::NotFound { .. } => not_found(),
+            e => e.into(),
+        })?;
     if !caller.sees(&g.org_id) {
         return Err(not_found());
     }
@@ -93,5 +109,6 @@ pub(crate) async fn get(
         unresolved_reason: g.unresolved_reason,
         updated_at: g.updated_at,
         entries: g.entries.into_iter().map(EntryBody::from).collect(),
+        next_cursor: g.next_entries_cursor.map(|c| c.to_string()),
     }))
 }

@@ -184,7 +184,12 @@ pub(crate) async fn create(
     })?;
     let key = state
         .store
-        .create_key(&org_id, role, body.name.as_deref())
+        .create_key_within(
+            &org_id,
+            role,
+            body.name.as_deref(),
+            state.org_limits.max_keys,
+        )
         .await
         .map_err(name_error)?;
     tracing::info!(org_id = %org_id, key_id = %key.info.id, role = %role, "API key issued");

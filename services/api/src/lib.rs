@@ -7,7 +7,7 @@
 //! | route | access | success | errors |
 //! |---|---|---|---|
 //! | `POST /v1/orgs` | operator | 201 + the first admin key | 400, 409 (`org_exists`), 415, 422 |
-//! | `POST /v1/keys` | admin | 201 + the key, shown once | 400, 409 (`too_many_keys`), 415, 422 |
+//! | `POST /v1/keys` | admin | 201 + the key, shown once | 400, 409 (`limit_exceeded`), 415, 422 |
 //! | `GET /v1/keys[?org_id=…]` | admin | 200 (never a secret) | 404, 422 |
 //! | `DELETE /v1/keys/{id}` (revokes) | admin | 200 | 404 |
 //! | `POST /v1/budgets` | admin | 201 + `Location` | 400, 413, 415, 422, 503 |
@@ -58,7 +58,7 @@
 //!   budget exists to cap spend.
 //! * **Strict input.** Unknown body fields and query parameters are refused
 //!   (422 naming them), so a typo never silently changes a request; bodies
-//!   are limited to [`BODY_LIMIT`] bytes.
+//!   are limited to [`BODY_LIMIT`] bytes by default.
 //! * **One table declares every route's access.** [`routes`] lists each
 //!   `/v1` method and path with the [`Access`] it needs; the router is
 //!   built from it alone, so a route cannot exist without a declared role,
@@ -67,6 +67,9 @@
 //! * **The `Authorization` header is sensitive.** It is marked so before
 //!   any layer sees it (its value prints as `Sensitive` in debug output)
 //!   and request logs never include headers.
+//! * **Limits everywhere** ([`limits`], [`server`]): header-read, idle and
+//!   request timeouts, a body limit, a connection cap, per-organisation
+//!   limits on what may be created, and every list paginated.
 //! * **Every error is a problem.** A middleware converts any error response
 //!   that is not yet `application/problem+json` (routing 404/405, body
 //!   limit, timeout) into one; no plain-text rejection reaches a client.
@@ -74,13 +77,16 @@
 pub mod auth;
 pub mod drift;
 pub mod error;
+pub mod limits;
 pub mod metrics;
+pub mod server;
 
 mod budgets;
 mod extract;
 mod generations;
 mod health;
 mod keys;
+mod pagination;
 mod spend;
 mod wire;
 
@@ -104,6 +110,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{Access, Authenticator, Caller};
 pub use error::{ApiError, Problem};
+pub use limits::{HttpLimits, OrgLimits};
 pub use metrics::ApiMetrics;
 
 /// Largest accepted request body, in bytes (64 KiB).
@@ -129,6 +136,11 @@ pub struct ApiConfig {
     /// organisation, and the only caller of `POST /v1/orgs`. `None`: no
     /// operator access over HTTP.
     pub operator_token: Option<SecretString>,
+    /// Connection limits and timeouts (its `request_timeout` is replaced
+    /// by the field above).
+    pub http_limits: HttpLimits,
+    /// What one organisation may create.
+    pub org_limits: OrgLimits,
 }
 
 impl Default for ApiConfig {
@@ -138,6 +150,8 @@ impl Default for ApiConfig {
             prefix: "tally".to_owned(),
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             operator_token: None,
+            http_limits: HttpLimits::default(),
+            org_limits: OrgLimits::default(),
         }
     }
 }
@@ -149,7 +163,8 @@ pub struct AppState {
     registry: Registry,
     prefix: String,
     metrics: ApiMetrics,
-    request_timeout: Duration,
+    http_limits: HttpLimits,
+    org_limits: OrgLimits,
     auth: Authenticator,
     providers: Option<tally_provider::OrgProviders>,
 }
@@ -169,7 +184,8 @@ impl AppState {
             registry,
             prefix,
             metrics,
-            request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            http_limits: HttpLimits::default(),
+            org_limits: OrgLimits::default(),
             auth: Authenticator::new(None),
             providers: None,
         })
@@ -183,6 +199,8 @@ impl AppState {
         config: &ApiConfig,
     ) -> Result<Self, prometheus::Error> {
         Ok(AppState::new(store, registry, config.prefix.clone())?
+            .with_http_limits(config.http_limits)
+            .with_org_limits(config.org_limits)
             .with_request_timeout(config.request_timeout)
             .with_operator_token(config.operator_token.as_ref()))
     }
@@ -196,7 +214,21 @@ impl AppState {
     /// Sets the time a request may take (default
     /// [`DEFAULT_REQUEST_TIMEOUT`]).
     pub fn with_request_timeout(mut self, timeout: Duration) -> Self {
-        self.request_timeout = timeout;
+        self.http_limits.request_timeout = timeout;
+        self
+    }
+
+    /// Sets the connection limits and timeouts (default
+    /// [`HttpLimits::default`]), the request timeout among them.
+    pub fn with_http_limits(mut self, limits: HttpLimits) -> Self {
+        self.http_limits = limits;
+        self
+    }
+
+    /// Sets what one organisation may create (default
+    /// [`OrgLimits::default`]).
+    pub fn with_org_limits(mut self, limits: OrgLimits) -> Self {
+        self.org_limits = limits;
         self
     }
 
@@ -206,6 +238,11 @@ impl AppState {
     pub fn with_providers(mut self, providers: tally_provider::OrgProviders) -> Self {
         self.providers = Some(providers);
         self
+    }
+
+    /// What one organisation may create.
+    pub fn org_limits(&self) -> OrgLimits {
+        self.org_limits
     }
 
     /// The store.
@@ -334,13 +371,14 @@ pub fn router(state: AppState) -> Router {
         // for the metrics (so timed-out requests keep their route label).
         .route_layer(TimeoutLayer::with_status_code(
             StatusCode::SERVICE_UNAVAILABLE,
-            state.request_timeout,
+            state.http_limits.request_timeout,
         ))
         .route_layer(axum::middleware::from_fn(metrics::record_route))
         .fallback(|| async {
             ApiError::new(StatusCode::NOT_FOUND, "route_not_found", "no such route")
         });
     let metrics = state.metrics.clone();
+    let body_limit = state.http_limits.body_limit;
     routes.with_state(state).layer(
         ServiceBuilder::new()
             .layer(SetSensitiveRequestHeadersLayer::new([
@@ -366,18 +404,19 @@ pub fn router(state: AppState) -> Router {
                 metrics::track,
             ))
             .layer(axum::middleware::from_fn(error::problems_only))
-            .layer(DefaultBodyLimit::max(BODY_LIMIT)),
+            .layer(DefaultBodyLimit::max(body_limit)),
     )
 }
 
 /// Serves the API on `listener` until `shutdown` completes, then finishes
-/// the requests in flight.
+/// the requests in flight; with the state's [`HttpLimits`] (see
+/// [`server`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let limits = state.http_limits;
+    let metrics = state.metrics.clone();
+    server::serve(listener, router(state), limits, metrics, shutdown).await
 }

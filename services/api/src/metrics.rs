@@ -5,6 +5,9 @@
 //! * `tally_api_auth_failures_total{reason}`: requests refused by
 //!   authentication (`missing_api_key`, `malformed_api_key`,
 //!   `invalid_api_key`, `forbidden_role`; never the key itself).
+//! * `tally_api_connections_open`: HTTP connections open now.
+//! * `tally_api_connections_refused_total`: connections refused because
+//!   the connection cap was reached.
 //!
 //! # Decisions
 //!
@@ -21,7 +24,9 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{
+    GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 
 /// Label of requests that matched no route.
 pub const UNMATCHED_ROUTE: &str = "unmatched";
@@ -39,6 +44,10 @@ pub struct ApiMetrics {
     /// for the configured key minus what tally booked for the same UTC
     /// window (positive: spend tally did not see). Set by every drift check.
     pub provider_drift: GaugeVec,
+    /// `tally_api_connections_open`.
+    pub connections_open: IntGauge,
+    /// `tally_api_connections_refused_total`.
+    pub connections_refused: IntCounter,
 }
 
 impl ApiMetrics {
@@ -75,15 +84,27 @@ impl ApiMetrics {
             ),
             &["provider", "org_id", "window"],
         )?;
+        let connections_open = IntGauge::new(
+            "tally_api_connections_open",
+            "HTTP connections the API has open.",
+        )?;
+        let connections_refused = IntCounter::new(
+            "tally_api_connections_refused_total",
+            "HTTP connections refused because the connection cap was reached.",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(auth_failures.clone()))?;
         registry.register(Box::new(provider_drift.clone()))?;
+        registry.register(Box::new(connections_open.clone()))?;
+        registry.register(Box::new(connections_refused.clone()))?;
         Ok(ApiMetrics {
             requests,
             duration,
             auth_failures,
             provider_drift,
+            connections_open,
+            connections_refused,
         })
     }
 }

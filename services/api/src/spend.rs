@@ -13,6 +13,10 @@
 //!   the key's organisation) and `from < to`; the range may
 //!   span at most [`MAX_RANGE_DAYS`] days, which bounds the work of one
 //!   request (422 `invalid_range` / `range_too_large` naming `to`).
+//! * **`from` lies in the event-time window** `[2020-01-01, now + 1 day]`
+//!   (422 `time_out_of_range`); `to` is bounded by the range limit.
+//! * **Groups are paged** (`cursor`, `limit`, `next_cursor`, in key order);
+//!   `total` always covers every group of the range.
 //! * **Days are UTC days.** Budgets have time zones, spend reports do not:
 //!   one report, one calendar. Callers wanting local days query per day
 //!   with local boundaries in `from`/`to`.
@@ -27,7 +31,12 @@ use tally_store::queries::{GroupBy, SpendRow};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Params;
-use crate::wire::parse_time;
+use crate::pagination::{decode_key, encode_key, Page};
+use crate::wire::{parse_instant, parse_time};
+
+/// The cursor after the group of generations without the grouped field
+/// (it sorts last).
+const NULL_GROUP_CURSOR: &str = "null";
 use crate::AppState;
 
 /// Longest range one spend request may cover, in days.
@@ -59,6 +68,7 @@ pub(crate) struct SpendBody {
     group_by: &'static str,
     total: SpendTotals,
     groups: Vec<SpendGroup>,
+    next_cursor: Option<String>,
 }
 
 fn add(total: &mut SpendTotals, r: &SpendRow) -> Option<()> {
@@ -77,16 +87,25 @@ pub(crate) async fn get(
     caller: Caller,
     params: Params,
 ) -> Result<Json<SpendBody>, ApiError> {
-    let params = params.only(&["org_id", "from", "to", "group_by"])?;
+    let params = params.only(&["org_id", "from", "to", "group_by", "cursor", "limit"])?;
+    let page = Page::from_params(&params)?;
+    let after = match page.cursor.as_deref() {
+        None => None,
+        Some(NULL_GROUP_CURSOR) => Some(None),
+        Some(c) => Some(Some(decode_key(c)?)),
+    };
     let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
     let org_id = org_id.as_str();
-    let from = parse_time("from", params.require("from")?)?;
+    let from = parse_instant("from", params.require("from")?)?;
     let to = parse_time("to", params.require("to")?)?;
     let group_by_text = params.require("group_by")?;
     let group_by = GroupBy::parse(group_by_text).ok_or_else(|| {
         ApiError::invalid(
             "group_by",
-            format!("group_by must be one of model, agent, user, day, not {group_by_text:?}"),
+            format!(
+                "group_by must be one of model, agent, user, day, not {:?}",
+                tally_events::strict::excerpt(group_by_text)
+            ),
         )
     })?;
     if from >= to {
@@ -103,11 +122,21 @@ pub(crate) async fn get(
             format!("from..to may span at most {MAX_RANGE_DAYS} days"),
         ));
     }
-    let rows = state.store.spend(org_id, from, to, group_by).await?;
+    let after_ref = after.as_ref().map(|a| a.as_deref());
+    let (rows, all, more) = state
+        .store
+        .spend_page(org_id, from, to, group_by, after_ref, page.limit)
+        .await?;
     let mut total = SpendTotals::default();
-    for r in &rows {
-        add(&mut total, r).ok_or_else(|| ApiError::internal("spend total overflows"))?;
-    }
+    add(&mut total, &all).ok_or_else(|| ApiError::internal("spend total overflows"))?;
+    let next_cursor = if more {
+        rows.last().map(|r| match &r.key {
+            Some(k) => encode_key(k),
+            None => NULL_GROUP_CURSOR.to_owned(),
+        })
+    } else {
+        None
+    };
     Ok(Json(SpendBody {
         org_id: org_id.to_owned(),
         from,
@@ -126,5 +155,6 @@ pub(crate) async fn get(
                 },
             })
             .collect(),
+        next_cursor,
     }))
 }

@@ -157,7 +157,10 @@ pub(crate) fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
         Err(ApiError::field(
             "invalid_id",
             field,
-            format!("{field} {value:?} must match ^[A-Za-z0-9_-]{{1,64}}$"),
+            format!(
+                "{field} {:?} must match ^[A-Za-z0-9_-]{{1,64}}$",
+                tally_events::strict::excerpt(value)
+            ),
         ))
     }
 }
@@ -178,20 +181,48 @@ pub(crate) fn check_generation_id(value: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Parses an RFC 3339 time (422 `invalid_time` naming `field`).
+/// Parses a strict RFC 3339 time, normalised as the bus normalises event
+/// times (leap seconds, sub-microsecond digits: `tally_events::time`), so
+/// a query bound and an event time at the same instant always agree (422
+/// `invalid_time` naming `field`).
 pub(crate) fn parse_time(field: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
-    DateTime::parse_from_rfc3339(value)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| {
-            ApiError::field(
-                "invalid_time",
-                field,
-                format!(
-                    "{field} {value:?} is not an RFC 3339 time such as 2026-01-01T00:00:00Z \
-                     (in a query string, encode '+' as %2B): {e}"
-                ),
-            )
-        })
+    tally_events::time::parse_rfc3339(value).map_err(|e| {
+        ApiError::field(
+            "invalid_time",
+            field,
+            format!(
+                "{field}: {e}; expected a time such as 2026-01-01T00:00:00Z \
+                 (in a query string, encode '+' as %2B)"
+            ),
+        )
+    })
+}
+
+/// Parses an instant that must lie in the window event times lie in,
+/// `[2020-01-01T00:00:00Z, now + 1 day]` (422 `time_out_of_range`).
+pub(crate) fn parse_instant(field: &str, value: &str) -> Result<DateTime<Utc>, ApiError> {
+    let t = parse_time(field, value)?;
+    match tally_events::time::window_violation(t, Utc::now()) {
+        None => Ok(t),
+        Some(reason) => Err(ApiError::field(
+            "time_out_of_range",
+            field,
+            format!("{field}: {reason}"),
+        )),
+    }
+}
+
+/// Checks a name or scope value: no control character at all (422
+/// `control_character` naming `field`).
+pub(crate) fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
+    if tally_events::strict::has_control(value) {
+        return Err(ApiError::field(
+            "control_character",
+            field,
+            format!("{field} must not hold control characters"),
+        ));
+    }
+    Ok(())
 }
 
 /// Parses a money field given as any JSON value: only a decimal string is

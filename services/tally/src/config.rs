@@ -127,6 +127,71 @@ pub struct Settings {
     /// Log one JSON object per line instead of human-readable text.
     #[arg(long, env = "TALLY_LOG_JSON", global = true)]
     pub log_json: bool,
+    /// Time an HTTP connection has to send a complete request head (from
+    /// the accept, or from the first byte of a later request).
+    #[arg(
+        long,
+        env = "TALLY_HTTP_HEADER_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
+    pub http_header_timeout: String,
+    /// Time a kept-alive HTTP connection may stay idle between requests.
+    #[arg(
+        long,
+        env = "TALLY_HTTP_IDLE_TIMEOUT",
+        default_value = "60s",
+        global = true
+    )]
+    pub http_idle_timeout: String,
+    /// Time one HTTP request may take (body and handler) before 503.
+    #[arg(
+        long,
+        env = "TALLY_HTTP_REQUEST_TIMEOUT",
+        default_value = "30s",
+        global = true
+    )]
+    pub http_request_timeout: String,
+    /// Largest HTTP request body, in bytes.
+    #[arg(
+        long,
+        env = "TALLY_HTTP_BODY_LIMIT",
+        default_value = "65536",
+        global = true
+    )]
+    pub http_body_limit: String,
+    /// Most open HTTP connections per process (more are answered 503).
+    #[arg(
+        long,
+        env = "TALLY_HTTP_MAX_CONNECTIONS",
+        default_value = "1024",
+        global = true
+    )]
+    pub http_max_connections: String,
+    /// Most budgets (not archived) one organisation may have.
+    #[arg(
+        long,
+        env = "TALLY_MAX_BUDGETS_PER_ORG",
+        default_value = "1000",
+        global = true
+    )]
+    pub max_budgets_per_org: String,
+    /// Most webhooks one organisation may have.
+    #[arg(
+        long,
+        env = "TALLY_MAX_WEBHOOKS_PER_ORG",
+        default_value = "100",
+        global = true
+    )]
+    pub max_webhooks_per_org: String,
+    /// Most API keys (not revoked) one organisation may have.
+    #[arg(
+        long,
+        env = "TALLY_MAX_KEYS_PER_ORG",
+        default_value = "100",
+        global = true
+    )]
+    pub max_keys_per_org: String,
     /// Key-encryption key of stored provider credentials:
     /// `<key_id>:<base64 of 32 bytes>`. Without it no secret can be stored.
     #[arg(long, env = "TALLY_SECRETS_KEY", global = true, hide_env_values = true, value_parser = secret)]
@@ -222,6 +287,10 @@ pub struct Config {
     pub openrouter_auth_url: String,
     /// The operator token, if set.
     pub operator_token: Option<SecretString>,
+    /// HTTP connection limits and timeouts.
+    pub http_limits: tally_api::HttpLimits,
+    /// What one organisation may create.
+    pub org_limits: tally_api::OrgLimits,
 }
 
 fn err(env: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
@@ -416,6 +485,89 @@ impl Settings {
                     ),
                 )
             })?;
+        let duration =
+            |env: &'static str, flag: &'static str, v: &str, min: Duration, max: Duration| {
+                humantime::parse_duration(v)
+                    .ok()
+                    .filter(|d| *d >= min && *d <= max)
+                    .ok_or_else(|| {
+                        err(
+                            env,
+                            flag,
+                            format!(
+                                "{v:?} must be a duration between {} and {}, like 10s",
+                                humantime::format_duration(min),
+                                humantime::format_duration(max)
+                            ),
+                        )
+                    })
+            };
+        let count = |env: &'static str, flag: &'static str, v: &str, max: u64| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| (1..=max).contains(n))
+                .ok_or_else(|| {
+                    err(
+                        env,
+                        flag,
+                        format!("{v:?} must be a whole number from 1 to {max}"),
+                    )
+                })
+        };
+        let ms = Duration::from_millis;
+        let http_limits = tally_api::HttpLimits {
+            header_read_timeout: duration(
+                "TALLY_HTTP_HEADER_TIMEOUT",
+                "--http-header-timeout",
+                &self.http_header_timeout,
+                ms(100),
+                Duration::from_secs(600),
+            )?,
+            idle_timeout: duration(
+                "TALLY_HTTP_IDLE_TIMEOUT",
+                "--http-idle-timeout",
+                &self.http_idle_timeout,
+                ms(100),
+                Duration::from_secs(3600),
+            )?,
+            request_timeout: duration(
+                "TALLY_HTTP_REQUEST_TIMEOUT",
+                "--http-request-timeout",
+                &self.http_request_timeout,
+                ms(100),
+                Duration::from_secs(3600),
+            )?,
+            body_limit: count(
+                "TALLY_HTTP_BODY_LIMIT",
+                "--http-body-limit",
+                &self.http_body_limit,
+                16 * 1024 * 1024,
+            )? as usize,
+            max_connections: count(
+                "TALLY_HTTP_MAX_CONNECTIONS",
+                "--http-max-connections",
+                &self.http_max_connections,
+                1_000_000,
+            )? as usize,
+        };
+        let per_org = |env, flag, v: &str| count(env, flag, v, 1_000_000).map(|n| n as u32);
+        let org_limits = tally_api::OrgLimits {
+            max_budgets: per_org(
+                "TALLY_MAX_BUDGETS_PER_ORG",
+                "--max-budgets-per-org",
+                &self.max_budgets_per_org,
+            )?,
+            max_webhooks: per_org(
+                "TALLY_MAX_WEBHOOKS_PER_ORG",
+                "--max-webhooks-per-org",
+                &self.max_webhooks_per_org,
+            )?,
+            max_keys: per_org(
+                "TALLY_MAX_KEYS_PER_ORG",
+                "--max-keys-per-org",
+                &self.max_keys_per_org,
+            )?,
+        };
         let keyring = match &self.secrets_key {
             None => {
                 if self.secrets_key_previous.is_some() {
@@ -473,6 +625,8 @@ impl Settings {
             keyring,
             public_url,
             openrouter_auth_url: auth.to_string(),
+            http_limits,
+            org_limits,
             nats_url: self.nats_url.clone(),
             database_url: self.database_url.clone(),
             openrouter_base_url: base.to_owned(),

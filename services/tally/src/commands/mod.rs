@@ -303,6 +303,8 @@ async fn serve_api(
     let providers = org_providers(cfg, store)?;
     providers.spawn_listener(shutdown.clone());
     let state = tally_api::AppState::new(store.clone(), registry.clone(), cfg.prefix.clone())?
+        .with_http_limits(cfg.http_limits)
+        .with_org_limits(cfg.org_limits)
         .with_operator_token(cfg.operator_token.as_ref())
         .with_providers(providers);
     tokio::spawn(tally_api::drift::refresh_periodically(

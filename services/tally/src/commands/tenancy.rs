@@ -102,8 +102,8 @@ pub async fn key(cfg: &Config, cmd: KeyCommand) -> anyhow::Result<()> {
                     StoreError::NotFound { .. } => {
                         UsageError(format!("no organisation {org:?} (tally org create)")).into()
                     }
-                    StoreError::LimitReached { limit, .. } => UsageError(format!(
-                        "organisation {org:?} has {limit} unrevoked keys already; revoke one first"
+                    StoreError::LimitExceeded { max, .. } => UsageError(format!(
+                        "organisation {org:?} has {max} unrevoked keys already; revoke one first"
                     ))
                     .into(),
                     e => usage(e),
