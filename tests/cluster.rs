@@ -6,8 +6,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use tally_bus::{Bus, BusConfig, ConsumerName};
+use tally_money::Usd;
 use tally_store::ledger::PostingOptions;
 use tally_store::Store;
 use tally_testkit::{NatsCluster, TestDb};
@@ -79,13 +79,13 @@ async fn a_broker_node_dies_mid_stream_and_the_ledger_stays_exact() -> anyhow::R
     }
 
     let n = 1500u64;
-    let mut expected = Decimal::ZERO;
+    let mut expected = Usd::ZERO;
     for i in 0..n {
         if i == n / 2 {
             cluster.node(0).kill().await?;
         }
         let cost = format!("0.000{:017}", 98765432109876543u64 + i);
-        expected += usd(&cost);
+        expected = expected.try_add(usd(&cost)).unwrap();
         let c = Completed::new(&format!("g{i}"), ORG, "2026-11-25T10:00:00Z").actual(&cost);
         publish_retrying(&bus, &c).await?;
     }
@@ -105,7 +105,7 @@ async fn a_broker_node_dies_mid_stream_and_the_ledger_stays_exact() -> anyhow::R
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let spent: Option<Decimal> =
+    let spent: Option<Usd> =
         sqlx::query_scalar("SELECT sum(spent_usd) FROM budget_periods WHERE budget_id = $1")
             .bind(&b.id)
             .fetch_one(store.pool())

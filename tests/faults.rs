@@ -14,7 +14,6 @@
 //! once; and nothing is stuck (no pending message, no unpublished outbox
 //! row, no dead letter, every generation settled at its actual cost).
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,8 +21,8 @@ use std::time::Duration;
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use rust_decimal::Decimal;
 use tally_bus::{Bus, BusConfig, ConsumerName, StreamKind};
+use tally_money::Usd;
 use tally_store::ledger::PostingOptions;
 use tally_store::Store;
 use tally_testkit::{free_port, NatsServer};
@@ -92,8 +91,8 @@ async fn proxy(State(p): State<Arc<Proxy>>, req: Request) -> Response {
 }
 
 /// The cost of generation `i`: many significant digits, all distinct.
-fn cost(i: u64) -> Decimal {
-    Decimal::from_str(&format!("0.000{:017}", 12345678901234567u64 + i * 7919)).unwrap()
+fn cost(i: u64) -> Usd {
+    tally_tests::usd(&format!("0.000{:017}", 12345678901234567u64 + i * 7919))
 }
 
 async fn publish_retrying(bus: &Bus, c: &Completed) -> anyhow::Result<()> {
@@ -195,9 +194,9 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
     .await?;
     assert_eq!(code, 0, "tally provider connect: {out}{err}");
     let store = Store::connect(&db_url, 4).await?;
-    let expected: Decimal = (0..N).map(cost).sum();
+    let expected = Usd::try_sum((0..N).map(cost))?;
     // 90 % of the final total: 50, 80 and 100 % are each crossed once.
-    let limit = (expected * Decimal::from_str("0.9")?).round_dp(20);
+    let limit = Usd::from_units(expected.units() / 10 * 9)?;
     let (b, _) = store
         .create_budget(
             budget(ORG, "everything", &limit.to_string()),
@@ -248,7 +247,7 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
             for i in 0..N {
                 tick.tick().await;
                 let mut c = Completed::new(&format!("g{i}"), ORG, &now)
-                    .estimate(&(cost(i) * Decimal::from(2)).to_string());
+                    .estimate(&cost(i).try_mul_int(2)?.to_string());
                 if i % 3 != 0 {
                     c = c.actual(&cost(i).to_string());
                 }
@@ -344,17 +343,17 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
 
     // Exact to the digit: the budget, the journal and the generations all
     // equal the independent sum.
-    let spent: Option<Decimal> =
+    let spent: Option<Usd> =
         sqlx::query_scalar("SELECT sum(spent_usd) FROM budget_periods WHERE budget_id = $1")
             .bind(&b.id)
             .fetch_one(store.pool())
             .await?;
-    let journal: Option<Decimal> =
+    let journal: Option<Usd> =
         sqlx::query_scalar("SELECT sum(amount_usd) FROM ledger_entries WHERE budget_id = $1")
             .bind(&b.id)
             .fetch_one(store.pool())
             .await?;
-    let debited: Option<Decimal> = sqlx::query_scalar("SELECT sum(debited_usd) FROM generations")
+    let debited: Option<Usd> = sqlx::query_scalar("SELECT sum(debited_usd) FROM generations")
         .fetch_one(store.pool())
         .await?;
     assert_eq!(spent, Some(expected), "budget total");

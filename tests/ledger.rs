@@ -5,8 +5,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use rust_decimal::Decimal;
 use tally_bus::StreamKind;
+use tally_money::Usd;
 use tally_tests::{budget, reconciled, unresolved, usd, Completed, Harness};
 
 const ORG: &str = "acme";
@@ -55,14 +55,14 @@ async fn costs_of_seventeen_significant_digits_sum_to_the_last_digit() -> anyhow
     let h = Harness::start().await?;
     let b = h.budget(budget(ORG, "everything", "1000")).await?;
     let p = h.spawn_projector(100);
-    let mut expected = Decimal::ZERO;
+    let mut expected = Usd::ZERO;
     for i in 0..300u64 {
         // 0.00012345678901234567, 0.00012345678901234568, ... and some tiny
         // exponent-sized ones: every digit matters.
         let cost = format!("0.000{}", 12345678901234567u64 + i * 7919);
         let tiny = "0.0000001425";
         let c = if i % 10 == 0 { tiny.to_owned() } else { cost };
-        expected += usd(&c);
+        expected = expected.try_add(usd(&c)).unwrap();
         let ev = Completed::new(&format!("gen-{i}"), ORG, "2026-11-25T10:00:00Z").actual(&c);
         h.publish(&ev.event()).await?;
     }
@@ -104,7 +104,7 @@ async fn duplicates_are_counted_once() -> anyhow::Result<()> {
     h.publish(&again).await?;
     h.drained().await?;
     assert_eq!(h.spent(&b.id).await?, usd("0.4"));
-    let kinds: Vec<(String, Decimal)> = sqlx::query_as(
+    let kinds: Vec<(String, Usd)> = sqlx::query_as(
         "SELECT kind, amount_usd FROM ledger_entries WHERE budget_id = $1 ORDER BY entry_id",
     )
     .bind(&b.id)
@@ -188,13 +188,15 @@ async fn reconciled_before_completed_gives_the_same_ledger() -> anyhow::Result<(
     }
     assert_eq!(results[0], results[1]);
     let (periods, gens) = &results[0];
-    let expected_total =
-        usd("0.123456789012345678") + usd("0.00000000000000000001") + usd("0.7") + usd("1");
+    let expected_total = Usd::try_sum([
+        usd("0.123456789012345678"),
+        usd("0.00000000000000000001"),
+        usd("0.7"),
+        usd("1"),
+    ])
+    .unwrap();
     assert_eq!(periods["everything"][0].1, expected_total.normalize());
-    assert_eq!(
-        periods["researcher"][0].1,
-        (usd("0.123456789012345678") + usd("1")).normalize()
-    );
+    assert_eq!(periods["researcher"][0].1, usd("1.123456789012345678"));
     let states: Vec<&str> = gens.iter().map(|g| g.3.as_str()).collect();
     assert_eq!(
         states,
@@ -207,10 +209,10 @@ async fn reconciled_before_completed_gives_the_same_ledger() -> anyhow::Result<(
 async fn a_crashed_projector_restarted_mid_stream_gives_the_same_ledger() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     let b = h.budget(budget(ORG, "everything", "1000000")).await?;
-    let mut expected = Decimal::ZERO;
+    let mut expected = Usd::ZERO;
     for i in 0..3000u64 {
         let c = format!("0.0000{:016}", 1234567890123456u64 + i);
-        expected += usd(&c);
+        expected = expected.try_add(usd(&c)).unwrap();
         h.publish(
             &Completed::new(&format!("g{i}"), ORG, "2026-11-25T10:00:00Z")
                 .estimate(&c)
@@ -334,13 +336,13 @@ async fn late_events_land_in_the_period_of_their_completion() -> anyhow::Result<
     )
     .await?;
     h.drained().await?;
-    let rows: Vec<(chrono::DateTime<chrono::Utc>, Decimal)> = sqlx::query_as(
+    let rows: Vec<(chrono::DateTime<chrono::Utc>, Usd)> = sqlx::query_as(
         "SELECT period_start, spent_usd FROM budget_periods WHERE budget_id = $1 ORDER BY 1",
     )
     .bind(&daily.id)
     .fetch_all(h.store.pool())
     .await?;
-    let rows: Vec<(String, Decimal)> = rows
+    let rows: Vec<(String, Usd)> = rows
         .into_iter()
         .map(|(p, s)| (p.to_rfc3339(), s.normalize()))
         .collect();
@@ -486,19 +488,25 @@ async fn ledger_posted_events_rebuild_every_balance() -> anyhow::Result<()> {
     h.drained().await?;
     outbox_flushed(&h).await?;
     let posted = read_stream(&h, StreamKind::Ledger, "").await?;
-    let mut rebuilt = Decimal::ZERO;
+    let mut rebuilt = Usd::ZERO;
     for (_, ev, _) in &posted {
         assert_eq!(ev["type"], "tally.ledger.posted.v1");
         for e in ev["data"]["entries"].as_array().unwrap() {
             if e["budget_id"] == b.id.as_str() {
-                rebuilt += usd(e["amount_usd"].as_str().unwrap());
+                rebuilt = rebuilt
+                    .try_add(usd(e["amount_usd"].as_str().unwrap()))
+                    .unwrap();
             }
         }
     }
     assert_eq!(rebuilt, h.spent(&b.id).await?);
     assert_eq!(
         rebuilt,
-        usd("0.01") * Decimal::from(66) + usd("0.009") * Decimal::from(34)
+        usd("0.01")
+            .try_mul_int(66)
+            .unwrap()
+            .try_add(usd("0.009").try_mul_int(34).unwrap())
+            .unwrap()
     );
     p.stop().await;
     Ok(())
@@ -521,8 +529,8 @@ async fn two_projector_instances_share_the_work_and_the_ledger_stays_exact() -> 
         .await?;
     let first = h.spawn_projector(50);
     let second = h.spawn_projector(50);
-    let mut expected = Decimal::ZERO;
-    let mut expected_agent = Decimal::ZERO;
+    let mut expected = Usd::ZERO;
+    let mut expected_agent = Usd::ZERO;
     let mut events = Vec::new();
     let mut costs = Vec::new();
     for i in 0..2000u64 {
@@ -537,9 +545,9 @@ async fn two_projector_instances_share_the_work_and_the_ledger_stays_exact() -> 
         } else {
             usd(&estimate)
         };
-        expected += counted;
+        expected = expected.try_add(counted)?;
         if i % 2 == 0 {
-            expected_agent += counted;
+            expected_agent = expected_agent.try_add(counted)?;
         }
         events.push(c.event());
         if reconciled_later {

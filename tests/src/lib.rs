@@ -11,12 +11,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use tally_bus::{Bus, BusConfig};
 use tally_events::{
     CloudEvent, CostReconciled, CostUnresolved, EventType, GenerationCompleted, GenerationStatus,
     Usage,
 };
+use tally_money::Usd;
 use tally_store::ledger::PostingOptions;
 use tally_store::{NewBudget, Store};
 use tally_testkit::{NatsServer, TestDb};
@@ -162,8 +162,8 @@ impl Harness {
     }
 
     /// Total spent (as text, exact) of a budget's period starting at `start`.
-    pub async fn spent(&self, budget_id: &str) -> anyhow::Result<Decimal> {
-        let v: Option<Decimal> =
+    pub async fn spent(&self, budget_id: &str) -> anyhow::Result<Usd> {
+        let v: Option<Usd> =
             sqlx::query_scalar("SELECT sum(spent_usd) FROM budget_periods WHERE budget_id = $1")
                 .bind(budget_id)
                 .fetch_one(self.store.pool())
@@ -172,8 +172,8 @@ impl Harness {
     }
 
     /// Sum of a budget's journal entries.
-    pub async fn journal_sum(&self, budget_id: &str) -> anyhow::Result<Decimal> {
-        let v: Option<Decimal> =
+    pub async fn journal_sum(&self, budget_id: &str) -> anyhow::Result<Usd> {
+        let v: Option<Usd> =
             sqlx::query_scalar("SELECT sum(amount_usd) FROM ledger_entries WHERE budget_id = $1")
                 .bind(budget_id)
                 .fetch_one(self.store.pool())
@@ -184,13 +184,13 @@ impl Harness {
     /// A snapshot of every balance: (budget, period, spent, actual part,
     /// estimated part), and every generation's (id, debited, basis, state).
     pub async fn snapshot(&self) -> anyhow::Result<Snapshot> {
-        let periods: Vec<(String, DateTime<Utc>, Decimal, Decimal, Decimal)> = sqlx::query_as(
+        let periods: Vec<(String, DateTime<Utc>, Usd, Usd, Usd)> = sqlx::query_as(
             "SELECT budget_id, period_start, spent_usd, spent_actual_usd, spent_estimated_usd \
              FROM budget_periods ORDER BY 1, 2",
         )
         .fetch_all(self.store.pool())
         .await?;
-        let generations: Vec<(String, Option<Decimal>, Option<String>, String)> = sqlx::query_as(
+        let generations: Vec<(String, Option<Usd>, Option<String>, String)> = sqlx::query_as(
             "SELECT generation_id, debited_usd, basis, state FROM generations ORDER BY 1",
         )
         .fetch_all(self.store.pool())
@@ -212,9 +212,9 @@ impl Harness {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
     /// (budget, period start, spent, actual part, estimated part).
-    pub periods: Vec<(String, DateTime<Utc>, Decimal, Decimal, Decimal)>,
+    pub periods: Vec<(String, DateTime<Utc>, Usd, Usd, Usd)>,
     /// (generation, debited, basis, state).
-    pub generations: Vec<(String, Option<Decimal>, Option<String>, String)>,
+    pub generations: Vec<(String, Option<Usd>, Option<String>, String)>,
 }
 
 /// A running service task.
@@ -239,8 +239,8 @@ impl Running {
 }
 
 /// Parses a decimal literal (test helper).
-pub fn usd(s: &str) -> Decimal {
-    Decimal::from_str(s).expect("decimal literal")
+pub fn usd(s: &str) -> Usd {
+    Usd::from_str(s).expect("decimal literal")
 }
 
 /// Parses an RFC 3339 time (test helper).

@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use chrono::{DateTime, Utc};
-//! use rust_decimal::Decimal;
+//! use tally_money::Usd;
 //! use tally_budget::{parse_timezone, period_containing, thresholds_crossed, PeriodKind};
 //!
 //! let berlin = parse_timezone("Europe/Berlin").unwrap();
@@ -28,7 +28,7 @@
 //! assert_eq!(day.end.to_rfc3339(), "2024-03-31T22:00:00+00:00");
 //!
 //! // A debit from 4.00 to 8.00 of a 10.00 limit crosses 50 % and 80 %.
-//! let crossed = thresholds_crossed(&[50, 80, 100], Decimal::TEN, Decimal::from(4), Decimal::from(8));
+//! let crossed = thresholds_crossed(&[50, 80, 100], Usd::from(10), Usd::from(4), Usd::from(8));
 //! assert_eq!(crossed, vec![50, 80]);
 //! ```
 //!
@@ -113,9 +113,9 @@ use std::str::FromStr;
 
 use chrono::{DateTime, Datelike, Days, Months, NaiveDate, Offset, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use tally_money::MoneyError;
+use tally_money::Usd;
 
 /// Start of the single period of a [`PeriodKind::Total`] budget:
 /// `1970-01-01T00:00:00Z`.
@@ -694,7 +694,7 @@ impl Enforcement {
     /// Whether a budget with this enforcement refuses a new generation, given
     /// its limit and the spend of the current period: hard and
     /// [`is_exhausted`].
-    pub fn blocks(self, limit: Decimal, spent: Decimal) -> bool {
+    pub fn blocks(self, limit: Usd, spent: Usd) -> bool {
         self == Enforcement::Hard && is_exhausted(limit, spent)
     }
 }
@@ -717,17 +717,16 @@ impl FromStr for Enforcement {
     }
 }
 
-/// Checks a budget limit: a valid cost (`>= 0`, in range, at most 20
-/// fractional digits; see [`tally_money::ensure_cost`]). Returns it
-/// normalised (no trailing zeros). Zero is valid: see the crate docs.
-pub fn validate_limit(limit: Decimal) -> Result<Decimal, BudgetError> {
+/// Checks a budget limit: a valid cost (`>= 0`; range and precision hold
+/// for every [`Usd`], see [`tally_money::ensure_cost`]). Zero is valid: see the crate docs.
+pub fn validate_limit(limit: Usd) -> Result<Usd, BudgetError> {
     tally_money::ensure_cost(limit).map_err(BudgetError::InvalidLimit)
 }
 
 /// Whether a budget's limit is used up: `spent >= limit`. A new generation is
 /// allowed only while `spent < limit`, so hard budgets block from the moment
 /// the spend reaches the limit, and a zero limit blocks from the start.
-pub fn is_exhausted(limit: Decimal, spent: Decimal) -> bool {
+pub fn is_exhausted(limit: Usd, spent: Usd) -> bool {
     spent >= limit
 }
 
@@ -761,7 +760,8 @@ pub fn validate_thresholds(t: &[u32]) -> Result<Vec<u32>, BudgetError> {
 /// * Reaching a level exactly counts; one debit can cross several thresholds.
 /// * Only upward: if `after <= before` nothing is crossed.
 /// * The comparison is exact: `limit * pct / 100` is never rounded, even
-///   where the product needs more digits than a `Decimal` holds.
+///   where the level needs more digits than a `Usd` holds
+///   ([`Usd::cmp_percent_of`]).
 /// * A limit of 0 (or below): every threshold is crossed by the step that
 ///   makes the spend positive (`before <= 0 < after`), since any positive
 ///   spend is an infinite percentage of zero.
@@ -770,88 +770,26 @@ pub fn validate_thresholds(t: &[u32]) -> Result<Vec<u32>, BudgetError> {
 /// falls below a level and rises again crosses it again here. "Once per
 /// period" is the store's job: it records each `(budget, period, threshold)`
 /// alert at most once.
-pub fn thresholds_crossed(
-    thresholds: &[u32],
-    limit: Decimal,
-    before: Decimal,
-    after: Decimal,
-) -> Vec<u32> {
-    let mut crossed: Vec<u32> = if limit <= Decimal::ZERO {
-        if before <= Decimal::ZERO && after > Decimal::ZERO {
+pub fn thresholds_crossed(thresholds: &[u32], limit: Usd, before: Usd, after: Usd) -> Vec<u32> {
+    let mut crossed: Vec<u32> = if limit <= Usd::ZERO {
+        if before <= Usd::ZERO && after > Usd::ZERO {
             thresholds.to_vec()
         } else {
             Vec::new()
         }
     } else {
-        let before = Exact::from_decimal(before);
-        let after = Exact::from_decimal(after);
         thresholds
             .iter()
             .copied()
             .filter(|&pct| {
-                let level = Exact::level(limit, pct);
-                before.compare(&level).is_lt() && level.compare(&after).is_le()
+                before.cmp_percent_of(limit, pct).is_lt()
+                    && after.cmp_percent_of(limit, pct).is_ge()
             })
             .collect()
     };
     crossed.sort_unstable();
     crossed.dedup();
     crossed
-}
-
-/// An exact decimal `±magnitude / 10^scale` with room for `limit * pct`.
-#[derive(Clone, Copy, Debug)]
-struct Exact {
-    negative: bool,
-    magnitude: u128,
-    scale: u32,
-}
-
-impl Exact {
-    fn from_decimal(d: Decimal) -> Exact {
-        Exact {
-            negative: d.is_sign_negative() && !d.is_zero(),
-            magnitude: d.mantissa().unsigned_abs(),
-            scale: d.scale(),
-        }
-    }
-
-    /// `limit * pct / 100`, exactly: the mantissa is below 2^96 and `pct`
-    /// below 2^32, so the product fits in a `u128`; the scale grows by 2.
-    fn level(limit: Decimal, pct: u32) -> Exact {
-        let base = Exact::from_decimal(limit);
-        Exact {
-            negative: base.negative && pct != 0,
-            magnitude: base.magnitude * u128::from(pct),
-            scale: base.scale + 2,
-        }
-    }
-
-    fn compare(&self, other: &Exact) -> std::cmp::Ordering {
-        use std::cmp::Ordering;
-        match (self.negative, other.negative) {
-            (false, true) => Ordering::Greater,
-            (true, false) => Ordering::Less,
-            (false, false) => cmp_magnitudes(self, other),
-            (true, true) => cmp_magnitudes(other, self),
-        }
-    }
-}
-
-/// Compares `a.magnitude / 10^a.scale` with `b.magnitude / 10^b.scale`:
-/// integer parts first, then the fractional parts brought to a common scale
-/// (at most 30 digits, so `10^scale` and every scaled remainder fit a `u128`).
-fn cmp_magnitudes(a: &Exact, b: &Exact) -> std::cmp::Ordering {
-    let pa = 10u128.pow(a.scale);
-    let pb = 10u128.pow(b.scale);
-    let (ia, ra) = (a.magnitude / pa, a.magnitude % pa);
-    let (ib, rb) = (b.magnitude / pb, b.magnitude % pb);
-    ia.cmp(&ib).then_with(|| {
-        let common = a.scale.max(b.scale);
-        let fa = ra * 10u128.pow(common - a.scale);
-        let fb = rb * 10u128.pow(common - b.scale);
-        fa.cmp(&fb)
-    })
 }
 
 #[cfg(test)]
@@ -865,33 +803,16 @@ mod tests {
     }
 
     #[test]
-    fn exact_compare_handles_more_digits_than_decimal() {
+    fn thresholds_compare_exactly_past_28_digits() {
         // 333 % of a 28-digit limit needs 31 digits:
-        // 332999999.9999999999999999999667, which Decimal would round.
-        let limit = Decimal::from_str("99999999.99999999999999999999").unwrap();
-        let level = Exact::level(limit, 333);
-        let below =
-            Exact::from_decimal(Decimal::from_str("332999999.99999999999999999996").unwrap());
-        let above =
-            Exact::from_decimal(Decimal::from_str("332999999.99999999999999999997").unwrap());
-        assert!(below.compare(&level).is_lt());
-        assert!(above.compare(&level).is_gt());
-        let level = Exact::level(limit, 1000);
-        let equal =
-            Exact::from_decimal(Decimal::from_str("999999999.9999999999999999999").unwrap());
-        assert!(equal.compare(&level).is_eq());
-    }
-
-    #[test]
-    fn exact_compare_signs() {
-        let neg = Exact::from_decimal(Decimal::from_str("-1.5").unwrap());
-        let zero = Exact::from_decimal(Decimal::from_str("-0.000").unwrap());
-        let pos = Exact::from_decimal(Decimal::from_str("0.01").unwrap());
-        assert!(neg.compare(&zero).is_lt());
-        assert!(zero.compare(&pos).is_lt());
-        assert!(zero.compare(&Exact::from_decimal(Decimal::ZERO)).is_eq());
-        let neg2 = Exact::from_decimal(Decimal::from_str("-2").unwrap());
-        assert!(neg2.compare(&neg).is_lt());
+        // 332999999.9999999999999999999667.
+        let limit: Usd = "99999999.99999999999999999999".parse().unwrap();
+        let below: Usd = "332999999.99999999999999999996".parse().unwrap();
+        let above: Usd = "332999999.99999999999999999997".parse().unwrap();
+        assert_eq!(thresholds_crossed(&[333], limit, below, above), vec![333]);
+        assert!(thresholds_crossed(&[333], limit, Usd::ZERO, below).is_empty());
+        let equal: Usd = "999999999.9999999999999999999".parse().unwrap();
+        assert_eq!(thresholds_crossed(&[1000], limit, below, equal), vec![1000]);
     }
 
     #[test]

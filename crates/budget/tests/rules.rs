@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::str::FromStr;
 
 use proptest::prelude::*;
-use rust_decimal::Decimal;
 use serde::de::value::{Error as DeError, MapDeserializer, StrDeserializer};
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
@@ -13,9 +12,10 @@ use tally_budget::{
     Enforcement, GenerationFacts, PeriodKind, Scope, DEFAULT_THRESHOLDS, MAX_THRESHOLDS,
 };
 use tally_money::MoneyError;
+use tally_money::Usd;
 
-fn d(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap_or_else(|e| panic!("bad decimal {s}: {e}"))
+fn d(s: &str) -> Usd {
+    Usd::from_str(s).unwrap_or_else(|e| panic!("bad decimal {s}: {e}"))
 }
 
 // ---------------------------------------------------------------------------
@@ -113,12 +113,16 @@ fn thresholds_crossed_above_100_percent() {
         thresholds_crossed(&t, d("2"), d("3"), d("19.99")),
         Vec::<u32>::new()
     );
-    // 1000 % of the largest limit needs more digits than a Decimal has.
-    let limit = d("99999999.99999999999999999999");
+    // 1000 % of the largest limit lies beyond every amount: never reached.
     assert_eq!(
-        thresholds_crossed(&[1000], limit, d("0"), d("79228162514264337593543950335")),
-        vec![1000]
+        thresholds_crossed(&[1000], Usd::MAX, d("0"), Usd::MAX),
+        Vec::<u32>::new()
     );
+    assert_eq!(
+        thresholds_crossed(&[100], Usd::MAX, d("0"), Usd::MAX),
+        vec![100]
+    );
+    let limit = d("99999999.99999999999999999999");
     // 1000 % of it is 999999999.9999999999999999999 exactly.
     assert_eq!(
         thresholds_crossed(&[1000], limit, d("0"), d("999999999.9999999999999999999")),
@@ -128,8 +132,8 @@ fn thresholds_crossed_above_100_percent() {
         thresholds_crossed(&[1000], limit, d("0"), d("999999999.9999999999999999998")),
         Vec::<u32>::new()
     );
-    // 333 % of it is 332999999.9999999999999999999667: 31 digits, which a
-    // Decimal would round up to 333000000.
+    // 333 % of it is 332999999.9999999999999999999667: 31 digits, more
+    // than a Usd holds; the comparison is still exact.
     assert_eq!(
         thresholds_crossed(&[333], limit, d("0"), d("332999999.99999999999999999997")),
         vec![333]
@@ -200,13 +204,13 @@ proptest! {
     #[test]
     fn crossing_is_additive_and_upward_only(
         limit in 0i64..1_000_000_000,
-        scale in 0u32..12,
+        scale in 2u32..12,
         mut xs in proptest::collection::vec(-1_000_000_000i64..3_000_000_000, 3),
         thresholds in proptest::collection::vec(1u32..=1000, 0..10),
     ) {
         xs.sort_unstable();
-        let limit = Decimal::new(limit, scale);
-        let [a, b, c] = [xs[0], xs[1], xs[2]].map(|x| Decimal::new(x, scale));
+        let limit = Usd::new(limit, scale);
+        let [a, b, c] = [xs[0], xs[1], xs[2]].map(|x| Usd::new(x, scale));
         let ab = thresholds_crossed(&thresholds, limit, a, b);
         let bc = thresholds_crossed(&thresholds, limit, b, c);
         let ac = thresholds_crossed(&thresholds, limit, a, c);
@@ -215,15 +219,15 @@ proptest! {
         joined.sort_unstable();
         prop_assert_eq!(&joined, &ac, "a->b and b->c cross each threshold at most once in total");
         prop_assert!(thresholds_crossed(&thresholds, limit, c, a).is_empty());
-        // Agrees with the plain definition when Decimal arithmetic is exact
-        // (these magnitudes never round).
+        // Agrees with the plain definition `a < limit × pct / 100 <= c`,
+        // computed in integer units (these magnitudes fit an i128).
         for &pct in &thresholds {
             let crossed = ac.contains(&pct);
             let expected = if limit.is_zero() {
-                a <= Decimal::ZERO && c > Decimal::ZERO
+                a <= Usd::ZERO && c > Usd::ZERO
             } else {
-                let level = limit * Decimal::from(pct) / Decimal::from(100);
-                a < level && level <= c
+                let level = limit.units() * i128::from(pct);
+                a.units() * 100 < level && level <= c.units() * 100
             };
             prop_assert_eq!(crossed, expected, "pct {} limit {} {} -> {}", pct, limit, a, c);
         }
@@ -236,18 +240,25 @@ proptest! {
 
 #[test]
 fn validate_limit_accepts_costs_only() {
-    assert_eq!(validate_limit(d("0")), Ok(Decimal::ZERO));
+    assert_eq!(validate_limit(d("0")), Ok(Usd::ZERO));
     assert_eq!(validate_limit(d("10.50")), Ok(d("10.5")));
     assert_eq!(validate_limit(d("10.50")).unwrap().to_string(), "10.5");
     assert_eq!(
         validate_limit(d("99999999.99999999999999999999")),
         Ok(d("99999999.99999999999999999999"))
     );
-    let cases = [
-        ("-0.01", "negative_amount"),
-        ("100000000", "amount_out_of_range"),
-        ("0.000000000000000000001", "amount_too_precise"),
-    ];
+    // Range and precision are the parser's (every `Usd` holds them); the
+    // sign is the limit's own rule.
+    for (limit, money_code) in [
+        ("10000000001", "amount_out_of_range"),
+        ("0.00000000000000000000000000001", "amount_too_precise"),
+    ] {
+        assert_eq!(
+            tally_money::parse_cost_str(limit).unwrap_err().code(),
+            money_code
+        );
+    }
+    let cases = [("-0.01", "negative_amount")];
     for (limit, money_code) in cases {
         let err = validate_limit(d(limit)).unwrap_err();
         assert_eq!(err.code(), "invalid_limit", "{limit}");

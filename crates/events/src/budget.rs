@@ -17,8 +17,8 @@
 //!   budgets that keep overspending.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_money::Usd;
 
 use crate::check;
 use crate::{EventError, EventType, Payload};
@@ -40,10 +40,10 @@ pub struct ThresholdCrossed {
     pub threshold_percent: u32,
     /// The budget's limit for the period.
     #[serde(with = "tally_money::serde_cost")]
-    pub limit_usd: Decimal,
+    pub limit_usd: Usd,
     /// Spend in the period after the crossing debit.
     #[serde(with = "tally_money::serde_cost")]
-    pub spent_usd: Decimal,
+    pub spent_usd: Usd,
     /// Start of the period (inclusive).
     #[serde(with = "check::rfc3339")]
     pub period_start: DateTime<Utc>,

@@ -19,7 +19,7 @@
 //!   `DateTime::parse_from_rfc3339`, not chrono's lenient `FromStr`, to
 //!   match the schemas' `format: date-time`.
 
-use rust_decimal::Decimal;
+use tally_money::Usd;
 
 use crate::EventError;
 
@@ -120,7 +120,7 @@ pub(crate) fn opt_list(field: &str, value: Option<&[String]>) -> Result<(), Even
     Ok(())
 }
 
-pub(crate) fn cost(field: &str, value: &Decimal) -> Result<(), EventError> {
+pub(crate) fn cost(field: &str, value: &Usd) -> Result<(), EventError> {
     tally_money::ensure_cost(*value)
         .map(|_| ())
         .map_err(|source| EventError::InvalidMoney {
@@ -129,11 +129,11 @@ pub(crate) fn cost(field: &str, value: &Decimal) -> Result<(), EventError> {
         })
 }
 
-pub(crate) fn opt_cost(field: &str, value: Option<&Decimal>) -> Result<(), EventError> {
+pub(crate) fn opt_cost(field: &str, value: Option<&Usd>) -> Result<(), EventError> {
     value.map_or(Ok(()), |v| cost(field, v))
 }
 
-pub(crate) fn amount(field: &str, value: &Decimal) -> Result<(), EventError> {
+pub(crate) fn amount(field: &str, value: &Usd) -> Result<(), EventError> {
     tally_money::ensure_amount(*value)
         .map(|_| ())
         .map_err(|source| EventError::InvalidMoney {

@@ -19,8 +19,8 @@
 //!   non-negative amount.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_money::Usd;
 
 use crate::check;
 use crate::{EventError, EventType, Payload};
@@ -35,14 +35,14 @@ pub struct CostReconciled {
     pub org_id: String,
     /// The total actual cost (`total_cost_usd` + upstream cost when BYOK).
     #[serde(with = "tally_money::serde_cost")]
-    pub actual_cost_usd: Decimal,
+    pub actual_cost_usd: Usd,
     /// OpenRouter's `total_cost`.
     #[serde(with = "tally_money::serde_cost")]
-    pub total_cost_usd: Decimal,
+    pub total_cost_usd: Usd,
     /// OpenRouter's `upstream_inference_cost` (BYOK); JSON `null`, required,
     /// when absent.
     #[serde(with = "tally_money::serde_cost::opt")]
-    pub upstream_inference_cost_usd: Option<Decimal>,
+    pub upstream_inference_cost_usd: Option<Usd>,
     /// Whether the org's own provider key served it.
     pub is_byok: bool,
     /// Lookups it took (≥ 1).

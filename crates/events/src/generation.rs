@@ -8,7 +8,7 @@
 //! * The field set of every struct is exactly the `data` properties of its
 //!   schema (`#[serde(deny_unknown_fields)]`); optional fields are omitted
 //!   when `None`, required nullable fields are written as `null`.
-//! * Money is [`Decimal`] and travels as a decimal string; a JSON number is
+//! * Money is [`Usd`] and travels as a decimal string; a JSON number is
 //!   refused (`tally_money::serde_cost`).
 //!
 //! # Decisions
@@ -27,8 +27,8 @@
 //!   OpenRouter silently ignore it.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_money::Usd;
 
 use crate::check::{self, wire_enum};
 use crate::{EventError, EventType, Payload};
@@ -184,14 +184,14 @@ pub struct MaxPrice {
         with = "tally_money::serde_cost::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub prompt: Option<Decimal>,
+    pub prompt: Option<Usd>,
     /// Highest acceptable completion price.
     #[serde(
         default,
         with = "tally_money::serde_cost::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub completion: Option<Decimal>,
+    pub completion: Option<Usd>,
 }
 
 /// OpenRouter `provider` preferences.
@@ -454,10 +454,10 @@ pub struct GenerationCompleted {
     pub is_byok: bool,
     /// `usage.cost` (+ upstream inference cost when BYOK); `None` when missing.
     #[serde(default, with = "tally_money::serde_cost::opt")]
-    pub actual_cost_usd: Option<Decimal>,
+    pub actual_cost_usd: Option<Usd>,
     /// The producer's estimate from the price catalog.
     #[serde(default, with = "tally_money::serde_cost::opt")]
-    pub estimated_cost_usd: Option<Decimal>,
+    pub estimated_cost_usd: Option<Usd>,
     /// How it ended; `completed` when the producer does not say (most
     /// producers know nothing of statuses).
     #[serde(default)]
@@ -471,7 +471,7 @@ pub struct GenerationCompleted {
         with = "tally_money::serde_cost::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub upstream_inference_cost_usd: Option<Decimal>,
+    pub upstream_inference_cost_usd: Option<Usd>,
 }
 
 impl Payload for GenerationCompleted {

@@ -21,8 +21,8 @@
 //!   in text columns with the same spelling as the wire.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_money::Usd;
 
 use crate::check::{self, wire_enum};
 use crate::{EventError, EventType, Payload};
@@ -66,7 +66,7 @@ pub struct LedgerEntry {
     pub basis: Basis,
     /// The amount; negative only for adjustments.
     #[serde(with = "tally_money::serde_usd")]
-    pub amount_usd: Decimal,
+    pub amount_usd: Usd,
     /// Start of the budget period (inclusive).
     #[serde(with = "check::rfc3339")]
     pub period_start: DateTime<Utc>,

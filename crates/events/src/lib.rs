@@ -29,7 +29,7 @@
 //! * Pure: no I/O, no clocks except [`new_event_id`] and the upper bound
 //!   of the event-time window (`completed_at` ≤ now + 1 day, see [`time`]),
 //!   read once per validation.
-//! * Every amount is a [`rust_decimal::Decimal`] and travels as a decimal
+//! * Every amount is a [`tally_money::Usd`] and travels as a decimal
 //!   string through `tally_money`'s serde helpers; a JSON number where money
 //!   is expected is refused, never rounded through `f64`.
 //! * Costs are ≥ 0; only ledger adjustments may be negative.

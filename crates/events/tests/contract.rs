@@ -19,9 +19,9 @@ use std::sync::LazyLock;
 use chrono::{DateTime, SecondsFormat, TimeZone, Utc};
 use jsonschema::Validator;
 use proptest::prelude::*;
-use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tally_events::*;
+use tally_money::Usd;
 
 const PREFIX: &str = "tally";
 
@@ -484,7 +484,7 @@ fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn dec(s: &str) -> Decimal {
+fn dec(s: &str) -> Usd {
     tally_money::parse_decimal_str(s).unwrap()
 }
 
@@ -524,7 +524,7 @@ fn events_built_in_rust_satisfy_their_schemas() {
         },
         is_byok: false,
         actual_cost_usd: Some(dec("0.00012345678901234567")),
-        estimated_cost_usd: Some(Decimal::new(1500, 2)), // 15.00: written as "15"
+        estimated_cost_usd: Some(Usd::new(1500, 2)), // 15.00: written as "15"
         status: GenerationStatus::Cancelled,
         request_id: None,
         upstream_inference_cost_usd: None,
@@ -709,23 +709,26 @@ fn rust_validation_refuses_what_the_schema_would() {
         unresolved("x", Some(600)).validate().unwrap_err().code(),
         "invalid_data"
     );
-    // Too precise to be kept exactly: refused, not rounded.
-    let reconciled = CostReconciled {
-        generation_id: "gen-1".into(),
-        org_id: "acme".into(),
-        actual_cost_usd: Decimal::ONE / Decimal::from(3),
-        total_cost_usd: Decimal::ZERO,
-        upstream_inference_cost_usd: None,
-        is_byok: false,
-        attempts: 1,
-        reconciled_at: now,
-    };
-    let err = reconciled.validate().unwrap_err();
+    // Too precise to be kept exactly: refused when decoded, not rounded.
+    let mut doc = read_json(
+        &schemas_dir().join("examples/tally.cost.reconciled.v1/valid/not-byok-17-digit.json"),
+    );
+    doc["data"]["actual_cost_usd"] = json!("0.00000000000000000000000000001");
+    let subject = subject_of(EventType::CostReconciled, &doc);
+    let err = decode(PREFIX, &subject, &bytes(&doc)).unwrap_err();
     assert_eq!(err.code(), "invalid_money");
     assert_eq!(err.money_code(), Some("amount_too_precise"));
     assert_eq!(err.field(), Some("data.actual_cost_usd"));
-    let event = CloudEvent::new("x", "/s", "s", now, reconciled);
-    assert_eq!(event.validate().unwrap_err().code(), "invalid_money");
+    // 28 digits are kept.
+    doc["data"]["actual_cost_usd"] = json!("0.0000000000009999999999999999");
+    doc["data"]["total_cost_usd"] = json!("0.0000000000009999999999999999");
+    let event = decode(PREFIX, &subject, &bytes(&doc)).unwrap();
+    let back: Value = serde_json::from_slice(&event.to_json()).unwrap();
+    assert_eq!(
+        back["data"]["actual_cost_usd"],
+        "0.0000000000009999999999999999"
+    );
+    let _ = now;
 }
 
 static USD: LazyLock<Validator> = LazyLock::new(|| pattern_validator("usd"));
@@ -748,7 +751,7 @@ proptest! {
 
     /// The schemas' money patterns accept exactly what `tally_money` parses.
     #[test]
-    fn money_patterns_match_the_money_crate(text in "-?[0-9]{1,10}(\\.[0-9]{0,25})?") {
+    fn money_patterns_match_the_money_crate(text in "-?[0-9]{1,12}(\\.[0-9]{0,32})?") {
         let (usd, cost) = (&*USD, &*COST);
         let text_json = json!(text);
         prop_assert_eq!(usd.is_valid(&text_json), tally_money::parse_decimal_str(&text).is_ok(), "usd {}", text);
@@ -762,13 +765,13 @@ proptest! {
     /// Every amount tally can hold is written in a form the schemas accept.
     #[test]
     fn written_amounts_match_the_patterns(
-        (mantissa, scale) in (0u32..=20).prop_flat_map(|scale| {
-            // |value| < 10^8 with `scale` fractional digits.
-            let bound = 10i128.pow(8 + scale) - 1;
+        (mantissa, scale) in (0u32..=28).prop_flat_map(|scale| {
+            // |value| <= 10^10 with `scale` fractional digits.
+            let bound = 10i128.pow(10 + scale);
             (-bound..=bound, Just(scale))
         })
     ) {
-        let value = Decimal::from_i128_with_scale(mantissa, scale);
+        let value = Usd::from_parts(mantissa, scale).unwrap();
         prop_assert!(tally_money::ensure_amount(value).is_ok());
         let text = tally_money::to_decimal_string(&value);
         prop_assert!(USD.is_valid(&json!(text)), "{}", text);

@@ -60,7 +60,7 @@
 //!   database, including property tests over every order of facts.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
+use tally_money::Usd;
 
 pub use tally_events::{Basis, EntryKind};
 
@@ -131,14 +131,14 @@ pub enum Fact {
         /// Where the generation belongs.
         placement: Placement,
         /// The producer's estimate.
-        estimate: Option<Decimal>,
+        estimate: Option<Usd>,
         /// The actual cost, when the producer had it (`usage.cost`).
-        actual: Option<Decimal>,
+        actual: Option<Usd>,
     },
     /// From `tally.cost.reconciled.v1`.
     Reconciled {
         /// The actual cost (BYOK already included).
-        actual: Decimal,
+        actual: Usd,
     },
     /// From `tally.cost.unresolved.v1`.
     Unresolved {
@@ -158,9 +158,9 @@ pub enum Applied {
     /// The known actual stands; any other part of the fact was applied.
     ConflictingActual {
         /// The actual cost that stands.
-        kept: Decimal,
+        kept: Usd,
         /// The actual cost that was refused.
-        refused: Decimal,
+        refused: Usd,
     },
 }
 
@@ -170,9 +170,9 @@ pub struct Generation {
     /// Set once the completed event arrived.
     pub placement: Option<Placement>,
     /// The producer's estimate, from the first completed event.
-    pub estimate: Option<Decimal>,
+    pub estimate: Option<Usd>,
     /// The actual cost, from whichever fact brought it first.
-    pub actual: Option<Decimal>,
+    pub actual: Option<Usd>,
     /// Why the reconciler gave up, if it did.
     pub unresolved_reason: Option<String>,
 }
@@ -214,7 +214,7 @@ impl Generation {
         }
     }
 
-    fn learn_actual(&mut self, actual: Decimal) -> Applied {
+    fn learn_actual(&mut self, actual: Usd) -> Applied {
         match self.actual {
             None => {
                 self.actual = Some(actual);
@@ -231,12 +231,12 @@ impl Generation {
     /// The net debit every matching budget must carry for this generation,
     /// and its basis. `None` while the generation is not booked (no completed
     /// event yet).
-    pub fn net_debit(&self) -> Option<(Decimal, Basis)> {
+    pub fn net_debit(&self) -> Option<(Usd, Basis)> {
         self.placement.as_ref()?;
         Some(match (self.actual, self.estimate) {
             (Some(a), _) => (a, Basis::Actual),
             (None, Some(e)) => (e, Basis::Estimate),
-            (None, None) => (Decimal::ZERO, Basis::None),
+            (None, None) => (Usd::ZERO, Basis::None),
         })
     }
 
@@ -258,13 +258,17 @@ impl Generation {
 /// A budget that carries nothing yet gets a debit of the full net debit
 /// (even zero, so that every booked generation is visible in every matching
 /// budget's journal); one that carries an amount gets an adjustment for the
-/// difference, if any.
-pub fn entry_needed(booked: Option<Decimal>, net: Decimal) -> Option<(EntryKind, Decimal)> {
-    match booked {
+/// difference, if any. The difference is exact; it fails (`amount_overflow`)
+/// only if it leaves [`Usd`]'s range, which two costs (both `>= 0`) never do.
+pub fn entry_needed(
+    booked: Option<Usd>,
+    net: Usd,
+) -> Result<Option<(EntryKind, Usd)>, tally_money::MoneyError> {
+    Ok(match booked {
         None => Some((EntryKind::Debit, net)),
         Some(b) if b == net => None,
-        Some(b) => Some((EntryKind::Adjustment, net - b)),
-    }
+        Some(b) => Some((EntryKind::Adjustment, net.try_sub(b)?)),
+    })
 }
 
 #[cfg(test)]
@@ -272,8 +276,8 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    fn usd(s: &str) -> Decimal {
-        Decimal::from_str(s).unwrap()
+    fn usd(s: &str) -> Usd {
+        Usd::from_str(s).unwrap()
     }
 
     fn completed(estimate: Option<&str>, actual: Option<&str>) -> Fact {
@@ -325,7 +329,7 @@ mod tests {
         assert_eq!(g.net_debit(), Some((usd("0.00015"), Basis::Actual)));
         assert_eq!(
             entry_needed(Some(usd("0.0002")), usd("0.00015")),
-            Some((EntryKind::Adjustment, usd("-0.00005")))
+            Ok(Some((EntryKind::Adjustment, usd("-0.00005"))))
         );
     }
 
@@ -357,11 +361,11 @@ mod tests {
     #[test]
     fn nothing_known_is_unpriced_at_zero() {
         let g = fold(&[completed(None, None)]);
-        assert_eq!(g.net_debit(), Some((Decimal::ZERO, Basis::None)));
+        assert_eq!(g.net_debit(), Some((Usd::ZERO, Basis::None)));
         assert_eq!(g.state(), CostState::Unpriced);
         assert_eq!(
-            entry_needed(None, Decimal::ZERO),
-            Some((EntryKind::Debit, Decimal::ZERO))
+            entry_needed(None, Usd::ZERO),
+            Ok(Some((EntryKind::Debit, Usd::ZERO)))
         );
     }
 
@@ -391,7 +395,7 @@ mod tests {
         assert_eq!(g.apply(&completed(Some("1"), None)), Applied::Duplicate);
         assert_eq!(g.apply(&completed(Some("9"), None)), Applied::Duplicate);
         assert_eq!(g.estimate, Some(usd("1")));
-        assert_eq!(entry_needed(Some(usd("1")), usd("1")), None);
+        assert_eq!(entry_needed(Some(usd("1")), usd("1")), Ok(None));
     }
 
     mod any_order {
@@ -409,7 +413,7 @@ mod tests {
                 any::<bool>(),
             )
                 .prop_map(|(e, a, actual_in_event, reconciled, unresolved)| {
-                    let to = |x: u64| Decimal::new(x as i64, 17);
+                    let to = |x: u64| Usd::new(x as i64, 17);
                     let mut out = vec![Fact::Completed {
                         placement: match completed(None, None) {
                             Fact::Completed { placement, .. } => placement,
@@ -454,18 +458,18 @@ mod tests {
                 // Book after every fact, as a projector committing one
                 // message per batch would.
                 let mut g = Generation::default();
-                let mut booked: Option<Decimal> = None;
+                let mut booked: Option<Usd> = None;
                 let mut entries = Vec::new();
                 for f in &facts {
                     g.apply(f);
                     if let Some((net, _)) = g.net_debit() {
-                        if let Some((kind, amount)) = entry_needed(booked, net) {
+                        if let Some((kind, amount)) = entry_needed(booked, net).unwrap() {
                             entries.push((kind, amount));
                             booked = Some(net);
                         }
                     }
                 }
-                let sum: Decimal = entries.iter().map(|(_, a)| *a).sum();
+                let sum = Usd::try_sum(entries.iter().map(|(_, a)| *a)).unwrap();
                 prop_assert_eq!(Some(sum), g.net_debit().map(|(n, _)| n));
                 prop_assert!(entries.iter().filter(|(k, _)| *k == EntryKind::Debit).count() == 1);
                 prop_assert!(entries.iter().filter(|(k, _)| *k == EntryKind::Adjustment).count() <= 1);

@@ -1,18 +1,23 @@
-//! Exact money for tally: the one place where amounts enter and leave the
-//! program.
+//! Exact money for tally: the one type every amount is, and the one place
+//! where amounts enter and leave the program.
 //!
-//! Every amount in tally is a [`rust_decimal::Decimal`] of US dollars. This
-//! crate turns the two textual forms money arrives in into `Decimal` without
-//! losing a digit, and turns `Decimal` back into the one form tally sends:
+//! Every amount in tally is a [`Usd`]: a signed fixed-point count of
+//! 10⁻²⁸ US dollars in an `i128`. This crate turns the textual forms money
+//! arrives in into `Usd` without losing a digit, and turns `Usd` back into
+//! the one form tally sends:
 //!
-//! * OpenRouter's JSON **numbers** (`0.00012345678901234567`, `1.425e-7`):
-//!   [`parse_json_number`] reads the literal text of the number (obtained with
-//!   `serde_json::value::RawValue`), never an `f64`.
+//! * OpenRouter's JSON **numbers** (`0.00012345678901234567`, `1.425e-7`,
+//!   `1.4999999999999999e-05`, `9.999999999999999e-13`): [`parse_json_number`]
+//!   reads the literal text of the number (obtained with
+//!   `serde_json::value::RawValue`, see [`json_number`]), never an `f64`.
 //! * tally's own **decimal strings** (`"0.000123"`, the wire format of every
 //!   event and of the HTTP API): [`parse_decimal_str`], matching
 //!   `^-?[0-9]+(\.[0-9]+)?$` exactly.
-//! * Output: [`to_decimal_string`], a plain decimal string without exponent
-//!   and without trailing zeros.
+//! * Output: [`to_decimal_string`] (and `Display`), a plain decimal string
+//!   without exponent and without trailing zeros.
+//! * Postgres `NUMERIC` (feature `sqlx`): [`Usd`] encodes and decodes the
+//!   binary `NUMERIC` format itself, digit for digit; a stored value that
+//!   `Usd` cannot hold exactly is a decode error, never rounded.
 //!
 //! # Money rules
 //!
@@ -28,46 +33,86 @@
 //! # Invariants
 //!
 //! * No function here goes through a binary floating point type.
-//! * Every accepted amount has at most [`MAX_SCALE`] digits after the point
-//!   and an absolute value below [`MAX_ABS_USD`], so that it fits the
-//!   Postgres column type `NUMERIC(38, 20)` and sums of many amounts stay
-//!   exact inside `Decimal`'s 96-bit mantissa.
-//! * Costs (what a generation cost, what a budget allows) are never negative;
-//!   only ledger adjustments may be ([`Sign`]).
+//! * Every [`Usd`] is exact; every accepted text denotes exactly the amount
+//!   it holds. A text with more than [`MAX_SCALE`] (28) significant
+//!   fractional digits is refused (`amount_too_precise`); one whose
+//!   magnitude exceeds [`Usd::MAX`] (10¹⁰ USD) is refused
+//!   (`amount_out_of_range`).
+//! * Arithmetic is exact or fails: `try_add`, `try_sub`, `try_mul_int`,
+//!   `try_sum` return [`MoneyError::Overflow`] (`amount_overflow`) past the
+//!   range. There is no rounding operation at all.
+//! * Costs (what a generation cost, what a budget allows) are never
+//!   negative; only ledger adjustments may be ([`ensure_cost`],
+//!   [`serde_cost`]).
 //!
 //! # Decisions
 //!
-//! * **Scale 20.** OpenRouter's costs carry up to 17 significant digits and
-//!   can be as small as `1e-9` USD per token; 20 fractional digits hold every
-//!   such figure exactly. An amount with more fractional digits than that is
-//!   *rejected*, not rounded: rounding money silently is the one thing this
-//!   crate exists to prevent.
-//! * **Range ±10⁸ USD.** `Decimal` holds 28 significant digits; with 20 of
-//!   them after the point, 8 remain before it. A single cost or budget limit
-//!   of 100 million dollars is far beyond any real generation, and the limit
-//!   keeps every balance exact.
+//! * **A fixed-point `i128` at scale 28, not `rust_decimal`.** OpenRouter
+//!   prints costs as JavaScript doubles: 17 significant digits with any
+//!   exponent, so `9.999999999999999e-13` needs 28 fractional digits, and
+//!   `1.4999999999999999e-05` (100 tokens × 1.5e-7 in double arithmetic)
+//!   needs 21. Holding those *and* summing them exactly to 10¹⁰ USD needs
+//!   28 + 11 = 39 significant digits. `rust_decimal` holds 28–29 and rounds
+//!   silently past that (eight × `99999999.99999999999999999999` came out
+//!   as `799999999.9999999999999999999`); `i128` holds 38.2 digits, i.e. at
+//!   scale 28 every amount up to 1.7 × 10¹⁰ USD, with one representation
+//!   per value, so equality, ordering and hashing are the integer's.
+//! * **Range ±10¹⁰ USD exactly.** The bound is the decimal 10¹⁰ (10³⁸
+//!   units) rather than `i128::MAX`, so it has a short decimal form that
+//!   the JSON Schemas' patterns, the Postgres `CHECK`s and people can state
+//!   exactly; every amount and every sum up to ten billion dollars is
+//!   exact, and one past it fails (`amount_out_of_range` when parsed,
+//!   `amount_overflow` when computed). The same choice as
+//!   TigerBeetle's and Stripe's integer minor units, with a unit small
+//!   enough for every double OpenRouter prints down to `e-12`. Costs of
+//!   17 significant digits below `1e-12` (needing more than 28 fractional
+//!   digits) are refused with `amount_too_precise`, loudly.
+//! * **Cost.** Addition is one `i128` add with an overflow check, with no
+//!   rescaling; parsing and printing are digit loops of the same order as
+//!   `rust_decimal`'s. `cargo bench -p tally-money --bench money` compares
+//!   parse, format and sum with `rust_decimal` on the same inputs.
+//! * **Refuse, never round.** An amount with more fractional digits than 28
+//!   is *rejected*, not rounded: rounding money silently is the one thing
+//!   this crate exists to prevent. The same holds for sums: no operator
+//!   `+` exists (it would have to panic or wrap); every sum is a `try_`.
+//! * **One type, the sign checked at the edges.** Costs and signed amounts
+//!   are both `Usd`; [`ensure_cost`] and the [`serde_cost`] helpers refuse a
+//!   negative cost where one enters, and Postgres `CHECK` constraints guard
+//!   the stored costs. One type keeps every sum (debits and adjustments
+//!   together) free of conversions.
+//! * **Postgres through its own binary format.** sqlx's `rust_decimal`
+//!   decoding cannot hold more than 28 digits; decoding `NUMERIC` ourselves
+//!   keeps `SUM()` results and stored totals exact on the way out, and the
+//!   columns are unconstrained `NUMERIC` so Postgres never rounds on the
+//!   way in (a constrained `NUMERIC(p, s)` rounds to `s` silently).
 //! * **Strings on the wire.** JSON numbers are decoded as doubles by most
 //!   consumers; a decimal string survives every JSON library unchanged. The
 //!   serde helpers therefore *refuse* JSON numbers where tally's contract
 //!   says string ([`serde_usd`]).
 
-use std::str::FromStr;
+mod usd;
 
-use rust_decimal::Decimal;
+#[cfg(feature = "sqlx")]
+mod pg;
 
-/// Most digits after the decimal point an amount may carry.
-pub const MAX_SCALE: u32 = 20;
+pub use usd::{Usd, SCALE};
 
-/// Exclusive upper bound of an amount's absolute value, in USD (10⁸).
-pub const MAX_ABS_USD: i64 = 100_000_000;
+/// Most significant digits after the decimal point an amount may carry
+/// (equal to [`SCALE`]).
+pub const MAX_SCALE: u32 = SCALE;
 
-/// Why a text is not money. Each variant maps to a stable [`code`](MoneyError::code).
+/// The largest absolute value of an amount or a sum, in whole dollars
+/// (10¹⁰, [`Usd::MAX`]).
+pub const MAX_ABS_USD: i64 = 10_000_000_000;
+
+/// Why a text is not money, or why an operation on money cannot be exact.
+/// Each variant maps to a stable [`code`](MoneyError::code).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum MoneyError {
     /// The text is not a number of the expected form.
     #[error("not a decimal amount: {0:?}")]
     Syntax(String),
-    /// More digits after the point than tally keeps.
+    /// More significant digits after the point than tally keeps.
     #[error("amount {text:?} has {scale} digits after the point; at most {MAX_SCALE} are kept")]
     TooPrecise {
         /// The offending text.
@@ -75,8 +120,8 @@ pub enum MoneyError {
         /// How many fractional digits it needs.
         scale: u32,
     },
-    /// Absolute value at or above [`MAX_ABS_USD`].
-    #[error("amount {0:?} is out of range (|amount| must be below 100000000)")]
+    /// Absolute value beyond [`Usd::MAX`].
+    #[error("amount {0:?} is out of range (|amount| must be at most 10000000000)")]
     OutOfRange(String),
     /// A negative amount where only costs (≥ 0) are allowed.
     #[error("amount {0:?} is negative; costs must be >= 0")]
@@ -84,6 +129,13 @@ pub enum MoneyError {
     /// A JSON number where the contract requires a decimal string.
     #[error("money must be a JSON string such as \"0.000123\", not a JSON number")]
     NumberNotString,
+    /// An arithmetic result beyond [`Usd::MAX`]: refused, never rounded or
+    /// wrapped.
+    #[error("money {op} overflows the exact range (|amount| <= 10000000000)")]
+    Overflow {
+        /// The operation (`add`, `subtract`, `multiply`, ...).
+        op: &'static str,
+    },
 }
 
 impl MoneyError {
@@ -95,6 +147,7 @@ impl MoneyError {
             MoneyError::OutOfRange(_) => "amount_out_of_range",
             MoneyError::Negative(_) => "negative_amount",
             MoneyError::NumberNotString => "amount_not_string",
+            MoneyError::Overflow { .. } => "amount_overflow",
         }
     }
 }
@@ -109,11 +162,11 @@ pub enum Sign {
 }
 
 /// Parses the literal text of a JSON number (as OpenRouter sends costs)
-/// exactly, including exponent notation (`1.425e-7`, `2E+3`).
+/// exactly, including exponent notation (`1.425e-7`, `2E+3`,
+/// `9.999999999999999e-13`).
 ///
-/// The result is a non-negative-or-negative amount checked against
-/// [`MAX_SCALE`] and [`MAX_ABS_USD`]; use [`ensure_cost`] to also require `>= 0`.
-pub fn parse_json_number(text: &str) -> Result<Decimal, MoneyError> {
+/// Use [`ensure_cost`] to also require `>= 0`.
+pub fn parse_json_number(text: &str) -> Result<Usd, MoneyError> {
     let syntax = || MoneyError::Syntax(text.to_owned());
     let t = text.trim();
     let (negative, rest) = match t.strip_prefix('-') {
@@ -158,42 +211,54 @@ pub fn parse_json_number(text: &str) -> Result<Decimal, MoneyError> {
     {
         return Err(syntax());
     }
-    // digits * 10^(exponent - frac_len)
-    let digits = format!("{int_part}{frac_part}");
-    let digits = digits.trim_start_matches('0');
-    let scale_shift = exponent - frac_part.len() as i64;
-    // Strip trailing zeros into the exponent so that "1.500e2" and "150" agree.
-    let trimmed = digits.trim_end_matches('0');
-    let shift = scale_shift + (digits.len() - trimmed.len()) as i64;
-    if trimmed.is_empty() {
-        return Ok(Decimal::ZERO);
+    // value = digits × 10^(exponent - frac_len); units = value × 10^SCALE.
+    let int_digits = int_part.trim_start_matches('0');
+    let all = int_digits.bytes().chain(frac_part.bytes());
+    let mut leading = true;
+    let mut sig: Vec<u8> = Vec::with_capacity(int_part.len() + frac_part.len());
+    for b in all {
+        if leading && b == b'0' {
+            continue;
+        }
+        leading = false;
+        sig.push(b);
     }
-    let integer_digits = trimmed.len() as i64 + shift;
-    if integer_digits > 8 {
-        return Err(MoneyError::OutOfRange(text.to_owned()));
+    let len_before = sig.len();
+    while sig.last() == Some(&b'0') {
+        sig.pop();
     }
-    let scale = if shift < 0 { (-shift) as u64 } else { 0 };
-    if scale > MAX_SCALE as u64 {
+    if sig.is_empty() {
+        return Ok(Usd::ZERO);
+    }
+    let trailing = (len_before - sig.len()) as i64;
+    // Power of ten the significant digits are multiplied by, in units.
+    let shift = i64::from(SCALE) + exponent - frac_part.len() as i64 + trailing;
+    if shift < 0 {
         return Err(MoneyError::TooPrecise {
             text: text.to_owned(),
-            scale: u32::try_from(scale).unwrap_or(u32::MAX),
+            scale: u32::try_from(i64::from(SCALE) - shift).unwrap_or(u32::MAX),
         });
     }
-    let plain = if shift >= 0 {
-        format!("{trimmed}{}", "0".repeat(shift as usize))
-    } else {
-        trimmed.to_owned()
-    };
-    let mut value = Decimal::from_str(&plain).map_err(|_| syntax())?;
-    value.set_scale(scale as u32).map_err(|_| syntax())?;
-    if negative {
-        value.set_sign_negative(true);
+    let out_of_range = || MoneyError::OutOfRange(text.to_owned());
+    if sig.len() as i64 + shift > 39 {
+        return Err(out_of_range());
     }
-    check_range(value, text)
+    let mut units: u128 = 0;
+    for b in &sig {
+        units = units
+            .checked_mul(10)
+            .and_then(|u| u.checked_add(u128::from(b - b'0')))
+            .ok_or_else(out_of_range)?;
+    }
+    let units = units
+        .checked_mul(10u128.pow(shift as u32))
+        .filter(|u| *u <= Usd::MAX.units() as u128)
+        .ok_or_else(out_of_range)? as i128;
+    Usd::from_units(if negative { -units } else { units }).map_err(|_| out_of_range())
 }
 
 /// Parses a tally decimal string (`^-?[0-9]+(\.[0-9]+)?$`) exactly.
-pub fn parse_decimal_str(text: &str) -> Result<Decimal, MoneyError> {
+pub fn parse_decimal_str(text: &str) -> Result<Usd, MoneyError> {
     let syntax = || MoneyError::Syntax(text.to_owned());
     let rest = text.strip_prefix('-').unwrap_or(text);
     let (int_part, frac_part) = match rest.split_once('.') {
@@ -213,90 +278,67 @@ pub fn parse_decimal_str(text: &str) -> Result<Decimal, MoneyError> {
 }
 
 /// Parses a decimal string that must be a cost (`>= 0`).
-pub fn parse_cost_str(text: &str) -> Result<Decimal, MoneyError> {
+pub fn parse_cost_str(text: &str) -> Result<Usd, MoneyError> {
     ensure_cost(parse_decimal_str(text)?)
 }
 
-/// Checks that an amount is a valid cost: `>= 0`, in range, at most [`MAX_SCALE`] digits.
-pub fn ensure_cost(value: Decimal) -> Result<Decimal, MoneyError> {
-    let value = ensure_amount(value)?;
-    if value.is_sign_negative() && !value.is_zero() {
+/// Checks that an amount is a valid cost: `>= 0`.
+pub fn ensure_cost(value: Usd) -> Result<Usd, MoneyError> {
+    if value.is_negative() {
         return Err(MoneyError::Negative(to_decimal_string(&value)));
     }
     Ok(value)
 }
 
-/// Checks that an amount of any sign is in range and not too precise.
-pub fn ensure_amount(value: Decimal) -> Result<Decimal, MoneyError> {
-    let normalized = value.normalize();
-    if normalized.scale() > MAX_SCALE {
-        return Err(MoneyError::TooPrecise {
-            text: normalized.to_string(),
-            scale: normalized.scale(),
-        });
-    }
-    check_range(normalized, &normalized.to_string())
-}
-
-fn check_range(value: Decimal, text: &str) -> Result<Decimal, MoneyError> {
-    if value.abs() >= Decimal::from(MAX_ABS_USD) {
-        return Err(MoneyError::OutOfRange(text.to_owned()));
-    }
-    // "-0" is zero.
-    if value.is_zero() {
-        return Ok(Decimal::ZERO);
-    }
+/// Checks that an amount of any sign is valid. Every [`Usd`] is (range and
+/// precision are guaranteed by construction); kept so callers can state
+/// the check where an amount enters.
+pub fn ensure_amount(value: Usd) -> Result<Usd, MoneyError> {
     Ok(value)
 }
 
 /// Formats an amount as tally's wire form: plain decimal, no exponent, no
 /// trailing zeros (`"0.000123"`, `"12"`, `"-0.5"`).
-pub fn to_decimal_string(value: &Decimal) -> String {
-    let n = value.normalize();
-    if n.is_zero() {
-        "0".to_owned()
-    } else {
-        n.to_string()
-    }
+pub fn to_decimal_string(value: &Usd) -> String {
+    value.to_string()
 }
 
-/// Serde helpers for `Decimal` fields that are decimal strings on the wire.
+/// Serde helpers for [`Usd`] fields that are decimal strings on the wire.
 ///
 /// Use as `#[serde(with = "tally_money::serde_usd")]` (any sign) or
-/// `tally_money::serde_cost` (`>= 0`); `_opt` variants for `Option<Decimal>`
+/// `tally_money::serde_cost` (`>= 0`); `_opt` variants for `Option<Usd>`
 /// (JSON `null` ↔ `None`). Deserialising a JSON number fails with
 /// [`MoneyError::NumberNotString`].
 pub mod serde_usd {
-    use rust_decimal::Decimal;
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
 
-    use crate::{parse_decimal_str, to_decimal_string};
+    use crate::{parse_decimal_str, Usd};
 
     /// Serialises as a decimal string.
-    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&to_decimal_string(value))
+    pub fn serialize<S: Serializer>(value: &Usd, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(value)
     }
 
     /// Deserialises from a decimal string only.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Usd, D::Error> {
         let v = super::de_string(d)?;
         parse_decimal_str(&v).map_err(D::Error::custom)
     }
 
-    /// `Option<Decimal>` as a decimal string or `null`.
+    /// `Option<Usd>` as a decimal string or `null`.
     pub mod opt {
         use super::*;
 
         /// Serialises `Some` as a decimal string and `None` as `null`.
-        pub fn serialize<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(value: &Option<Usd>, s: S) -> Result<S::Ok, S::Error> {
             match value {
-                Some(v) => s.serialize_str(&to_decimal_string(v)),
+                Some(v) => s.collect_str(v),
                 None => s.serialize_none(),
             }
         }
 
         /// Deserialises a decimal string or `null`.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Usd>, D::Error> {
             match Option::<super::super::StrOrNumber>::deserialize(d)? {
                 None => Ok(None),
                 Some(v) => parse_decimal_str(&v.into_string().map_err(D::Error::custom)?)
@@ -309,33 +351,32 @@ pub mod serde_usd {
 
 /// Like [`serde_usd`], but the amount must be a cost (`>= 0`).
 pub mod serde_cost {
-    use rust_decimal::Decimal;
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
 
-    use crate::parse_cost_str;
+    use crate::{parse_cost_str, Usd};
 
     /// Serialises as a decimal string.
-    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &Usd, s: S) -> Result<S::Ok, S::Error> {
         super::serde_usd::serialize(value, s)
     }
 
     /// Deserialises from a non-negative decimal string only.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Usd, D::Error> {
         let v = super::de_string(d)?;
         parse_cost_str(&v).map_err(D::Error::custom)
     }
 
-    /// `Option<Decimal>` cost as a decimal string or `null`.
+    /// `Option<Usd>` cost as a decimal string or `null`.
     pub mod opt {
         use super::*;
 
         /// Serialises `Some` as a decimal string and `None` as `null`.
-        pub fn serialize<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(value: &Option<Usd>, s: S) -> Result<S::Ok, S::Error> {
             super::super::serde_usd::opt::serialize(value, s)
         }
 
         /// Deserialises a non-negative decimal string or `null`.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Usd>, D::Error> {
             match Option::<super::super::StrOrNumber>::deserialize(d)? {
                 None => Ok(None),
                 Some(v) => parse_cost_str(&v.into_string().map_err(D::Error::custom)?)
@@ -370,6 +411,7 @@ impl<'de> serde::Deserialize<'de> for StrOrNumber {
             fn visit_i64<E: serde::de::Error>(self, _: i64) -> Result<StrOrNumber, E> {
                 Ok(StrOrNumber(Err(MoneyError::NumberNotString)))
             }
+            #[allow(clippy::float_arithmetic)]
             fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<StrOrNumber, E> {
                 Ok(StrOrNumber(Err(MoneyError::NumberNotString)))
             }
@@ -395,22 +437,23 @@ fn de_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error>
 /// read from its literal text, exactly.
 ///
 /// Use as `#[serde(default, with = "tally_money::json_number::opt")]` on
-/// `Option<Decimal>` fields of OpenRouter reply types.
+/// `Option<Usd>` fields of OpenRouter reply types. serde_json must be built
+/// with `raw_value` (it is, workspace-wide) so the literal text reaches
+/// [`parse_json_number`] untouched; `arbitrary_precision` is not needed.
 pub mod json_number {
-    use rust_decimal::Decimal;
     use serde::{de::Error as _, Deserialize, Deserializer, Serializer};
     use serde_json::value::RawValue;
 
-    use crate::parse_json_number;
+    use crate::{parse_json_number, Usd};
 
     /// Reads a JSON number literal exactly.
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Decimal, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Usd, D::Error> {
         let raw: Box<RawValue> = Box::deserialize(d)?;
         from_raw(&raw).map_err(D::Error::custom)
     }
 
     /// Writes the amount as a JSON number with its exact digits.
-    pub fn serialize<S: Serializer>(value: &Decimal, s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(value: &Usd, s: S) -> Result<S::Ok, S::Error> {
         use serde::Serialize;
         let text = crate::to_decimal_string(value);
         let raw = RawValue::from_string(text).map_err(serde::ser::Error::custom)?;
@@ -418,7 +461,7 @@ pub mod json_number {
     }
 
     /// Parses a raw JSON value that must be a number.
-    pub fn from_raw(raw: &RawValue) -> Result<Decimal, crate::MoneyError> {
+    pub fn from_raw(raw: &RawValue) -> Result<Usd, crate::MoneyError> {
         let text = raw.get();
         if text.starts_with('"') {
             return Err(crate::MoneyError::Syntax(text.to_owned()));
@@ -426,12 +469,12 @@ pub mod json_number {
         parse_json_number(text)
     }
 
-    /// `Option<Decimal>`: a JSON number or `null`.
+    /// `Option<Usd>`: a JSON number or `null`.
     pub mod opt {
         use super::*;
 
         /// Reads a JSON number literal exactly, or `null`.
-        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Decimal>, D::Error> {
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Usd>, D::Error> {
             let raw: Option<Box<RawValue>> = Option::deserialize(d)?;
             match raw {
                 None => Ok(None),
@@ -441,7 +484,7 @@ pub mod json_number {
         }
 
         /// Writes a JSON number or `null`.
-        pub fn serialize<S: Serializer>(value: &Option<Decimal>, s: S) -> Result<S::Ok, S::Error> {
+        pub fn serialize<S: Serializer>(value: &Option<Usd>, s: S) -> Result<S::Ok, S::Error> {
             match value {
                 Some(v) => super::serialize(v, s),
                 None => s.serialize_none(),
@@ -454,8 +497,8 @@ pub mod json_number {
 mod tests {
     use super::*;
 
-    fn d(s: &str) -> Decimal {
-        Decimal::from_str(s).unwrap()
+    fn d(s: &str) -> Usd {
+        parse_decimal_str(s).unwrap()
     }
 
     #[test]
@@ -474,12 +517,26 @@ mod tests {
             ("12345678.9", "12345678.9"),
             ("1e-20", "0.00000000000000000001"),
             ("-3.5", "-3.5"),
-            ("100e-22", "0.000000000000000000010"),
+            ("100e-22", "0.00000000000000000001"),
+            ("1.4999999999999999e-05", "0.000014999999999999999"),
+            ("9.999999999999999e-13", "0.0000000000009999999999999999"),
+            ("1e-28", "0.0000000000000000000000000001"),
+            ("1.2345678901234567e+9", "1234567890.1234567"),
+            ("10000000000", "10000000000"),
+            ("-1e10", "-10000000000"),
+            (
+                "9999999999.9999999999999999999999999999",
+                "9999999999.9999999999999999999999999999",
+            ),
+            (
+                "99999999.99999999999999999999",
+                "99999999.99999999999999999999",
+            ),
         ];
         for (text, want) in cases {
             let got = parse_json_number(text).unwrap_or_else(|e| panic!("{text}: {e}"));
             assert_eq!(got, d(want), "{text}");
-            assert_eq!(to_decimal_string(&got), to_decimal_string(&d(want)));
+            assert_eq!(to_decimal_string(&got), want, "{text}");
         }
     }
 
@@ -511,19 +568,23 @@ mod tests {
             );
         }
         assert!(matches!(
-            parse_json_number("1e-21"),
-            Err(MoneyError::TooPrecise { scale: 21, .. })
+            parse_json_number("1e-29"),
+            Err(MoneyError::TooPrecise { scale: 29, .. })
         ));
         assert!(matches!(
-            parse_json_number("0.000000000000000000001"),
+            parse_json_number("9.9999999999999999e-13"),
+            Err(MoneyError::TooPrecise { scale: 29, .. })
+        ));
+        assert!(matches!(
+            parse_json_number("0.00000000000000000000000000001"),
             Err(MoneyError::TooPrecise { .. })
         ));
         assert!(matches!(
-            parse_json_number("1e8"),
+            parse_json_number("10000000000.0000000000000000000000000001"),
             Err(MoneyError::OutOfRange(_))
         ));
         assert!(matches!(
-            parse_json_number("100000000"),
+            parse_json_number("1.0000000000000001e10"),
             Err(MoneyError::OutOfRange(_))
         ));
         assert!(matches!(
@@ -534,26 +595,44 @@ mod tests {
             parse_json_number("1e-999999999999"),
             Err(MoneyError::TooPrecise { .. })
         ));
+        // Trailing zeros past the scale are not precision.
         assert_eq!(
-            parse_json_number("99999999.99999999999999999999")
-                .unwrap()
-                .to_string(),
-            "99999999.99999999999999999999"
+            parse_json_number("1.00000000000000000000000000000000").unwrap(),
+            Usd::ONE
+        );
+        assert_eq!(
+            parse_json_number("1e10").unwrap().to_string(),
+            "10000000000"
         );
     }
 
     #[test]
     fn decimal_strings_follow_the_contract_pattern() {
-        assert_eq!(parse_decimal_str("0.000123").unwrap(), d("0.000123"));
-        assert_eq!(parse_decimal_str("-1.5").unwrap(), d("-1.5"));
-        for bad in ["1e-7", "1.", ".1", "+1", "1 ", "", "abc", "1_000"] {
+        assert_eq!(
+            parse_decimal_str("0.000123").unwrap().to_string(),
+            "0.000123"
+        );
+        assert_eq!(parse_decimal_str("-1.5").unwrap().to_string(), "-1.5");
+        for bad in [
+            "1e-7", "1.", ".1", "+1", "1 ", "", "abc", "1_000", "-", "--1",
+        ] {
             assert!(parse_decimal_str(bad).is_err(), "{bad:?}");
         }
         assert_eq!(
             parse_cost_str("-0.1").unwrap_err().code(),
             "negative_amount"
         );
-        assert_eq!(parse_cost_str("-0").unwrap(), Decimal::ZERO);
+        assert_eq!(parse_cost_str("-0").unwrap(), Usd::ZERO);
+        assert_eq!(
+            parse_decimal_str("0.00000000000000000000000000001")
+                .unwrap_err()
+                .code(),
+            "amount_too_precise"
+        );
+        assert_eq!(
+            parse_decimal_str("10000000001").unwrap_err().code(),
+            "amount_out_of_range"
+        );
     }
 
     #[test]
@@ -561,21 +640,29 @@ mod tests {
         #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
         struct T {
             #[serde(with = "serde_cost")]
-            a: Decimal,
+            a: Usd,
             #[serde(with = "serde_usd::opt", default)]
-            b: Option<Decimal>,
+            b: Option<Usd>,
+            #[serde(default)]
+            c: Usd,
         }
-        let t: T = serde_json::from_str(r#"{"a":"0.00012345678901234567","b":null}"#).unwrap();
-        assert_eq!(t.a, d("0.00012345678901234567"));
+        let t: T =
+            serde_json::from_str(r#"{"a":"0.0000000000009999999999999999","b":null,"c":"-2"}"#)
+                .unwrap();
+        assert_eq!(t.a, d("0.0000000000009999999999999999"));
         assert_eq!(
             serde_json::to_string(&t).unwrap(),
-            r#"{"a":"0.00012345678901234567","b":null}"#
+            r#"{"a":"0.0000000000009999999999999999","b":null,"c":"-2"}"#
         );
         let err = serde_json::from_str::<T>(r#"{"a":0.1}"#)
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a JSON number"), "{err}");
         let err = serde_json::from_str::<T>(r#"{"a":"0.1","b":2}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not a JSON number"), "{err}");
+        let err = serde_json::from_str::<T>(r#"{"a":"0.1","c":2}"#)
             .unwrap_err()
             .to_string();
         assert!(err.contains("not a JSON number"), "{err}");
@@ -587,14 +674,28 @@ mod tests {
         #[derive(serde::Deserialize)]
         struct R {
             #[serde(default, with = "json_number::opt")]
-            cost: Option<Decimal>,
+            cost: Option<Usd>,
         }
         let r: R = serde_json::from_str(r#"{"cost":1.425e-7}"#).unwrap();
         assert_eq!(r.cost, Some(d("0.0000001425")));
+        let r: R = serde_json::from_str(r#"{"cost":1.4999999999999999e-05}"#).unwrap();
+        assert_eq!(r.cost, Some(d("0.000014999999999999999")));
         let r: R = serde_json::from_str(r#"{"cost":null}"#).unwrap();
         assert_eq!(r.cost, None);
         let r: R = serde_json::from_str(r#"{}"#).unwrap();
         assert_eq!(r.cost, None);
         assert!(serde_json::from_str::<R>(r#"{"cost":"0.1"}"#).is_err());
+    }
+
+    #[test]
+    fn from_rust_decimal_is_exact() {
+        use std::str::FromStr;
+        let x = rust_decimal::Decimal::from_str("0.0000000000000000000000000001").unwrap();
+        assert_eq!(Usd::try_from(x).unwrap(), Usd::EPSILON);
+        let big = rust_decimal::Decimal::MAX;
+        assert_eq!(
+            Usd::try_from(big).unwrap_err().code(),
+            "amount_out_of_range"
+        );
     }
 }

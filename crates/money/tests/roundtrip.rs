@@ -1,32 +1,217 @@
-//! Property tests: every representable amount survives every textual form.
-
-use std::str::FromStr;
+//! Property tests: every representable amount survives every textual form,
+//! every double OpenRouter can print for a cost is kept exactly, and sums
+//! agree with an independent schoolbook decimal addition.
+//!
+//! `f64` appears here only to *produce literal text* the way OpenRouter's
+//! JavaScript backend does (Rust's shortest round-trip digits are the same
+//! digits JavaScript prints); the expected value is then derived from that
+//! text alone, never from the double.
+#![allow(clippy::float_arithmetic, clippy::excessive_precision)]
 
 use proptest::prelude::*;
-use rust_decimal::Decimal;
-use tally_money::{parse_decimal_str, parse_json_number, to_decimal_string, MAX_SCALE};
+use tally_money::{
+    parse_decimal_str, parse_json_number, to_decimal_string, MoneyError, Usd, MAX_SCALE,
+};
 
-/// Amounts tally accepts: up to 8 integer digits and up to 20 fractional digits.
-fn amount() -> impl Strategy<Value = Decimal> {
-    (
-        any::<bool>(),
-        0u64..100_000_000,
-        0u128..100_000_000_000_000_000_000u128,
-        0u32..=MAX_SCALE,
-    )
-        .prop_map(|(neg, int, frac, scale)| {
-            let frac_digits = if scale == 0 {
-                String::new()
-            } else {
-                let f = format!("{:020}", frac);
-                format!(".{}", &f[..scale as usize])
-            };
-            let text = format!("{}{}{}", if neg { "-" } else { "" }, int, frac_digits);
-            Decimal::from_str(&text).unwrap()
-        })
+/// Amounts tally holds: up to 10 integer digits and up to 28 fractional ones.
+fn amount() -> impl Strategy<Value = Usd> {
+    (0u32..=MAX_SCALE).prop_flat_map(|scale| {
+        let bound = 10i128.pow(10 + scale);
+        (-bound..=bound).prop_map(move |m| Usd::from_parts(m, scale).unwrap())
+    })
+}
+
+/// The shortest round-trip digits of `x` and its decimal exponent:
+/// `x = d.ddd… × 10^exp`.
+fn shortest(x: f64) -> (String, i32) {
+    let s = format!("{x:e}");
+    let (m, e) = s.split_once('e').unwrap();
+    (m.replace('.', ""), e.parse().unwrap())
+}
+
+/// `String(x)` in JavaScript (ECMAScript Number::toString) for `x > 0`.
+pub fn js_string(x: f64) -> String {
+    let (digits, exp) = shortest(x);
+    let k = digits.len() as i32;
+    let n = exp + 1; // x = 0.ddd × 10^n
+    if k <= n && n <= 21 {
+        format!("{digits}{}", "0".repeat((n - k) as usize))
+    } else if 0 < n && n <= 21 {
+        format!("{}.{}", &digits[..n as usize], &digits[n as usize..])
+    } else if -6 < n && n <= 0 {
+        format!("0.{}{digits}", "0".repeat((-n) as usize))
+    } else {
+        let e = n - 1;
+        let sign = if e < 0 { '-' } else { '+' };
+        let mantissa = if k == 1 {
+            digits.clone()
+        } else {
+            format!("{}.{}", &digits[..1], &digits[1..])
+        };
+        format!("{mantissa}e{sign}{}", e.abs())
+    }
+}
+
+/// Python's `repr(x)` (what `1.4999999999999999e-05` looks like): exponent
+/// form below 1e-4 and from 1e16, at least two exponent digits.
+fn python_repr(x: f64) -> String {
+    let (digits, exp) = shortest(x);
+    if (-4..16).contains(&exp) {
+        return js_string(x);
+    }
+    let mantissa = if digits.len() == 1 {
+        digits.clone()
+    } else {
+        format!("{}.{}", &digits[..1], &digits[1..])
+    };
+    let sign = if exp < 0 { '-' } else { '+' };
+    format!("{mantissa}e{sign}{:02}", exp.abs())
+}
+
+/// The exact plain decimal denoted by `digits × 10^(exp - len + 1)`,
+/// computed on the text alone.
+fn exact_plain(digits: &str, exp: i32) -> String {
+    let digits = digits.trim_end_matches('0');
+    let digits = if digits.is_empty() { "0" } else { digits };
+    let point = exp + 1; // digits before the decimal point
+    let k = digits.len() as i32;
+    if point >= k {
+        format!("{digits}{}", "0".repeat((point - k) as usize))
+    } else if point > 0 {
+        format!(
+            "{}.{}",
+            &digits[..point as usize],
+            &digits[point as usize..]
+        )
+    } else {
+        format!("0.{}{digits}", "0".repeat((-point) as usize))
+    }
+}
+
+/// Doubles across the cost range: 1e-12 up to 1e10, every exponent equally
+/// likely, full 52-bit mantissas (so most print with 16–17 digits).
+fn cost_double() -> impl Strategy<Value = f64> {
+    double_in(-12..10)
+}
+
+/// Doubles `m × 10^e`, `m` in [1, 10) with a full 52-bit fraction.
+fn double_in(exponents: std::ops::Range<i32>) -> impl Strategy<Value = f64> {
+    (exponents, 0u64..(1u64 << 52)).prop_map(|(e, bits)| {
+        let m = 1.0 + (bits as f64) / ((1u64 << 52) as f64) * 9.0; // [1, 10)
+        let x = m * 10f64.powi(e);
+        x.clamp(1e-12, 9.999_999_999_999_998e9)
+    })
+}
+
+/// Schoolbook addition of non-negative plain decimal strings: an
+/// independent exact sum.
+fn add_decimal(a: &str, b: &str) -> String {
+    let split = |s: &str| -> (String, String) {
+        match s.split_once('.') {
+            Some((i, f)) => (i.to_owned(), f.to_owned()),
+            None => (s.to_owned(), String::new()),
+        }
+    };
+    let (ai, af) = split(a);
+    let (bi, bf) = split(b);
+    let fl = af.len().max(bf.len());
+    let il = ai.len().max(bi.len());
+    let a_all = format!("{ai:0>il$}{af:0<fl$}");
+    let b_all = format!("{bi:0>il$}{bf:0<fl$}");
+    let mut out = Vec::with_capacity(il + fl + 1);
+    let mut carry = 0u8;
+    for (x, y) in a_all.bytes().rev().zip(b_all.bytes().rev()) {
+        let s = (x - b'0') + (y - b'0') + carry;
+        out.push(b'0' + s % 10);
+        carry = s / 10;
+    }
+    if carry > 0 {
+        out.push(b'0' + carry);
+    }
+    out.reverse();
+    let all = String::from_utf8(out).unwrap();
+    let (int, frac) = all.split_at(all.len() - fl);
+    let int = int.trim_start_matches('0');
+    let int = if int.is_empty() { "0" } else { int };
+    let frac = frac.trim_end_matches('0');
+    if frac.is_empty() {
+        int.to_owned()
+    } else {
+        format!("{int}.{frac}")
+    }
+}
+
+#[test]
+fn the_renderings_match_javascript_and_python() {
+    assert_eq!(js_string(1.4999999999999999e-05), "0.000014999999999999999");
+    assert_eq!(
+        python_repr(1.4999999999999999e-05),
+        "1.4999999999999999e-05"
+    );
+    assert_eq!(js_string(9.999999999999998e-13), "9.999999999999998e-13");
+    // `9.999999999999999e-13` denotes the same double as `1e-12`, which
+    // JavaScript prints as "1e-12"; the literal itself is still exact.
+    assert_eq!(js_string(9.999999999999999e-13), "1e-12");
+    assert_eq!(js_string(1.425e-7), "1.425e-7");
+    assert_eq!(js_string(0.000001), "0.000001");
+    assert_eq!(js_string(123.0), "123");
+    assert_eq!(js_string(1e21), "1e+21");
+    assert_eq!(
+        exact_plain("14999999999999999", -5),
+        "0.000014999999999999999"
+    );
+    assert_eq!(add_decimal("0.5", "99.75"), "100.25");
+    assert_eq!(
+        add_decimal("0.0000000000009999999999999999", "0"),
+        "0.0000000000009999999999999999"
+    );
+}
+
+#[test]
+fn openrouter_examples_are_exact() {
+    for (text, want) in [
+        ("1.4999999999999999e-05", "0.000014999999999999999"),
+        ("0.000014999999999999999", "0.000014999999999999999"),
+        ("9.999999999999999e-13", "0.0000000000009999999999999999"),
+        ("1.2345678901234567e-12", "0.0000000000012345678901234567"),
+    ] {
+        assert_eq!(to_decimal_string(&parse_json_number(text).unwrap()), want);
+    }
+    // 17 digits below e-12 need 29 fractional digits: refused, not rounded.
+    assert!(matches!(
+        parse_json_number("9.9999999999999999e-13"),
+        Err(MoneyError::TooPrecise { scale: 29, .. })
+    ));
 }
 
 proptest! {
+    #![proptest_config(ProptestConfig { cases: 4_000, ..ProptestConfig::default() })]
+
+    /// Every double in the cost range, printed as JavaScript and as Python
+    /// print it, parses to exactly the decimal its text denotes.
+    #[test]
+    fn every_cost_double_is_kept_exactly(x in cost_double()) {
+        let (digits, exp) = shortest(x);
+        let want = exact_plain(&digits, exp);
+        for text in [js_string(x), python_repr(x), format!("{x:e}"), format!("{x:E}")] {
+            let got = parse_json_number(&text).map_err(|e| TestCaseError::fail(format!("{text}: {e}")))?;
+            prop_assert_eq!(to_decimal_string(&got), want.clone(), "{}", text);
+        }
+    }
+
+    /// Below 1e-12 a double is either kept exactly or refused as too
+    /// precise: never rounded.
+    #[test]
+    fn tiny_doubles_are_exact_or_refused(e in -20i32..-12, bits in 0u64..(1u64 << 52)) {
+        let x = (1.0 + (bits as f64) / ((1u64 << 52) as f64) * 9.0) * 10f64.powi(e);
+        let (digits, exp) = shortest(x);
+        match parse_json_number(&js_string(x)) {
+            Ok(v) => prop_assert_eq!(to_decimal_string(&v), exact_plain(&digits, exp)),
+            Err(MoneyError::TooPrecise { scale, .. }) => prop_assert!(scale > MAX_SCALE),
+            Err(other) => prop_assert!(false, "{other}"),
+        }
+    }
+
     #[test]
     fn decimal_string_round_trips(x in amount()) {
         let text = to_decimal_string(&x);
@@ -36,17 +221,28 @@ proptest! {
     }
 
     #[test]
-    fn exponent_notation_is_exact(x in amount(), shift in 0i32..6) {
-        // Write x as mantissa × 10^shift, e.g. 0.000123 = 0.000000123e3.
-        let mut m = x;
-        let new_scale = m.scale() + shift as u32;
-        prop_assume!(new_scale <= 28);
-        m.set_scale(new_scale).unwrap();
-        let text = format!("{}e{}", m, shift);
-        let back = parse_json_number(&text).unwrap();
-        prop_assert_eq!(back, x);
-        let upper = format!("{}E+{}", m, shift);
-        prop_assert_eq!(parse_json_number(&upper).unwrap(), x);
+    fn exponent_notation_is_exact(x in amount(), shift in -10i32..10) {
+        // Write x as mantissa × 10^shift by moving the point in its text.
+        let text = to_decimal_string(&x);
+        let negative = text.starts_with('-');
+        let body = text.trim_start_matches('-');
+        let (int, frac) = body.split_once('.').unwrap_or((body, ""));
+        let digits = format!("{int}{frac}");
+        let digits_t = digits.trim_start_matches('0');
+        prop_assume!(!digits_t.is_empty());
+        // value = 0.digits_t × 10^(int_len - leading zeros of the whole)
+        let lead = (digits.len() - digits_t.len()) as i32;
+        let n = int.len() as i32 - lead;
+        let m = format!("0.{digits_t}");
+        let lit = format!("{}{}e{}", if negative { "-" } else { "" }, m, n);
+        prop_assert_eq!(parse_json_number(&lit).unwrap(), x, "{}", lit);
+        let shifted = format!("{}{}E+{}", if negative { "-" } else { "" }, m, n + shift);
+        if let Ok(v) = parse_json_number(&shifted) {
+            // Moving the point by `shift` multiplies by 10^shift, exactly.
+            if shift >= 0 {
+                prop_assert_eq!(Some(v), x.checked_mul_int(10u64.pow(shift as u32)));
+            }
+        }
     }
 
     #[test]
@@ -55,19 +251,54 @@ proptest! {
         prop_assert_eq!(parse_json_number(&text).unwrap(), parse_decimal_str(&text).unwrap());
     }
 
+    /// Sums of 17-significant-digit costs across the exponent range equal a
+    /// schoolbook decimal sum of their texts.
     #[test]
-    fn sums_of_many_costs_stay_exact(xs in proptest::collection::vec(0u64..10_000_000_000_000_000, 1..200)) {
-        // Costs of 17 significant digits at scale 20: the sum of the parsed
-        // decimals equals the integer sum of their digits.
-        let mut total = Decimal::ZERO;
-        let mut digits: u128 = 0;
+    fn sums_of_many_costs_stay_exact(xs in proptest::collection::vec(double_in(-12..7), 1..200)) {
+        let mut total = Usd::ZERO;
+        let mut independent = "0".to_owned();
         for x in &xs {
-            let text = format!("0.{:020}", x);
-            total += parse_decimal_str(&text).unwrap();
-            digits += u128::from(*x);
+            let (digits, exp) = shortest(*x);
+            let text = exact_plain(&digits, exp);
+            total = total.try_add(parse_json_number(&js_string(*x)).unwrap()).unwrap();
+            independent = add_decimal(&independent, &text);
         }
-        let mut expected = Decimal::from_i128_with_scale(digits as i128, 20);
-        expected = expected.normalize();
-        prop_assert_eq!(total.normalize(), expected);
+        prop_assert_eq!(to_decimal_string(&total), independent);
     }
+
+    /// Past the range, a sum fails; it never wraps or rounds.
+    #[test]
+    fn overflow_is_an_error(x in amount()) {
+        let r = Usd::MAX.try_add(x);
+        if x.is_positive() {
+            prop_assert_eq!(r.unwrap_err().code(), "amount_overflow");
+        } else {
+            prop_assert_eq!(r.unwrap().try_sub(x).unwrap(), Usd::MAX);
+        }
+    }
+}
+
+#[test]
+fn a_million_random_costs_sum_exactly() {
+    // xorshift-driven 17-digit costs d.dddddddddddddddd × 10^e, e in -12..=-2:
+    // the exact sum equals the integer sum of their digits at scale 28.
+    let mut s: u64 = 0x2545_F491_4F6C_DD1D;
+    let mut total = Usd::ZERO;
+    let mut units: u128 = 0;
+    for _ in 0..1_000_000 {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        let mantissa = 10_000_000_000_000_000 + s % 90_000_000_000_000_000;
+        let e = -12 + (s >> 60) as i32 % 11;
+        let text = format!(
+            "{}.{:016}e{e}",
+            mantissa / 10u64.pow(16),
+            mantissa % 10u64.pow(16)
+        );
+        total = total.try_add(parse_json_number(&text).unwrap()).unwrap();
+        // mantissa × 10^(e - 16) USD = mantissa × 10^(e + 12) units.
+        units += u128::from(mantissa) * 10u128.pow((e + 12) as u32);
+    }
+    assert_eq!(total.units() as u128, units);
 }

@@ -12,9 +12,9 @@
 //!   organisation's key is not.
 
 use reqwest::Method;
-use rust_decimal::Decimal;
 use secrecy::SecretString;
 use serde::Deserialize;
+use tally_money::Usd;
 
 use crate::{client::OpenRouterClient, error::OpenRouterError};
 
@@ -28,34 +28,34 @@ pub struct KeyInfo {
     pub label: String,
     /// Credit limit in USD (`None`: unlimited).
     #[serde(default, with = "tally_money::json_number::opt")]
-    pub limit: Option<Decimal>,
+    pub limit: Option<Usd>,
     /// What is left of the limit, USD.
     #[serde(default, with = "tally_money::json_number::opt")]
-    pub limit_remaining: Option<Decimal>,
+    pub limit_remaining: Option<Usd>,
     /// All-time usage, USD.
     #[serde(default, with = "tally_money::json_number::opt")]
-    pub usage: Option<Decimal>,
+    pub usage: Option<Usd>,
     /// Usage since the start of the UTC day, USD.
     #[serde(default, with = "tally_money::json_number::opt")]
-    pub usage_daily: Option<Decimal>,
+    pub usage_daily: Option<Usd>,
     /// Usage since the start of the UTC week, USD.
     #[serde(default, with = "tally_money::json_number::opt")]
-    pub usage_weekly: Option<Decimal>,
+    pub usage_weekly: Option<Usd>,
     /// Usage since the start of the UTC month, USD.
     #[serde(default, with = "tally_money::json_number::opt")]
-    pub usage_monthly: Option<Decimal>,
+    pub usage_monthly: Option<Usd>,
     /// All-time BYOK usage (billed by the providers), USD.
     #[serde(default, with = "tally_money::json_number::opt")]
-    pub byok_usage: Option<Decimal>,
+    pub byok_usage: Option<Usd>,
     /// BYOK usage this UTC day, USD.
     #[serde(default, with = "tally_money::json_number::opt")]
-    pub byok_usage_daily: Option<Decimal>,
+    pub byok_usage_daily: Option<Usd>,
     /// BYOK usage this UTC week, USD.
     #[serde(default, with = "tally_money::json_number::opt")]
-    pub byok_usage_weekly: Option<Decimal>,
+    pub byok_usage_weekly: Option<Usd>,
     /// BYOK usage this UTC month, USD.
     #[serde(default, with = "tally_money::json_number::opt")]
-    pub byok_usage_monthly: Option<Decimal>,
+    pub byok_usage_monthly: Option<Usd>,
     /// Whether the account is on the free tier.
     #[serde(default)]
     pub is_free_tier: bool,

@@ -194,11 +194,11 @@ impl ChatStreamAccumulator {
 mod tests {
     use super::*;
     use crate::sse::SseParser;
-    use rust_decimal::Decimal;
     use std::str::FromStr;
+    use tally_money::Usd;
 
-    fn d(s: &str) -> Decimal {
-        Decimal::from_str(s).unwrap()
+    fn d(s: &str) -> Usd {
+        Usd::from_str(s).unwrap()
     }
 
     #[test]

@@ -25,9 +25,9 @@
 //! * **404 is "not yet"** (see [`crate::error`]).
 
 use reqwest::Method;
-use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{value::RawValue, Value};
+use tally_money::Usd;
 
 use crate::{client::OpenRouterClient, error::OpenRouterError};
 
@@ -40,11 +40,11 @@ pub struct GenerationStats {
     /// OpenRouter's generation id (`gen-…`).
     pub id: String,
     /// What OpenRouter charged, USD. For BYOK generations only OpenRouter's fee.
-    pub total_cost: Decimal,
+    pub total_cost: Usd,
     /// The `usage` figure (USD), when sent.
-    pub usage: Option<Decimal>,
+    pub usage: Option<Usd>,
     /// What the upstream provider billed directly (USD); filled for BYOK.
-    pub upstream_inference_cost: Option<Decimal>,
+    pub upstream_inference_cost: Option<Usd>,
     /// Whether the generation ran on the customer's own provider key.
     pub is_byok: bool,
     /// Whether the generation was cancelled (an interrupted stream), when sent.
@@ -73,10 +73,14 @@ impl GenerationStats {
     /// A BYOK reply without `upstream_inference_cost` counts the upstream part
     /// as zero; check [`missing_upstream_cost`](Self::missing_upstream_cost)
     /// to tell that case apart.
-    pub fn actual_cost(&self) -> Decimal {
+    ///
+    /// The sum is exact; replies are refused when parsed if it would leave
+    /// [`Usd`]'s range, so this fails (`amount_overflow`) only for stats
+    /// built by hand.
+    pub fn actual_cost(&self) -> Result<Usd, tally_money::MoneyError> {
         match (self.is_byok, self.upstream_inference_cost) {
-            (true, Some(upstream)) => self.total_cost + upstream,
-            _ => self.total_cost,
+            (true, Some(upstream)) => self.total_cost.try_add(upstream),
+            _ => Ok(self.total_cost),
         }
     }
 
@@ -134,6 +138,14 @@ impl GenerationStats {
             Some(Value::Bool(b)) => b,
             Some(other) => return Err(bad(format!("data.is_byok is not a boolean: {other}"))),
         };
+        if let (true, Some(upstream)) = (is_byok, upstream_inference_cost) {
+            total_cost.try_add(upstream).map_err(|e| {
+                bad(format!(
+                    "data.total_cost + data.upstream_inference_cost cannot be exact ({}): {e}",
+                    e.code()
+                ))
+            })?;
+        }
         Ok(GenerationStats {
             id,
             total_cost,
@@ -181,7 +193,7 @@ pub(crate) fn cost(
     field: &str,
     raw: Option<&RawValue>,
     status: u16,
-) -> Result<Option<Decimal>, OpenRouterError> {
+) -> Result<Option<Usd>, OpenRouterError> {
     let Some(raw) = raw else { return Ok(None) };
     if raw.get() == "null" {
         return Ok(None);
@@ -238,8 +250,8 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    fn d(s: &str) -> Decimal {
-        Decimal::from_str(s).unwrap()
+    fn d(s: &str) -> Usd {
+        Usd::from_str(s).unwrap()
     }
 
     fn body(data: &str) -> Vec<u8> {
@@ -249,9 +261,9 @@ mod tests {
     #[test]
     fn minimal_reply() {
         let s = GenerationStats::from_reply_body(&body(r#"{"id":"g","total_cost":0}"#)).unwrap();
-        assert_eq!(s.total_cost, Decimal::ZERO);
+        assert_eq!(s.total_cost, Usd::ZERO);
         assert!(!s.is_byok);
-        assert_eq!(s.actual_cost(), Decimal::ZERO);
+        assert_eq!(s.actual_cost().unwrap(), Usd::ZERO);
         assert_eq!(s.usage, None);
     }
 
@@ -260,9 +272,9 @@ mod tests {
         for (data, needle) in [
             (r#"{"id":"g","total_cost":"0.001"}"#, "total_cost"),
             (r#"{"id":"g","total_cost":-0.001}"#, "negative"),
-            (r#"{"id":"g","total_cost":1e-21}"#, "too_precise"),
+            (r#"{"id":"g","total_cost":1e-29}"#, "too_precise"),
             (
-                r#"{"id":"g","total_cost":0.0000000000000000000001}"#,
+                r#"{"id":"g","total_cost":0.00000000000000000000000000001}"#,
                 "too_precise",
             ),
             (r#"{"id":"g","total_cost":true}"#, "total_cost"),
@@ -273,7 +285,7 @@ mod tests {
                 r#"{"id":"g","total_cost":1,"upstream_inference_cost":-1}"#,
                 "upstream",
             ),
-            (r#"{"id":"g","total_cost":1e9}"#, "out_of_range"),
+            (r#"{"id":"g","total_cost":1e11}"#, "out_of_range"),
             (r#"{"id":"g","total_cost":1,"is_byok":"yes"}"#, "is_byok"),
             (r#"{"total_cost":1}"#, "data.id"),
             (r#"{"id":"","total_cost":1}"#, "data.id"),
@@ -322,13 +334,13 @@ mod tests {
         ))
         .unwrap();
         assert!(s.missing_upstream_cost());
-        assert_eq!(s.actual_cost(), d("0.5"));
+        assert_eq!(s.actual_cost().unwrap(), d("0.5"));
         // Non-BYOK: an upstream figure is informational only.
         let s = GenerationStats::from_reply_body(&body(
             r#"{"id":"g","total_cost":0.5,"is_byok":false,"upstream_inference_cost":0.5}"#,
         ))
         .unwrap();
         assert!(!s.missing_upstream_cost());
-        assert_eq!(s.actual_cost(), d("0.5"));
+        assert_eq!(s.actual_cost().unwrap(), d("0.5"));
     }
 }

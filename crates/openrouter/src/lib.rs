@@ -25,7 +25,9 @@
 //!     ClientConfig::new("https://openrouter.ai/api/v1").with_api_key("sk-or-…"),
 //! )?;
 //! let stats = client.generation("gen-123").await?;
-//! println!("{} USD", stats.actual_cost());
+//! if let Ok(cost) = stats.actual_cost() {
+//!     println!("{cost} USD");
+//! }
 //! # Ok(()) }
 //! ```
 //!

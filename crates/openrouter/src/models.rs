@@ -19,9 +19,9 @@
 use std::collections::HashMap;
 
 use reqwest::Method;
-use rust_decimal::Decimal;
 use serde::Deserialize;
 use serde_json::{value::RawValue, Value};
+use tally_money::Usd;
 
 use crate::{client::OpenRouterClient, error::OpenRouterError};
 
@@ -84,7 +84,7 @@ pub enum Price {
     /// `"-1"`: decided per request, not known in advance.
     Dynamic,
     /// A fixed price in USD per unit (may be zero).
-    PerUnit(Decimal),
+    PerUnit(Usd),
 }
 
 impl Price {
@@ -92,14 +92,14 @@ impl Price {
     /// amount (`"0"`, `"0.00000015"`, `"1.5e-7"`) → [`Price::PerUnit`].
     pub fn parse(text: &str) -> Result<Price, tally_money::MoneyError> {
         let value = tally_money::parse_json_number(text.trim())?;
-        if value == Decimal::NEGATIVE_ONE {
+        if value == -Usd::ONE {
             return Ok(Price::Dynamic);
         }
         tally_money::ensure_cost(value).map(Price::PerUnit)
     }
 
     /// The fixed price, if there is one.
-    pub fn per_unit(&self) -> Option<Decimal> {
+    pub fn per_unit(&self) -> Option<Usd> {
         match self {
             Price::PerUnit(p) => Some(*p),
             Price::Unknown | Price::Dynamic => None,
@@ -249,14 +249,14 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    fn d(s: &str) -> Decimal {
-        Decimal::from_str(s).unwrap()
+    fn d(s: &str) -> Usd {
+        Usd::from_str(s).unwrap()
     }
 
     #[test]
     fn prices_parse_exactly() {
         assert_eq!(Price::parse("-1").unwrap(), Price::Dynamic);
-        assert_eq!(Price::parse("0").unwrap(), Price::PerUnit(Decimal::ZERO));
+        assert_eq!(Price::parse("0").unwrap(), Price::PerUnit(Usd::ZERO));
         assert_eq!(
             Price::parse("0.00000015").unwrap(),
             Price::PerUnit(d("0.00000015"))

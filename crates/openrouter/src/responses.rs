@@ -37,9 +37,9 @@
 use std::time::Duration;
 
 use reqwest::{header::HeaderMap, Method};
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use tally_money::Usd;
 
 use crate::{
     client::OpenRouterClient,
@@ -102,14 +102,14 @@ pub struct MaxPriceUsd {
         with = "tally_money::json_number::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub prompt: Option<Decimal>,
+    pub prompt: Option<Usd>,
     /// Highest completion price.
     #[serde(
         default,
         with = "tally_money::json_number::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub completion: Option<Decimal>,
+    pub completion: Option<Usd>,
 }
 
 /// One input message.
@@ -209,28 +209,30 @@ pub struct ResponseUsage {
     pub web_search_requests: Option<u64>,
     /// `usage.cost` (USD; for BYOK only OpenRouter's fee); `None` when null
     /// or absent.
-    pub cost: Option<Decimal>,
+    pub cost: Option<Usd>,
     /// Whether the org's own provider key served it.
     pub is_byok: bool,
     /// `cost_details.upstream_inference_cost` (USD): what the upstream
     /// provider billed (for BYOK, billed to the organisation's own key).
-    pub upstream_inference_cost: Option<Decimal>,
+    pub upstream_inference_cost: Option<Usd>,
     /// Its prompt part: `cost_details.upstream_inference_input_cost`
     /// (Responses API) or `upstream_inference_prompt_cost` (chat).
-    pub upstream_inference_input_cost: Option<Decimal>,
+    pub upstream_inference_input_cost: Option<Usd>,
     /// Its completion part: `cost_details.upstream_inference_output_cost`
     /// (Responses API) or `upstream_inference_completions_cost` (chat).
-    pub upstream_inference_output_cost: Option<Decimal>,
+    pub upstream_inference_output_cost: Option<Usd>,
 }
 
 impl ResponseUsage {
     /// What the generation really cost ([money rule 8](crate#money-rules)): `cost`, plus
     /// `upstream_inference_cost` for BYOK. `None` when `cost` is missing, or
-    /// for BYOK when the upstream cost is missing.
-    pub fn actual_cost(&self) -> Option<Decimal> {
+    /// for BYOK when the upstream cost is missing. The sum is exact (a reply
+    /// whose sum would leave [`Usd`]'s range is refused when parsed; for
+    /// hand-built usage it gives `None`, never a rounded figure).
+    pub fn actual_cost(&self) -> Option<Usd> {
         let cost = self.cost?;
         if self.is_byok {
-            Some(cost + self.upstream_inference_cost?)
+            cost.checked_add(self.upstream_inference_cost?)
         } else {
             Some(cost)
         }
@@ -369,17 +371,17 @@ struct WireTokensOut {
 #[derive(Deserialize, Default)]
 struct WireCostDetails {
     #[serde(default, with = "tally_money::json_number::opt")]
-    upstream_inference_cost: Option<Decimal>,
+    upstream_inference_cost: Option<Usd>,
     // The parts of the upstream cost: Responses API names…
     #[serde(default, with = "tally_money::json_number::opt")]
-    upstream_inference_input_cost: Option<Decimal>,
+    upstream_inference_input_cost: Option<Usd>,
     #[serde(default, with = "tally_money::json_number::opt")]
-    upstream_inference_output_cost: Option<Decimal>,
+    upstream_inference_output_cost: Option<Usd>,
     // …and chat-completions names.
     #[serde(default, with = "tally_money::json_number::opt")]
-    upstream_inference_prompt_cost: Option<Decimal>,
+    upstream_inference_prompt_cost: Option<Usd>,
     #[serde(default, with = "tally_money::json_number::opt")]
-    upstream_inference_completions_cost: Option<Decimal>,
+    upstream_inference_completions_cost: Option<Usd>,
 }
 
 #[derive(Deserialize, Default)]
@@ -400,7 +402,7 @@ pub(crate) struct WireUsage {
     completion_tokens_details: Option<WireTokensOut>,
     total_tokens: Option<u64>,
     #[serde(default, with = "tally_money::json_number::opt")]
-    cost: Option<Decimal>,
+    cost: Option<Usd>,
     is_byok: Option<bool>,
     cost_details: Option<WireCostDetails>,
     server_tool_use_details: Option<WireToolUse>,
@@ -427,6 +429,12 @@ impl WireUsage {
             if let Some(v) = v {
                 tally_money::ensure_cost(v).map_err(|e| format!("usage.{name}: {e}"))?;
             }
+        }
+        let upstream = details.upstream_inference_cost;
+        if let (Some(true), Some(c), Some(u)) = (self.is_byok, self.cost, upstream) {
+            c.try_add(u).map_err(|e| {
+                format!("usage.cost + usage.cost_details.upstream_inference_cost: {e}")
+            })?;
         }
         let tin = self.input_tokens_details.or(self.prompt_tokens_details);
         let tout = self
@@ -761,8 +769,8 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    fn d(s: &str) -> Decimal {
-        Decimal::from_str(s).unwrap()
+    fn d(s: &str) -> Usd {
+        Usd::from_str(s).unwrap()
     }
 
     #[test]

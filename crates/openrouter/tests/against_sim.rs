@@ -2,14 +2,14 @@
 
 use std::{str::FromStr, time::Duration};
 
-use rust_decimal::Decimal;
+use tally_money::Usd;
 use tally_openrouter::{ClientConfig, OpenRouterClient, OpenRouterError, Price};
 use tally_sim::{
     Fraction, NumberFormat, RunningSim, ScriptedReply, SimConfig, SimGeneration, Simulator,
 };
 
-fn d(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap()
+fn d(s: &str) -> Usd {
+    Usd::from_str(s).unwrap()
 }
 
 async fn start(cfg: SimConfig) -> RunningSim {
@@ -43,7 +43,7 @@ async fn costs_arrive_exact_to_the_digit() {
     let g = c.generation("gen-17").await.unwrap();
     assert_eq!(g.total_cost, d("0.00012345678901234567"));
     assert_eq!(g.total_cost.to_string(), "0.00012345678901234567");
-    assert_eq!(g.actual_cost(), d("0.00012345678901234567"));
+    assert_eq!(g.actual_cost().unwrap(), d("0.00012345678901234567"));
     assert_eq!(g.usage, Some(d("0.00012345678901234567")));
 
     let g = c.generation("gen-exp").await.unwrap();
@@ -81,7 +81,7 @@ async fn every_number_format_round_trips_exactly() {
         assert_eq!(got.total_cost, g.total_cost, "{id} {format:?}");
         assert_eq!(got.upstream_inference_cost, g.upstream_inference_cost);
         assert_eq!(got.is_byok, g.is_byok);
-        assert_eq!(got.actual_cost(), g.actual_cost());
+        assert_eq!(got.actual_cost().unwrap(), g.actual_cost());
     }
 }
 
@@ -95,7 +95,7 @@ async fn byok_actual_cost_is_fee_plus_upstream() {
     assert!(g.is_byok);
     assert_eq!(g.total_cost, d("0.0000001425"));
     assert_eq!(g.upstream_inference_cost, Some(d("0.00000285")));
-    assert_eq!(g.actual_cost(), d("0.0000029925"));
+    assert_eq!(g.actual_cost().unwrap(), d("0.0000029925"));
     assert!(!g.missing_upstream_cost());
 }
 
@@ -199,17 +199,16 @@ async fn scripted_faults_map_to_errors() {
 }
 
 #[tokio::test]
-async fn too_many_digits_is_malformed_never_rounded() {
+async fn a_cost_with_22_fractional_digits_is_kept_exactly() {
+    // Below 0.001 USD a 17-significant-digit double prints with more than
+    // 20 fractional digits; every one of them is kept (nothing rounds).
     let sim = start(SimConfig::ephemeral()).await;
+    let tiny = Usd::new(1, 22);
     sim.simulator()
-        .register_generation(SimGeneration::new("gen-tiny", Decimal::new(1, 22)));
-    let err = client(&sim).generation("gen-tiny").await.unwrap_err();
-    match err {
-        OpenRouterError::Malformed { reason, .. } => {
-            assert!(reason.contains("too_precise"), "{reason}")
-        }
-        other => panic!("{other:?}"),
-    }
+        .register_generation(SimGeneration::new("gen-tiny", tiny));
+    let stats = client(&sim).generation("gen-tiny").await.unwrap();
+    assert_eq!(stats.total_cost, tiny);
+    assert_eq!(stats.total_cost.to_string(), "0.0000000000000000000001");
 }
 
 #[tokio::test]

@@ -3,11 +3,11 @@
 
 use std::str::FromStr;
 
-use rust_decimal::Decimal;
+use tally_money::Usd;
 use tally_openrouter::{GenerationStats, ModelInfo, Price};
 
-fn d(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap()
+fn d(s: &str) -> Usd {
+    Usd::from_str(s).unwrap()
 }
 
 #[test]
@@ -20,7 +20,7 @@ fn generation_json() {
     assert_eq!(s.upstream_inference_cost, None);
     assert!(!s.is_byok);
     assert!(!s.missing_upstream_cost());
-    assert_eq!(s.actual_cost(), d("0.00012345678901234567"));
+    assert_eq!(s.actual_cost().unwrap(), d("0.00012345678901234567"));
     assert_eq!(s.cancelled, Some(false));
     assert_eq!(s.model.as_deref(), Some("openai/gpt-4o-mini"));
     assert_eq!(s.provider_name.as_deref(), Some("OpenAI"));
@@ -45,7 +45,7 @@ fn generation_byok_json() {
     assert_eq!(s.total_cost, d("0.0000001425"));
     assert_eq!(s.upstream_inference_cost, Some(d("0.00000285")));
     // Money rule 8: fee + upstream.
-    assert_eq!(s.actual_cost(), d("0.0000029925"));
+    assert_eq!(s.actual_cost().unwrap(), d("0.0000029925"));
     assert_eq!(s.provider_name.as_deref(), Some("Anthropic"));
     assert_eq!(s.native_tokens_prompt, Some(10));
 }
@@ -74,19 +74,19 @@ fn models_json() {
     assert_eq!(mini.context_length, Some(128_000));
     assert_eq!(mini.pricing.prompt, Price::PerUnit(d("0.00000015")));
     assert_eq!(mini.pricing.completion, Price::PerUnit(d("0.0000006")));
-    assert_eq!(mini.pricing.request, Price::PerUnit(Decimal::ZERO));
+    assert_eq!(mini.pricing.request, Price::PerUnit(Usd::ZERO));
     assert_eq!(
         mini.pricing.input_cache_read,
         Price::PerUnit(d("0.000000075"))
     );
     assert_eq!(mini.pricing.input_cache_write, Price::Unknown);
-    assert_eq!(mini.pricing.web_search, Price::PerUnit(Decimal::ZERO));
+    assert_eq!(mini.pricing.web_search, Price::PerUnit(Usd::ZERO));
     assert!(mini.supports("tools"));
     assert!(!mini.supports("reasoning"));
 
     let r1 = &models[1];
     assert_eq!(r1.pricing.input_cache_write, Price::PerUnit(d("0.0000005")));
-    assert_eq!(r1.pricing.internal_reasoning, Price::PerUnit(Decimal::ZERO));
+    assert_eq!(r1.pricing.internal_reasoning, Price::PerUnit(Usd::ZERO));
     assert!(r1.supports("reasoning"));
 
     let auto = &models[2];

@@ -4,12 +4,12 @@
 
 use std::{str::FromStr, time::Duration};
 
-use rust_decimal::Decimal;
+use tally_money::Usd;
 use tally_openrouter::{ClientConfig, OpenRouterClient, ResponsesRequest};
 use tally_sim::{Fraction, NumberFormat, RunningSim, SimConfig, Simulator};
 
-fn d(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap()
+fn d(s: &str) -> Usd {
+    Usd::from_str(s).unwrap()
 }
 
 async fn start(cfg: SimConfig) -> RunningSim {

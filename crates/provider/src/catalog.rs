@@ -14,8 +14,8 @@
 //! * **A dynamic price (`-1`) is not a price**: the API shows `null`, and no
 //!   estimate is made from it.
 
-use rust_decimal::Decimal;
 use serde::Serialize;
+use tally_money::Usd;
 use tally_openrouter::{ModelInfo, Price, Pricing};
 use tally_store::providers::{StoredModel, StoredPrice, StoredPricing};
 
@@ -187,7 +187,7 @@ pub fn has_dynamic_price(m: &StoredModel) -> bool {
 }
 
 /// The exact value of a price, if fixed.
-pub fn fixed(p: &StoredPrice) -> Option<Decimal> {
+pub fn fixed(p: &StoredPrice) -> Option<Usd> {
     match p {
         StoredPrice::PerUnit(d) => Some(*d),
         _ => None,

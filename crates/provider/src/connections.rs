@@ -16,9 +16,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+use tally_money::Usd;
 use tally_openrouter::{OpenRouterClient, OpenRouterError};
 use tally_secrets::{Context, Keyring};
 use tally_store::providers::{ConnectedVia, Connection, NewConnection, NewOAuthState};
@@ -328,7 +328,7 @@ impl Connections {
             key_label: c.key_label,
             limit_remaining_usd: c
                 .limit_remaining_usd
-                .map(|d: Decimal| tally_money::to_decimal_string(&d)),
+                .map(|d: Usd| tally_money::to_decimal_string(&d)),
             is_free_tier: c.is_free_tier,
             byok_providers: c.byok_providers,
             models: ModelsStatus {

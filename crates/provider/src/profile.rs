@@ -214,10 +214,7 @@ fn narrow_provider(
     Some(p)
 }
 
-fn min_opt(
-    a: Option<rust_decimal::Decimal>,
-    b: Option<rust_decimal::Decimal>,
-) -> Option<rust_decimal::Decimal> {
+fn min_opt(a: Option<tally_money::Usd>, b: Option<tally_money::Usd>) -> Option<tally_money::Usd> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
-use rust_decimal::Decimal;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 use tally_budget::{
@@ -24,6 +23,7 @@ use tally_budget::{
     PeriodKind, Scope,
 };
 use tally_ledger::{Basis, EntryKind};
+use tally_money::Usd;
 use uuid::Uuid;
 
 use crate::ledger::{post, Posting, PostingOptions};
@@ -47,7 +47,7 @@ pub struct Budget {
     /// The parsed time zone.
     pub tz: Tz,
     /// Spending limit per period.
-    pub limit_usd: Decimal,
+    pub limit_usd: Usd,
     /// Alert thresholds in percent of the limit, ascending.
     pub thresholds: Vec<u32>,
     /// Hard budgets block new generations when exhausted; soft ones only alert.
@@ -74,7 +74,7 @@ pub struct NewBudget {
     /// IANA time zone name.
     pub timezone: String,
     /// Limit per period.
-    pub limit_usd: Decimal,
+    pub limit_usd: Usd,
     /// Thresholds in percent.
     pub thresholds: Vec<u32>,
     /// Enforcement.
@@ -87,7 +87,7 @@ pub struct BudgetPatch {
     /// New name.
     pub name: Option<String>,
     /// New limit.
-    pub limit_usd: Option<Decimal>,
+    pub limit_usd: Option<Usd>,
     /// New thresholds.
     pub thresholds: Option<Vec<u32>>,
     /// New enforcement.
@@ -265,16 +265,16 @@ impl Store {
         let mut postings = Vec::with_capacity(rows.len());
         for r in &rows {
             let completed_at: DateTime<Utc> = r.try_get("completed_at")?;
-            let amount: Decimal = r.try_get("debited_usd")?;
+            let amount: Usd = r.try_get("debited_usd")?;
             let basis: String = r.try_get("basis")?;
             let basis = basis
                 .parse::<Basis>()
                 .ok()
                 .ok_or_else(|| StoreError::Corrupt(format!("generation basis {basis:?}")))?;
             let (d_actual, d_estimate) = match basis {
-                Basis::Actual => (amount, Decimal::ZERO),
-                Basis::Estimate => (Decimal::ZERO, amount),
-                Basis::None => (Decimal::ZERO, Decimal::ZERO),
+                Basis::Actual => (amount, Usd::ZERO),
+                Basis::Estimate => (Usd::ZERO, amount),
+                Basis::None => (Usd::ZERO, Usd::ZERO),
             };
             postings.push(Posting {
                 budget: budget.clone(),

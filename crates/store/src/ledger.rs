@@ -22,11 +22,11 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use sqlx::{Postgres, Row, Transaction};
 use tally_budget::{period_containing, thresholds_crossed, GenerationFacts, Period};
 use tally_events::{CloudEvent, EventType, LedgerEntry, LedgerPosted, ThresholdCrossed};
 use tally_ledger::{entry_needed, Applied, Basis, EntryKind, Fact, Generation, Placement};
+use tally_money::Usd;
 use uuid::Uuid;
 
 use crate::budgets::{self, Budget};
@@ -72,9 +72,9 @@ pub enum FactOutcome {
     /// letters with reason `conflicting_actual_cost`.
     ConflictingActual {
         /// The actual that stands.
-        kept: Decimal,
+        kept: Usd,
         /// The actual that was refused.
-        refused: Decimal,
+        refused: Usd,
     },
     /// The generation is recorded under another organisation; nothing was
     /// applied (dead letter `generation_org_mismatch`).
@@ -100,7 +100,7 @@ pub struct PostedEntry {
     /// Basis of the generation's net debit after this entry.
     pub basis: Basis,
     /// Amount (an adjustment may be negative).
-    pub amount_usd: Decimal,
+    pub amount_usd: Usd,
     /// Budget period.
     pub period: Period,
     /// Posting time.
@@ -124,7 +124,7 @@ pub struct BatchOutcome {
     pub newly_unresolved: u64,
     /// Net amount newly debited, by basis of the generation after the batch
     /// and the model that served it (for metrics: spend by basis and model).
-    pub debited_by_basis: Vec<(Basis, String, Decimal)>,
+    pub debited_by_basis: Vec<(Basis, String, Usd)>,
 }
 
 /// How derived events are produced.
@@ -154,7 +154,7 @@ struct Slot {
     gen: Generation,
     existed: bool,
     dirty: bool,
-    booked: Option<(Decimal, Basis)>,
+    booked: Option<(Usd, Basis)>,
     details: Option<CompletedDetails>,
     was_unresolved: bool,
 }
@@ -165,11 +165,11 @@ pub(crate) struct Posting {
     pub generation_id: String,
     pub kind: EntryKind,
     pub basis: Basis,
-    pub amount: Decimal,
+    pub amount: Usd,
     /// Change of the actual part of the period total.
-    pub d_actual: Decimal,
+    pub d_actual: Usd,
     /// Change of the estimated part of the period total.
-    pub d_estimate: Decimal,
+    pub d_estimate: Usd,
     pub period: Period,
 }
 
@@ -239,7 +239,7 @@ async fn apply_in_tx(
             None => None,
         };
         let unresolved_reason: Option<String> = row.try_get("unresolved_reason")?;
-        let debited: Option<Decimal> = row.try_get("debited_usd")?;
+        let debited: Option<Usd> = row.try_get("debited_usd")?;
         let basis: Option<String> = row.try_get("basis")?;
         let booked = match (
             debited,
@@ -319,7 +319,7 @@ async fn apply_in_tx(
     dirty.sort_by(|a, b| a.0.cmp(b.0));
     let mut newly_unpriced = 0;
     let mut newly_unresolved = 0;
-    let mut by_basis: BTreeMap<(&'static str, &str), (Basis, Decimal)> = BTreeMap::new();
+    let mut by_basis: BTreeMap<(&'static str, &str), (Basis, Usd)> = BTreeMap::new();
     for (id, slot) in &dirty {
         if slot.gen.unresolved_reason.is_some() && !slot.was_unresolved {
             newly_unresolved += 1;
@@ -332,18 +332,18 @@ async fn apply_in_tx(
             newly_unpriced += 1;
         }
         let old = slot.booked.map(|(d, _)| d);
-        let Some((kind, amount)) = entry_needed(old, net) else {
+        let Some((kind, amount)) = entry_needed(old, net)? else {
             continue;
         };
         let e = by_basis
             .entry((basis.as_str(), placement.model.as_str()))
-            .or_insert((basis, Decimal::ZERO));
-        e.1 += amount;
+            .or_insert((basis, Usd::ZERO));
+        e.1.try_add_assign(amount)?;
         let (mut d_actual, mut d_estimate) = split(basis, net);
         if let Some((old_amount, old_basis)) = slot.booked {
             let (oa, oe) = split(old_basis, old_amount);
-            d_actual -= oa;
-            d_estimate -= oe;
+            d_actual = d_actual.try_sub(oa)?;
+            d_estimate = d_estimate.try_sub(oe)?;
         }
         for b in budgets_matching(&budgets, placement) {
             postings.push(Posting {
@@ -422,11 +422,11 @@ async fn apply_in_tx(
 }
 
 /// The (actual, estimate) parts of a net debit of the given basis.
-fn split(basis: Basis, amount: Decimal) -> (Decimal, Decimal) {
+fn split(basis: Basis, amount: Usd) -> (Usd, Usd) {
     match basis {
-        Basis::Actual => (amount, Decimal::ZERO),
-        Basis::Estimate => (Decimal::ZERO, amount),
-        Basis::None => (Decimal::ZERO, Decimal::ZERO),
+        Basis::Actual => (amount, Usd::ZERO),
+        Basis::Estimate => (Usd::ZERO, amount),
+        Basis::None => (Usd::ZERO, Usd::ZERO),
     }
 }
 
@@ -462,10 +462,10 @@ struct GenColumns {
     status: Vec<Option<String>>,
     byok: Vec<bool>,
     completed_at: Vec<Option<DateTime<Utc>>>,
-    estimate: Vec<Option<Decimal>>,
-    actual: Vec<Option<Decimal>>,
+    estimate: Vec<Option<Usd>>,
+    actual: Vec<Option<Usd>>,
     unresolved: Vec<Option<String>>,
-    debited: Vec<Option<Decimal>>,
+    debited: Vec<Option<Usd>>,
     basis: Vec<Option<String>>,
     state: Vec<String>,
 }
@@ -609,9 +609,9 @@ pub(crate) async fn post(
     #[derive(Default)]
     struct Delta {
         end: Option<DateTime<Utc>>,
-        total: Decimal,
-        actual: Decimal,
-        estimate: Decimal,
+        total: Usd,
+        actual: Usd,
+        estimate: Usd,
         generations: i64,
     }
     let mut deltas: BTreeMap<(String, DateTime<Utc>), Delta> = BTreeMap::new();
@@ -620,9 +620,9 @@ pub(crate) async fn post(
             .entry((p.budget.id.clone(), p.period.start))
             .or_default();
         d.end = Some(p.period.end);
-        d.total += p.amount;
-        d.actual += p.d_actual;
-        d.estimate += p.d_estimate;
+        d.total.try_add_assign(p.amount)?;
+        d.actual.try_add_assign(p.d_actual)?;
+        d.estimate.try_add_assign(p.d_estimate)?;
         if p.kind == EntryKind::Debit {
             d.generations += 1;
         }
@@ -652,12 +652,12 @@ pub(crate) async fn post(
     // Threshold crossings: walk each period's postings in order from the
     // total before this batch, so an alert names the generation that
     // actually crossed.
-    let mut running: HashMap<(String, DateTime<Utc>), Decimal> = HashMap::new();
+    let mut running: HashMap<(String, DateTime<Utc>), Usd> = HashMap::new();
     for row in rows {
         let key: (String, DateTime<Utc>) =
             (row.try_get("budget_id")?, row.try_get("period_start")?);
-        let after: Decimal = row.try_get("spent_usd")?;
-        let before = after - deltas.get(&key).map(|d| d.total).unwrap_or_default();
+        let after: Usd = row.try_get("spent_usd")?;
+        let before = after.try_sub(deltas.get(&key).map(|d| d.total).unwrap_or_default())?;
         running.insert(key, before);
     }
     let mut crossings = Vec::new();
@@ -667,7 +667,7 @@ pub(crate) async fn post(
             continue;
         };
         let before = *total;
-        *total += p.amount;
+        total.try_add_assign(p.amount)?;
         if opts.publish {
             for t in thresholds_crossed(&p.budget.thresholds, p.budget.limit_usd, before, *total) {
                 crossings.push((p, t, *total));

@@ -61,8 +61,14 @@
 //!   money already booked between budgets; create a new budget instead.
 //!   Archiving stops counting generations completed after the archive time,
 //!   which a replay reproduces exactly.
-//! * **`NUMERIC(38, 20)`.** Exact, and wide enough for every amount
-//!   `tally-money` accepts and for sums of billions of them.
+//! * **Unconstrained `NUMERIC`, read as `Usd`.** Money columns are plain
+//!   `NUMERIC` (a `NUMERIC(p, s)` would round to `s` digits silently), with
+//!   `CHECK`s holding every stored amount to what `tally_money::Usd` keeps
+//!   (28 fractional digits, at most 10¹⁰ USD). Values travel in Postgres's
+//!   binary `NUMERIC` format through `tally-money`'s own codec (feature
+//!   `sqlx`), so `SUM()` results and stored totals come back digit for
+//!   digit; a value past the range is [`StoreError::Money`]
+//!   (`amount_overflow`), never rounded.
 //! * **Replays rebuild into a schema.** [`Store::connect_in_schema`] points
 //!   a store at another schema (search_path), so `tally replay` can rebuild
 //!   the projections beside the live ones and compare them.
@@ -137,6 +143,12 @@ pub enum StoreError {
     /// Any other database error.
     #[error("database error: {0}")]
     Database(String),
+    /// An amount that cannot be held or computed exactly: a sum past the
+    /// range of `Usd`, or a stored value with more digits than it keeps.
+    /// Refused, never rounded; the code is the money code
+    /// (`amount_overflow`, `amount_out_of_range`, `amount_too_precise`).
+    #[error("money cannot be exact: {0}")]
+    Money(#[from] tally_money::MoneyError),
 }
 
 impl StoreError {
@@ -154,6 +166,7 @@ impl StoreError {
             StoreError::Archived { .. } => "archived",
             StoreError::Corrupt(_) => "corrupt_data",
             StoreError::Database(_) => "database_error",
+            StoreError::Money(e) => e.code(),
         }
     }
 
@@ -171,6 +184,10 @@ impl From<sqlx::Error> for StoreError {
                 // serialization_failure, deadlock_detected
                 Some("40001") | Some("40P01") => StoreError::Transient(db.to_string()),
                 Some("23505") => StoreError::Conflict(db.to_string()),
+                // A money CHECK (`*_exact`): a total past what `Usd` holds.
+                Some("23514") if db.constraint().is_some_and(|c| c.ends_with("_exact")) => {
+                    StoreError::Money(tally_money::MoneyError::Overflow { op: "store" })
+                }
                 Some(c) if c.starts_with("08") || c.starts_with("57") => {
                     StoreError::Unavailable(db.to_string())
                 }
@@ -182,6 +199,12 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::Protocol(_) => StoreError::Unavailable(e.to_string()),
             sqlx::Error::RowNotFound => StoreError::NotFound { what: "row" },
+            sqlx::Error::ColumnDecode { source, .. } => {
+                match source.downcast_ref::<tally_money::MoneyError>() {
+                    Some(m) => StoreError::Money(m.clone()),
+                    None => StoreError::Database(e.to_string()),
+                }
+            }
             sqlx::Error::Configuration(_) => StoreError::InvalidUrl(e.to_string()),
             _ => StoreError::Database(e.to_string()),
         }

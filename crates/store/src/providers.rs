@@ -20,9 +20,9 @@
 //! them alone.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
+use tally_money::Usd;
 use tally_secrets::Sealed;
 
 use crate::{Store, StoreError};
@@ -70,7 +70,7 @@ pub struct NewConnection {
     /// The provider's masked label of the key.
     pub key_label: Option<String>,
     /// What is left of the key's credit limit, when it has one.
-    pub limit_remaining_usd: Option<Decimal>,
+    pub limit_remaining_usd: Option<Usd>,
     /// Whether the account is on the free tier.
     pub is_free_tier: Option<bool>,
     /// Upstream providers whose own keys the organisation brought (BYOK).
@@ -91,7 +91,7 @@ pub struct Connection {
     /// The provider's masked label.
     pub key_label: Option<String>,
     /// Remaining credit at the last check.
-    pub limit_remaining_usd: Option<Decimal>,
+    pub limit_remaining_usd: Option<Usd>,
     /// Free tier.
     pub is_free_tier: Option<bool>,
     /// BYOK providers.
@@ -173,22 +173,22 @@ pub enum StoredPrice {
     /// Decided per request.
     Dynamic,
     /// USD per unit.
-    PerUnit(Decimal),
+    PerUnit(Usd),
 }
 
 impl StoredPrice {
-    fn to_db(self) -> Option<Decimal> {
+    fn to_db(self) -> Option<Usd> {
         match self {
             StoredPrice::Unknown => None,
-            StoredPrice::Dynamic => Some(Decimal::NEGATIVE_ONE),
+            StoredPrice::Dynamic => Some(-Usd::ONE),
             StoredPrice::PerUnit(d) => Some(d),
         }
     }
 
-    fn from_db(v: Option<Decimal>) -> Self {
+    fn from_db(v: Option<Usd>) -> Self {
         match v {
             None => StoredPrice::Unknown,
-            Some(d) if d == Decimal::NEGATIVE_ONE => StoredPrice::Dynamic,
+            Some(d) if d == -Usd::ONE => StoredPrice::Dynamic,
             Some(d) => StoredPrice::PerUnit(d.normalize()),
         }
     }
@@ -264,7 +264,7 @@ fn connection_from(r: &PgRow) -> Result<Connection, StoreError> {
         via: ConnectedVia::parse(&via)?,
         key_label: r.try_get("key_label")?,
         limit_remaining_usd: r
-            .try_get::<Option<Decimal>, _>("limit_remaining_usd")?
+            .try_get::<Option<Usd>, _>("limit_remaining_usd")?
             .map(|d| d.normalize()),
         is_free_tier: r.try_get("is_free_tier")?,
         byok_providers: r.try_get("byok_providers")?,

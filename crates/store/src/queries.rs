@@ -2,8 +2,8 @@
 //! generations with their entries, spend aggregates and budget checks.
 //!
 //! Every method is one or two set-based statements; nothing here writes.
-//! Money stays `Decimal` (`NUMERIC` in Postgres) end to end: sums are taken
-//! by Postgres in `NUMERIC` and decoded into `Decimal` without rounding.
+//! Money stays `Usd` (`NUMERIC` in Postgres) end to end: sums are taken
+//! by Postgres in `NUMERIC` and decoded into `Usd` without rounding.
 //!
 //! # Invariants
 //!
@@ -30,11 +30,11 @@
 //!   field.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use sqlx::postgres::PgRow;
 use sqlx::Row;
 use tally_budget::{period_containing, GenerationFacts, Period};
 use tally_ledger::{Basis, CostState, EntryKind};
+use tally_money::Usd;
 use uuid::Uuid;
 
 use crate::budgets::Budget;
@@ -44,11 +44,11 @@ use crate::{Store, StoreError};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PeriodTotals {
     /// Everything debited in the period (`actual + estimated`).
-    pub spent_usd: Decimal,
+    pub spent_usd: Usd,
     /// The part of `spent_usd` booked at actual cost.
-    pub spent_actual_usd: Decimal,
+    pub spent_actual_usd: Usd,
     /// The part of `spent_usd` booked at estimated cost.
-    pub spent_estimated_usd: Decimal,
+    pub spent_estimated_usd: Usd,
     /// Generations counted in the period.
     pub generations: i64,
 }
@@ -67,7 +67,7 @@ pub struct EntryRow {
     /// Basis of the generation's net debit after this entry.
     pub basis: Basis,
     /// Amount (an adjustment may be negative).
-    pub amount_usd: Decimal,
+    pub amount_usd: Usd,
     /// The budget period the entry counts in.
     pub period: Period,
     /// When it was posted.
@@ -100,11 +100,11 @@ pub struct GenerationView {
     /// Event time (`None` while pending).
     pub completed_at: Option<DateTime<Utc>>,
     /// The producer's estimate.
-    pub estimated_cost_usd: Option<Decimal>,
+    pub estimated_cost_usd: Option<Usd>,
     /// The actual cost, once known.
-    pub actual_cost_usd: Option<Decimal>,
+    pub actual_cost_usd: Option<Usd>,
     /// What every matching budget carries (`None` while pending).
-    pub debited_usd: Option<Decimal>,
+    pub debited_usd: Option<Usd>,
     /// How `debited_usd` was determined (`None` while pending).
     pub basis: Option<Basis>,
     /// Accounting state.
@@ -171,11 +171,11 @@ pub struct SpendRow {
     /// generations without the grouped field.
     pub key: Option<String>,
     /// Net debits of the group.
-    pub spent_usd: Decimal,
+    pub spent_usd: Usd,
     /// The part booked at actual cost.
-    pub spent_actual_usd: Decimal,
+    pub spent_actual_usd: Usd,
     /// The part booked at estimated cost.
-    pub spent_estimated_usd: Decimal,
+    pub spent_estimated_usd: Usd,
     /// Generations in the group.
     pub generations: i64,
 }

@@ -23,8 +23,8 @@
 //!   the partial index `generations_missing_actual` keeps the scan to those.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use sqlx::Row;
+use tally_money::Usd;
 
 use crate::{Store, StoreError};
 
@@ -52,7 +52,7 @@ pub struct SweepCandidate {
     /// When it completed.
     pub completed_at: DateTime<Utc>,
     /// The producer's estimate, if any.
-    pub estimated_cost_usd: Option<Decimal>,
+    pub estimated_cost_usd: Option<Usd>,
     /// Its accounting state (`provisional`, `unresolved`, `unpriced`).
     pub state: String,
     /// Earlier sweep lookups of it.
@@ -63,11 +63,11 @@ pub struct SweepCandidate {
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BookedTotals {
     /// Net debit of every generation in the window (actual, else estimate).
-    pub booked_usd: Decimal,
+    pub booked_usd: Usd,
     /// The part booked at actual cost.
-    pub booked_actual_usd: Decimal,
+    pub booked_actual_usd: Usd,
     /// The part booked at the estimate.
-    pub booked_estimated_usd: Decimal,
+    pub booked_estimated_usd: Usd,
     /// Generations in the window.
     pub generations: i64,
     /// Those without an actual cost yet (estimate or unpriced).

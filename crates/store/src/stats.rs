@@ -10,8 +10,6 @@
 //!   that contains now; a budget with nothing booked in that period is in the
 //!   lowest band. A zero limit counts as exhausted.
 
-use rust_decimal::Decimal;
-
 use crate::{Store, StoreError};
 
 /// The utilisation bands reported, lowest first (label values).
@@ -19,18 +17,19 @@ pub const UTILISATION_BANDS: [&str; 5] = ["lt_50", "50_80", "80_90", "90_100", "
 
 /// How many active budgets are in each band of utilisation of their
 /// current period, and the highest utilisation.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct BudgetUtilisation {
     /// Counts in the order of [`UTILISATION_BANDS`].
     pub bands: [i64; 5],
-    /// Highest `spent / limit` of a budget with a positive limit (0 if none).
-    pub max_ratio: Decimal,
+    /// Highest `spent / limit` of a budget with a positive limit (0 if
+    /// none): a gauge value, not money, so a float.
+    pub max_ratio: f64,
 }
 
 impl Store {
     /// Utilisation of every active budget's current period.
     pub async fn budget_utilisation(&self) -> Result<BudgetUtilisation, StoreError> {
-        let row: (i64, i64, i64, i64, i64, Option<Decimal>) = sqlx::query_as(
+        let row: (i64, i64, i64, i64, i64, Option<f64>) = sqlx::query_as(
             "WITH u AS ( \
                  SELECT b.limit_usd AS l, COALESCE(p.spent_usd, 0) AS s \
                  FROM budgets b \
@@ -43,7 +42,7 @@ impl Store {
                  count(*) FILTER (WHERE s >= l * 0.8 AND s < l * 0.9), \
                  count(*) FILTER (WHERE s >= l * 0.9 AND s < l), \
                  count(*) FILTER (WHERE s >= l), \
-                 max(round(s / l, 6)) FILTER (WHERE l > 0) \
+                 (max(round(s / l, 6)) FILTER (WHERE l > 0))::float8 \
              FROM u",
         )
         .fetch_one(self.pool())

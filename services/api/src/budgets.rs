@@ -46,13 +46,13 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use chrono::Utc;
-use rust_decimal::Decimal;
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Deserializer, Serialize};
 use tally_budget::{
     parse_timezone, period_starting_at, validate_thresholds, Enforcement, PeriodKind, Scope,
     DEFAULT_THRESHOLDS,
 };
+use tally_money::Usd;
 use tally_store::ledger::PostingOptions;
 use tally_store::queries::CheckScope;
 use tally_store::{Budget, BudgetPatch, NewBudget};
@@ -195,7 +195,7 @@ async fn budget_body(state: &AppState, b: Budget) -> Result<BudgetBody, ApiError
     let (period, totals) = periods
         .pop()
         .ok_or_else(|| ApiError::internal("no period for a budget"))?;
-    Ok(BudgetBody::new(b, period, totals))
+    BudgetBody::new(b, period, totals)
 }
 
 /// Loads a budget the caller may see; another organisation's is 404 as
@@ -304,7 +304,7 @@ pub(crate) async fn list(
             .into_iter()
             .zip(periods)
             .map(|(b, (p, t))| BudgetBody::new(b, p, t))
-            .collect(),
+            .collect::<Result<_, _>>()?,
     }))
 }
 
@@ -322,7 +322,7 @@ pub(crate) async fn get(
 pub(crate) struct PeriodResponse {
     budget_id: String,
     #[serde(with = "tally_money::serde_usd")]
-    limit_usd: Decimal,
+    limit_usd: Usd,
     current: bool,
     #[serde(flatten)]
     period: PeriodBody,
@@ -341,7 +341,7 @@ pub(crate) async fn period(
     let totals = state.store.budget_period(&b, period).await?;
     Ok(Json(PeriodResponse {
         current: period.contains(Utc::now()),
-        period: PeriodBody::new(b.limit_usd, period, totals),
+        period: PeriodBody::new(b.limit_usd, period, totals)?,
         limit_usd: b.limit_usd,
         budget_id: b.id,
     }))
@@ -472,7 +472,7 @@ pub(crate) struct BudgetStatus {
     scope: Scope,
     enforcement: Enforcement,
     #[serde(with = "tally_money::serde_usd")]
-    limit_usd: Decimal,
+    limit_usd: Usd,
     blocks: bool,
     period: PeriodBody,
 }
@@ -518,16 +518,18 @@ pub(crate) async fn check(
         .await?;
     let budgets: Vec<BudgetStatus> = matching
         .into_iter()
-        .map(|(b, totals, period)| BudgetStatus {
-            blocks: b.enforcement.blocks(b.limit_usd, totals.spent_usd),
-            period: PeriodBody::new(b.limit_usd, period, totals),
-            id: b.id,
-            name: b.name,
-            scope: b.scope,
-            enforcement: b.enforcement,
-            limit_usd: b.limit_usd,
+        .map(|(b, totals, period)| {
+            Ok(BudgetStatus {
+                blocks: b.enforcement.blocks(b.limit_usd, totals.spent_usd),
+                period: PeriodBody::new(b.limit_usd, period, totals)?,
+                id: b.id,
+                name: b.name,
+                scope: b.scope,
+                enforcement: b.enforcement,
+                limit_usd: b.limit_usd,
+            })
         })
-        .collect();
+        .collect::<Result<_, ApiError>>()?;
     let blocking_budget = budgets.iter().find(|s| s.blocks).cloned();
     // The decision counts every matching budget; the details are one page
     // of them, in id order.

@@ -47,9 +47,8 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use rust_decimal::prelude::ToPrimitive;
-use rust_decimal::Decimal;
 use serde::Serialize;
+use tally_money::Usd;
 use tally_openrouter::{OpenRouterError, UsageWindow};
 
 use crate::auth::Caller;
@@ -68,29 +67,29 @@ pub struct WindowDrift {
     pub end: DateTime<Utc>,
     /// OpenRouter's `usage_<window>`.
     #[serde(with = "tally_money::serde_usd")]
-    pub provider_usage_usd: Decimal,
+    pub provider_usage_usd: Usd,
     /// OpenRouter's `byok_usage_<window>`.
     #[serde(with = "tally_money::serde_usd")]
-    pub provider_byok_usage_usd: Decimal,
+    pub provider_byok_usage_usd: Usd,
     /// Their sum: the actual cost of everything the key ran.
     #[serde(with = "tally_money::serde_usd")]
-    pub provider_total_usd: Decimal,
+    pub provider_total_usd: Usd,
     /// What tally booked for the generations completed in the window.
     #[serde(with = "tally_money::serde_usd")]
-    pub booked_usd: Decimal,
+    pub booked_usd: Usd,
     /// The part of it booked at actual cost.
     #[serde(with = "tally_money::serde_usd")]
-    pub booked_actual_usd: Decimal,
+    pub booked_actual_usd: Usd,
     /// The part of it booked at the estimate.
     #[serde(with = "tally_money::serde_usd")]
-    pub booked_estimated_usd: Decimal,
+    pub booked_estimated_usd: Usd,
     /// Generations tally booked in the window.
     pub generations: i64,
     /// Of those, without an actual cost yet.
     pub generations_without_actual: i64,
     /// `provider_total_usd − booked_usd`.
     #[serde(with = "tally_money::serde_usd")]
-    pub drift_usd: Decimal,
+    pub drift_usd: Usd,
 }
 
 /// The answer of `GET /v1/providers/openrouter/drift`.
@@ -165,7 +164,8 @@ pub async fn check(state: &AppState, org_id: &str) -> Result<DriftReport, ApiErr
         let drift = total
             .checked_sub(booked.booked_usd)
             .ok_or_else(|| ApiError::internal("drift overflows"))?;
-        if let Some(sample) = drift.to_f64() {
+        {
+            let sample = drift.to_f64_lossy();
             state
                 .metrics
                 .provider_drift

@@ -19,7 +19,7 @@
 //! | 431 | `headers_too_large` |
 //! | 415 | `unsupported_media_type` |
 //! | 422 | `duplicate_key`, `control_character`, `time_out_of_range`, `unknown_field`, `missing_field`, `invalid_field`, `invalid_body`, `immutable_field`, `invalid_id`, `invalid_time`, `invalid_range`, `range_too_large`, the money codes of `tally_money::MoneyError` (`amount_not_string`, `invalid_amount`, `amount_too_precise`, `negative_amount`, `amount_out_of_range`) and the budget codes of `tally_budget::BudgetError` (`unknown_timezone`, `invalid_period_kind`, `invalid_enforcement`, `invalid_threshold`, `too_many_thresholds`, `not_a_period_start`, `invalid_scope`, `instant_out_of_range`) |
-//! | 500 | `internal_error` |
+//! | 500 | `internal_error`; `amount_overflow` (and the other money codes) when a stored figure cannot be given exactly — never rounded |
 //! | 503 | `database_unavailable`, `transient_conflict`, `request_timeout`, `too_many_connections` |
 //!
 //! Input errors name the offending `field` (a JSON path such as
@@ -182,6 +182,19 @@ impl ApiError {
         )
     }
 
+    /// A 500 naming why a figure cannot be given exactly (a stored total
+    /// past 10^10 USD, or a difference past it): the money code
+    /// (`amount_overflow`, `amount_out_of_range`, `amount_too_precise`),
+    /// never a rounded figure.
+    pub fn money_not_exact(e: &tally_money::MoneyError) -> ApiError {
+        tracing::error!(error = %e, code = e.code(), "money cannot be exact");
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            e.code(),
+            format!("the amount cannot be given exactly: {e}"),
+        )
+    }
+
     /// A 500 whose cause is logged, not returned.
     pub fn internal(cause: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %cause, "internal error");
@@ -290,6 +303,7 @@ impl From<StoreError> for ApiError {
                 "transient_conflict",
                 "a concurrent change conflicted; retry".to_owned(),
             ),
+            StoreError::Money(m) => ApiError::money_not_exact(&m),
             other => ApiError::internal(other),
         }
     }

@@ -20,8 +20,8 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::Serialize;
+use tally_money::Usd;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -43,11 +43,11 @@ pub(crate) struct GenerationBody {
     is_byok: bool,
     completed_at: Option<DateTime<Utc>>,
     #[serde(with = "tally_money::serde_usd::opt")]
-    estimated_cost_usd: Option<Decimal>,
+    estimated_cost_usd: Option<Usd>,
     #[serde(with = "tally_money::serde_usd::opt")]
-    actual_cost_usd: Option<Decimal>,
+    actual_cost_usd: Option<Usd>,
     #[serde(with = "tally_money::serde_usd::opt")]
-    debited_usd: Option<Decimal>,
+    debited_usd: Option<Usd>,
     basis: Option<&'static str>,
     state: &'static str,
     unresolved_reason: Option<String>,

@@ -24,8 +24,8 @@
 use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, TimeDelta, Utc};
-use rust_decimal::Decimal;
 use serde::Serialize;
+use tally_money::Usd;
 use tally_store::queries::{GroupBy, SpendRow};
 
 use crate::auth::Caller;
@@ -45,11 +45,11 @@ pub const MAX_RANGE_DAYS: i64 = 400;
 #[derive(Serialize, Default)]
 pub(crate) struct SpendTotals {
     #[serde(with = "tally_money::serde_usd")]
-    spent_usd: Decimal,
+    spent_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
-    spent_actual_usd: Decimal,
+    spent_actual_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
-    spent_estimated_usd: Decimal,
+    spent_estimated_usd: Usd,
     generations: i64,
 }
 

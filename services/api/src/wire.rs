@@ -14,10 +14,10 @@
 //!   no history of their limits; the spend figures themselves are exact.
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use serde::Serialize;
 use tally_budget::{is_exhausted, Enforcement, Period, PeriodKind, Scope};
 use tally_ledger::Basis;
+use tally_money::Usd;
 use tally_store::queries::{EntryRow, PeriodTotals};
 use tally_store::Budget;
 
@@ -32,32 +32,36 @@ pub(crate) struct PeriodBody {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     #[serde(with = "tally_money::serde_usd")]
-    pub spent_usd: Decimal,
+    pub spent_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
-    pub spent_actual_usd: Decimal,
+    pub spent_actual_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
-    pub spent_estimated_usd: Decimal,
+    pub spent_estimated_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
-    pub remaining_usd: Decimal,
+    pub remaining_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
-    pub over_by_usd: Decimal,
+    pub over_by_usd: Usd,
     pub generations: i64,
     pub exhausted: bool,
 }
 
 impl PeriodBody {
-    pub fn new(limit: Decimal, period: Period, t: PeriodTotals) -> PeriodBody {
-        PeriodBody {
+    /// The period's figures; `remaining` and `over_by` are exact
+    /// differences (an error naming `amount_overflow` if one leaves the
+    /// range, never a rounded figure).
+    pub fn new(limit: Usd, period: Period, t: PeriodTotals) -> Result<PeriodBody, ApiError> {
+        let money = |e| ApiError::money_not_exact(&e);
+        Ok(PeriodBody {
             start: period.start,
             end: period.end,
             spent_usd: t.spent_usd,
             spent_actual_usd: t.spent_actual_usd,
             spent_estimated_usd: t.spent_estimated_usd,
-            remaining_usd: (limit - t.spent_usd).max(Decimal::ZERO),
-            over_by_usd: (t.spent_usd - limit).max(Decimal::ZERO),
+            remaining_usd: limit.try_sub(t.spent_usd).map_err(money)?.max(Usd::ZERO),
+            over_by_usd: t.spent_usd.try_sub(limit).map_err(money)?.max(Usd::ZERO),
             generations: t.generations,
             exhausted: is_exhausted(limit, t.spent_usd),
-        }
+        })
     }
 }
 
@@ -71,7 +75,7 @@ pub(crate) struct BudgetBody {
     pub period: PeriodKind,
     pub timezone: String,
     #[serde(with = "tally_money::serde_usd")]
-    pub limit_usd: Decimal,
+    pub limit_usd: Usd,
     pub thresholds_percent: Vec<u32>,
     pub enforcement: Enforcement,
     pub created_at: DateTime<Utc>,
@@ -83,9 +87,9 @@ pub(crate) struct BudgetBody {
 }
 
 impl BudgetBody {
-    pub fn new(b: Budget, period: Period, totals: PeriodTotals) -> BudgetBody {
-        BudgetBody {
-            current_period: PeriodBody::new(b.limit_usd, period, totals),
+    pub fn new(b: Budget, period: Period, totals: PeriodTotals) -> Result<BudgetBody, ApiError> {
+        Ok(BudgetBody {
+            current_period: PeriodBody::new(b.limit_usd, period, totals)?,
             id: b.id,
             org_id: b.org_id,
             name: b.name,
@@ -99,7 +103,7 @@ impl BudgetBody {
             updated_at: b.updated_at,
             archived_at: b.archived_at,
             booked_generations: None,
-        }
+        })
     }
 }
 
@@ -112,7 +116,7 @@ pub(crate) struct EntryBody {
     pub kind: &'static str,
     pub basis: &'static str,
     #[serde(with = "tally_money::serde_usd")]
-    pub amount_usd: Decimal,
+    pub amount_usd: Usd,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
     pub posted_at: DateTime<Utc>,
@@ -227,7 +231,7 @@ pub(crate) fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
 
 /// Parses a money field given as any JSON value: only a decimal string is
 /// accepted; a JSON number is refused with `amount_not_string`.
-pub(crate) fn parse_money(field: &str, value: &serde_json::Value) -> Result<Decimal, ApiError> {
+pub(crate) fn parse_money(field: &str, value: &serde_json::Value) -> Result<Usd, ApiError> {
     use tally_money::MoneyError;
     let parsed = match value {
         serde_json::Value::String(s) => tally_money::parse_cost_str(s),
@@ -276,13 +280,13 @@ mod tests {
     fn remaining_is_clamped() {
         let p = Period::TOTAL;
         let t = PeriodTotals {
-            spent_usd: Decimal::new(15, 1),
-            spent_actual_usd: Decimal::new(15, 1),
+            spent_usd: Usd::new(15, 1),
+            spent_actual_usd: Usd::new(15, 1),
             ..Default::default()
         };
-        let body = PeriodBody::new(Decimal::ONE, p, t);
-        assert_eq!(body.remaining_usd, Decimal::ZERO);
-        assert_eq!(body.over_by_usd, Decimal::new(5, 1));
+        let body = PeriodBody::new(Usd::ONE, p, t).unwrap();
+        assert_eq!(body.remaining_usd, Usd::ZERO);
+        assert_eq!(body.over_by_usd, Usd::new(5, 1));
         assert!(body.exhausted);
     }
 

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
 use reqwest::StatusCode;
-use rust_decimal::Decimal;
 use serde_json::{json, Value};
 use tally_api::{serve, AppState};
 use tally_ledger::{Fact, Placement};
+use tally_money::Usd;
 use tally_store::ledger::{CompletedDetails, FactInput, PostingOptions};
 use tally_store::Store;
 use tally_telemetry::Registry;
@@ -124,8 +124,8 @@ impl Api {
     }
 }
 
-fn dec(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap()
+fn dec(s: &str) -> Usd {
+    Usd::from_str(s).unwrap()
 }
 
 fn at(y: i32, m: u32, d: u32, h: u32) -> DateTime<Utc> {
@@ -371,7 +371,8 @@ async fn bad_input_is_a_problem() -> anyhow::Result<()> {
     for (limit, code) in [
         ("-1", "negative_amount"),
         ("1e3", "invalid_amount"),
-        ("0.000000000000000000001", "amount_too_precise"),
+        ("0.00000000000000000000000000001", "amount_too_precise"),
+        ("10000000001", "amount_out_of_range"),
     ] {
         let mut body = budget_body("n");
         body["limit_usd"] = json!(limit);

@@ -22,15 +22,15 @@
 //! `TALLY_BENCH_EVENTS` (default 100000), `TALLY_BENCH_NAIVE_EVENTS` (5000),
 //! `TALLY_BENCH_BATCH` (1000).
 
-// Rates and ratios are figures for people; money stays Decimal (checked
+// Rates and ratios are figures for people; money stays Usd (checked
 // exactly against the preloaded total).
 #![allow(clippy::float_arithmetic)]
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rust_decimal::Decimal;
 use tally_bus::{Bus, BusConfig, ConsumerName};
+use tally_money::Usd;
 use tally_projector::{Metrics, Projector, ProjectorConfig};
 use tally_sim::load::{Generator, LoadArgs};
 use tally_store::ledger::PostingOptions;
@@ -69,7 +69,7 @@ async fn setup() -> anyhow::Result<Setup> {
             scope: Default::default(),
             period: tally_budget::PeriodKind::Monthly,
             timezone: "UTC".into(),
-            limit_usd: Decimal::from(1_000_000),
+            limit_usd: Usd::from(1_000_000),
             thresholds: vec![50, 80, 100],
             enforcement: tally_budget::Enforcement::Soft,
         };
@@ -89,7 +89,7 @@ async fn setup() -> anyhow::Result<Setup> {
 }
 
 /// Publishes `n` completed events with actual costs; returns their exact total.
-async fn preload(bus: &Bus, n: usize) -> anyhow::Result<Decimal> {
+async fn preload(bus: &Bus, n: usize) -> anyhow::Result<Usd> {
     let mut gens: Vec<Generator> = ORGS
         .iter()
         .enumerate()
@@ -105,7 +105,7 @@ async fn preload(bus: &Bus, n: usize) -> anyhow::Result<Decimal> {
             )
         })
         .collect::<Result<_, _>>()?;
-    let mut total = Decimal::ZERO;
+    let mut total = Usd::ZERO;
     let started = Instant::now();
     let mut i = 0;
     while i < n {
@@ -119,7 +119,7 @@ async fn preload(bus: &Bus, n: usize) -> anyhow::Result<Decimal> {
         for r in futures::future::join_all(publishes).await {
             r?;
         }
-        total += events.iter().map(|g| g.true_cost).sum::<Decimal>();
+        total = total.try_add(Usd::try_sum(events.iter().map(|g| g.true_cost))?)?;
         i += chunk;
     }
     eprintln!(
@@ -187,13 +187,13 @@ async fn drain(s: &Setup, n: usize, batch: usize, concurrency: usize) -> anyhow:
 async fn raw_ceiling(store: &Store, n: usize) -> anyhow::Result<f64> {
     sqlx::query(
         "CREATE TABLE raw_generations (generation_id text PRIMARY KEY, org_id text, agent_id text, \
-         model text, completed_at timestamptz, actual numeric(38,20), debited numeric(38,20), basis text, state text)",
+         model text, completed_at timestamptz, actual numeric, debited numeric, basis text, state text)",
     )
     .execute(store.pool())
     .await?;
     sqlx::query(
         "CREATE TABLE raw_entries (budget_id text, entry_id uuid, generation_id text, kind text, \
-         amount numeric(38,20), period_start timestamptz, PRIMARY KEY (budget_id, entry_id), \
+         amount numeric, period_start timestamptz, PRIMARY KEY (budget_id, entry_id), \
          UNIQUE (budget_id, generation_id, kind))",
     )
     .execute(store.pool())
@@ -204,8 +204,8 @@ async fn raw_ceiling(store: &Store, n: usize) -> anyhow::Result<f64> {
     while i < n {
         let k = (n - i).min(batch);
         let ids: Vec<String> = (i..i + k).map(|j| format!("gen-raw-{j}")).collect();
-        let amounts: Vec<Decimal> = (i..i + k)
-            .map(|j| Decimal::new(12345678901234567 + j as i64, 20))
+        let amounts: Vec<Usd> = (i..i + k)
+            .map(|j| Usd::new(12345678901234567 + j as i64, 20))
             .collect();
         let now = chrono::Utc::now();
         let mut tx = store.pool().begin().await?;
@@ -240,8 +240,8 @@ async fn raw_ceiling(store: &Store, n: usize) -> anyhow::Result<f64> {
     Ok(n as f64 / started.elapsed().as_secs_f64())
 }
 
-async fn spent_total(store: &Store) -> anyhow::Result<Decimal> {
-    let v: Option<Decimal> = sqlx::query_scalar(
+async fn spent_total(store: &Store) -> anyhow::Result<Usd> {
+    let v: Option<Usd> = sqlx::query_scalar(
         "SELECT sum(p.spent_usd) FROM budget_periods p JOIN budgets b ON b.id = p.budget_id WHERE b.name = 'org'",
     )
     .fetch_one(store.pool())

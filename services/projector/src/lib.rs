@@ -283,7 +283,13 @@ impl Projector {
             Err(e) if msgs.len() == 1 => {
                 let (d, _, _) = &msgs[0];
                 tracing::error!(error = %e, code = e.code(), "message refused by the store");
-                self.dead_letter(d, "store_rejected", &e.to_string(), "rejected")
+                // Money that cannot stay exact (a total past 10^10 USD) is
+                // named by its money code; never rounded, never stuck.
+                let reason = match &e {
+                    StoreError::Money(m) => m.code(),
+                    _ => "store_rejected",
+                };
+                self.dead_letter(d, reason, &e.to_string(), "rejected")
                     .await;
             }
             Err(e) => {

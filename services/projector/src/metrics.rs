@@ -9,7 +9,6 @@ use prometheus::CounterVec;
 use prometheus::{
     Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
 };
-use rust_decimal::prelude::ToPrimitive;
 use tally_store::BatchOutcome;
 use tally_telemetry::BoundedLabel;
 
@@ -181,8 +180,7 @@ impl Metrics {
         for (band, n) in tally_store::stats::UTILISATION_BANDS.iter().zip(u.bands) {
             self.budgets.with_label_values(&[band]).set(n);
         }
-        self.budget_max_ratio
-            .set(u.max_ratio.to_f64().unwrap_or(0.0));
+        self.budget_max_ratio.set(u.max_ratio);
     }
 
     /// Records what a committed batch did.
@@ -192,14 +190,14 @@ impl Metrics {
         }
         for (basis, model, amount) in &o.debited_by_basis {
             let model = self.models.value(model);
-            // Negation happens in Decimal; only the finished figure becomes a float.
+            // Negation happens in Usd; only the finished figure becomes a float.
             if amount.is_sign_negative() {
-                let value = (-*amount).to_f64().unwrap_or(0.0);
+                let value = (-*amount).to_f64_lossy();
                 self.credited
                     .with_label_values(&[basis.as_str(), model])
                     .inc_by(value);
             } else {
-                let value = amount.to_f64().unwrap_or(0.0);
+                let value = amount.to_f64_lossy();
                 self.debited
                     .with_label_values(&[basis.as_str(), model])
                     .inc_by(value);

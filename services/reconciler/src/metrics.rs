@@ -13,12 +13,11 @@
 //!   (`num_pending + num_ack_pending`) is the truth, and one instance's
 //!   memory would only see its own share.
 //! * **Ratios and durations are `f64` only here.** Prometheus samples are
-//!   floats; the drift ratio is computed exactly with `Decimal` and only the
+//!   floats; the drift ratio is computed exactly with `Usd` and only the
 //!   result is converted.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use rust_decimal::prelude::ToPrimitive;
-use rust_decimal::Decimal;
+use tally_money::Usd;
 
 /// The `code` values of `tally_reconciler_auth_failures_total`.
 pub const AUTH_FAILURE_CODES: [&str; 3] = ["auth", "payment_required", "invalid_config"];
@@ -223,11 +222,11 @@ impl Metrics {
 
     /// Records `actual / estimate` when the estimate is positive. The ratio
     /// is computed exactly and only then turned into a sample.
-    pub fn observe_drift(&self, actual: Decimal, estimate: Option<Decimal>) {
-        let Some(estimate) = estimate.filter(|e| *e > Decimal::ZERO) else {
+    pub fn observe_drift(&self, actual: Usd, estimate: Option<Usd>) {
+        let Some(estimate) = estimate.filter(|e| *e > Usd::ZERO) else {
             return;
         };
-        if let Some(ratio) = actual.checked_div(estimate).and_then(|r| r.to_f64()) {
+        if let Some(ratio) = actual.ratio_lossy(estimate) {
             self.estimate_drift.observe(ratio);
         }
     }
@@ -266,10 +265,10 @@ mod tests {
     #[test]
     fn drift_is_the_exact_ratio() {
         let m = Metrics::unregistered();
-        let d = |s| Decimal::from_str(s).unwrap();
+        let d = |s| Usd::from_str(s).unwrap();
         m.observe_drift(d("0.0003"), Some(d("0.0002")));
         m.observe_drift(d("1"), None);
-        m.observe_drift(d("1"), Some(Decimal::ZERO));
+        m.observe_drift(d("1"), Some(Usd::ZERO));
         assert_eq!(m.estimate_drift.get_sample_count(), 1);
         assert_eq!(m.estimate_drift.get_sample_sum(), 1.5);
     }

@@ -610,7 +610,16 @@ async fn reconciled(
 ) -> Settle {
     let g = &event.data;
     let now = Utc::now();
-    let data = cost_reconciled(&g.generation_id, &g.org_id, stats, attempts, now);
+    // Parsed replies always have an exact sum (the client refuses the
+    // others as malformed); should one not, ask again later, never round.
+    let data = match cost_reconciled(&g.generation_id, &g.org_id, stats, attempts, now) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::warn!(generation_id = %g.generation_id, code = e.code(), "actual cost cannot be exact: {e}");
+            return Settle::Nak(Some(Duration::from_secs(60)));
+        }
+    };
+    let actual = data.actual_cost_usd;
     let id = reconciled_event_id(&g.generation_id);
     if let Err(e) = publish(shared, &id, data).await {
         return publish_failed(shared, &e, &g.generation_id);
@@ -620,10 +629,10 @@ async fn reconciled(
     m.reconciled.inc();
     m.completion_to_reconciled
         .observe(age_at(g.completed_at, now).as_secs_f64());
-    m.observe_drift(stats.actual_cost(), g.estimated_cost_usd);
+    m.observe_drift(actual, g.estimated_cost_usd);
     tracing::debug!(
         generation_id = %g.generation_id,
-        actual_cost_usd = %stats.actual_cost(),
+        actual_cost_usd = %actual,
         attempts,
         "actual cost reconciled"
     );
@@ -638,17 +647,17 @@ pub(crate) fn cost_reconciled(
     stats: &GenerationStats,
     attempts: u32,
     now: DateTime<Utc>,
-) -> CostReconciled {
-    CostReconciled {
+) -> Result<CostReconciled, tally_money::MoneyError> {
+    Ok(CostReconciled {
         generation_id: generation_id.to_owned(),
         org_id: org_id.to_owned(),
-        actual_cost_usd: stats.actual_cost(),
+        actual_cost_usd: stats.actual_cost()?,
         total_cost_usd: stats.total_cost,
         upstream_inference_cost_usd: stats.upstream_inference_cost,
         is_byok: stats.is_byok,
         attempts: attempts.max(1),
         reconciled_at: now,
-    }
+    })
 }
 
 /// Publishes that the cost could not be found; acks only once it is stored.

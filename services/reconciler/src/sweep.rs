@@ -295,7 +295,15 @@ impl Sweeper {
                 let attempts = u32::try_from(c.sweeps)
                     .unwrap_or(u32::MAX)
                     .saturating_add(1);
-                let data = cost_reconciled(&c.generation_id, &c.org_id, &stats, attempts, now);
+                let data = match cost_reconciled(&c.generation_id, &c.org_id, &stats, attempts, now)
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(generation_id = %c.generation_id, code = e.code(), "actual cost cannot be exact; next pass asks again: {e}");
+                        return self.finish(&c, Outcome::Error(e.code())).await;
+                    }
+                };
+                let actual = data.actual_cost_usd;
                 let id = reconciled_event_id(&c.generation_id);
                 let event = CloudEvent::new_on_bus(&self.cfg.prefix, &id, SOURCE, now, data);
                 match self
@@ -305,13 +313,12 @@ impl Sweeper {
                 {
                     Ok(()) => {
                         self.metrics.sweep_reconciled.inc();
-                        self.metrics
-                            .observe_drift(stats.actual_cost(), c.estimated_cost_usd);
+                        self.metrics.observe_drift(actual, c.estimated_cost_usd);
                         tracing::info!(
                             generation_id = %c.generation_id,
                             org_id = %c.org_id,
                             state = %c.state,
-                            actual_cost_usd = %stats.actual_cost(),
+                            actual_cost_usd = %actual,
                             "sweep found the actual cost"
                         );
                         Outcome::Reconciled

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::*;
-use rust_decimal::Decimal;
+use tally_money::Usd;
 use tally_reconciler::ReconcilerConfig;
 use tally_sim::{Fraction, ScriptedReply, SimConfig, SimGeneration};
 
@@ -26,7 +26,7 @@ async fn events_completed_twenty_minutes_ago_whose_first_lookup_fails_are_all_re
         } else {
             ScriptedReply::ServerError
         };
-        let cost = d("0.00012345678901234567") + Decimal::new(i, 12);
+        let cost = d("0.00012345678901234567").try_add(Usd::new(i, 12))?;
         env.sim()
             .register_generation(SimGeneration::new(&id, cost).script([fault]));
         env.publish_completed(&completed(&id, twenty_ago)).await?;
@@ -78,11 +78,11 @@ async fn a_thousand_events_that_arrive_while_the_reconciler_is_down_are_all_reco
         ..fast_config()
     };
     let mut ids = Vec::new();
-    let mut expected = Decimal::ZERO;
+    let mut expected = Usd::ZERO;
     for i in 0..1000 {
         let id = format!("gen-backlog-{i}");
-        let cost = d("0.000001") + Decimal::new(i, 10);
-        expected += cost;
+        let cost = d("0.000001").try_add(Usd::new(i, 10))?;
+        expected.try_add_assign(cost)?;
         env.sim().register_generation(SimGeneration::new(&id, cost));
         env.publish_completed(&completed(&id, Utc::now())).await?;
         ids.push(id);
@@ -97,10 +97,7 @@ async fn a_thousand_events_that_arrive_while_the_reconciler_is_down_are_all_reco
         "{} unresolved",
         costs.unresolved.len()
     );
-    let got: Decimal = ids
-        .iter()
-        .map(|id| costs.reconciled(id).actual_cost_usd)
-        .sum();
+    let got = Usd::try_sum(ids.iter().map(|id| costs.reconciled(id).actual_cost_usd))?;
     assert_eq!(got, expected);
     let metrics = running.stop().await?;
     assert_eq!(metrics.reconciled.get(), 1000);

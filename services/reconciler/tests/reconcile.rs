@@ -309,8 +309,11 @@ async fn a_restart_midway_loses_no_pending_generation() -> anyhow::Result<()> {
         // Half ready soon, half only after the restart.
         let ready = Duration::from_millis(if i % 2 == 0 { 300 } else { 2500 });
         env.sim().register_generation(
-            SimGeneration::new(&id, d("0.0001") + rust_decimal::Decimal::new(i, 10))
-                .ready_after(ready),
+            SimGeneration::new(
+                &id,
+                d("0.0001").try_add(tally_money::Usd::new(i, 10)).unwrap(),
+            )
+            .ready_after(ready),
         );
         env.publish_completed(&completed(&id, now)).await?;
         ids.push(id);
@@ -334,7 +337,9 @@ async fn a_restart_midway_loses_no_pending_generation() -> anyhow::Result<()> {
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(
             costs.reconciled(id).actual_cost_usd,
-            d("0.0001") + rust_decimal::Decimal::new(i as i64, 10)
+            d("0.0001")
+                .try_add(tally_money::Usd::new(i as i64, 10))
+                .unwrap()
         );
     }
     let second_metrics = second.stop().await?;

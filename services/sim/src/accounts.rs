@@ -34,8 +34,8 @@ use axum::{
 };
 use chrono::{DateTime, Datelike, Duration as ChronoDuration, TimeZone, Utc};
 use rand::Rng;
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_money::Usd;
 
 use crate::{config::NumberFormat, number::format_number, reply, Simulator};
 
@@ -55,7 +55,7 @@ pub struct KeySpec {
     pub user_id: Option<String>,
     /// Credit limit in USD, decimal string (absent: unlimited).
     #[serde(default, with = "tally_money::serde_cost::opt")]
-    pub limit: Option<Decimal>,
+    pub limit: Option<Usd>,
     /// Whether the account is on the free tier.
     #[serde(default)]
     pub is_free_tier: bool,
@@ -84,10 +84,10 @@ pub struct Served {
     pub at: DateTime<Utc>,
     /// What OpenRouter charged (BYOK: its fee), decimal string.
     #[serde(with = "tally_money::serde_cost")]
-    pub charged: Decimal,
+    pub charged: Usd,
     /// What the BYOK provider billed upstream, decimal string.
     #[serde(with = "tally_money::serde_cost::opt")]
-    pub upstream: Option<Decimal>,
+    pub upstream: Option<Usd>,
 }
 
 /// What the simulator served to one key.
@@ -237,7 +237,7 @@ impl Accounts {
             .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
             .single()
             .unwrap_or(now);
-        let sum = |since: Option<DateTime<Utc>>, byok: bool| -> Decimal {
+        let sum = |since: Option<DateTime<Utc>>, byok: bool| -> Usd {
             r.activity
                 .generations
                 .iter()
@@ -249,12 +249,15 @@ impl Accounts {
                         g.charged
                     }
                 })
-                .fold(Decimal::ZERO, |a, b| a.saturating_add(b))
+                .fold(Usd::ZERO, |a, b| a.checked_add(b).unwrap_or(Usd::MAX))
         };
-        let n = |d: Decimal| format_number(&d.normalize(), NumberFormat::Js);
+        let n = |d: Usd| format_number(&d.normalize(), NumberFormat::Js);
         let usage = sum(None, false);
         let (limit, remaining) = match r.spec.limit {
-            Some(l) => (n(l), n((l - usage).max(Decimal::ZERO))),
+            Some(l) => (
+                n(l),
+                n(l.checked_sub(usage).unwrap_or(Usd::ZERO).max(Usd::ZERO)),
+            ),
             None => ("null".to_owned(), "null".to_owned()),
         };
         Some(format!(

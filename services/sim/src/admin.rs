@@ -18,8 +18,8 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
+use tally_money::Usd;
 
 use crate::{
     config::NumberFormat,
@@ -37,10 +37,10 @@ pub struct GenerationSpec {
     pub id: String,
     /// `total_cost` as a decimal string (`"0.000123"`), or absent/null for a random one.
     #[serde(default, with = "tally_money::serde_cost::opt")]
-    pub total_cost: Option<Decimal>,
+    pub total_cost: Option<Usd>,
     /// `upstream_inference_cost` as a decimal string, or null.
     #[serde(default, with = "tally_money::serde_cost::opt")]
-    pub upstream_inference_cost: Option<Decimal>,
+    pub upstream_inference_cost: Option<Usd>,
     /// Whether it is BYOK (absent: false for an explicit cost, the configured rate otherwise).
     #[serde(default)]
     pub is_byok: Option<bool>,
@@ -71,15 +71,15 @@ pub struct RegisteredGeneration {
     pub id: String,
     /// `total_cost`, decimal string.
     #[serde(with = "tally_money::serde_cost")]
-    pub total_cost: Decimal,
+    pub total_cost: Usd,
     /// `upstream_inference_cost`, decimal string or null.
     #[serde(with = "tally_money::serde_cost::opt")]
-    pub upstream_inference_cost: Option<Decimal>,
+    pub upstream_inference_cost: Option<Usd>,
     /// Whether it is BYOK.
     pub is_byok: bool,
     /// What it really cost (total plus upstream for BYOK), decimal string.
     #[serde(with = "tally_money::serde_cost")]
-    pub actual_cost: Decimal,
+    pub actual_cost: Usd,
     /// `total_cost` exactly as `/generation` writes it (a JSON number literal).
     pub total_cost_wire: String,
     /// Statistics ready this many milliseconds after registration.

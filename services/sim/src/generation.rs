@@ -128,7 +128,7 @@ fn not_found(id: &str) -> Response {
 }
 
 fn placeholder(id: &str) -> SimGeneration {
-    SimGeneration::new(id, rust_decimal::Decimal::new(1, 4))
+    SimGeneration::new(id, tally_money::Usd::new(1, 4))
 }
 
 fn placeholder_body(id: &str) -> String {
@@ -217,7 +217,7 @@ fn body(g: &SimGeneration, format: NumberFormat, cost: Cost) -> String {
         Cost::Negative => {
             // A cost of zero would stay valid; make sure the sign shows.
             let v = if g.total_cost.is_zero() {
-                rust_decimal::Decimal::new(1, 6)
+                tally_money::Usd::new(1, 6)
             } else {
                 g.total_cost
             };
@@ -291,11 +291,8 @@ mod tests {
 
     #[test]
     fn body_matches_the_wire_example_shape() {
-        let g = SimGeneration::new(
-            "gen-1",
-            rust_decimal::Decimal::from_str("0.0000001425").unwrap(),
-        )
-        .byok(Some(rust_decimal::Decimal::from_str("0.00000285").unwrap()));
+        let g = SimGeneration::new("gen-1", tally_money::Usd::from_str("0.0000001425").unwrap())
+            .byok(Some(tally_money::Usd::from_str("0.00000285").unwrap()));
         let text = body(&g, NumberFormat::Js, Cost::Exact);
         assert!(text.contains(r#""total_cost":1.425e-7"#), "{text}");
         assert!(

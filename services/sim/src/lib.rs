@@ -45,7 +45,7 @@
 //! * **Costs are written with their exact digits** as JSON numbers, in the
 //!   JavaScript rendering OpenRouter's backend uses (`1.425e-7` below
 //!   `1e-6`), so clients are tested on the real wire form; the text is made
-//!   by moving the decimal point of a `Decimal`, never through a double.
+//!   by moving the decimal point of a `Usd`, never through a double.
 //! * **Unknown generations answer 404 forever**, like OpenRouter for an id it
 //!   never saw: a client cannot tell "unknown" from "not yet" — exactly the
 //!   situation the reconciler's deadline exists for.

@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use rust_decimal::Decimal;
 use tally_events::{CloudEvent, EventType, GenerationCompleted, GenerationStatus, Usage};
+use tally_money::Usd;
 use tokio::sync::watch;
 
 use crate::{Fraction, GenerationSpec};
@@ -60,6 +60,16 @@ pub struct LoadArgs {
     /// Seed for reproducible runs.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Smallest decimal exponent of a cost: every cost is a 17-significant-
+    /// digit figure `d.dddddddddddddddd × 10^e` (the shape of a JavaScript
+    /// double as OpenRouter prints it) with `e` uniform in
+    /// `[cost_min_exponent, cost_max_exponent]`; `-12` is the smallest
+    /// tally keeps exactly.
+    #[arg(long, default_value_t = -4, allow_hyphen_values = true)]
+    pub cost_min_exponent: i32,
+    /// Largest decimal exponent of a cost (at most 9: below 10^10 USD).
+    #[arg(long, default_value_t = -3, allow_hyphen_values = true)]
+    pub cost_max_exponent: i32,
 }
 
 impl Default for LoadArgs {
@@ -77,6 +87,8 @@ impl Default for LoadArgs {
                 "deepseek/deepseek-r1".into(),
             ],
             seed: None,
+            cost_min_exponent: -4,
+            cost_max_exponent: -3,
         }
     }
 }
@@ -93,6 +105,9 @@ pub enum LoadError {
     /// Bad options.
     #[error("invalid option: {0}")]
     Invalid(String),
+    /// The exact total of the published costs left `Usd`'s range.
+    #[error("total of the published costs: {0}")]
+    Total(#[from] tally_money::MoneyError),
 }
 
 impl LoadError {
@@ -102,6 +117,7 @@ impl LoadError {
             LoadError::Publish(_) => "publish_failed",
             LoadError::Simulator(_) => "simulator_registration_failed",
             LoadError::Invalid(_) => "invalid_option",
+            LoadError::Total(e) => e.code(),
         }
     }
 }
@@ -114,7 +130,7 @@ pub struct Generated {
     /// For a cost-missing generation: what to register with the simulator.
     pub sim_spec: Option<GenerationSpec>,
     /// What it really cost.
-    pub true_cost: Decimal,
+    pub true_cost: Usd,
 }
 
 /// Makes completed events.
@@ -133,6 +149,15 @@ impl Generator {
             return Err(LoadError::Invalid(
                 "--agents and --models need at least one value".into(),
             ));
+        }
+        if !(-12..=9).contains(&args.cost_min_exponent)
+            || !(-12..=9).contains(&args.cost_max_exponent)
+            || args.cost_min_exponent > args.cost_max_exponent
+        {
+            return Err(LoadError::Invalid(format!(
+                "--cost-min-exponent {} and --cost-max-exponent {} must satisfy -12 <= min <= max <= 9",
+                args.cost_min_exponent, args.cost_max_exponent
+            )));
         }
         if !tally_events::is_valid_id(&args.org) {
             return Err(LoadError::Invalid(format!(
@@ -160,19 +185,16 @@ impl Generator {
         let id = format!("gen-{}-{i}", self.run_id);
         let agent = self.args.agents[self.rng.random_range(0..self.args.agents.len())].clone();
         let model = self.args.models[self.rng.random_range(0..self.args.models.len())].clone();
-        // 17 significant digits, between about 1e-6 and 1e-2 USD.
+        // 17 significant digits × 10^e, e in the configured range.
         let mantissa: i64 = self
             .rng
             .random_range(10_000_000_000_000_000..100_000_000_000_000_000);
-        let scale = self.rng.random_range(19..=22u32).min(20);
-        let mut true_cost = Decimal::new(mantissa, scale).normalize();
-        if true_cost.scale() > tally_money::MAX_SCALE {
-            true_cost = true_cost.round_dp(tally_money::MAX_SCALE);
-        }
-        let drift = Decimal::new(self.rng.random_range(80..=120), 2);
-        let estimate = (true_cost * drift)
-            .round_dp(tally_money::MAX_SCALE)
-            .normalize();
+        let e = self
+            .rng
+            .random_range(self.args.cost_min_exponent..=self.args.cost_max_exponent);
+        let true_cost = seventeen_digits(mantissa, e);
+        let drift = self.rng.random_range(80..=120u32);
+        let estimate = crate::number::scaled(true_cost, drift, 100);
         let missing = self.rng.random_range(0..1_000_000u32) < self.args.missing_cost.ppm();
         let prompt_tokens = self.rng.random_range(50..4000);
         let completion_tokens = self.rng.random_range(10..1500);
@@ -229,7 +251,7 @@ pub struct LoadReport {
     /// Of which without an actual cost.
     pub missing_cost: u64,
     /// Sum of the true costs, exact.
-    pub true_total: Decimal,
+    pub true_total: Usd,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -264,7 +286,7 @@ pub async fn run(
     let mut report = LoadReport {
         published: 0,
         missing_cost: 0,
-        true_total: Decimal::ZERO,
+        true_total: Usd::ZERO,
         elapsed: Duration::ZERO,
     };
     let rate = u64::from(args.rate.max(1));
@@ -306,7 +328,7 @@ pub async fn run(
         }
         for g in &batch {
             report.published += 1;
-            report.true_total += g.true_cost;
+            report.true_total.try_add_assign(g.true_cost)?;
             if g.sim_spec.is_some() {
                 report.missing_cost += 1;
             }
@@ -314,6 +336,18 @@ pub async fn run(
     }
     report.elapsed = started.elapsed();
     Ok(report)
+}
+
+/// `mantissa × 10^(e-16)` for a 17-digit `mantissa`: `d.ddd… × 10^e`,
+/// exact for every `e` in `-12..=9`.
+fn seventeen_digits(mantissa: i64, e: i32) -> Usd {
+    let scale = 16 - e;
+    if scale >= 0 {
+        Usd::from_parts(i128::from(mantissa), scale as u32)
+    } else {
+        Usd::from_parts(i128::from(mantissa) * 10i128.pow((-scale) as u32), 0)
+    }
+    .expect("validated exponent range")
 }
 
 #[cfg(test)]
@@ -334,7 +368,7 @@ mod tests {
         let mut missing = 0;
         for _ in 0..200 {
             let x = g.generate();
-            assert!(x.true_cost > Decimal::ZERO);
+            assert!(x.true_cost > Usd::ZERO);
             assert!(x.true_cost.scale() <= tally_money::MAX_SCALE);
             match (&x.sim_spec, x.event.data.actual_cost_usd) {
                 (Some(spec), None) => {
@@ -347,5 +381,40 @@ mod tests {
             assert_eq!(x.event.subject, "tally.generation.completed.load");
         }
         assert!((50..150).contains(&missing), "{missing}");
+    }
+
+    #[test]
+    fn costs_span_the_whole_exponent_range_exactly() {
+        let mut g = Generator::new(
+            LoadArgs {
+                seed: Some(11),
+                missing_cost: Fraction::from_ppm(0),
+                cost_min_exponent: -12,
+                cost_max_exponent: 9,
+                ..Default::default()
+            },
+            "tally",
+        )
+        .unwrap();
+        let (mut smallest, mut largest) = (Usd::MAX, Usd::ZERO);
+        for _ in 0..2000 {
+            let x = g.generate();
+            let text = tally_money::to_decimal_string(&x.true_cost);
+            let digits = text.replace('.', "");
+            let sig = digits.trim_start_matches('0').trim_end_matches('0');
+            assert!(sig.len() <= 17, "{text}");
+            smallest = smallest.min(x.true_cost);
+            largest = largest.max(x.true_cost);
+        }
+        assert!(smallest < "0.00000000001".parse().unwrap(), "{smallest}");
+        assert!(largest >= "1000000000".parse().unwrap(), "{largest}");
+        let bad = Generator::new(
+            LoadArgs {
+                cost_min_exponent: -13,
+                ..Default::default()
+            },
+            "tally",
+        );
+        assert_eq!(bad.err().map(|e| e.code()), Some("invalid_option"));
     }
 }

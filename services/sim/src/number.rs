@@ -3,12 +3,12 @@
 //! OpenRouter's backend is JavaScript: it prints a cost with
 //! `Number.prototype.toString`, which switches to exponent notation for
 //! magnitudes below `1e-6` (`1.425e-7`) and at or above `1e21`. The simulator
-//! reproduces that rendering from a `Decimal` by moving the decimal point
+//! reproduces that rendering from a `Usd` by moving the decimal point
 //! only, so the text always denotes exactly the registered amount (the
 //! digits are never re-derived through a double).
 
-use rust_decimal::Decimal;
 use serde_json::value::RawValue;
+use tally_money::Usd;
 
 use crate::config::NumberFormat;
 
@@ -17,16 +17,20 @@ use crate::config::NumberFormat;
 /// `Js` follows ECMAScript's Number-to-String rules on the decimal digits of
 /// `value`; `Plain` never uses an exponent; `Exponent` always does (for
 /// non-zero values). Every output parses back to exactly `value`.
-pub fn format_number(value: &Decimal, format: NumberFormat) -> String {
-    let n = value.normalize();
-    if n.is_zero() {
+pub fn format_number(value: &Usd, format: NumberFormat) -> String {
+    if value.is_zero() {
         return "0".to_owned();
     }
-    let sign = if n.is_sign_negative() { "-" } else { "" };
-    let all_digits = n.mantissa().unsigned_abs().to_string();
-    // value = 0.<digits> × 10^e  (ECMAScript's "n"); an integer keeps its
-    // trailing zeros in the mantissa (scale 0), so strip them here.
-    let e = all_digits.len() as i64 - i64::from(n.scale());
+    let sign = if value.is_negative() { "-" } else { "" };
+    let plain = value.abs().to_string();
+    let (int, frac) = plain.split_once('.').unwrap_or((plain.as_str(), ""));
+    // value = 0.<digits> × 10^e  (ECMAScript's "n").
+    let (e, all_digits) = if int != "0" {
+        (int.len() as i64, format!("{int}{frac}"))
+    } else {
+        let zeros = frac.len() - frac.trim_start_matches('0').len();
+        (-(zeros as i64), frac[zeros..].to_owned())
+    };
     let digits = all_digits.trim_end_matches('0');
     let k = digits.len() as i64;
     let exponent = match format {
@@ -55,8 +59,22 @@ pub fn format_number(value: &Decimal, format: NumberFormat) -> String {
     format!("{sign}{body}")
 }
 
+/// `value × num / den`, cut to whole units of 10⁻²⁸ USD: how the simulator,
+/// playing the provider, *makes up* derived amounts (a BYOK fee, a drifted
+/// estimate). tally never does this; it only reads amounts exactly. Falls
+/// back to `value` if the product leaves the range.
+pub fn scaled(value: Usd, num: u32, den: u32) -> Usd {
+    let units = value.units();
+    units
+        .checked_mul(i128::from(num))
+        .map(|p| p / i128::from(den.max(1)))
+        .or_else(|| Some(units / i128::from(den.max(1)) * i128::from(num)))
+        .and_then(|u| Usd::from_units(u).ok())
+        .unwrap_or(value)
+}
+
 /// [`format_number`] as a raw JSON value, ready to embed in a reply.
-pub fn raw_number(value: &Decimal, format: NumberFormat) -> Box<RawValue> {
+pub fn raw_number(value: &Usd, format: NumberFormat) -> Box<RawValue> {
     raw(format_number(value, format))
 }
 
@@ -70,8 +88,8 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    fn d(s: &str) -> Decimal {
-        Decimal::from_str(s).unwrap()
+    fn d(s: &str) -> Usd {
+        Usd::from_str(s).unwrap()
     }
 
     #[test]
@@ -90,6 +108,9 @@ mod tests {
             ("0.00000000000000000001", "1e-20"),
             ("-0.0000001425", "-1.425e-7"),
             ("0.000000123456789012345", "1.23456789012345e-7"),
+            ("0.000014999999999999999", "0.000014999999999999999"),
+            ("0.0000000000009999999999999999", "9.999999999999999e-13"),
+            ("1234567890.1234567", "1234567890.1234567"),
         ] {
             assert_eq!(format_number(&d(value), NumberFormat::Js), js, "{value}");
         }
@@ -118,8 +139,8 @@ mod tests {
             x ^= x >> 7;
             x ^= x << 17;
             let mantissa = i64::try_from(x % 100_000_000_000_000_000).unwrap();
-            let scale = 8 + (i % 13);
-            let value = Decimal::new(mantissa, scale);
+            let scale = 8 + (i % 21);
+            let value = Usd::new(mantissa, scale);
             if tally_money::ensure_cost(value).is_err() {
                 continue;
             }

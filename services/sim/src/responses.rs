@@ -55,8 +55,8 @@ use axum::{
 };
 use futures::{channel::mpsc, SinkExt as _};
 use rand::Rng;
-use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use tally_money::Usd;
 
 use crate::{
     config::{Fraction, PPM},
@@ -70,12 +70,12 @@ use crate::{
 /// Prices of one catalog model, USD per unit (`None`: not listed).
 #[derive(Debug, Clone, Default)]
 pub(crate) struct SimPrices {
-    prompt: Option<Decimal>,
-    completion: Option<Decimal>,
-    request: Option<Decimal>,
-    cache_read: Option<Decimal>,
-    reasoning: Option<Decimal>,
-    web_search: Option<Decimal>,
+    prompt: Option<Usd>,
+    completion: Option<Usd>,
+    request: Option<Usd>,
+    cache_read: Option<Usd>,
+    reasoning: Option<Usd>,
+    web_search: Option<Usd>,
     dynamic: bool,
     reasons: bool,
 }
@@ -87,12 +87,12 @@ fn catalog() -> &'static HashMap<String, SimPrices> {
         let mut out = HashMap::new();
         for m in v["data"].as_array().into_iter().flatten() {
             let Some(id) = m["id"].as_str() else { continue };
-            let price = |k: &str| -> Option<Decimal> {
+            let price = |k: &str| -> Option<Usd> {
                 m["pricing"][k]
                     .as_str()
                     .and_then(|s| tally_money::parse_json_number(s).ok())
             };
-            let dynamic = price("prompt") == Some(Decimal::NEGATIVE_ONE);
+            let dynamic = price("prompt") == Some(-Usd::ONE);
             let reasons = m["supported_parameters"]
                 .as_array()
                 .is_some_and(|a| a.iter().any(|p| p == "reasoning"));
@@ -161,13 +161,13 @@ pub(crate) struct Planned {
     pub(crate) web_searches: u64,
     /// What OpenRouter reports as `cost` (BYOK: its fee); `None` when the
     /// reply hides it.
-    pub(crate) cost: Option<Decimal>,
+    pub(crate) cost: Option<Usd>,
     /// `cost_details.upstream_inference_cost`: the provider's bill.
-    pub(crate) upstream: Option<Decimal>,
+    pub(crate) upstream: Option<Usd>,
     /// Its prompt part (request fee, input tokens, web searches).
-    pub(crate) upstream_prompt: Option<Decimal>,
+    pub(crate) upstream_prompt: Option<Usd>,
     /// Its completion part (output and reasoning tokens).
-    pub(crate) upstream_completion: Option<Decimal>,
+    pub(crate) upstream_completion: Option<Usd>,
     pub(crate) is_byok: bool,
     pub(crate) ending: Ending,
     /// `stop`, or `length` when `max_tokens` cut the answer.
@@ -227,24 +227,45 @@ const ANSWER_TOKENS: u64 = 32;
 
 /// The catalog price of a generation that produced `output_tokens`, split
 /// into its prompt part (request fee, input tokens, web searches) and its
-/// completion part (output and reasoning tokens).
-fn cost_parts(p: &SimPrices, g: &Planned, output_tokens: u64) -> (Decimal, Decimal) {
-    let z = Decimal::ZERO;
-    let n = Decimal::from;
+/// completion part (output and reasoning tokens). Exact; the simulator's
+/// prices are small, so a cost past `Usd`'s range only comes from absurd
+/// knobs and is shown as the bound.
+fn cost_parts(p: &SimPrices, g: &Planned, output_tokens: u64) -> (Usd, Usd) {
+    let z = Usd::ZERO;
     let uncached = g.input_tokens - g.cached_tokens;
     let prompt = p.prompt.unwrap_or(z);
-    let prompt_part = p.request.unwrap_or(z)
-        + n(uncached) * prompt
-        + n(g.cached_tokens) * p.cache_read.unwrap_or(prompt)
-        + n(g.web_searches) * p.web_search.unwrap_or(z);
-    let completion_part = n(output_tokens) * p.completion.unwrap_or(z)
-        + n(g.reasoning_tokens.min(output_tokens)) * p.reasoning.unwrap_or(z);
-    (prompt_part.normalize(), completion_part.normalize())
+    let sum = |start: Usd, parts: &[Option<Usd>]| {
+        parts
+            .iter()
+            .try_fold(start, |acc, x| acc.checked_add((*x)?))
+            .unwrap_or(Usd::MAX)
+    };
+    let prompt_part = sum(
+        p.request.unwrap_or(z),
+        &[
+            prompt.checked_mul_int(uncached),
+            p.cache_read
+                .unwrap_or(prompt)
+                .checked_mul_int(g.cached_tokens),
+            p.web_search.unwrap_or(z).checked_mul_int(g.web_searches),
+        ],
+    );
+    let completion_part = sum(
+        z,
+        &[
+            p.completion.unwrap_or(z).checked_mul_int(output_tokens),
+            p.reasoning
+                .unwrap_or(z)
+                .checked_mul_int(g.reasoning_tokens.min(output_tokens)),
+        ],
+    );
+    (prompt_part, completion_part)
 }
 
-/// OpenRouter's fee on a BYOK generation (5 % of the provider's bill).
-fn byok_fee(upstream: Decimal) -> Decimal {
-    (upstream * Decimal::new(5, 2)).round_dp(18).normalize()
+/// OpenRouter's fee on a BYOK generation (5 % of the provider's bill; the
+/// provider making a number up, not tally rounding).
+fn byok_fee(upstream: Usd) -> Usd {
+    crate::number::scaled(upstream, 5, 100)
 }
 
 /// Validates and plans a generation request; `Err` is the reply to send
@@ -383,11 +404,11 @@ pub(crate) fn plan(
         max_output_tokens: max_tokens,
     };
     let (prompt_part, completion_part) = cost_parts(&prices, &g, output_tokens);
-    let full = (prompt_part + completion_part).normalize();
+    let full = prompt_part.checked_add(completion_part).unwrap_or(Usd::MAX);
     let produced_tokens = sent as u64;
     let produced = {
         let (p, c) = cost_parts(&prices, &g, produced_tokens);
-        (p + c).normalize()
+        p.checked_add(c).unwrap_or(Usd::MAX)
     };
     // Register what the generation really cost, for `/generation`: the
     // same tokens and costs as the usage of the reply (or, for a cut or
@@ -446,7 +467,7 @@ const MARKS: [&str; 4] = [
 /// Serialises `v`, writing the cost placeholders as exact JSON numbers.
 pub(crate) fn render(sim: &Simulator, g: &Planned, v: &Value) -> String {
     let fmt = sim.shared.cfg.number_format;
-    let num = |d: Option<Decimal>| d.map_or("null".to_owned(), |d| format_number(&d, fmt));
+    let num = |d: Option<Usd>| d.map_or("null".to_owned(), |d| format_number(&d, fmt));
     let mut text = v.to_string();
     for (mark, value) in
         MARKS

@@ -15,7 +15,7 @@ use std::{
 };
 
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use rust_decimal::Decimal;
+use tally_money::Usd;
 
 use crate::config::{Fraction, NumberFormat, SimConfig, PPM};
 
@@ -62,9 +62,9 @@ pub struct SimGeneration {
     /// The generation id (`gen-…`).
     pub id: String,
     /// `total_cost` (for BYOK: OpenRouter's fee), USD.
-    pub total_cost: Decimal,
+    pub total_cost: Usd,
     /// `upstream_inference_cost`, USD (`null` when `None`).
-    pub upstream_inference_cost: Option<Decimal>,
+    pub upstream_inference_cost: Option<Usd>,
     /// Whether it ran on the customer's own key.
     pub is_byok: bool,
     /// When it was created; statistics are ready `ready_after` later.
@@ -107,7 +107,7 @@ pub struct SimGeneration {
 
 impl SimGeneration {
     /// A non-BYOK generation created now, with default metadata.
-    pub fn new(id: impl Into<String>, total_cost: Decimal) -> Self {
+    pub fn new(id: impl Into<String>, total_cost: Usd) -> Self {
         SimGeneration {
             id: id.into(),
             total_cost,
@@ -134,7 +134,7 @@ impl SimGeneration {
     }
 
     /// Makes it a BYOK generation whose provider billed `upstream` directly.
-    pub fn byok(mut self, upstream: Option<Decimal>) -> Self {
+    pub fn byok(mut self, upstream: Option<Usd>) -> Self {
         self.is_byok = true;
         self.upstream_inference_cost = upstream;
         self
@@ -166,9 +166,11 @@ impl SimGeneration {
 
     /// What the generation really cost: `total_cost` plus, for BYOK, the
     /// upstream cost.
-    pub fn actual_cost(&self) -> Decimal {
+    pub fn actual_cost(&self) -> Usd {
         match (self.is_byok, self.upstream_inference_cost) {
-            (true, Some(u)) => self.total_cost.saturating_add(u),
+            // A simulator knob may register amounts whose sum leaves the range;
+            // its admin view then shows the bound.
+            (true, Some(u)) => self.total_cost.checked_add(u).unwrap_or(Usd::MAX),
             _ => self.total_cost,
         }
     }
@@ -543,14 +545,14 @@ enum Fault {
 
 /// A random cost: `k` significant digits (1..=17) with the leading digit at
 /// 10^-2 … 10^-8, never more than 20 decimals.
-fn random_cost(rng: &mut StdRng) -> Decimal {
+fn random_cost(rng: &mut StdRng) -> Usd {
     let lead: i64 = rng.random_range(2..=8); // leading digit at 10^-lead
     let max_digits = (21 - lead).min(17);
     let k = rng.random_range(1..=max_digits);
     let low = 10i64.pow((k - 1) as u32);
     let mantissa = rng.random_range(low..low * 10);
     let scale = (lead + k - 1) as u32;
-    Decimal::new(mantissa, scale)
+    Usd::new(mantissa, scale)
 }
 
 #[cfg(test)]
@@ -577,7 +579,7 @@ mod tests {
                 tally_money::ensure_cost(g.total_cost),
                 Ok(g.total_cost.normalize())
             );
-            assert!(g.total_cost > Decimal::ZERO && g.total_cost < Decimal::new(1, 1));
+            assert!(g.total_cost > Usd::ZERO && g.total_cost < Usd::new(1, 1));
             if g.is_byok {
                 byok += 1;
                 assert!(g.upstream_inference_cost.is_some());
@@ -590,7 +592,7 @@ mod tests {
     fn scripts_play_in_order_then_normal() {
         let s = shared(SimConfig::ephemeral());
         s.register(
-            SimGeneration::new("g", Decimal::ONE)
+            SimGeneration::new("g", Usd::ONE)
                 .script([
                     ScriptedReply::RateLimited,
                     ScriptedReply::Ok,
@@ -618,7 +620,7 @@ mod tests {
             rate_500: Fraction::from_ppm(250_000),
             ..SimConfig::ephemeral()
         });
-        s.register(SimGeneration::new("g", Decimal::ONE));
+        s.register(SimGeneration::new("g", Usd::ONE));
         let mut counts = HashMap::new();
         for _ in 0..4000 {
             *counts

@@ -38,7 +38,13 @@ pub(crate) async fn post_unseen(
         return reply::error(StatusCode::BAD_REQUEST, "unknown key", None);
     }
     let served = sim.serve_unseen(&req.key, req.count);
-    let total: rust_decimal::Decimal = served.iter().map(|g| g.actual_cost()).sum();
+    let Ok(total) = tally_money::Usd::try_sum(served.iter().map(|g| g.actual_cost())) else {
+        return reply::error(
+            StatusCode::BAD_REQUEST,
+            "their total is past the money range",
+            None,
+        );
+    };
     let body = UnseenReply {
         generation_ids: served.into_iter().map(|g| g.id).collect(),
         total_cost_usd: tally_money::to_decimal_string(&total),

@@ -202,7 +202,7 @@ async fn each_key_records_what_it_ran_and_looked_up() {
     assert_eq!(
         body["data"]["usage"]
             .to_string()
-            .parse::<rust_decimal::Decimal>()
+            .parse::<tally_money::Usd>()
             .unwrap(),
         charged
     );

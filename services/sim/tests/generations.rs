@@ -4,8 +4,8 @@
 
 use std::str::FromStr;
 
-use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use tally_money::Usd;
 use tally_sim::{Fraction, RunningSim, SimConfig, Simulator};
 
 async fn start(cfg: SimConfig) -> RunningSim {
@@ -48,7 +48,7 @@ async fn chat_completion_carries_id_and_exact_cost_and_is_registered() {
     assert_eq!(v["usage"]["prompt_tokens"], 3);
     assert_eq!(v["usage"]["completion_tokens"], 8);
     let g = sim.simulator().generation(&id).expect("registered");
-    assert_eq!(g.total_cost, Decimal::from_str("0.00000525").unwrap());
+    assert_eq!(g.total_cost, Usd::from_str("0.00000525").unwrap());
     let stats = reqwest::Client::new()
         .get(format!("{}/generation?id={id}", sim.base_url()))
         .bearer_auth(tally_sim::TEST_KEY)

@@ -4,7 +4,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use rust_decimal::Decimal;
+use tally_money::Usd;
 use tally_tests::{budget, reconciled, usd, Completed, Harness};
 use tokio::process::{Child, Command};
 
@@ -124,7 +124,7 @@ async fn help_explains_every_subcommand() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn total(h: &Harness, budget_id: &str) -> anyhow::Result<(Decimal, Decimal, i64)> {
+async fn total(h: &Harness, budget_id: &str) -> anyhow::Result<(Usd, Usd, i64)> {
     Ok((
         h.spent(budget_id).await?,
         h.journal_sum(budget_id).await?,
@@ -146,11 +146,11 @@ async fn a_projector_killed_with_sigkill_mid_batch_and_restarted_gives_the_same_
     assert_eq!(output(c).await?.0, 0);
     let b = h.budget(budget(ORG, "everything", "1000000")).await?;
     let n = 20_000u64;
-    let mut expected = Decimal::ZERO;
+    let mut expected = Usd::ZERO;
     let mut publishes = Vec::new();
     for i in 0..n {
         let cost = format!("0.000{:017}", 12345678901234567u64 + i * 31);
-        expected += usd(&cost);
+        expected = expected.try_add(usd(&cost))?;
         publishes.push(Completed::new(&format!("g{i}"), ORG, "2026-11-25T10:00:00Z").actual(&cost));
     }
     for chunk in publishes.chunks(1000) {

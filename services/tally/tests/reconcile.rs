@@ -7,8 +7,8 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
-use rust_decimal::Decimal;
 use serde_json::{json, Value};
+use tally_money::Usd;
 use tally_sim::{ScriptedReply, SimConfig, SimGeneration, Simulator};
 use tally_tests::{usd, Harness};
 use tokio::process::{Child, Command};
@@ -109,7 +109,7 @@ async fn wait_generation(
     }
 }
 
-fn dec(v: &Value) -> Decimal {
+fn dec(v: &Value) -> Usd {
     usd(v
         .as_str()
         .unwrap_or_else(|| panic!("not a decimal string: {v}")))
@@ -188,7 +188,7 @@ async fn late_events_transient_answers_the_sweep_and_the_drift_seen_from_outside
         .enumerate()
     {
         let id = format!("gen-late-{i}");
-        let cost = usd("0.00012345678901234567") + Decimal::new(i as i64, 9);
+        let cost = usd("0.00012345678901234567").try_add(Usd::new(i as i64, 9))?;
         sim.simulator().serve_generation(
             tally_sim::TEST_KEY,
             SimGeneration::new(&id, cost).script([fault]),
@@ -252,7 +252,7 @@ async fn late_events_transient_answers_the_sweep_and_the_drift_seen_from_outside
     .await?;
     assert_eq!(dec(&g["debited_usd"]), slow_actual);
     let entries = g["entries"].as_array().cloned().unwrap_or_default();
-    let mut story: Vec<(String, String, Decimal)> = entries
+    let mut story: Vec<(String, String, Usd)> = entries
         .iter()
         .map(|e| {
             (
@@ -280,13 +280,13 @@ async fn late_events_transient_answers_the_sweep_and_the_drift_seen_from_outside
     let (status, drift) = get(&http, &format!("{api}/v1/providers/openrouter/drift")).await?;
     assert_eq!(status, 200, "{drift}");
     for w in drift["windows"].as_array().cloned().unwrap_or_default() {
-        assert_eq!(dec(&w["drift_usd"]), Decimal::ZERO, "{w}");
+        assert_eq!(dec(&w["drift_usd"]), Usd::ZERO, "{w}");
     }
     // Generations served with the key that tally never saw: the drift is
     // their cost, to the digit.
     let unseen = sim.simulator().serve_unseen(tally_sim::TEST_KEY, 5);
-    let unseen_cost: Decimal = unseen.iter().map(SimGeneration::actual_cost).sum();
-    assert!(unseen_cost > Decimal::ZERO);
+    let unseen_cost = Usd::try_sum(unseen.iter().map(SimGeneration::actual_cost))?;
+    assert!(unseen_cost > Usd::ZERO);
     let (_, drift) = get(&http, &format!("{api}/v1/providers/openrouter/drift")).await?;
     let windows = drift["windows"].as_array().cloned().unwrap_or_default();
     assert_eq!(windows.len(), 3, "{drift}");

@@ -1,5 +1,5 @@
 //! The cost estimate of one generation from catalog prices: exact, in
-//! `Decimal`, cache-aware.
+//! `Usd` (a count times a price is an exact integer product), cache-aware.
 //!
 //! ```text
 //! estimate = (prompt − cached − cache_writes) × prompt
@@ -30,7 +30,7 @@
 //!   never reported usage, and replaced by the actual cost when the
 //!   reconciler finds it.
 
-use rust_decimal::Decimal;
+use tally_money::Usd;
 use tally_openrouter::{Price, Pricing};
 
 /// What a generation consumed (or is expected to).
@@ -51,30 +51,29 @@ pub struct EstimateInput {
 }
 
 /// `count × price`; `None` when the price is needed and not fixed.
-fn part(count: u64, price: &Price, fallback: Option<&Price>) -> Option<Decimal> {
+fn part(count: u64, price: &Price, fallback: Option<&Price>) -> Option<Usd> {
     if count == 0 {
-        return Some(Decimal::ZERO);
+        return Some(Usd::ZERO);
     }
     let price = match (price, fallback) {
         (Price::Unknown, Some(f)) => f,
         (p, _) => p,
     };
-    price
-        .per_unit()
-        .and_then(|p| p.checked_mul(Decimal::from(count)))
+    price.per_unit().and_then(|p| p.checked_mul_int(count))
 }
 
 /// The exact estimate in USD, or `None` when a needed price is dynamic or
-/// unknown.
-pub fn estimate(pricing: &Pricing, input: &EstimateInput) -> Option<Decimal> {
+/// unknown (or the estimate would exceed `Usd`'s range: no estimate rather
+/// than a rounded one).
+pub fn estimate(pricing: &Pricing, input: &EstimateInput) -> Option<Usd> {
     let uncached = input
         .prompt_tokens
         .saturating_sub(input.cached_tokens)
         .saturating_sub(input.cache_write_tokens);
-    let zero = Price::PerUnit(Decimal::ZERO);
+    let zero = Price::PerUnit(Usd::ZERO);
     let request = match pricing.request {
         Price::Dynamic => return None,
-        Price::Unknown => Decimal::ZERO,
+        Price::Unknown => Usd::ZERO,
         Price::PerUnit(p) => p,
     };
     let parts = [
@@ -100,7 +99,6 @@ pub fn estimate(pricing: &Pricing, input: &EstimateInput) -> Option<Decimal> {
     parts
         .into_iter()
         .try_fold(request, |acc, p| acc.checked_add(p))
-        .map(|d| d.normalize())
 }
 
 /// A rough token count of `text`: ⌈characters / 4⌉.
@@ -113,8 +111,8 @@ mod tests {
     use super::*;
     use std::str::FromStr;
 
-    fn d(s: &str) -> Decimal {
-        Decimal::from_str(s).unwrap()
+    fn d(s: &str) -> Usd {
+        Usd::from_str(s).unwrap()
     }
 
     fn p(s: &str) -> Price {

@@ -5,7 +5,7 @@
 //! conventions).
 
 use prometheus::{Counter, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
-use rust_decimal::{prelude::ToPrimitive, Decimal};
+use tally_money::Usd;
 
 /// The worker's metrics.
 #[derive(Debug, Clone)]
@@ -113,8 +113,8 @@ impl Metrics {
     }
 
     /// Adds `amount` to a USD counter (for dashboards only).
-    pub(crate) fn add_usd(counter: &Counter, amount: Option<Decimal>) {
-        if let Some(v) = amount.and_then(|a| a.to_f64()) {
+    pub(crate) fn add_usd(counter: &Counter, amount: Option<Usd>) {
+        if let Some(v) = amount.map(Usd::to_f64_lossy) {
             counter.inc_by(v);
         }
     }

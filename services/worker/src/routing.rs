@@ -41,8 +41,8 @@
 
 use std::collections::HashMap;
 
-use rust_decimal::Decimal;
 use tally_events::{Capacity, Routing};
+use tally_money::Usd;
 use tally_openrouter::{MaxPriceUsd, ProviderRouting};
 
 use crate::catalog::Capabilities;
@@ -105,7 +105,7 @@ pub enum Preset {
     /// `strict-json`.
     StrictJson,
     /// `max-price:<usd per million tokens>`.
-    MaxPrice(Decimal),
+    MaxPrice(Usd),
 }
 
 impl Preset {
@@ -385,8 +385,8 @@ mod tests {
     use std::str::FromStr;
     use tally_events::{DataCollection, MaxPrice, ProviderPrefs, Sort};
 
-    fn d(s: &str) -> Decimal {
-        Decimal::from_str(s).unwrap()
+    fn d(s: &str) -> Usd {
+        Usd::from_str(s).unwrap()
     }
 
     const TOOLS_JSON: Capabilities = Capabilities {

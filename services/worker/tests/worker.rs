@@ -14,11 +14,11 @@ use std::{
 
 use chrono::Utc;
 use futures::StreamExt as _;
-use rust_decimal::Decimal;
 use tally_bus::{Bus, BusConfig, Consumer, StreamKind};
 use tally_events::{
     AnyEvent, Capacity, CloudEvent, GenerationRequested, GenerationStatus, Input, Payload, Routing,
 };
+use tally_money::Usd;
 use tally_openrouter::{ClientConfig, OpenRouterClient};
 use tally_sim::{Fraction, RunningSim, SimConfig, Simulator};
 use tally_testkit::NatsServer;
@@ -31,8 +31,8 @@ use tokio::sync::watch;
 const ORG: &str = "acme";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn d(s: &str) -> Decimal {
-    Decimal::from_str(s).unwrap()
+fn d(s: &str) -> Usd {
+    Usd::from_str(s).unwrap()
 }
 
 struct Env {

@@ -10,12 +10,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use rust_decimal::Decimal;
 use tally_bus::{Bus, BusConfig, Consumer, StreamKind};
 use tally_events::{
     AnyEvent, CloudEvent, CostReconciled, CostUnresolved, GenerationCompleted, GenerationStatus,
     Usage,
 };
+use tally_money::Usd;
 use tally_openrouter::{ClientConfig, OpenRouterClient};
 use tally_reconciler::{Metrics, Reconciler, ReconcilerConfig};
 use tally_sim::{RunningSim, SimConfig, Simulator};
@@ -218,8 +218,8 @@ impl CostReader {
 }
 
 /// A decimal from its text.
-pub fn d(s: &str) -> Decimal {
-    Decimal::from_str(s).expect("decimal literal")
+pub fn d(s: &str) -> Usd {
+    Usd::from_str(s).expect("decimal literal")
 }
 
 /// A completed event without an actual cost, completed at `completed_at`.

@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
-use rust_decimal::Decimal;
 use secrecy::ExposeSecret;
 use serde_json::{json, Value};
+use tally_money::Usd;
 use tally_sim::load::{Generator, LoadArgs};
 use tally_sim::{Fraction, SimConfig, Simulator};
 
@@ -221,7 +221,7 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
     let interval = Duration::from_micros(1_000_000 / u64::from(args.rate.max(1)));
     let mut tick = tokio::time::interval(interval);
     let mut published = 0u64;
-    let mut true_total = Decimal::ZERO;
+    let mut true_total = Usd::ZERO;
     let mut last_line = Instant::now() - Duration::from_secs(1);
     let mut alerts = 0u64;
     let reconcile_deadline = cfg.reconcile_deadline + Duration::from_secs(30);
@@ -233,7 +233,7 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
             bus.publish(&subject, &id, body.into())
                 .await
                 .context("publishing an event")?;
-            true_total += truth;
+            true_total = true_total.try_add(truth)?;
             published += 1;
         } else {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -263,7 +263,7 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
                 "\r\x1b[2K  {} {published}/{} | booked {booked} | refused {refused_now} | spent {} USD | awaiting actual cost {} | alerts {alerts}",
                 if args.direct { "generations" } else { "requests" },
                 args.generations,
-                tally_money::to_decimal_string(&spent.round_dp(8)),
+                short_usd(&spent),
                 get("provisional"),
             );
             let _ = std::io::stdout().flush();
@@ -321,7 +321,7 @@ impl Producer {
         &mut self,
         prefix: &str,
         sim: &tally_sim::RunningSim,
-    ) -> anyhow::Result<(String, String, Vec<u8>, Decimal)> {
+    ) -> anyhow::Result<(String, String, Vec<u8>, Usd)> {
         match self {
             Producer::Direct(generator) => {
                 let g = generator.generate();
@@ -372,7 +372,7 @@ impl Producer {
                     data.requested_at,
                     data,
                 );
-                Ok((subject, id, ev.to_json(), Decimal::ZERO))
+                Ok((subject, id, ev.to_json(), Usd::ZERO))
             }
         }
     }
@@ -384,16 +384,14 @@ impl Producer {
         store: &tally_store::Store,
         org: &str,
         sim: &tally_sim::RunningSim,
-    ) -> anyhow::Result<Decimal> {
-        let mut total = Decimal::ZERO;
+    ) -> anyhow::Result<Usd> {
+        let mut total = Usd::ZERO;
         for id in store.generation_ids(org).await? {
             if let Some(g) = sim.simulator().generation(&id) {
-                total += g.total_cost
-                    + if g.is_byok {
-                        g.upstream_inference_cost.unwrap_or_default()
-                    } else {
-                        Decimal::ZERO
-                    };
+                total = total.try_add(g.total_cost)?;
+                if g.is_byok {
+                    total = total.try_add(g.upstream_inference_cost.unwrap_or_default())?;
+                }
             }
         }
         Ok(total)
@@ -473,7 +471,7 @@ async fn create_budgets(
     Ok(out)
 }
 
-async fn budget_spent(http: &reqwest::Client, api: &str, id: &str) -> anyhow::Result<Decimal> {
+async fn budget_spent(http: &reqwest::Client, api: &str, id: &str) -> anyhow::Result<Usd> {
     let v: Value = http
         .get(format!("{api}/v1/budgets/{id}"))
         .send()
@@ -490,7 +488,7 @@ async fn summary(
     api: &str,
     org: &str,
     budgets: &[(String, String)],
-    true_total: Decimal,
+    true_total: Usd,
     store: &tally_store::Store,
 ) -> anyhow::Result<()> {
     println!("Spend per budget (current period, from GET /v1/budgets/{{id}}):");
@@ -560,4 +558,14 @@ async fn summary(
         tally_money::to_decimal_string(&true_total)
     );
     Ok(())
+}
+
+/// An amount for the live summary line: at most 8 fractional digits, cut
+/// (never rounded) and marked with `…` when digits were left out.
+fn short_usd(amount: &Usd) -> String {
+    let text = tally_money::to_decimal_string(amount);
+    match text.split_once('.') {
+        Some((int, frac)) if frac.len() > 8 => format!("{int}.{}…", &frac[..8]),
+        _ => text,
+    }
 }
