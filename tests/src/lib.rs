@@ -261,6 +261,7 @@ pub fn budget(org: &str, name: &str, limit: &str) -> NewBudget {
         limit_usd: usd(limit),
         thresholds: vec![50, 80, 100],
         enforcement: tally_budget::Enforcement::Hard,
+        allow_unpriced_models: false,
     }
 }
 

@@ -85,7 +85,8 @@ pub use generation::GenerationStats;
 pub use key::{KeyUsage, UsageWindow, WindowUsage};
 pub use models::{ModelInfo, Price, Pricing};
 pub use responses::{
-    generation_error, InputMessage, MaxPriceUsd, ProviderRouting, ResponseUsage, ResponsesError,
-    ResponsesInput, ResponsesReply, ResponsesRequest, ServerTool, StreamAccumulator,
+    generation_error, InputMessage, MaxPriceUsd, PendingResponse, ProviderRouting, ResponseUsage,
+    ResponsesError, ResponsesInput, ResponsesReply, ResponsesRequest, ServerTool,
+    StreamAccumulator,
 };
 pub use sse::{SseEvent, SseParser};

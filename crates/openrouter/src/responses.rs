@@ -705,17 +705,7 @@ impl OpenRouterClient {
         &self,
         req: &ResponsesRequest,
     ) -> Result<ResponsesReply, ResponsesError> {
-        let mut resp = self.post_responses(req, false).await?;
-        let header_id = header_generation_id(resp.headers());
-        let body = read_limited(&mut resp, BODY_LIMIT)
-            .await
-            .map_err(|e| match e {
-                Some(e) => OpenRouterError::from_reqwest(&e),
-                None => {
-                    OpenRouterError::malformed(200, format!("body larger than {BODY_LIMIT} bytes"))
-                }
-            })?;
-        Ok(ResponsesReply::from_body(&header_id, &body)?)
+        self.start_responses(req, false).await?.finish().await
     }
 
     /// `POST {base}/responses` with `"stream": true`, read to the end. A
@@ -725,11 +715,61 @@ impl OpenRouterClient {
         &self,
         req: &ResponsesRequest,
     ) -> Result<ResponsesReply, ResponsesError> {
-        let mut resp = self.post_responses(req, true).await?;
-        let mut acc = StreamAccumulator::new(&header_generation_id(resp.headers()));
+        self.start_responses(req, true).await?.finish().await
+    }
+
+    /// `POST {base}/responses` (streaming or not), returning as soon as the
+    /// response headers arrive: the caller can record the generation id
+    /// ([`PendingResponse::generation_id`]) before the body is read with
+    /// [`PendingResponse::finish`].
+    pub async fn start_responses(
+        &self,
+        req: &ResponsesRequest,
+        stream: bool,
+    ) -> Result<PendingResponse, ResponsesError> {
+        let resp = self.post_responses(req, stream).await?;
+        let header_id = header_generation_id(resp.headers());
+        Ok(PendingResponse {
+            resp,
+            header_id,
+            stream,
+        })
+    }
+}
+
+/// A generation whose response headers arrived and whose body is still to
+/// be read (see [`OpenRouterClient::start_responses`]).
+#[derive(Debug)]
+pub struct PendingResponse {
+    resp: reqwest::Response,
+    header_id: String,
+    stream: bool,
+}
+
+impl PendingResponse {
+    /// The `X-Generation-Id` header, when sent.
+    pub fn generation_id(&self) -> Option<&str> {
+        Some(self.header_id.as_str()).filter(|id| !id.is_empty())
+    }
+
+    /// Reads the body to the end.
+    pub async fn finish(mut self) -> Result<ResponsesReply, ResponsesError> {
+        if !self.stream {
+            let body = read_limited(&mut self.resp, BODY_LIMIT)
+                .await
+                .map_err(|e| match e {
+                    Some(e) => OpenRouterError::from_reqwest(&e),
+                    None => OpenRouterError::malformed(
+                        200,
+                        format!("body larger than {BODY_LIMIT} bytes"),
+                    ),
+                })?;
+            return Ok(ResponsesReply::from_body(&self.header_id, &body)?);
+        }
+        let mut acc = StreamAccumulator::new(&self.header_id);
         let mut parser = SseParser::new();
         loop {
-            match resp.chunk().await {
+            match self.resp.chunk().await {
                 Ok(Some(chunk)) => {
                     let events = parser
                         .push(&chunk)

@@ -52,6 +52,9 @@ pub struct Budget {
     pub thresholds: Vec<u32>,
     /// Hard budgets block new generations when exhausted; soft ones only alert.
     pub enforcement: Enforcement,
+    /// Whether a hard budget lets through requests for models whose price
+    /// is dynamic or unknown (holding zero for them); default false.
+    pub allow_unpriced_models: bool,
     /// Creation time.
     pub created_at: DateTime<Utc>,
     /// Last change.
@@ -79,6 +82,8 @@ pub struct NewBudget {
     pub thresholds: Vec<u32>,
     /// Enforcement.
     pub enforcement: Enforcement,
+    /// Let requests for dynamically priced models through a hard budget.
+    pub allow_unpriced_models: bool,
 }
 
 /// Changes to a budget; `None` leaves a field as it is.
@@ -92,6 +97,8 @@ pub struct BudgetPatch {
     pub thresholds: Option<Vec<u32>>,
     /// New enforcement.
     pub enforcement: Option<Enforcement>,
+    /// New `allow_unpriced_models`.
+    pub allow_unpriced_models: Option<bool>,
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> StoreError {
@@ -137,7 +144,8 @@ impl NewBudget {
 }
 
 const COLUMNS: &str = "id, org_id, name, agent_id, session_id, user_id, model, period, timezone, \
-                       limit_usd, thresholds_percent, enforcement, created_at, updated_at, archived_at";
+                       limit_usd, thresholds_percent, enforcement, allow_unpriced_models, created_at, \
+                       updated_at, archived_at";
 
 fn from_row(r: &PgRow) -> Result<Budget, StoreError> {
     let timezone: String = r.try_get("timezone")?;
@@ -161,6 +169,7 @@ fn from_row(r: &PgRow) -> Result<Budget, StoreError> {
         limit_usd: r.try_get("limit_usd")?,
         thresholds: thresholds.into_iter().map(|t| t.max(0) as u32).collect(),
         enforcement: Enforcement::from_str(&enforcement).map_err(|_| corrupt("enforcement"))?,
+        allow_unpriced_models: r.try_get("allow_unpriced_models")?,
         created_at: r.try_get("created_at")?,
         updated_at: r.try_get("updated_at")?,
         archived_at: r.try_get("archived_at")?,
@@ -228,8 +237,8 @@ impl Store {
         let thresholds: Vec<i32> = nb.thresholds.iter().map(|t| *t as i32).collect();
         let row = sqlx::query(&format!(
             "INSERT INTO budgets (id, org_id, name, agent_id, session_id, user_id, model, period, \
-                 timezone, limit_usd, thresholds_percent, enforcement) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING {COLUMNS}"
+                 timezone, limit_usd, thresholds_percent, enforcement, allow_unpriced_models) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) RETURNING {COLUMNS}"
         ))
         .bind(&id)
         .bind(&nb.org_id)
@@ -243,6 +252,7 @@ impl Store {
         .bind(nb.limit_usd)
         .bind(&thresholds)
         .bind(nb.enforcement.as_str())
+        .bind(nb.allow_unpriced_models)
         .fetch_one(&mut *tx)
         .await?;
         let budget = Arc::new(from_row(&row)?);
@@ -288,7 +298,15 @@ impl Store {
             });
         }
         let booked = postings.len() as u64;
-        post(&mut tx, postings, opts, Uuid::now_v7(), Utc::now()).await?;
+        post(
+            &mut tx,
+            postings,
+            Default::default(),
+            opts,
+            Uuid::now_v7(),
+            Utc::now(),
+        )
+        .await?;
         tx.commit().await?;
         Ok((Arc::unwrap_or_clone(budget), booked))
     }
@@ -348,8 +366,9 @@ impl Store {
         Ok((budgets, next))
     }
 
-    /// Changes name, limit, thresholds or enforcement; an archived budget
-    /// cannot change ([`StoreError::Archived`]).
+    /// Changes name, limit, thresholds, enforcement or
+    /// `allow_unpriced_models`; an archived budget cannot change
+    /// ([`StoreError::Archived`]).
     pub async fn update_budget(&self, id: &str, patch: BudgetPatch) -> Result<Budget, StoreError> {
         if let Some(name) = &patch.name {
             validate_name(name)?;
@@ -371,7 +390,8 @@ impl Store {
         let row = sqlx::query(&format!(
             "UPDATE budgets SET name = COALESCE($2, name), limit_usd = COALESCE($3, limit_usd), \
                  thresholds_percent = COALESCE($4, thresholds_percent), \
-                 enforcement = COALESCE($5, enforcement), updated_at = now() \
+                 enforcement = COALESCE($5, enforcement), \
+                 allow_unpriced_models = COALESCE($6, allow_unpriced_models), updated_at = now() \
              WHERE id = $1 AND archived_at IS NULL RETURNING {COLUMNS}"
         ))
         .bind(id)
@@ -379,6 +399,7 @@ impl Store {
         .bind(limit)
         .bind(thresholds)
         .bind(patch.enforcement.map(|e| e.as_str()))
+        .bind(patch.allow_unpriced_models)
         .fetch_optional(self.pool())
         .await?;
         match row {

@@ -30,6 +30,7 @@ use tally_money::Usd;
 use uuid::Uuid;
 
 use crate::budgets::{self, Budget};
+use crate::reservations::{settle_in_tx, SettleCandidate, SettledHold};
 use crate::{org_lock_key, Store, StoreError};
 
 /// Most entries in one `ledger.posted` message; larger batches are split
@@ -58,6 +59,9 @@ pub struct CompletedDetails {
     pub status: String,
     /// Bring-your-own-key generation.
     pub is_byok: bool,
+    /// The `generation.requested` request it answers, if any: its
+    /// reservation is settled in the same transaction.
+    pub request_id: Option<String>,
 }
 
 /// What happened to one fact of the batch (same index as the input).
@@ -125,6 +129,8 @@ pub struct BatchOutcome {
     /// Net amount newly debited, by basis of the generation after the batch
     /// and the model that served it (for metrics: spend by basis and model).
     pub debited_by_basis: Vec<(Basis, String, Usd)>,
+    /// Reservations settled by the batch's completed events.
+    pub settled: Vec<SettledHold>,
 }
 
 /// How derived events are produced.
@@ -404,8 +410,35 @@ async fn apply_in_tx(
         upd.bind(q).execute(&mut **tx).await?;
     }
 
-    // 6. Entries, outbox, and last the contended period totals (see `post`).
-    let (entries, alerts) = post(tx, postings, opts, batch_id, now).await?;
+    // 6. Reservations answered by completed events: settled (their holds
+    //    leave the period totals in `post`'s upsert). Locked after the
+    //    generations and before the period rows (the crate's lock order).
+    let mut candidates = Vec::new();
+    for (f, outcome) in facts.iter().zip(&outcomes) {
+        let (Fact::Completed { .. }, Some(request_id)) = (
+            &f.fact,
+            f.details.as_ref().and_then(|d| d.request_id.as_ref()),
+        ) else {
+            continue;
+        };
+        if matches!(outcome, FactOutcome::OrgMismatch { .. }) {
+            continue;
+        }
+        let debited = slots
+            .get(&f.generation_id)
+            .and_then(|s| s.gen.net_debit())
+            .map_or(Usd::ZERO, |(d, _)| d);
+        candidates.push(SettleCandidate {
+            request_id: request_id.clone(),
+            org_id: f.org_id.clone(),
+            generation_id: f.generation_id.clone(),
+            debited_usd: debited,
+        });
+    }
+    let (settled, releases) = settle_in_tx(tx, &candidates).await?;
+
+    // 7. Entries, outbox, and last the contended period totals (see `post`).
+    let (entries, alerts) = post(tx, postings, releases, opts, batch_id, now).await?;
 
     Ok(BatchOutcome {
         batch_id,
@@ -418,6 +451,7 @@ async fn apply_in_tx(
             .into_iter()
             .map(|((_, model), (basis, amount))| (basis, model.to_owned(), amount))
             .collect(),
+        settled,
     })
 }
 
@@ -519,8 +553,9 @@ impl GenColumns {
 }
 
 /// Posts entries: inserts them, writes `ledger.posted` to the outbox, then
-/// moves the period totals, detects threshold crossings and writes the
-/// alerts to the outbox. Returns the entries and the number of alerts raised.
+/// moves the period totals (spend up, and `held_usd` down by `releases`, in
+/// one upsert), detects threshold crossings and writes the alerts to the
+/// outbox. Returns the entries and the number of alerts raised.
 ///
 /// Call it last in a transaction: from the period upsert on, the
 /// transaction holds the row locks that concurrent batches of the same
@@ -528,11 +563,12 @@ impl GenColumns {
 pub(crate) async fn post(
     tx: &mut Transaction<'_, Postgres>,
     postings: Vec<Posting>,
+    releases: BTreeMap<(String, DateTime<Utc>), (DateTime<Utc>, Usd)>,
     opts: &PostingOptions,
     batch_id: Uuid,
     now: DateTime<Utc>,
 ) -> Result<(Vec<PostedEntry>, usize), StoreError> {
-    if postings.is_empty() {
+    if postings.is_empty() && releases.is_empty() {
         return Ok((Vec::new(), 0));
     }
     // Entries.
@@ -550,7 +586,8 @@ pub(crate) async fn post(
             posted_at: now,
         });
     }
-    sqlx::query(
+    if !entries.is_empty() {
+        sqlx::query(
         "INSERT INTO ledger_entries (budget_id, entry_id, generation_id, kind, basis, amount_usd, \
              period_start, period_end, posted_at, batch_id) \
          SELECT b, e, g, k, s, a, ps, pe, $9, $10 FROM unnest($1::text[], $2::uuid[], $3::text[], \
@@ -579,6 +616,7 @@ pub(crate) async fn post(
     .bind(batch_id)
     .execute(&mut **tx)
     .await?;
+    }
 
     // The ledger.posted events go to the outbox before the period totals
     // are touched: the totals' rows are the one place concurrent batches of
@@ -613,6 +651,7 @@ pub(crate) async fn post(
         actual: Usd,
         estimate: Usd,
         generations: i64,
+        held: Usd,
     }
     let mut deltas: BTreeMap<(String, DateTime<Utc>), Delta> = BTreeMap::new();
     for p in &postings {
@@ -627,17 +666,23 @@ pub(crate) async fn post(
             d.generations += 1;
         }
     }
+    for (key, (end, held)) in releases {
+        let d = deltas.entry(key).or_default();
+        d.end.get_or_insert(end);
+        d.held.try_add_assign(held)?;
+    }
     let rows = sqlx::query(
         "INSERT INTO budget_periods AS bp (budget_id, period_start, period_end, spent_usd, \
-             spent_actual_usd, spent_estimated_usd, generations) \
+             spent_actual_usd, spent_estimated_usd, generations, held_usd) \
          SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::numeric[], \
-             $5::numeric[], $6::numeric[], $7::int8[]) \
+             $5::numeric[], $6::numeric[], $7::int8[], $8::numeric[]) \
          ON CONFLICT (budget_id, period_start) DO UPDATE SET \
              spent_usd = bp.spent_usd + excluded.spent_usd, \
              spent_actual_usd = bp.spent_actual_usd + excluded.spent_actual_usd, \
              spent_estimated_usd = bp.spent_estimated_usd + excluded.spent_estimated_usd, \
-             generations = bp.generations + excluded.generations \
-         RETURNING budget_id, period_start, spent_usd",
+             generations = bp.generations + excluded.generations, \
+             held_usd = bp.held_usd + excluded.held_usd \
+         RETURNING budget_id, period_start, spent_usd, held_usd",
     )
     .bind(deltas.keys().map(|k| k.0.clone()).collect::<Vec<_>>())
     .bind(deltas.keys().map(|k| k.1).collect::<Vec<_>>())
@@ -646,6 +691,7 @@ pub(crate) async fn post(
     .bind(deltas.values().map(|d| d.actual).collect::<Vec<_>>())
     .bind(deltas.values().map(|d| d.estimate).collect::<Vec<_>>())
     .bind(deltas.values().map(|d| d.generations).collect::<Vec<_>>())
+    .bind(deltas.values().map(|d| d.held).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
 
@@ -657,6 +703,13 @@ pub(crate) async fn post(
         let key: (String, DateTime<Utc>) =
             (row.try_get("budget_id")?, row.try_get("period_start")?);
         let after: Usd = row.try_get("spent_usd")?;
+        let held: Usd = row.try_get("held_usd")?;
+        if held.is_negative() {
+            return Err(StoreError::Corrupt(format!(
+                "budget {} would hold a negative amount ({held}) after settling",
+                key.0
+            )));
+        }
         let before = after.try_sub(deltas.get(&key).map(|d| d.total).unwrap_or_default())?;
         running.insert(key, before);
     }

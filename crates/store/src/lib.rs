@@ -19,6 +19,9 @@
 //!   projection: replays leave it alone).
 //! * [`reconcile`]: the reconciler's first lookups and sweep claims, and
 //!   the booked totals per window that the provider drift compares.
+//! * [`reservations`]: holds on the worst-case cost of running generations,
+//!   so hard budgets hold under concurrency, and the generation id of every
+//!   request, so none is run twice.
 //!
 //! # Money rules
 //!
@@ -44,19 +47,36 @@
 //!   sum to `generations.debited_usd` (conservation, money rule 7 below).
 //! * Derived events (ledger.posted, threshold alerts) are written to the
 //!   outbox in the same transaction as the entries they describe.
+//! * For every budget period, `budget_periods.held_usd` equals the sum of
+//!   the holds of its reservations in state `held`, and a hard budget never
+//!   admits a hold past `spent + held ≤ limit` (see [`reservations`]).
 //!
 //! # Decisions
 //!
-//! * **Lock order.** A projector batch takes, in this order: a *shared*
-//!   advisory lock per organisation (sorted), the rows of its generations
-//!   (`FOR UPDATE`, sorted by id), then the budget period rows (upserted in
-//!   `(budget_id, period_start)` order). Creating a budget takes the
-//!   organisation's lock *exclusively*, so the recorded generations it books
-//!   are exactly those committed before it, and every later batch sees the
-//!   new budget. Projector instances never block each other on the org lock
-//!   and always take row locks in the same order, so they cannot deadlock;
-//!   if Postgres still reports a deadlock or serialization failure, the
-//!   batch is retried ([`StoreError::is_transient`]).
+//! * **Lock order.** Every transaction takes its locks in this one order,
+//!   each kind sorted, and skips the kinds it does not need:
+//!   1. advisory locks per organisation (sorted keys): *shared* for
+//!      projector batches and hold takers, *exclusive* for creating or
+//!      archiving a budget;
+//!   2. generation rows (`FOR UPDATE`, by `generation_id`) — projector;
+//!   3. reservation rows (`FOR UPDATE`, by `request_id`) — hold takers,
+//!      the projector's settlement, releases and the sweeper;
+//!   4. budget period rows (upserted or `FOR UPDATE` in `(budget_id,
+//!      period_start)` order) — projector postings, hold takers, releases.
+//!
+//!   Creating a budget takes the organisation's lock exclusively, so the
+//!   recorded generations it books are exactly those committed before it,
+//!   and every later batch or hold sees the new budget. Projector instances
+//!   and hold takers never block each other on the org lock, and a hold
+//!   taker (reservations → period rows) composes with a projector batch
+//!   (generations → reservations → period rows) because both go down the
+//!   list in the same direction: no cycle is possible. A hold taker inserts
+//!   new reservation rows after its period locks; such an insert can only
+//!   wait for a concurrent insert of the *same* request id, whose taker
+//!   already holds the same period rows — so it never waits while holding a
+//!   lock the other needs. If Postgres still reports a deadlock or
+//!   serialization failure, the transaction is retried
+//!   ([`StoreError::is_transient`]).
 //! * **Budget scope and period are immutable.** Changing them would move
 //!   money already booked between budgets; create a new budget instead.
 //!   Archiving stops counting generations completed after the archive time,
@@ -79,6 +99,7 @@ pub mod outbox;
 pub mod providers;
 pub mod queries;
 pub mod reconcile;
+pub mod reservations;
 pub mod stats;
 pub mod tenancy;
 
@@ -89,10 +110,14 @@ use sqlx::{ConnectOptions, PgPool};
 
 pub use budgets::{Budget, BudgetPatch, NewBudget};
 pub use ledger::{BatchOutcome, FactInput, FactOutcome, PostedEntry};
+pub use reservations::{
+    Hold, HoldBatcher, HoldOutcome, HoldRequest, Refusal, Reservation, ReservationState,
+    SettledHold,
+};
 pub use tenancy::{IssuedKey, KeyInfo, Org, Role};
 
 /// Errors of the store. Each maps to a stable [`code`](StoreError::code).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// The database URL is not valid.
     #[error("invalid database URL: {0}")]

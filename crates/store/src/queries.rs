@@ -51,6 +51,9 @@ pub struct PeriodTotals {
     pub spent_estimated_usd: Usd,
     /// Generations counted in the period.
     pub generations: i64,
+    /// Held now by reservations of generations still running (see
+    /// [`crate::reservations`]).
+    pub reserved_usd: Usd,
 }
 
 /// One journal entry as stored.
@@ -229,6 +232,7 @@ fn totals_from_row(r: &PgRow) -> Result<PeriodTotals, StoreError> {
         spent_actual_usd: r.try_get("spent_actual_usd")?,
         spent_estimated_usd: r.try_get("spent_estimated_usd")?,
         generations: r.try_get("generations")?,
+        reserved_usd: r.try_get("held_usd")?,
     })
 }
 
@@ -241,7 +245,7 @@ impl Store {
         period: Period,
     ) -> Result<PeriodTotals, StoreError> {
         let row = sqlx::query(
-            "SELECT spent_usd, spent_actual_usd, spent_estimated_usd, generations \
+            "SELECT spent_usd, spent_actual_usd, spent_estimated_usd, generations, held_usd \
              FROM budget_periods WHERE budget_id = $1 AND period_start = $2",
         )
         .bind(&budget.id)
@@ -269,7 +273,8 @@ impl Store {
             return Ok(Vec::new());
         }
         let rows = sqlx::query(
-            "SELECT k.ord, bp.spent_usd, bp.spent_actual_usd, bp.spent_estimated_usd, bp.generations \
+            "SELECT k.ord, bp.spent_usd, bp.spent_actual_usd, bp.spent_estimated_usd, bp.generations, \
+                    bp.held_usd \
              FROM unnest($1::text[], $2::timestamptz[]) WITH ORDINALITY AS k(budget_id, period_start, ord) \
              JOIN budget_periods bp \
                ON bp.budget_id = k.budget_id AND bp.period_start = k.period_start",

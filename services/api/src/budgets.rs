@@ -34,9 +34,11 @@
 //!   them would move money already booked between budgets and periods, and a
 //!   replay could not reproduce the result; `PATCH` refuses them with
 //!   `immutable_field` (create a new budget and archive the old one).
-//! * **Only hard budgets block.** The check reports every matching budget;
-//!   an exhausted soft budget shows `exhausted: true` but leaves `allowed`
-//!   true. A check that omits a scope field is not matched by budgets that
+//! * **Only hard budgets block, and holds count.** The check reports every
+//!   matching budget; a hard budget blocks when its spend plus the holds of
+//!   the generations running now (`reserved_usd`) reach its limit (nothing
+//!   is available); an exhausted soft budget shows `exhausted: true` but
+//!   leaves `allowed` true. A check that omits a scope field is not matched by budgets that
 //!   set it (see `tally_store::queries`).
 
 use std::str::FromStr;
@@ -94,6 +96,8 @@ pub(crate) struct CreateBody {
     thresholds_percent: Option<Vec<u32>>,
     #[serde(default)]
     enforcement: Option<String>,
+    #[serde(default)]
+    allow_unpriced_models: Option<bool>,
 }
 
 /// Whether a field was present in the body, whatever its value.
@@ -118,6 +122,8 @@ pub(crate) struct PatchBody {
     thresholds_percent: Option<Vec<u32>>,
     #[serde(default)]
     enforcement: Option<String>,
+    #[serde(default)]
+    allow_unpriced_models: Option<bool>,
     // Immutable: recognised only to refuse them by name.
     #[serde(default)]
     id: Present,
@@ -246,6 +252,7 @@ pub(crate) async fn create(
         limit_usd,
         thresholds,
         enforcement,
+        allow_unpriced_models: body.allow_unpriced_models.unwrap_or(false),
     };
     let opts = PostingOptions {
         prefix: state.prefix.clone(),
@@ -391,6 +398,7 @@ pub(crate) async fn patch(
             Some(e) => Some(parse_enforcement(e)?),
             None => None,
         },
+        allow_unpriced_models: body.allow_unpriced_models,
     };
     let b = state
         .store
@@ -519,8 +527,12 @@ pub(crate) async fn check(
     let budgets: Vec<BudgetStatus> = matching
         .into_iter()
         .map(|(b, totals, period)| {
+            let committed = totals
+                .spent_usd
+                .try_add(totals.reserved_usd)
+                .map_err(|e| ApiError::money_not_exact(&e))?;
             Ok(BudgetStatus {
-                blocks: b.enforcement.blocks(b.limit_usd, totals.spent_usd),
+                blocks: b.enforcement.blocks(b.limit_usd, committed),
                 period: PeriodBody::new(b.limit_usd, period, totals)?,
                 id: b.id,
                 name: b.name,

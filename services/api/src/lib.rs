@@ -21,6 +21,8 @@
 //! | `GET /v1/generations/{generation_id}` | member | 200 | 404, 422, 503 |
 //! | `GET /v1/spend?[org_id&]from&to&group_by` | member | 200 | 404, 422, 503 |
 //! | `GET /v1/providers/openrouter/drift` | member | 200 | 409 (`provider_not_connected`), 502, 503 (see [`drift`]) |
+//! | `GET /v1/reservations[?org_id&state&cursor&limit]` | member | 200 | 404, 422, 503 |
+//! | `GET /v1/reservations/{request_id}` | member | 200 | 404, 422, 503 |
 //! | `GET /healthz` | none | 200 | |
 //! | `GET /readyz` | none | 200 | 503 |
 //! | `GET /metrics` | none | 200 | |
@@ -87,6 +89,7 @@ mod generations;
 mod health;
 mod keys;
 mod pagination;
+mod reservations;
 mod spend;
 mod wire;
 
@@ -344,6 +347,13 @@ fn v1_routes() -> Vec<Route> {
             "/v1/providers/openrouter/drift",
             Member,
             drift::get,
+        ),
+        route(Method::GET, "/v1/reservations", Member, reservations::list),
+        route(
+            Method::GET,
+            "/v1/reservations/{request_id}",
+            Member,
+            reservations::get,
         ),
     ]
 }

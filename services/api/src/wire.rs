@@ -12,6 +12,10 @@
 //!   separately as `over_by_usd`, so nothing is hidden.
 //! * **Past periods are measured against the current limit.** Budgets keep
 //!   no history of their limits; the spend figures themselves are exact.
+//! * **`available_usd` = limit − spent − reserved, clamped at zero.** It is
+//!   what a new generation may still hold: `reserved_usd` is the worst case
+//!   of the generations running now (their holds), so a hard budget admits
+//!   a request only when its worst case fits in `available_usd`.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -41,6 +45,13 @@ pub(crate) struct PeriodBody {
     pub remaining_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
     pub over_by_usd: Usd,
+    /// What running generations hold on the period (their worst case).
+    #[serde(with = "tally_money::serde_usd")]
+    pub reserved_usd: Usd,
+    /// `limit − spent − reserved`, at least zero: what a new generation
+    /// can still hold.
+    #[serde(with = "tally_money::serde_usd")]
+    pub available_usd: Usd,
     pub generations: i64,
     pub exhausted: bool,
 }
@@ -59,6 +70,12 @@ impl PeriodBody {
             spent_estimated_usd: t.spent_estimated_usd,
             remaining_usd: limit.try_sub(t.spent_usd).map_err(money)?.max(Usd::ZERO),
             over_by_usd: t.spent_usd.try_sub(limit).map_err(money)?.max(Usd::ZERO),
+            reserved_usd: t.reserved_usd,
+            available_usd: limit
+                .try_sub(t.spent_usd)
+                .and_then(|r| r.try_sub(t.reserved_usd))
+                .map_err(money)?
+                .max(Usd::ZERO),
             generations: t.generations,
             exhausted: is_exhausted(limit, t.spent_usd),
         })
@@ -78,6 +95,7 @@ pub(crate) struct BudgetBody {
     pub limit_usd: Usd,
     pub thresholds_percent: Vec<u32>,
     pub enforcement: Enforcement,
+    pub allow_unpriced_models: bool,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub archived_at: Option<DateTime<Utc>>,
@@ -99,6 +117,7 @@ impl BudgetBody {
             limit_usd: b.limit_usd,
             thresholds_percent: b.thresholds,
             enforcement: b.enforcement,
+            allow_unpriced_models: b.allow_unpriced_models,
             created_at: b.created_at,
             updated_at: b.updated_at,
             archived_at: b.archived_at,
@@ -287,7 +306,17 @@ mod tests {
         let body = PeriodBody::new(Usd::ONE, p, t).unwrap();
         assert_eq!(body.remaining_usd, Usd::ZERO);
         assert_eq!(body.over_by_usd, Usd::new(5, 1));
+        assert_eq!(body.available_usd, Usd::ZERO);
         assert!(body.exhausted);
+        let held = PeriodTotals {
+            spent_usd: Usd::new(25, 2),
+            reserved_usd: Usd::new(5, 1),
+            ..Default::default()
+        };
+        let body = PeriodBody::new(Usd::ONE, p, held).unwrap();
+        assert_eq!(body.remaining_usd, Usd::new(75, 2));
+        assert_eq!(body.available_usd, Usd::new(25, 2));
+        assert!(!body.exhausted);
     }
 
     #[test]

@@ -163,6 +163,7 @@ impl Gen<'_> {
                 provider: Some("openai".into()),
                 status: "completed".into(),
                 is_byok: false,
+                request_id: None,
             }),
         }
     }
@@ -998,4 +999,149 @@ fn sqlx_pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
     Ok(sqlx::postgres::PgPoolOptions::new()
         .acquire_timeout(Duration::from_millis(500))
         .connect_lazy(url)?)
+}
+
+fn hold_request(id: &str, agent: &str, amount: &str) -> tally_store::HoldRequest {
+    tally_store::HoldRequest {
+        request_id: id.into(),
+        org_id: ORG.into(),
+        agent_id: Some(agent.into()),
+        session_id: None,
+        user_id: None,
+        model: "openai/gpt-4o-mini".into(),
+        fallback_models: Vec::new(),
+        amount_usd: Some(dec(amount)),
+        max_output_tokens: 4096,
+        ttl: Duration::from_secs(600),
+    }
+}
+
+#[tokio::test]
+async fn holds_show_on_budgets_count_in_checks_and_list_as_reservations() -> anyhow::Result<()> {
+    let api = Api::start().await?;
+    let hard = api
+        .create_budget(json!({
+            "org_id": ORG, "name": "a1 hard", "scope": {"agent_id": "a1"}, "period": "total",
+            "limit_usd": "1", "enforcement": "hard", "allow_unpriced_models": true,
+        }))
+        .await;
+    assert_eq!(hard["allow_unpriced_models"], true);
+    assert_eq!(hard["current_period"]["reserved_usd"], "0");
+    assert_eq!(hard["current_period"]["available_usd"], "1");
+    let id = hard["id"].as_str().unwrap().to_owned();
+    let (status, patched) = api
+        .patch(
+            &format!("/v1/budgets/{id}"),
+            json!({"allow_unpriced_models": false}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{patched}");
+    assert_eq!(patched["allow_unpriced_models"], false);
+    let (status, bad) = api
+        .patch(
+            &format!("/v1/budgets/{id}"),
+            json!({"allow_unpriced_models": "yes"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+
+    // Two holds of 0.5 leave nothing available: the check blocks though
+    // nothing is spent yet.
+    let out = api
+        .store
+        .take_holds(&[
+            hold_request("r1", "a1", "0.5"),
+            hold_request("r2", "a1", "0.5"),
+            hold_request("r3", "a1", "0.5"),
+        ])
+        .await?;
+    assert!(matches!(out[2], tally_store::HoldOutcome::Refused { .. }));
+    let (_, b) = api.get(&format!("/v1/budgets/{id}")).await;
+    let cp = &b["current_period"];
+    assert_eq!(cp["spent_usd"], "0");
+    assert_eq!(cp["reserved_usd"], "1");
+    assert_eq!(cp["available_usd"], "0");
+    assert_eq!(cp["remaining_usd"], "1");
+    let (status, c) = api
+        .post(
+            "/v1/budgets/check",
+            json!({"org_id": ORG, "agent_id": "a1"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{c}");
+    assert_eq!(c["allowed"], false, "{c}");
+    assert_eq!(c["blocking_budget"]["id"], hard["id"]);
+    assert_eq!(c["blocking_budget"]["period"]["reserved_usd"], "1");
+
+    // The reservations, by state, in pages.
+    let (status, page) = api
+        .get(&format!("/v1/reservations?org_id={ORG}&state=held&limit=1"))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{page}");
+    assert_eq!(page["reservations"].as_array().unwrap().len(), 1);
+    let first = &page["reservations"][0];
+    assert_eq!(first["state"], "held");
+    assert_eq!(first["amount_usd"], "0.5");
+    assert_eq!(first["holds"][0]["budget_id"], hard["id"]);
+    assert_eq!(first["holds"][0]["amount_usd"], "0.5");
+    let cursor = page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, rest) = api
+        .get(&format!(
+            "/v1/reservations?org_id={ORG}&state=held&cursor={cursor}"
+        ))
+        .await;
+    assert_eq!(rest["reservations"].as_array().unwrap().len(), 1);
+    assert_eq!(rest["next_cursor"], Value::Null);
+    assert_ne!(rest["reservations"][0]["request_id"], first["request_id"]);
+    let (_, refused) = api
+        .get(&format!("/v1/reservations?org_id={ORG}&state=refused"))
+        .await;
+    assert_eq!(refused["reservations"][0]["request_id"], "r3");
+    assert_eq!(
+        refused["reservations"][0]["failure_reason"],
+        "budget_exhausted"
+    );
+    assert_eq!(refused["reservations"][0]["refused_by"], hard["id"]);
+    let (status, one) = api.get("/v1/reservations/r3").await;
+    assert_eq!(status, StatusCode::OK, "{one}");
+    assert_eq!(one["state"], "refused");
+
+    // Settling one frees its hold; the spend takes its place.
+    api.apply(&[{
+        let mut f = Gen {
+            agent: Some("a1"),
+            ..gen("g1", "openai/gpt-4o-mini", Utc::now(), "0.1")
+        }
+        .fact();
+        if let Some(d) = f.details.as_mut() {
+            d.request_id = Some("r1".into());
+        }
+        f
+    }])
+    .await;
+    let (_, b) = api.get(&format!("/v1/budgets/{id}")).await;
+    assert_eq!(b["current_period"]["spent_usd"], "0.1");
+    assert_eq!(b["current_period"]["reserved_usd"], "0.5");
+    assert_eq!(b["current_period"]["available_usd"], "0.4");
+    let (_, one) = api.get("/v1/reservations/r1").await;
+    assert_eq!(one["state"], "settled");
+    assert_eq!(one["generation_id"], "g1");
+    assert_eq!(one["settled_usd"], "0.1");
+
+    // Bad input is a specific problem.
+    let (status, p) = api
+        .get(&format!("/v1/reservations?org_id={ORG}&state=bogus"))
+        .await;
+    assert_problem(status, &p, 422, "invalid_field", Some("state"));
+    // Without org_id the key's organisation is meant.
+    let (status, p) = api.get("/v1/reservations?state=held").await;
+    assert_eq!(status, StatusCode::OK, "{p}");
+    assert_eq!(p["reservations"][0]["org_id"], ORG, "{p}");
+    let (status, p) = api
+        .get(&format!("/v1/reservations?org_id={ORG}&limit=0"))
+        .await;
+    assert_problem(status, &p, 422, "invalid_field", Some("limit"));
+    let (status, p) = api.get("/v1/reservations/nope").await;
+    assert_problem(status, &p, 404, "reservation_not_found", None);
+    Ok(())
 }

@@ -86,6 +86,22 @@ impl Env {
     }
 
     /// A generation of org A, booked by the projector's transaction.
+    async fn reservation_of_a(&self, id: &str) {
+        let hold = tally_store::HoldRequest {
+            request_id: id.to_owned(),
+            org_id: A.to_owned(),
+            agent_id: None,
+            session_id: None,
+            user_id: None,
+            model: "m".into(),
+            fallback_models: Vec::new(),
+            amount_usd: Some("0.5".parse().unwrap()),
+            max_output_tokens: 100,
+            ttl: std::time::Duration::from_secs(60),
+        };
+        self.store.take_holds(&[hold]).await.expect("take_holds");
+    }
+
     async fn generation_of_a(&self, id: &str) {
         let fact = FactInput {
             generation_id: id.to_owned(),
@@ -106,6 +122,7 @@ impl Env {
                 provider: None,
                 status: "completed".into(),
                 is_byok: false,
+                request_id: None,
             }),
         };
         self.store
@@ -289,6 +306,22 @@ async fn request_for(env: &Env, r: &RouteSpec) -> (String, Option<Value>, u16, F
             503,
             Foreign::NotFound("org_not_found"),
         ),
+        ("GET", "/v1/reservations") => (
+            format!("/v1/reservations?org_id={A}"),
+            None,
+            200,
+            Foreign::NotFound("org_not_found"),
+        ),
+        ("GET", "/v1/reservations/{request_id}") => {
+            let id = format!("req-{}", uuid::Uuid::new_v4().simple());
+            env.reservation_of_a(&id).await;
+            (
+                format!("/v1/reservations/{id}"),
+                None,
+                200,
+                Foreign::NotFound("reservation_not_found"),
+            )
+        }
         (m, p) => panic!("route {m} {p} has no case in the route-table test: add one"),
     }
 }

@@ -72,6 +72,7 @@ async fn setup() -> anyhow::Result<Setup> {
             limit_usd: Usd::from(1_000_000),
             thresholds: vec![50, 80, 100],
             enforcement: tally_budget::Enforcement::Soft,
+            allow_unpriced_models: false,
         };
         store
             .create_budget(b.clone(), &PostingOptions::default())

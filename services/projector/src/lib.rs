@@ -550,6 +550,7 @@ fn completed_fact(ev: CloudEvent<GenerationCompleted>) -> FactInput {
             provider: g.provider.clone(),
             status: status_str(&g),
             is_byok: g.is_byok,
+            request_id: g.request_id.clone(),
         }),
         fact: Fact::Completed {
             placement: Placement {

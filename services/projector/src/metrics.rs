@@ -55,6 +55,13 @@ pub struct Metrics {
     /// spent/limit of an active budget's current period.
     pub budget_max_ratio: prometheus::Gauge,
     models: BoundedLabel,
+    /// `tally_projector_holds_settled_total`: reservations settled by
+    /// completed events.
+    pub holds_settled: IntCounter,
+    /// `tally_projector_hold_to_actual_ratio`: worst case held ÷ amount
+    /// debited, per settled hold with both positive (how much headroom the
+    /// worst case takes).
+    pub hold_to_actual: Histogram,
 }
 
 impl Metrics {
@@ -155,6 +162,19 @@ impl Metrics {
                 "Highest spent/limit of an active budget's current period",
             )?,
             models: BoundedLabel::new(MAX_MODELS),
+            holds_settled: IntCounter::new(
+                "tally_projector_holds_settled_total",
+                "Reservations settled by the completed event of their request",
+            )?,
+            hold_to_actual: Histogram::with_opts(
+                HistogramOpts::new(
+                    "tally_projector_hold_to_actual_ratio",
+                    "Worst case held divided by the amount debited, per settled hold",
+                )
+                .buckets(vec![
+                    1.0, 1.5, 2.0, 5.0, 10.0, 50.0, 100.0, 1000.0, 10000.0, 100000.0,
+                ]),
+            )?,
         };
         registry.register(Box::new(m.events.clone()))?;
         registry.register(Box::new(m.entries.clone()))?;
@@ -172,6 +192,8 @@ impl Metrics {
         registry.register(Box::new(m.credited.clone()))?;
         registry.register(Box::new(m.budgets.clone()))?;
         registry.register(Box::new(m.budget_max_ratio.clone()))?;
+        registry.register(Box::new(m.holds_settled.clone()))?;
+        registry.register(Box::new(m.hold_to_actual.clone()))?;
         Ok(m)
     }
 
@@ -206,5 +228,17 @@ impl Metrics {
         self.unpriced.inc_by(o.newly_unpriced);
         self.unresolved.inc_by(o.newly_unresolved);
         self.alerts.inc_by(o.alerts as u64);
+        self.holds_settled.inc_by(o.settled.len() as u64);
+        for s in &o.settled {
+            // The ratio is taken exactly; only the figure becomes a float.
+            let ratio = s
+                .held_usd
+                .filter(|h| h.is_positive())
+                .zip(Some(s.debited_usd).filter(|d| d.is_positive()))
+                .and_then(|(h, d)| h.ratio_lossy(d));
+            if let Some(r) = ratio {
+                self.hold_to_actual.observe(r);
+            }
+        }
     }
 }

@@ -101,6 +101,25 @@ pub struct Settings {
     /// JetStream stream replicas (3 in a cluster).
     #[arg(long, env = "TALLY_NATS_REPLICAS", default_value = "1", global = true)]
     pub nats_replicas: String,
+    /// How long a budget hold stands without the worker's heartbeat (a
+    /// running generation extends it every third of this; a crashed
+    /// worker's holds are released after it), e.g. 10m.
+    #[arg(
+        long,
+        env = "TALLY_RESERVATION_TTL",
+        default_value = "10m",
+        global = true
+    )]
+    pub reservation_ttl: String,
+    /// Output token cap sent upstream (and held as the worst case) when
+    /// neither the request nor the model's catalog entry sets one.
+    #[arg(
+        long,
+        env = "TALLY_DEFAULT_MAX_OUTPUT_TOKENS",
+        default_value = "4096",
+        global = true
+    )]
+    pub default_max_output_tokens: String,
     /// File where the worker keeps the last good OpenRouter model catalog,
     /// so prices survive OpenRouter being down at start (off when unset).
     #[arg(long, env = "TALLY_CATALOG_PATH", global = true)]
@@ -271,6 +290,10 @@ pub struct Config {
     pub nats_replicas: usize,
     /// Consumer ack wait.
     pub ack_wait: Duration,
+    /// How long a budget hold stands without a heartbeat.
+    pub reservation_ttl: Duration,
+    /// Default output cap.
+    pub default_max_output_tokens: u32,
     /// Model catalog persistence file.
     pub catalog_path: Option<std::path::PathBuf>,
     /// BYOK providers per organisation or agent.
@@ -468,6 +491,34 @@ impl Settings {
                     ),
                 )
             })?;
+        let reservation_ttl = humantime::parse_duration(&self.reservation_ttl)
+            .ok()
+            .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(86_400))
+            .ok_or_else(|| {
+                err(
+                    "TALLY_RESERVATION_TTL",
+                    "--reservation-ttl",
+                    format!(
+                        "{:?} must be a duration between 1s and 24h, like 10m",
+                        self.reservation_ttl
+                    ),
+                )
+            })?;
+        let default_max_output_tokens: u32 = self
+            .default_max_output_tokens
+            .parse()
+            .ok()
+            .filter(|n| (1..=10_000_000).contains(n))
+            .ok_or_else(|| {
+                err(
+                    "TALLY_DEFAULT_MAX_OUTPUT_TOKENS",
+                    "--default-max-output-tokens",
+                    format!(
+                        "{:?} must be a whole number of tokens from 1 to 10000000",
+                        self.default_max_output_tokens
+                    ),
+                )
+            })?;
         let byok_providers = parse_byok(&self.byok_providers)
             .map_err(|reason| err("TALLY_BYOK_PROVIDERS", "--byok-providers", reason))?;
         let reconcile_rate: u32 = self
@@ -640,6 +691,8 @@ impl Settings {
             sweep_horizon,
             nats_replicas,
             ack_wait,
+            reservation_ttl,
+            default_max_output_tokens,
             catalog_path: self.catalog_path.clone(),
             byok_providers,
             reconcile_rate,

@@ -12,10 +12,16 @@
 //!    capacity strategy → `provider` / `models` (failed
 //!    `preset_unsatisfiable`, `byok_no_providers`, `unknown_preset`,
 //!    `invalid_preset`);
-//! 4. **asks the budget preflight** ([`preflight`]); refused → failed
-//!    `budget_exhausted`, OpenRouter is not called;
+//! 4. **takes the budget hold** ([`reserve`]): the request's worst case
+//!    ([`worst_case`]) against every matching budget, atomically in
+//!    Postgres; refused → failed `budget_exhausted` / `unpriced_model`
+//!    naming the budget, and OpenRouter is not called. A redelivered
+//!    request whose generation already exists is published (null actual)
+//!    instead of running again;
 //! 5. **runs the generation** with `POST /responses` (streaming when the
-//!    request says so), forwarding `session_id` and `user`;
+//!    request says so), forwarding `session_id` and `user` and the resolved
+//!    `max_output_tokens`; the generation id is recorded the moment the
+//!    response headers arrive, and the hold is extended while it runs;
 //! 6. **publishes** `tally.generation.completed.v1` (id
 //!    `completed-<generation_id>`: usage, `actual_cost_usd` from
 //!    `usage.cost` (+ upstream cost for BYOK) or null, the catalog
@@ -28,12 +34,10 @@
 //! 7. **acks** only after the events are stored.
 //!
 //! ```no_run
-//! # async fn f(bus: tally_bus::Bus, client: tally_openrouter::OpenRouterClient)
-//! #     -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn f(bus: tally_bus::Bus, client: tally_openrouter::OpenRouterClient,
+//! #     store: tally_store::Store) -> Result<(), Box<dyn std::error::Error>> {
 //! use std::{sync::Arc, time::Duration};
-//! use tally_worker::{
-//!     Catalog, CatalogConfig, HttpPreflight, Metrics, Worker, WorkerConfig,
-//! };
+//! use tally_worker::{Catalog, CatalogConfig, Metrics, Reservations, Worker, WorkerConfig};
 //!
 //! let registry = tally_telemetry::Registry::new();
 //! let metrics = Arc::new(Metrics::register(&registry)?);
@@ -45,8 +49,8 @@
 //! let (stop, shutdown) = tokio::sync::watch::channel(false);
 //! let _ = catalog.refresh(&client).await; // keep the persisted one on failure
 //! catalog.clone().spawn_refresh(client.clone(), shutdown.clone());
-//! let preflight = Arc::new(HttpPreflight::new("http://127.0.0.1:8080", Duration::from_secs(5))?);
-//! let worker = Worker::new(bus, client, preflight, catalog, WorkerConfig::default(), metrics);
+//! let reservations = Some(Reservations::new(store));
+//! let worker = Worker::new(bus, client, reservations, catalog, WorkerConfig::default(), metrics);
 //! let task = tokio::spawn(worker.run(shutdown));
 //! // ... later:
 //! stop.send(true)?;
@@ -59,7 +63,8 @@
 //! * [`routing`] — routing compilation (pure, table-tested).
 //! * [`catalog`] — the price catalog and capability profiles.
 //! * [`estimate`] — the exact, cache-aware cost estimate (pure).
-//! * [`preflight`] — the budget check ([`Preflight`], [`HttpPreflight`]).
+//! * [`worst_case`] — the worst-case cost held before a generation (pure).
+//! * [`reserve`] — budget holds and the sweeper ([`Reservations`]).
 //! * [`metrics`] — every `tally_worker_*` metric.
 //! * `service` — the pull loop and one request's life ([`Worker`]).
 //!
@@ -71,8 +76,8 @@
 //!   ids, which JetStream's duplicate window drops (and consumers are
 //!   idempotent on the business ids beyond it).
 //! * **Retry by nak, not by sleep.** A retryable OpenRouter error (429,
-//!   5xx, timeouts, transport, malformed replies) or an unanswered preflight
-//!   puts the message back with `Retry-After` or a doubling backoff
+//!   5xx, timeouts, transport, malformed replies) or a hold the database
+//!   could not take puts the message back with `Retry-After` or a doubling backoff
 //!   (`base_backoff` … `max_backoff`); after `max_attempts` deliveries the
 //!   request fails with a specific, `retryable: true` reason. Nothing waits
 //!   in memory.
@@ -96,23 +101,28 @@
 //! * **The catalog gates only what it knows.** Before any catalog is loaded
 //!   (first start while OpenRouter is down, no persisted file), models are
 //!   not refused locally; OpenRouter's 400 turns into `unknown_model`.
-//! * **Known limitation: a crash between the OpenRouter call and the
-//!   publish** re-runs the generation on redelivery. Both generations are
-//!   real spend with distinct ids, so the books stay true; avoiding the
-//!   second run would need a durable claim per request id.
+//! * **A generation is never run twice.** The reservation keyed by
+//!   `request_id` records the generation id as soon as OpenRouter's
+//!   response headers arrive; a redelivery (crash, lost ack) that finds it
+//!   publishes the completed event with a null actual cost and the held
+//!   worst case as estimate, and the reconciler finds the actual. The one
+//!   window left is a crash after the request was sent and before its
+//!   headers came back: OpenRouter may have started a generation tally
+//!   never learnt the id of, and the redelivery runs the request again.
 
 pub mod catalog;
 pub mod estimate;
 pub mod metrics;
-pub mod preflight;
+pub mod reserve;
 pub mod routing;
 mod service;
+pub mod worst_case;
 
 use std::time::Duration;
 
 pub use catalog::{Capabilities, Catalog, CatalogConfig, CatalogError};
 pub use metrics::Metrics;
-pub use preflight::{AllowAll, HttpPreflight, Preflight, PreflightDecision, PreflightError};
+pub use reserve::Reservations;
 pub use routing::{ByokProviders, Target};
 pub use service::{
     completed_event_id, failed_event_id, failure_reason, result_event_id, Worker,
@@ -142,6 +152,15 @@ pub struct WorkerConfig {
     /// How often a request still being generated is reported in progress
     /// to JetStream (must be well below the consumer's ack wait), default 15 s.
     pub heartbeat: Duration,
+    /// How long a budget hold stands without a heartbeat
+    /// (`TALLY_RESERVATION_TTL`), default 10 min; a running generation
+    /// extends it every third of this.
+    pub reservation_ttl: Duration,
+    /// How often the sweeper releases expired holds, default 15 s.
+    pub sweep_interval: Duration,
+    /// Output cap when neither the request nor the model sets one
+    /// (`TALLY_DEFAULT_MAX_OUTPUT_TOKENS`), default 4096.
+    pub default_max_output_tokens: u32,
 }
 
 impl Default for WorkerConfig {
@@ -156,6 +175,9 @@ impl Default for WorkerConfig {
             byok: ByokProviders::default(),
             target: Target::OpenRouter,
             heartbeat: service::HEARTBEAT,
+            reservation_ttl: Duration::from_secs(600),
+            sweep_interval: Duration::from_secs(15),
+            default_max_output_tokens: worst_case::DEFAULT_MAX_OUTPUT_TOKENS,
         }
     }
 }
@@ -175,6 +197,15 @@ impl WorkerConfig {
         }
         if self.base_backoff.is_zero() || self.max_backoff < self.base_backoff {
             return bad("backoff must be positive and max_backoff ≥ base_backoff");
+        }
+        if self.reservation_ttl < Duration::from_millis(300) {
+            return bad("reservation_ttl must be at least 300 ms");
+        }
+        if self.sweep_interval.is_zero() {
+            return bad("sweep_interval must be positive");
+        }
+        if self.default_max_output_tokens == 0 {
+            return bad("default_max_output_tokens must be at least 1");
         }
         Ok(())
     }

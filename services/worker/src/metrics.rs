@@ -4,7 +4,9 @@
 //! Money becomes `f64` only here, for dashboards (tally-telemetry
 //! conventions).
 
-use prometheus::{Counter, Histogram, HistogramOpts, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+};
 use tally_money::Usd;
 
 /// The worker's metrics.
@@ -31,6 +33,24 @@ pub struct Metrics {
     pub bus_errors: IntCounterVec,
     /// `tally_worker_catalog_models`: models in the price catalog.
     pub catalog_models: IntGauge,
+    /// `tally_worker_holds_total{outcome}`: budget holds asked for, by
+    /// outcome (`held`, `refused`, `generated` — an earlier delivery ran it,
+    /// `failed` — an earlier delivery failed it).
+    pub holds: IntCounterVec,
+    /// `tally_worker_hold_refusals_total{reason}`: requests refused by a
+    /// hard budget (`budget_exhausted`, `unpriced_model`).
+    pub hold_refusals: IntCounterVec,
+    /// `tally_worker_holds_expired_total`: holds released by the sweeper
+    /// because their worker stopped extending them.
+    pub holds_expired: IntCounter,
+    /// `tally_worker_reservations_held`: reservations holding budget now.
+    pub reservations_held: IntGauge,
+    /// `tally_worker_reserved_usd`: the worst cases held now (each request
+    /// once), USD.
+    pub reserved_usd: Gauge,
+    /// `tally_worker_generations_not_rerun_total`: redelivered requests whose
+    /// generation already existed, published without calling OpenRouter.
+    pub not_rerun: IntCounter,
 }
 
 impl Metrics {
@@ -46,6 +66,12 @@ impl Metrics {
         registry.register(Box::new(m.estimated_cost_usd.clone()))?;
         registry.register(Box::new(m.bus_errors.clone()))?;
         registry.register(Box::new(m.catalog_models.clone()))?;
+        registry.register(Box::new(m.holds.clone()))?;
+        registry.register(Box::new(m.hold_refusals.clone()))?;
+        registry.register(Box::new(m.holds_expired.clone()))?;
+        registry.register(Box::new(m.reservations_held.clone()))?;
+        registry.register(Box::new(m.reserved_usd.clone()))?;
+        registry.register(Box::new(m.not_rerun.clone()))?;
         Ok(m)
     }
 
@@ -108,6 +134,36 @@ impl Metrics {
             catalog_models: IntGauge::new(
                 "tally_worker_catalog_models",
                 "Models in the price catalog",
+            )?,
+            holds: IntCounterVec::new(
+                Opts::new(
+                    "tally_worker_holds_total",
+                    "Budget holds asked for, by outcome",
+                ),
+                &["outcome"],
+            )?,
+            hold_refusals: IntCounterVec::new(
+                Opts::new(
+                    "tally_worker_hold_refusals_total",
+                    "Requests refused by a hard budget, by reason",
+                ),
+                &["reason"],
+            )?,
+            holds_expired: IntCounter::new(
+                "tally_worker_holds_expired_total",
+                "Budget holds released because they expired",
+            )?,
+            reservations_held: IntGauge::new(
+                "tally_worker_reservations_held",
+                "Reservations holding budget now",
+            )?,
+            reserved_usd: Gauge::new(
+                "tally_worker_reserved_usd",
+                "Worst-case cost held by running generations, USD",
+            )?,
+            not_rerun: IntCounter::new(
+                "tally_worker_generations_not_rerun_total",
+                "Redelivered requests whose generation already ran, not sent again",
             )?,
         })
     }

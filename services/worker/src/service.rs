@@ -9,6 +9,7 @@ use tally_events::{
     CloudEvent, EventType, GenerationCompleted, GenerationFailed, GenerationRequested,
     GenerationResult, GenerationStatus, Input, Payload, ResultError, ResultStatus, Usage,
 };
+use tally_money::Usd;
 use tally_openrouter::{
     InputMessage, OpenRouterClient, ResponsesError, ResponsesInput, ResponsesReply,
     ResponsesRequest, ServerTool,
@@ -18,9 +19,12 @@ use tokio::task::JoinSet;
 
 use crate::catalog::Catalog;
 use crate::estimate::{approx_tokens, estimate, EstimateInput};
-use crate::preflight::Preflight;
+use crate::reserve::Reservations;
 use crate::routing::{self, RoutingInput, Target};
+use crate::worst_case::{resolve_max_output_tokens, worst_case_of, WorstCaseInput};
 use crate::{Metrics, WorkerConfig, WorkerError};
+use std::borrow::Cow;
+use tally_store::{HoldOutcome, HoldRequest};
 
 /// CloudEvents `source` of the worker's events.
 pub const SOURCE: &str = "/tally/worker";
@@ -57,7 +61,7 @@ struct Shared {
     bus: Bus,
     client: OpenRouterClient,
     providers: Option<tally_provider::OrgProviders>,
-    preflight: Arc<dyn Preflight>,
+    reservations: Option<Reservations>,
     catalog: Catalog,
     cfg: WorkerConfig,
     metrics: Arc<Metrics>,
@@ -72,17 +76,20 @@ enum Settle {
 
 /// A request that ends without a generation.
 struct Failure {
-    reason: &'static str,
+    reason: Cow<'static, str>,
     message: String,
     retryable: bool,
 }
 
 impl Worker {
-    /// A worker; nothing happens until [`run`](Self::run).
+    /// A worker; nothing happens until [`run`](Self::run). Without
+    /// `reservations` (no database: tests of the generation path only) no
+    /// budget is held and nothing prevents a redelivered request from
+    /// running again.
     pub fn new(
         bus: Bus,
         client: OpenRouterClient,
-        preflight: Arc<dyn Preflight>,
+        reservations: Option<Reservations>,
         catalog: Catalog,
         cfg: WorkerConfig,
         metrics: Arc<Metrics>,
@@ -92,7 +99,7 @@ impl Worker {
                 bus,
                 client,
                 providers: None,
-                preflight,
+                reservations,
                 catalog,
                 cfg,
                 metrics,
@@ -134,6 +141,9 @@ impl Worker {
             catalog_models = s.catalog.len(),
             "generation worker started"
         );
+        let sweeper = s.reservations.clone().map(|res| {
+            tokio::spawn(res.sweep(s.cfg.sweep_interval, s.metrics.clone(), shutdown.clone()))
+        });
         let permits = Arc::new(Semaphore::new(s.cfg.concurrency));
         let mut tasks = JoinSet::new();
         while !*shutdown.borrow() {
@@ -172,6 +182,9 @@ impl Worker {
             s.metrics.catalog_models.set(s.catalog.len() as i64);
         }
         while tasks.join_next().await.is_some() {}
+        if let Some(sweeper) = sweeper {
+            sweeper.abort();
+        }
         tracing::info!("generation worker stopped");
         Ok(())
     }
@@ -256,7 +269,7 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
             &req,
             None,
             Failure {
-                reason: "reply_subject_forbidden",
+                reason: "reply_subject_forbidden".into(),
                 message: format!(
                     "reply_subject {:?} is inside tally's own subjects ({prefix}.>); \
                      use a subject outside them, such as an _INBOX",
@@ -293,7 +306,7 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
                         &req,
                         None,
                         Failure {
-                            reason: "provider_unavailable",
+                            reason: "provider_unavailable".into(),
                             message: e.to_string(),
                             retryable: true,
                         },
@@ -307,7 +320,7 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
                     &req,
                     None,
                     Failure {
-                        reason: "provider_not_connected",
+                        reason: "provider_not_connected".into(),
                         message: format!(
                             "organisation {:?} has not connected OpenRouter; OpenRouter was not called",
                             req.org_id
@@ -332,7 +345,7 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
                         &req,
                         None,
                         Failure {
-                            reason: e.code(),
+                            reason: e.code().into(),
                             message: e.to_string(),
                             retryable: false,
                         },
@@ -366,7 +379,7 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
                 &req,
                 None,
                 Failure {
-                    reason: "unknown_model",
+                    reason: "unknown_model".into(),
                     message: format!("model {unknown:?} is not in OpenRouter's catalog"),
                     retryable: false,
                 },
@@ -390,7 +403,7 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
                 &req,
                 None,
                 Failure {
-                    reason: e.code(),
+                    reason: e.code().into(),
                     message: e.to_string(),
                     retryable: false,
                 },
@@ -399,53 +412,105 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
         }
     };
 
-    // Budget preflight.
-    match s
-        .preflight
-        .check(
-            &req.org_id,
-            req.agent_id.as_deref(),
-            req.session_id.as_deref(),
-            req.user_id.as_deref(),
-            &req.model,
-        )
-        .await
-    {
-        Ok(d) if d.allowed => {}
-        Ok(d) => {
-            let budget = d
-                .blocking_budget_name
-                .or(d.blocking_budget_id)
-                .unwrap_or_else(|| "a hard budget".to_owned());
-            return fail(
-                s,
-                &req,
-                None,
-                Failure {
-                    reason: "budget_exhausted",
-                    message: format!("budget {budget} is exhausted; OpenRouter was not called"),
-                    retryable: false,
-                },
-            )
-            .await;
-        }
-        Err(e) => {
-            if delivery.delivered() < s.cfg.max_attempts {
-                s.metrics.retries.with_label_values(&[e.code()]).inc();
-                tracing::warn!(error = %e, request_id = req.request_id, "budget preflight failed; retrying");
-                return Settle::Nak(backoff(&s.cfg, delivery.delivered()));
+    // The hold: the request's worst case against every matching budget,
+    // and the claim that keeps it from running twice.
+    let model_max = catalog
+        .model(&req.model)
+        .and_then(|m| m.max_completion_tokens);
+    let max_output_tokens = resolve_max_output_tokens(
+        req.max_output_tokens,
+        None,
+        model_max,
+        s.cfg.default_max_output_tokens,
+    );
+    let mut worst: Option<Usd> = None;
+    if let Some(res) = &s.reservations {
+        let mut models = vec![req.model.clone()];
+        models.extend(req.models.iter().flatten().cloned());
+        let input = worst_case_input(&req, max_output_tokens);
+        let catalog_models: Vec<_> = models.iter().map(|m| catalog.model(m)).collect();
+        worst = worst_case_of(catalog_models.iter().map(Option::as_ref), &input);
+        let hold = HoldRequest {
+            request_id: req.request_id.clone(),
+            org_id: req.org_id.clone(),
+            agent_id: req.agent_id.clone(),
+            session_id: req.session_id.clone(),
+            user_id: req.user_id.clone(),
+            model: req.model.clone(),
+            fallback_models: models[1..].to_vec(),
+            amount_usd: worst,
+            max_output_tokens,
+            ttl: s.cfg.reservation_ttl,
+        };
+        match res.hold(hold).await {
+            Ok(HoldOutcome::Held(_)) => {
+                s.metrics.holds.with_label_values(&["held"]).inc();
             }
-            return fail(
-                s,
-                &req,
-                None,
-                Failure {
-                    reason: "preflight_unavailable",
-                    message: e.to_string(),
-                    retryable: true,
-                },
-            )
-            .await;
+            Ok(HoldOutcome::Refused { reservation, now }) => {
+                let reason = reservation
+                    .failure_reason
+                    .unwrap_or_else(|| "budget_exhausted".to_owned());
+                if now {
+                    s.metrics.holds.with_label_values(&["refused"]).inc();
+                    s.metrics
+                        .hold_refusals
+                        .with_label_values(&[refusal_label(&reason)])
+                        .inc();
+                }
+                return fail(
+                    s,
+                    &req,
+                    None,
+                    Failure {
+                        reason: reason.into(),
+                        message: reservation.failure_message.unwrap_or_default(),
+                        retryable: false,
+                    },
+                )
+                .await;
+            }
+            Ok(HoldOutcome::Generated(r)) => {
+                // An earlier delivery got OpenRouter's headers: the
+                // generation exists. Never run it again.
+                s.metrics.holds.with_label_values(&["generated"]).inc();
+                let id = r.generation_id.clone().unwrap_or_default();
+                return interrupted(s, &req, &id, r.amount_usd).await;
+            }
+            Ok(HoldOutcome::Failed(r)) => {
+                s.metrics.holds.with_label_values(&["failed"]).inc();
+                return fail(
+                    s,
+                    &req,
+                    None,
+                    Failure {
+                        reason: r
+                            .failure_reason
+                            .unwrap_or_else(|| "request_failed".to_owned())
+                            .into(),
+                        message: r.failure_message.unwrap_or_default(),
+                        retryable: false,
+                    },
+                )
+                .await;
+            }
+            Err(e) => {
+                if delivery.delivered() < s.cfg.max_attempts {
+                    s.metrics.retries.with_label_values(&[e.code()]).inc();
+                    tracing::warn!(error = %e, request_id = req.request_id, "taking the budget hold failed; retrying");
+                    return Settle::Nak(backoff(&s.cfg, delivery.delivered()));
+                }
+                return fail(
+                    s,
+                    &req,
+                    None,
+                    Failure {
+                        reason: "reservation_unavailable".into(),
+                        message: format!("the budget hold could not be taken: {e}"),
+                        retryable: true,
+                    },
+                )
+                .await;
+            }
         }
     }
 
@@ -466,7 +531,8 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
             ),
         },
         instructions: req.instructions.clone(),
-        max_output_tokens: req.max_output_tokens,
+        // Sent upstream so the worst case held is a bound there too.
+        max_output_tokens: Some(max_output_tokens),
         stream: req.stream,
         provider: compiled.provider,
         session_id: req.session_id.clone(),
@@ -478,17 +544,20 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
             .map(|t| t.iter().map(|k| ServerTool { kind: k.clone() }).collect()),
     };
     let started = Instant::now();
-    let outcome = if req.stream {
-        client.responses_stream(&body).await
-    } else {
-        client.responses(&body).await
-    };
+    let outcome =
+        with_hold_heartbeat(s, &req.request_id, run_generation(s, &client, &req, &body)).await;
     s.metrics
         .openrouter_seconds
         .observe(started.elapsed().as_secs_f64());
     match outcome {
         Ok(reply) => complete(s, &req, &catalog, reply).await,
-        Err(e) if e.is_retryable() && delivery.delivered() < s.cfg.max_attempts => {
+        // The generation exists (its headers came) but its body was lost:
+        // never run it again; the reconciler finds its cost.
+        Err((e, Some(generation_id))) => {
+            tracing::warn!(error = %e, request_id = req.request_id, generation_id, "generation body lost after its headers");
+            interrupted(s, &req, &generation_id, worst).await
+        }
+        Err((e, None)) if e.is_retryable() && delivery.delivered() < s.cfg.max_attempts => {
             s.metrics.retries.with_label_values(&[e.code()]).inc();
             let wait = e
                 .retry_after()
@@ -496,14 +565,14 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
             tracing::info!(error = %e, request_id = req.request_id, wait_ms = wait.as_millis() as u64, "retryable OpenRouter error; retrying later");
             Settle::Nak(wait)
         }
-        Err(e) => {
+        Err((e, None)) => {
             let retryable = e.is_retryable();
             fail(
                 s,
                 &req,
                 None,
                 Failure {
-                    reason: failure_reason(&e),
+                    reason: failure_reason(&e).into(),
                     message: e.to_string(),
                     retryable,
                 },
@@ -592,6 +661,21 @@ async fn fail(
     generation_id: Option<String>,
     f: Failure,
 ) -> Settle {
+    // The hold goes first, with the reason: a redelivery then answers the
+    // same failure instead of running the request (see `reserve`).
+    if let Some(res) = &s.reservations {
+        if let Err(e) = res
+            .store()
+            .release_hold(&req.request_id, &f.reason, &f.message)
+            .await
+        {
+            if !matches!(e, tally_store::StoreError::NotFound { .. }) {
+                s.metrics.retries.with_label_values(&[e.code()]).inc();
+                tracing::warn!(error = %e, request_id = req.request_id, "releasing the hold failed; retrying");
+                return Settle::Nak(PUBLISH_RETRY_DELAY);
+            }
+        }
+    }
     let now = Utc::now();
     let failed = GenerationFailed {
         request_id: req.request_id.clone(),
@@ -601,7 +685,7 @@ async fn fail(
         session_id: req.session_id.clone(),
         user_id: req.user_id.clone(),
         model: req.model.clone(),
-        reason: f.reason.to_owned(),
+        reason: f.reason.to_string(),
         message: f.message.clone(),
         retryable: f.retryable,
         failed_at: now,
@@ -624,7 +708,7 @@ async fn fail(
         status: ResultStatus::Failed,
         output_text: None,
         error: Some(ResultError {
-            reason: f.reason.to_owned(),
+            reason: f.reason.to_string(),
             message: f.message.clone(),
         }),
         finished_at: now,
@@ -632,11 +716,203 @@ async fn fail(
     // The failed event is the record; a lost result does not block the ack.
     publish_result(s, req, result).await;
     s.metrics.requests.with_label_values(&["failed"]).inc();
-    s.metrics.failures.with_label_values(&[f.reason]).inc();
+    s.metrics.failures.with_label_values(&[&f.reason]).inc();
     tracing::info!(
         request_id = req.request_id,
-        reason = f.reason,
+        reason = %f.reason,
         "generation request failed"
+    );
+    Settle::Ack
+}
+
+/// A bounded metric label for a refusal reason.
+fn refusal_label(reason: &str) -> &'static str {
+    match reason {
+        "budget_exhausted" => "budget_exhausted",
+        "unpriced_model" => "unpriced_model",
+        _ => "other",
+    }
+}
+
+/// What the worst case of `req` is computed from.
+fn worst_case_input(req: &GenerationRequested, max_output_tokens: u32) -> WorstCaseInput {
+    let (bytes, messages) = match &req.input {
+        Input::Text(t) => (t.len(), 0),
+        Input::Messages(ms) => (ms.iter().map(|m| m.content.len()).sum(), ms.len()),
+    };
+    let instructions = req.instructions.as_ref().map_or(0, String::len);
+    WorstCaseInput {
+        input_bytes: (bytes + instructions) as u64,
+        messages: messages as u64 + u64::from(instructions > 0),
+        max_output_tokens,
+        web_search_tools: req
+            .server_tools
+            .iter()
+            .flatten()
+            .filter(|t| t.contains("web_search"))
+            .count() as u64,
+    }
+}
+
+/// Calls OpenRouter, records the generation id the moment the response
+/// headers arrive, then reads the body. An error after the headers carries
+/// the generation id: that generation exists and must not be run again.
+async fn run_generation(
+    s: &Shared,
+    client: &OpenRouterClient,
+    req: &GenerationRequested,
+    body: &ResponsesRequest,
+) -> Result<ResponsesReply, (ResponsesError, Option<String>)> {
+    let pending = client
+        .start_responses(body, req.stream)
+        .await
+        .map_err(|e| (e, None))?;
+    let header_id = pending.generation_id().map(str::to_owned);
+    if let Some(id) = &header_id {
+        record_generation(s, &req.request_id, id).await;
+    }
+    let reply = pending.finish().await.map_err(|e| (e, header_id.clone()))?;
+    if header_id.is_none() {
+        // Only the body named it: recorded before anything is published, so
+        // a crash from here on never runs the request again.
+        record_generation(s, &req.request_id, &reply.generation_id).await;
+    }
+    Ok(reply)
+}
+
+/// Records a request's generation id in its reservation (a few quick
+/// tries; the generation goes on either way, and settlement records it
+/// again).
+async fn record_generation(s: &Shared, request_id: &str, generation_id: &str) {
+    let Some(res) = &s.reservations else {
+        return;
+    };
+    let mut delay = Duration::from_millis(20);
+    for attempt in 1..=4 {
+        match res
+            .store()
+            .record_generation(request_id, generation_id, s.cfg.reservation_ttl)
+            .await
+        {
+            Ok(_) => return,
+            Err(e) if attempt == 4 => {
+                s.metrics.retries.with_label_values(&[e.code()]).inc();
+                tracing::error!(error = %e, request_id, generation_id, "could not record the generation id; a crash now would run the request again");
+            }
+            Err(_) => {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+}
+
+/// Runs `work` while extending the request's hold every third of its time
+/// to live, so a long generation keeps its hold and a crashed worker's
+/// hold expires.
+async fn with_hold_heartbeat<T>(
+    s: &Shared,
+    request_id: &str,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    let Some(res) = &s.reservations else {
+        return work.await;
+    };
+    let every = (s.cfg.reservation_ttl / 3).max(Duration::from_millis(50));
+    let mut beat = tokio::time::interval(every);
+    beat.tick().await;
+    tokio::pin!(work);
+    let ids = [request_id.to_owned()];
+    loop {
+        tokio::select! {
+            out = &mut work => return out,
+            _ = beat.tick() => {
+                if let Err(e) = res.store().extend_holds(&ids, s.cfg.reservation_ttl).await {
+                    tracing::warn!(error = %e, request_id, "extending the hold failed");
+                }
+            }
+        }
+    }
+}
+
+/// A generation that exists (OpenRouter sent its headers) but whose reply
+/// this worker does not have — a redelivery after a crash, or a body lost
+/// in transit. It is never run again: the completed event carries no
+/// actual cost (the reconciler asks OpenRouter for it) and, as estimate,
+/// the worst case that was held, so a hard budget is never under-counted
+/// in the meantime.
+async fn interrupted(
+    s: &Shared,
+    req: &GenerationRequested,
+    generation_id: &str,
+    worst_case: Option<Usd>,
+) -> Settle {
+    let now = Utc::now();
+    let completed = GenerationCompleted {
+        generation_id: generation_id.to_owned(),
+        org_id: req.org_id.clone(),
+        agent_id: req.agent_id.clone(),
+        session_id: req.session_id.clone(),
+        user_id: req.user_id.clone(),
+        model: req.model.clone(),
+        provider: None,
+        completed_at: now,
+        usage: Usage::default(),
+        is_byok: false,
+        actual_cost_usd: None,
+        estimated_cost_usd: worst_case,
+        status: GenerationStatus::Cancelled,
+        request_id: Some(req.request_id.clone()),
+        upstream_inference_cost_usd: None,
+    };
+    let ev = CloudEvent::new_on_bus(
+        &s.cfg.prefix,
+        completed_event_id(generation_id),
+        SOURCE,
+        now,
+        completed,
+    );
+    if let Err(e) = ev.validate() {
+        tracing::error!(error = %e, generation_id, "recorded generation id cannot be published");
+        return fail(
+            s,
+            req,
+            None,
+            Failure {
+                reason: "upstream_malformed_reply".into(),
+                message: format!("the generation cannot be recorded: {e}"),
+                retryable: false,
+            },
+        )
+        .await;
+    }
+    let subject = ev.bus_subject(&s.cfg.prefix);
+    if !publish(s, &ev, &subject).await {
+        return Settle::Nak(PUBLISH_RETRY_DELAY);
+    }
+    let result = GenerationResult {
+        request_id: req.request_id.clone(),
+        org_id: req.org_id.clone(),
+        generation_id: Some(generation_id.to_owned()),
+        status: ResultStatus::Cancelled,
+        output_text: None,
+        error: Some(ResultError {
+            reason: "generation_interrupted".to_owned(),
+            message: "the generation ran but its reply was lost; it is not run again \
+                      and its cost is reconciled from OpenRouter"
+                .to_owned(),
+        }),
+        finished_at: now,
+    };
+    publish_result(s, req, result).await;
+    s.metrics.not_rerun.inc();
+    s.metrics.requests.with_label_values(&["cancelled"]).inc();
+    s.metrics.missing_actual_cost.inc();
+    Metrics::add_usd(&s.metrics.estimated_cost_usd, worst_case);
+    tracing::info!(
+        request_id = req.request_id,
+        generation_id,
+        "generation already ran; published without running it again"
     );
     Settle::Ack
 }
@@ -758,7 +1034,7 @@ async fn complete(
             req,
             None,
             Failure {
-                reason: "upstream_malformed_reply",
+                reason: "upstream_malformed_reply".into(),
                 message: format!("the generation cannot be recorded: {e}"),
                 retryable: false,
             },

@@ -1,14 +1,12 @@
 //! The worker against a real NATS server (tally-testkit) and the OpenRouter
 //! simulator over real HTTP: cost capture streaming and not, aborted streams
-//! reconciled later, budget preflight refusal, bad requests, retries and
-//! dead letters.
+//! reconciled later, budget holds in a real Postgres (refusal, fifty
+//! requests at once against a hard budget, no second run of a generation
+//! whose id is known), bad requests, retries and dead letters.
 
 use std::{
     str::FromStr,
-    sync::{
-        atomic::{AtomicU64, Ordering},
-        Arc,
-    },
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -23,8 +21,7 @@ use tally_openrouter::{ClientConfig, OpenRouterClient};
 use tally_sim::{Fraction, RunningSim, SimConfig, Simulator};
 use tally_testkit::NatsServer;
 use tally_worker::{
-    AllowAll, ByokProviders, Catalog, CatalogConfig, HttpPreflight, Metrics, Preflight, Worker,
-    WorkerConfig,
+    ByokProviders, Catalog, CatalogConfig, Metrics, Reservations, Worker, WorkerConfig,
 };
 use tokio::sync::watch;
 
@@ -72,12 +69,12 @@ impl Env {
         })
     }
 
-    fn spawn_worker(&mut self, preflight: Arc<dyn Preflight>, cfg: WorkerConfig) {
+    fn spawn_worker(&mut self, reservations: Option<Reservations>, cfg: WorkerConfig) {
         let (stop, shutdown) = watch::channel(false);
         let worker = Worker::new(
             self.bus.clone(),
             self.client.clone(),
-            preflight,
+            reservations,
             self.catalog.clone(),
             cfg,
             Arc::new(Metrics::unregistered()),
@@ -193,7 +190,7 @@ async fn failed_of(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn non_streaming_cost_is_captured_exactly_and_the_result_answers() -> anyhow::Result<()> {
     let mut env = Env::start(SimConfig::ephemeral()).await?;
-    env.spawn_worker(Arc::new(AllowAll), fast());
+    env.spawn_worker(None, fast());
     let reader = env.reader().await?;
     let mut replies = env.bus.client().subscribe("agent.replies.r1").await?;
     let mut req = request("r1", "openai/gpt-4o-mini", false);
@@ -232,7 +229,7 @@ async fn non_streaming_cost_is_captured_exactly_and_the_result_answers() -> anyh
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streaming_cost_with_cache_and_reasoning_and_byok() -> anyhow::Result<()> {
     let mut env = Env::start(SimConfig::ephemeral()).await?;
-    env.spawn_worker(Arc::new(AllowAll), fast());
+    env.spawn_worker(None, fast());
     let reader = env.reader().await?;
     let mut req = request("r2", "deepseek/deepseek-r1", true);
     req.input = Input::Text("x".repeat(160));
@@ -252,7 +249,7 @@ async fn streaming_cost_with_cache_and_reasoning_and_byok() -> anyhow::Result<()
         ..SimConfig::ephemeral()
     })
     .await?;
-    env.spawn_worker(Arc::new(AllowAll), fast());
+    env.spawn_worker(None, fast());
     let reader = env.reader().await?;
     env.request(request("r3", "openai/gpt-4o-mini", true))
         .await?;
@@ -271,7 +268,7 @@ async fn aborted_stream_completes_with_null_cost_then_the_reconciler_finds_it() 
         ..SimConfig::ephemeral()
     })
     .await?;
-    env.spawn_worker(Arc::new(AllowAll), fast());
+    env.spawn_worker(None, fast());
     let reader = env.reader().await?;
     env.request(request("r4", "openai/gpt-4o-mini", true))
         .await?;
@@ -326,45 +323,46 @@ async fn aborted_stream_completes_with_null_cost_then_the_reconciler_finds_it() 
     Ok(())
 }
 
-#[derive(Clone, Default)]
-struct FakeApi {
-    calls: Arc<AtomicU64>,
+async fn store() -> anyhow::Result<(tally_testkit::TestDb, tally_store::Store)> {
+    let db = tally_testkit::TestDb::create().await?;
+    let store = tally_store::Store::connect(db.url(), 16).await?;
+    store.migrate().await?;
+    Ok((db, store))
 }
 
-async fn start_fake_budget_api(allowed: bool) -> anyhow::Result<(String, FakeApi)> {
-    use axum::{routing::post, Json, Router};
-    let api = FakeApi::default();
-    let calls = api.calls.clone();
-    let app = Router::new().route(
-        "/v1/budgets/check",
-        post(move |Json(body): Json<serde_json::Value>| {
-            let calls = calls.clone();
-            async move {
-                calls.fetch_add(1, Ordering::SeqCst);
-                assert_eq!(body["org_id"], ORG);
-                assert_eq!(body["agent_id"], "agent-1");
-                assert_eq!(body["model"], "openai/gpt-4o-mini");
-                Json(if allowed {
-                    serde_json::json!({"allowed": true, "blocking_budget": null, "budgets": []})
-                } else {
-                    serde_json::json!({"allowed": false, "blocking_budget": {"id": "b-9", "name": "team-cap"}, "budgets": []})
-                })
-            }
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok((format!("http://{addr}"), api))
+async fn hard_budget(
+    store: &tally_store::Store,
+    name: &str,
+    limit: &str,
+) -> anyhow::Result<tally_store::Budget> {
+    let (b, _) = store
+        .create_budget(
+            tally_store::NewBudget {
+                org_id: ORG.into(),
+                name: name.into(),
+                scope: tally_budget::Scope {
+                    agent_id: Some("agent-1".into()),
+                    ..Default::default()
+                },
+                period: tally_budget::PeriodKind::Total,
+                timezone: "UTC".into(),
+                limit_usd: d(limit),
+                thresholds: vec![100],
+                enforcement: tally_budget::Enforcement::Hard,
+                allow_unpriced_models: false,
+            },
+            &tally_store::ledger::PostingOptions::default(),
+        )
+        .await?;
+    Ok(b)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn preflight_refusal_fails_with_budget_exhausted_and_never_calls_openrouter(
-) -> anyhow::Result<()> {
+async fn an_exhausted_hard_budget_refuses_and_openrouter_is_not_called() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    hard_budget(&store, "team-cap", "0").await?;
     let mut env = Env::start(SimConfig::ephemeral()).await?;
-    let (url, api) = start_fake_budget_api(false).await?;
-    let preflight = HttpPreflight::new(&url, Duration::from_secs(2))?;
-    env.spawn_worker(Arc::new(preflight), fast());
+    env.spawn_worker(Some(Reservations::new(store.clone())), fast());
     let reader = env.reader().await?;
     env.request(request("r5", "openai/gpt-4o-mini", false))
         .await?;
@@ -373,25 +371,164 @@ async fn preflight_refusal_fails_with_budget_exhausted_and_never_calls_openroute
     assert!(f.message.contains("team-cap"), "{}", f.message);
     assert_eq!(f.generation_id, None);
     assert!(!f.retryable);
-    assert_eq!(api.calls.load(Ordering::SeqCst), 1);
     assert_eq!(env.sim.simulator().stats(None).generations_registered, 0);
+    let r = store.reservation("r5").await?;
+    assert_eq!(r.state, tally_store::ReservationState::Refused);
+    Ok(())
+}
+
+/// The worst case of `request(…, "openai/gpt-4o-mini", …)`: (12 input
+/// bytes + 16) × 0.00000015 + 8 output tokens × 0.0000006.
+const MINI_WORST_CASE: &str = "0.000009";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fifty_parallel_requests_never_pass_a_hard_budget() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
+    // Room for three worst cases.
+    let limit = d(MINI_WORST_CASE).try_mul_int(3)?.try_add(d("0.0000005"))?;
+    let budget = hard_budget(&store, "three", &limit.to_string()).await?;
+    let mut env = Env::start(SimConfig {
+        gen_latency: Duration::from_millis(400),
+        ..SimConfig::ephemeral()
+    })
+    .await?;
+    env.spawn_worker(
+        Some(Reservations::new(store.clone())),
+        WorkerConfig {
+            concurrency: 64,
+            batch_size: 64,
+            ..fast()
+        },
+    );
+    // The projector settles the holds as the completed events arrive.
+    let projector = tally_projector::Projector::new(
+        env.bus.clone(),
+        store.clone(),
+        tally_projector::ProjectorConfig::default(),
+        Arc::new(tally_projector::Metrics::register(
+            &tally_telemetry::Registry::new(),
+        )?),
+    );
+    let (stop_p, shutdown_p) = watch::channel(false);
+    let p = tokio::spawn(projector.run(shutdown_p));
+    let watch_store = store.clone();
+    let watched = budget.clone();
+    let peak = tokio::spawn(async move {
+        let mut peak = Usd::ZERO;
+        let until = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < until {
+            let t = watch_store
+                .periods_at(std::slice::from_ref(&watched), Utc::now())
+                .await
+                .unwrap()
+                .remove(0)
+                .1;
+            peak = peak.max(t.spent_usd.try_add(t.reserved_usd).expect("within range"));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        peak
+    });
+    let reader = env.reader().await?;
+    let ids: Vec<String> = (0..50).map(|i| format!("par-{i}")).collect();
+    futures::future::try_join_all(
+        ids.iter()
+            .map(|id| env.request(request(id, "openai/gpt-4o-mini", false))),
+    )
+    .await?;
+    let mut completed = 0;
+    let mut refused = 0;
+    let mut left: std::collections::HashSet<String> = ids.iter().cloned().collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !left.is_empty() && Instant::now() < deadline {
+        for m in reader.fetch(64, Duration::from_millis(200)).await? {
+            m.ack().await?;
+            match tally_events::decode("tally", m.subject(), m.payload()) {
+                Ok(AnyEvent::Completed(c)) => {
+                    if let Some(r) = c.data.request_id.as_ref().filter(|r| left.remove(*r)) {
+                        let _ = r;
+                        completed += 1;
+                    }
+                }
+                Ok(AnyEvent::Failed(f)) if left.remove(&f.data.request_id) => {
+                    assert_eq!(f.data.reason, "budget_exhausted", "{:?}", f.data);
+                    refused += 1;
+                }
+                _ => {}
+            }
+        }
+    }
+    assert!(left.is_empty(), "unanswered: {left:?}");
+    assert!(completed >= 1, "at least one generation ran");
+    assert_eq!(completed + refused, 50);
+    // Every hold ends settled (or was never taken).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (held, _) = store
+            .list_reservations(ORG, Some(tally_store::ReservationState::Held), None, 100)
+            .await?;
+        if held.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "holds left: {held:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (settled, _) = store
+        .list_reservations(ORG, Some(tally_store::ReservationState::Settled), None, 100)
+        .await?;
+    assert_eq!(settled.len(), completed);
+    let t = store
+        .periods_at(std::slice::from_ref(&budget), Utc::now())
+        .await?
+        .remove(0)
+        .1;
+    assert!(
+        t.spent_usd <= limit,
+        "spent {} > limit {limit}",
+        t.spent_usd
+    );
+    assert_eq!(t.reserved_usd, Usd::ZERO);
+    assert_eq!(
+        env.sim.simulator().stats(None).generations_registered,
+        completed
+    );
+    let peak = peak.await?;
+    assert!(peak <= limit, "spent + held peaked at {peak} > {limit}");
+    stop_p.send(true)?;
+    let _ = p.await;
     Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn preflight_allowed_runs_the_generation() -> anyhow::Result<()> {
+async fn a_redelivered_request_with_a_generation_id_is_not_run_again() -> anyhow::Result<()> {
+    let (_db, store) = store().await?;
     let mut env = Env::start(SimConfig::ephemeral()).await?;
-    let (url, api) = start_fake_budget_api(true).await?;
-    env.spawn_worker(
-        Arc::new(HttpPreflight::new(&url, Duration::from_secs(2))?),
-        fast(),
-    );
-    let reader = env.reader().await?;
-    env.request(request("r6", "openai/gpt-4o-mini", false))
+    // As if an earlier delivery had taken the hold and got OpenRouter's
+    // headers, then died.
+    let hold = tally_store::HoldRequest {
+        request_id: "again-1".into(),
+        org_id: ORG.into(),
+        agent_id: Some("agent-1".into()),
+        session_id: Some("sess-1".into()),
+        user_id: Some("user-1".into()),
+        model: "openai/gpt-4o-mini".into(),
+        fallback_models: Vec::new(),
+        amount_usd: Some(d(MINI_WORST_CASE)),
+        max_output_tokens: 8,
+        ttl: Duration::from_secs(600),
+    };
+    store.take_holds(&[hold]).await?;
+    store
+        .record_generation("again-1", "gen-earlier-1", Duration::from_secs(600))
         .await?;
-    let c = completed_of(&reader, "r6").await?;
-    assert_eq!(c.actual_cost_usd, Some(d("0.00000525")));
-    assert_eq!(api.calls.load(Ordering::SeqCst), 1);
+    env.spawn_worker(Some(Reservations::new(store.clone())), fast());
+    let reader = env.reader().await?;
+    env.request(request("again-1", "openai/gpt-4o-mini", false))
+        .await?;
+    let c = completed_of(&reader, "again-1").await?;
+    assert_eq!(c.generation_id, "gen-earlier-1");
+    assert_eq!(c.actual_cost_usd, None);
+    assert_eq!(c.estimated_cost_usd, Some(d(MINI_WORST_CASE)));
+    assert_eq!(env.sim.simulator().stats(None).generations_registered, 0);
     Ok(())
 }
 
@@ -399,7 +536,7 @@ async fn preflight_allowed_runs_the_generation() -> anyhow::Result<()> {
 async fn bad_requests_fail_with_specific_reasons() -> anyhow::Result<()> {
     let mut env = Env::start(SimConfig::ephemeral()).await?;
     env.spawn_worker(
-        Arc::new(AllowAll),
+        None,
         WorkerConfig {
             byok: ByokProviders::new().with_org("other-org", ["OpenAI"]),
             ..fast()
@@ -508,7 +645,7 @@ async fn retryable_errors_are_retried_then_fail_retryable() -> anyhow::Result<()
     })
     .await?;
     env.spawn_worker(
-        Arc::new(AllowAll),
+        None,
         WorkerConfig {
             max_attempts: 3,
             ..fast()
@@ -542,14 +679,14 @@ async fn a_generation_longer_than_the_ack_wait_runs_once() -> anyhow::Result<()>
     )
     .await?;
     env.spawn_worker(
-        Arc::new(AllowAll),
+        None,
         WorkerConfig {
             heartbeat: Duration::from_millis(500),
             ..fast()
         },
     );
     env.spawn_worker(
-        Arc::new(AllowAll),
+        None,
         WorkerConfig {
             heartbeat: Duration::from_millis(500),
             ..fast()
@@ -569,7 +706,7 @@ async fn a_generation_longer_than_the_ack_wait_runs_once() -> anyhow::Result<()>
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reply_subject_inside_tally_is_refused_and_nothing_lands_there() -> anyhow::Result<()> {
     let mut env = Env::start(SimConfig::ephemeral()).await?;
-    env.spawn_worker(Arc::new(AllowAll), fast());
+    env.spawn_worker(None, fast());
     let reader = env.reader().await?;
     let target = format!("tally.generation.completed.{ORG}");
     let mut spy = env.bus.client().subscribe("tally.>").await?;
@@ -632,7 +769,7 @@ async fn each_organisation_runs_on_its_own_connection() -> anyhow::Result<()> {
     let worker = Worker::new(
         env.bus.clone(),
         base,
-        Arc::new(AllowAll),
+        None,
         Catalog::new(CatalogConfig::default()),
         fast(),
         Arc::new(Metrics::unregistered()),
@@ -762,7 +899,7 @@ async fn mid_stream_error_completes_errored_once_and_the_reconciler_finds_the_co
         ..SimConfig::ephemeral()
     })
     .await?;
-    env.spawn_worker(Arc::new(AllowAll), fast());
+    env.spawn_worker(None, fast());
     let reader = env.reader().await?;
     env.request(request("r-mid", "openai/gpt-4o-mini", true))
         .await?;
@@ -816,7 +953,7 @@ async fn payment_required_fails_at_once_and_gateway_errors_fail_after_retries() 
         cfg.retry_after = Duration::from_millis(100);
         let mut env = Env::start(cfg).await?;
         env.spawn_worker(
-            Arc::new(AllowAll),
+            None,
             WorkerConfig {
                 max_attempts: 3,
                 ..fast()

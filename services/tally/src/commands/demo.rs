@@ -293,7 +293,7 @@ pub async fn demo(cfg: &Config, args: DemoArgs) -> anyhow::Result<()> {
     summary(&http, &api, &org, &budgets, true_total, &store).await?;
     let refused_total = refused.load(std::sync::atomic::Ordering::Relaxed);
     if refused_total > 0 {
-        println!("Requests refused before reaching OpenRouter (budget preflight, bad requests): {refused_total}");
+        println!("Requests refused before reaching OpenRouter (budget holds, bad requests): {refused_total}");
     }
 
     if args.keep_running {

@@ -2,7 +2,6 @@
 //! stop cleanly on Ctrl-C or SIGTERM.
 
 pub mod demo;
-mod preflight;
 pub mod provider;
 pub mod reconcile;
 pub mod replay;
@@ -192,7 +191,7 @@ pub(crate) fn reconciler_service(
 /// Builds the generation worker: OpenRouter client (long timeout: a
 /// streamed generation can take minutes), model catalog (persisted copy
 /// first, then a fresh one, refreshed in the background) and the budget
-/// preflight straight from Postgres (tally's own services need no API key).
+/// holds in Postgres.
 pub(crate) async fn worker_service(
     bus: &Bus,
     store: &Store,
@@ -223,17 +222,18 @@ pub(crate) async fn worker_service(
         tracing::warn!(error = %e, code = e.code(), "model catalog not fetched yet; will retry");
     }
     catalog.clone().spawn_refresh(client.clone(), shutdown);
-    let preflight: Arc<dyn tally_worker::Preflight> =
-        Arc::new(preflight::StorePreflight::new(store.clone()));
+    let reservations = Some(tally_worker::Reservations::new(store.clone()));
     let metrics = Arc::new(tally_worker::Metrics::register(registry)?);
     Ok(tally_worker::Worker::new(
         bus.clone(),
         client,
-        preflight,
+        reservations,
         catalog,
         tally_worker::WorkerConfig {
             prefix: cfg.prefix.clone(),
             byok: byok_providers(cfg),
+            reservation_ttl: cfg.reservation_ttl,
+            default_max_output_tokens: cfg.default_max_output_tokens,
             ..Default::default()
         },
         metrics,
@@ -256,7 +256,7 @@ fn byok_providers(cfg: &Config) -> tally_worker::ByokProviders {
 pub async fn worker(cfg: &Config) -> anyhow::Result<()> {
     let registry = Registry::new();
     let bus = connect_bus(cfg).await?;
-    let store = connect_store(cfg, 4).await?;
+    let store = connect_store(cfg, 8).await?;
     serve_metrics(cfg, &registry).await?;
     let shutdown = shutdown_signal();
     let svc = worker_service(&bus, &store, cfg, &registry, shutdown.clone()).await?;

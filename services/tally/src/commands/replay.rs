@@ -283,6 +283,9 @@ async fn swap(live: &Store, live_schema: &str, schema: &str) -> anyhow::Result<(
         .execute(&mut *tx)
         .await?;
     }
+    // Holds are state of their own, not a projection: the rebuilt period
+    // rows carry none, so the live holds are summed back into them.
+    tally_store::reservations::recompute_held(&mut tx).await?;
     tx.commit().await?;
     Ok(())
 }

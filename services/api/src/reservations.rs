@@ -1,0 +1,194 @@
+//! `GET /v1/reservations?org_id=…[&state=held|settled|released|refused][&cursor=&limit=]`:
+//! the holds of generation requests (newest first, cursor-paginated), and
+//! `GET /v1/reservations/{request_id}` for one.
+//!
+//! Each reservation shows its worst-case `amount_usd` (null when the model's
+//! price is dynamic), `state`, the OpenRouter `generation_id` once its
+//! headers arrived, `expires_at`, what was debited at settlement
+//! (`settled_usd`), the reason of a release, refusal or failure, and its
+//! `holds` (one per budget, with the period it counts in).
+
+use axum::extract::State;
+use axum::Json;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tally_money::Usd;
+use tally_store::{Reservation, ReservationState};
+
+use crate::auth::Caller;
+use crate::error::ApiError;
+use crate::extract::{ApiPath, Params};
+use crate::AppState;
+
+/// Default page size.
+const DEFAULT_LIMIT: i64 = 100;
+/// Largest page size.
+const MAX_LIMIT: i64 = 1000;
+
+#[derive(Serialize)]
+pub(crate) struct HoldBody {
+    budget_id: String,
+    period_start: DateTime<Utc>,
+    period_end: DateTime<Utc>,
+    #[serde(with = "tally_money::serde_usd")]
+    amount_usd: Usd,
+}
+
+#[derive(Serialize)]
+pub(crate) struct ReservationBody {
+    request_id: String,
+    org_id: String,
+    agent_id: Option<String>,
+    session_id: Option<String>,
+    user_id: Option<String>,
+    model: String,
+    #[serde(with = "tally_money::serde_usd::opt")]
+    amount_usd: Option<Usd>,
+    max_output_tokens: u32,
+    state: &'static str,
+    generation_id: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    expires_at: DateTime<Utc>,
+    settled_at: Option<DateTime<Utc>>,
+    #[serde(with = "tally_money::serde_usd::opt")]
+    settled_usd: Option<Usd>,
+    released_at: Option<DateTime<Utc>>,
+    release_reason: Option<String>,
+    failure_reason: Option<String>,
+    failure_message: Option<String>,
+    refused_by: Option<String>,
+    holds: Vec<HoldBody>,
+}
+
+impl From<Reservation> for ReservationBody {
+    fn from(r: Reservation) -> Self {
+        ReservationBody {
+            request_id: r.request_id,
+            org_id: r.org_id,
+            agent_id: r.agent_id,
+            session_id: r.session_id,
+            user_id: r.user_id,
+            model: r.model,
+            amount_usd: r.amount_usd,
+            max_output_tokens: r.max_output_tokens,
+            state: r.state.as_str(),
+            generation_id: r.generation_id,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+            expires_at: r.expires_at,
+            settled_at: r.settled_at,
+            settled_usd: r.settled_usd,
+            released_at: r.released_at,
+            release_reason: r.release_reason,
+            failure_reason: r.failure_reason,
+            failure_message: r.failure_message,
+            refused_by: r.refused_by,
+            holds: r
+                .holds
+                .into_iter()
+                .map(|h| HoldBody {
+                    budget_id: h.budget_id,
+                    period_start: h.period_start,
+                    period_end: h.period_end,
+                    amount_usd: h.amount_usd,
+                })
+                .collect(),
+        }
+    }
+}
+
+#[derive(Serialize)]
+pub(crate) struct ListBody {
+    reservations: Vec<ReservationBody>,
+    next_cursor: Option<String>,
+}
+
+/// `GET /v1/reservations`.
+pub(crate) async fn list(
+    State(state): State<AppState>,
+    caller: Caller,
+    params: Params,
+) -> Result<Json<ListBody>, ApiError> {
+    let params = params.only(&["org_id", "state", "cursor", "limit"])?;
+    let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
+    let org_id = org_id.as_str();
+    let wanted = match params.get("state") {
+        None => None,
+        Some(s) => Some(ReservationState::parse(s).ok_or_else(|| {
+            ApiError::invalid(
+                "state",
+                format!("state must be held, settled, released or refused, not {s:?}"),
+            )
+        })?),
+    };
+    let cursor = params.get("cursor").filter(|c| !c.is_empty());
+    if let Some(c) = cursor {
+        if c.len() > tally_store::reservations::MAX_REQUEST_ID_LEN
+            || c.chars().any(char::is_control)
+        {
+            return Err(ApiError::invalid(
+                "cursor",
+                "cursor must be a next_cursor value from a previous page",
+            ));
+        }
+    }
+    let limit = match params.get("limit") {
+        None => DEFAULT_LIMIT,
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_LIMIT).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_LIMIT}"),
+                )
+            })?,
+    };
+    let (rows, next) = state
+        .store
+        .list_reservations(org_id, wanted, cursor, limit)
+        .await?;
+    Ok(Json(ListBody {
+        reservations: rows.into_iter().map(ReservationBody::from).collect(),
+        next_cursor: next,
+    }))
+}
+
+/// `GET /v1/reservations/{request_id}`.
+pub(crate) async fn get(
+    State(state): State<AppState>,
+    caller: Caller,
+    ApiPath(id): ApiPath<String>,
+) -> Result<Json<ReservationBody>, ApiError> {
+    if id.is_empty()
+        || id.len() > tally_store::reservations::MAX_REQUEST_ID_LEN
+        || id.chars().any(char::is_control)
+    {
+        return Err(ApiError::field(
+            "invalid_id",
+            "request_id",
+            "request_id must be 1 to 256 bytes without control characters",
+        ));
+    }
+    let not_found = || {
+        ApiError::new(
+            axum::http::StatusCode::NOT_FOUND,
+            "reservation_not_found",
+            format!(
+                "no reservation for request {:?}",
+                tally_events::strict::excerpt(&id)
+            ),
+        )
+    };
+    let r = state.store.reservation(&id).await.map_err(|e| match e {
+        tally_store::StoreError::NotFound { .. } => not_found(),
+        e => e.into(),
+    })?;
+    // Another organisation's reservation is 404, as if it did not exist.
+    if !caller.sees(&r.org_id) {
+        return Err(not_found());
+    }
+    Ok(Json(r.into()))
+}
