@@ -123,6 +123,10 @@ pub struct SimConfig {
     /// Generation endpoints (`/responses`, `/chat/completions`): how long
     /// before the first byte of a reply.
     pub gen_latency: Duration,
+    /// Generation endpoints: how long the body is held back after the
+    /// response headers (with `X-Generation-Id`) went out — the window in
+    /// which a client knows the generation exists but has no cost yet.
+    pub gen_body_delay: Duration,
     /// Generation endpoints: fraction of streams cut before the final event
     /// (no usage; the connection is closed mid-body).
     pub gen_abort_rate: Fraction,
@@ -166,6 +170,7 @@ impl Default for SimConfig {
             number_format: NumberFormat::Js,
             seed: None,
             gen_latency: Duration::ZERO,
+            gen_body_delay: Duration::ZERO,
             gen_abort_rate: Fraction::ZERO,
             gen_missing_cost_rate: Fraction::ZERO,
             gen_rate_429: Fraction::ZERO,
@@ -266,6 +271,10 @@ pub struct SimArgs {
     /// `/responses` and `/chat/completions`: delay before the first byte.
     #[arg(long, env = "TALLY_SIM_GEN_LATENCY", default_value = "0s", value_parser = humantime::parse_duration)]
     pub gen_latency: Duration,
+    /// `/responses`: hold the body back this long after the headers (with
+    /// `X-Generation-Id`) went out.
+    #[arg(long, env = "TALLY_SIM_GEN_BODY_DELAY", default_value = "0s", value_parser = humantime::parse_duration)]
+    pub gen_body_delay: Duration,
     /// Fraction (0..1) of generation streams cut before their final event (no usage).
     #[arg(long, env = "TALLY_SIM_GEN_ABORT_RATE", default_value = "0")]
     pub gen_abort_rate: Fraction,
@@ -315,6 +324,7 @@ impl From<SimArgs> for SimConfig {
             number_format: a.number_format,
             seed: a.seed,
             gen_latency: a.gen_latency,
+            gen_body_delay: a.gen_body_delay,
             gen_abort_rate: a.gen_abort_rate,
             gen_missing_cost_rate: a.gen_missing_cost_rate,
             gen_rate_429: a.gen_rate_429,

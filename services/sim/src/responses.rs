@@ -615,8 +615,23 @@ pub(crate) fn with_generation_id(mut resp: Response, id: &str) -> Response {
 /// A streaming reply: `chunks` are written one by one; when `abort`, the
 /// connection is cut after them (no terminating chunk).
 pub(crate) fn stream_reply(id: &str, chunks: Vec<String>, abort: bool) -> Response {
+    delayed_reply(id, "text/event-stream", chunks, abort, Duration::ZERO)
+}
+
+/// A reply whose headers go out at once and whose `chunks` follow after
+/// `delay`; when `abort`, the connection is cut after them.
+fn delayed_reply(
+    id: &str,
+    content_type: &'static str,
+    chunks: Vec<String>,
+    abort: bool,
+    delay: Duration,
+) -> Response {
     let (mut tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     tokio::spawn(async move {
+        if !delay.is_zero() {
+            tokio::time::sleep(delay).await;
+        }
         for c in chunks {
             if tx.send(Ok(Bytes::from(c))).await.is_err() {
                 return;
@@ -634,10 +649,7 @@ pub(crate) fn stream_reply(id: &str, chunks: Vec<String>, abort: bool) -> Respon
     let resp = (
         StatusCode::OK,
         [
-            (
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("text/event-stream"),
-            ),
+            (header::CONTENT_TYPE, HeaderValue::from_static(content_type)),
             (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
         ],
         Body::from_stream(rx),
@@ -698,8 +710,12 @@ pub(crate) async fn post_responses(
         ending = ?g.ending,
         "responses"
     );
+    let body_delay = sim.shared.cfg.gen_body_delay;
     if !stream {
         let text = render(&sim, &g, &response_object(&g, "completed"));
+        if !body_delay.is_zero() {
+            return delayed_reply(&g.id, "application/json", vec![text], false, body_delay);
+        }
         return with_generation_id(reply::json(StatusCode::OK, text), &g.id);
     }
     let mut ev = Events {
@@ -728,7 +744,9 @@ pub(crate) async fn post_responses(
         ev.push(&sim, &g, json!({"type": "response.output_text.delta", "item_id": item_id, "output_index": 0, "content_index": 0, "delta": delta, "logprobs": []}));
     }
     match g.ending {
-        Ending::Abort => return stream_reply(&g.id, ev.out, true),
+        Ending::Abort => {
+            return delayed_reply(&g.id, "text/event-stream", ev.out, true, body_delay)
+        }
         Ending::MidStreamError => {
             ev.push(
                 &sim,
@@ -749,5 +767,5 @@ pub(crate) async fn post_responses(
         }
     }
     ev.out.push("data: [DONE]\n\n".to_owned());
-    stream_reply(&g.id, ev.out, false)
+    delayed_reply(&g.id, "text/event-stream", ev.out, false, body_delay)
 }
