@@ -315,6 +315,81 @@ impl Connections {
         Ok(ok)
     }
 
+    /// Keeps every connected organisation's catalog fresh until `shutdown`
+    /// turns true: every `check` (at most `interval`), the organisations
+    /// whose last successful discovery is older than `interval` (or that
+    /// never had one) are discovered again; one whose discovery failed is
+    /// tried again `interval` after that attempt, not at every check.
+    /// Progress and failures are logged; nothing here ever stops the API.
+    pub async fn sync_periodically(
+        self,
+        interval: Duration,
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) {
+        let check = interval.min(Duration::from_secs(300));
+        let age = chrono::Duration::from_std(interval).unwrap_or(chrono::Duration::MAX);
+        let mut attempted: std::collections::HashMap<String, std::time::Instant> =
+            std::collections::HashMap::new();
+        tracing::info!(
+            interval_secs = interval.as_secs(),
+            "periodic model discovery scheduled"
+        );
+        loop {
+            match self.store.connections().await {
+                Ok(conns) => {
+                    let now = Utc::now();
+                    let due: Vec<String> = conns
+                        .into_iter()
+                        .filter(|c| c.provider == OPENROUTER)
+                        .filter(|c| c.models_synced_at.is_none_or(|t| now - t >= age))
+                        .filter(|c| {
+                            attempted
+                                .get(&c.org_id)
+                                .is_none_or(|t| t.elapsed() >= interval)
+                        })
+                        .map(|c| c.org_id)
+                        .collect();
+                    if !due.is_empty() {
+                        let started = std::time::Instant::now();
+                        let (mut ok, mut failed) = (0usize, 0usize);
+                        for org_id in &due {
+                            attempted.insert(org_id.clone(), std::time::Instant::now());
+                            match self.sync_models(org_id).await {
+                                Ok(m) if m.error.is_none() => {
+                                    ok += 1;
+                                    tracing::debug!(org_id, models = m.count, "models synced");
+                                }
+                                Ok(m) => {
+                                    failed += 1;
+                                    tracing::warn!(org_id, error = ?m.error, "periodic model sync failed");
+                                }
+                                Err(e) => {
+                                    failed += 1;
+                                    tracing::warn!(org_id, code = e.code(), error = %e, "periodic model sync failed");
+                                }
+                            }
+                        }
+                        tracing::info!(
+                            organisations = due.len(),
+                            synced = ok,
+                            failed,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "periodic model sync done"
+                        );
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    code = e.code(),
+                    "periodic model sync: connections unreadable"
+                ),
+            }
+            tokio::select! {
+                () = tokio::time::sleep(check) => {}
+                _ = shutdown.wait_for(|stop| *stop) => return,
+            }
+        }
+    }
+
     /// The connection's status (never the key).
     pub async fn status(&self, org_id: &str) -> Result<ConnectionStatus, ProviderError> {
         let Some(c) = self.store.connection(org_id, OPENROUTER).await? else {
@@ -445,6 +520,19 @@ impl Connections {
             )
             .await?;
         Ok((taken.org_id, status))
+    }
+
+    /// Takes the state of a flow that came back without a code (the admin
+    /// denied access at OpenRouter, or OpenRouter answered an error), so the
+    /// link cannot be used again. Stores nothing. Returns the organisation.
+    pub async fn abandon_oauth(&self, state: &str) -> Result<String, ProviderError> {
+        let taken = self
+            .store
+            .take_oauth_state(&oauth::state_digest(state))
+            .await?
+            .map_err(ProviderError::State)?;
+        tracing::info!(org_id = %taken.org_id, "OAuth connection abandoned");
+        Ok(taken.org_id)
     }
 
     /// Re-wraps every stored secret under the current key-encryption key.

@@ -83,6 +83,11 @@ pub enum Access {
     Admin,
     /// Only the operator token.
     Operator,
+    /// No bearer key: the request is authorised by the single-use OAuth
+    /// state it carries (the OAuth callback, reached by the admin's
+    /// browser coming back from OpenRouter). Handlers of such a route get
+    /// no [`Caller`].
+    OAuthState,
 }
 
 impl Access {
@@ -92,6 +97,7 @@ impl Access {
             Access::Member => "member",
             Access::Admin => "admin",
             Access::Operator => "operator",
+            Access::OAuthState => "oauth_state",
         }
     }
 }
@@ -157,6 +163,7 @@ impl Caller {
         match (&self.kind, access) {
             (CallerKind::Operator, _) => true,
             (CallerKind::Key { .. }, Access::Operator) => false,
+            (CallerKind::Key { .. }, Access::OAuthState) => true,
             (CallerKind::Key { role, .. }, Access::Admin) => *role == Role::Admin,
             (CallerKind::Key { .. }, Access::Member) => true,
         }

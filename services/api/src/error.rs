@@ -11,16 +11,17 @@
 //! | 400 | `malformed_json`, `invalid_request`, `invalid_host`, `malformed_request` |
 //! | 401 | `missing_api_key`, `malformed_api_key`, `invalid_api_key` (with `WWW-Authenticate: Bearer`) |
 //! | 403 | `forbidden_role`, `org_mismatch` |
-//! | 404 | `budget_not_found`, `generation_not_found`, `key_not_found`, `org_not_found`, `route_not_found` |
+//! | 404 | `budget_not_found`, `generation_not_found`, `key_not_found`, `org_not_found`, `route_not_found`, `routing_profile_not_found`, `provider_not_connected` (DELETE) |
 //! | 405 | `method_not_allowed` |
 //! | 409 | `conflict`, `org_exists`, `limit_exceeded` (naming the limit in `field`), `budget_archived`, `provider_not_connected` |
+//! | 502 | `provider_unreachable` |
 //! | 413 | `payload_too_large` |
 //! | 414 | `uri_too_long` |
 //! | 431 | `headers_too_large` |
 //! | 415 | `unsupported_media_type` |
 //! | 422 | `duplicate_key`, `control_character`, `time_out_of_range`, `unknown_field`, `missing_field`, `invalid_field`, `invalid_body`, `immutable_field`, `invalid_id`, `invalid_time`, `invalid_range`, `range_too_large`, the money codes of `tally_money::MoneyError` (`amount_not_string`, `invalid_amount`, `amount_too_precise`, `negative_amount`, `amount_out_of_range`) and the budget codes of `tally_budget::BudgetError` (`unknown_timezone`, `invalid_period_kind`, `invalid_enforcement`, `invalid_threshold`, `too_many_thresholds`, `not_a_period_start`, `invalid_scope`, `instant_out_of_range`) |
 //! | 500 | `internal_error`; `amount_overflow` (and the other money codes) when a stored figure cannot be given exactly — never rounded |
-//! | 503 | `database_unavailable`, `transient_conflict`, `request_timeout`, `too_many_connections` |
+//! | 503 | `database_unavailable`, `transient_conflict`, `request_timeout`, `too_many_connections`, `secrets_key_missing`, `public_url_missing`, `provider_unavailable` |
 //!
 //! Input errors name the offending `field` (a JSON path such as
 //! `scope.agent_id` or `thresholds_percent[2]`, or a query parameter).
@@ -118,6 +119,12 @@ fn title(code: &str, status: StatusCode) -> &'static str {
         "headers_too_large" => "Request headers too large",
         "malformed_request" => "Malformed HTTP request",
         "too_many_connections" => "Too many connections",
+        "secrets_key_missing" => "Secrets key not configured",
+        "public_url_missing" => "Public URL not configured",
+        "provider_key_rejected" => "Provider rejected the key",
+        "provider_unreachable" => "Provider unreachable",
+        "provider_not_connected" => "Provider not connected",
+        "routing_profile_not_found" => "Routing profile not found",
         _ if status == StatusCode::UNPROCESSABLE_ENTITY => "Invalid field",
         _ => status.canonical_reason().unwrap_or("Error"),
     }
@@ -347,14 +354,18 @@ pub(crate) fn is_problem(resp: &Response) -> bool {
 /// Middleware: turns every error response that is not yet a problem (axum's
 /// 404/405, the body limit's 413, the timeout's 503, ...) into one, keeping
 /// its status, headers (such as `Allow`) and extensions. No plain-text
-/// error reaches a client.
+/// error reaches a client; the OAuth callback's HTML pages (meant for a
+/// person's browser) are left as they are.
 pub(crate) async fn problems_only(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();
-    if !(status.is_client_error() || status.is_server_error()) || is_problem(&resp) {
+    if !(status.is_client_error() || status.is_server_error())
+        || is_problem(&resp)
+        || resp.extensions().get::<crate::providers::Page>().is_some()
+    {
         return resp;
     }
     let (code, detail): (&'static str, &str) = match status {

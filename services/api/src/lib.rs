@@ -23,6 +23,15 @@
 //! | `GET /v1/providers/openrouter/drift` | member | 200 | 409 (`provider_not_connected`), 502, 503 (see [`drift`]) |
 //! | `GET /v1/reservations[?org_id&state&cursor&limit]` | member | 200 | 404, 422, 503 |
 //! | `GET /v1/reservations/{request_id}` | member | 200 | 404, 422, 503 |
+//! | `PUT /v1/providers/openrouter` (paste a key) | admin | 200 the status, never the key | 422 (`provider_key_rejected`), 502 (`provider_unreachable`), 503 (`secrets_key_missing`) |
+//! | `GET /v1/providers/openrouter` | member | 200 the status, never the key | 404 |
+//! | `DELETE /v1/providers/openrouter` | admin | 200 | 404 (`provider_not_connected`) |
+//! | `POST /v1/providers/openrouter/oauth/start` | admin | 200 `{authorize_url, expires_at}` | 422, 503 (`secrets_key_missing`, `public_url_missing`) |
+//! | `GET /v1/providers/openrouter/oauth/callback?state&code` | the OAuth state, no bearer key | 200 page | 400 page (`oauth_state_*`, `oauth_denied`, `oauth_exchange_refused`), 502/503 page |
+//! | `POST /v1/providers/openrouter/models/sync` | admin | 200 `{count, synced_at, error}` | 409 (`provider_not_connected`) |
+//! | `GET /v1/providers/openrouter/models` | member | 200 `{models, synced_at}` | 404 |
+//! | `PUT`/`GET`/`DELETE /v1/routing` | admin/member/admin | 200 the profile with `risk` | 404 (`routing_profile_not_found`), 422 (`byok_no_providers`, `unknown_preset`, …) |
+//! | `PUT`/`GET`/`DELETE /v1/agents/{agent_id}/routing` | admin/member/admin | 200 | as above |
 //! | `GET /healthz` | none | 200 | |
 //! | `GET /readyz` | none | 200 | 503 |
 //! | `GET /metrics` | none | 200 | |
@@ -39,9 +48,14 @@
 //! `method_not_allowed`, requests slower than the configured timeout 503
 //! `request_timeout`.
 //!
+//! The OAuth callback is the one `/v1` path without a bearer key: the
+//! admin's browser arrives there from OpenRouter, and the single-use state
+//! it carries (issued to an admin of one organisation) is what authorises
+//! it ([`Access::OAuthState`]).
+//!
 //! Modules: [`auth`] (keys, roles, the caller), [`error`] (problems),
 //! [`metrics`] (Prometheus), and private modules per resource (budgets,
-//! generations, spend, keys, health), the request extractors (extract) and
+//! generations, spend, keys, health, providers, routing), the request extractors (extract) and
 //! the response shapes (wire).
 //!
 //! # Decisions
@@ -90,6 +104,8 @@ mod health;
 mod keys;
 mod pagination;
 mod reservations;
+mod providers;
+mod routing;
 mod spend;
 mod wire;
 
@@ -170,6 +186,7 @@ pub struct AppState {
     org_limits: OrgLimits,
     auth: Authenticator,
     providers: Option<tally_provider::OrgProviders>,
+    connections: Option<tally_provider::Connections>,
 }
 
 impl AppState {
@@ -191,6 +208,7 @@ impl AppState {
             org_limits: OrgLimits::default(),
             auth: Authenticator::new(None),
             providers: None,
+            connections: None,
         })
     }
 
@@ -240,6 +258,15 @@ impl AppState {
     /// 503 `provider_unavailable`.
     pub fn with_providers(mut self, providers: tally_provider::OrgProviders) -> Self {
         self.providers = Some(providers);
+        self
+    }
+
+    /// The connection service behind `/v1/providers/openrouter` (paste a
+    /// key, OAuth, status, models); without it those routes answer 503
+    /// `provider_unavailable`. Its key-encryption key decides whether
+    /// secrets can be stored (503 `secrets_key_missing` otherwise).
+    pub fn with_connections(mut self, connections: tally_provider::Connections) -> Self {
+        self.connections = Some(connections);
         self
     }
 
@@ -311,7 +338,7 @@ fn method_name(m: &Method) -> &'static str {
 /// Every `/v1` route and the access it needs: the one table the router is
 /// built from (see the crate docs).
 fn v1_routes() -> Vec<Route> {
-    use Access::{Admin, Member, Operator};
+    use Access::{Admin, Member, OAuthState, Operator};
     vec![
         route(Method::POST, "/v1/orgs", Operator, keys::create_org),
         route(Method::POST, "/v1/keys", Admin, keys::create),
@@ -355,8 +382,79 @@ fn v1_routes() -> Vec<Route> {
             Member,
             reservations::get,
         ),
+        route(
+            Method::PUT,
+            "/v1/providers/openrouter",
+            Admin,
+            providers::connect,
+        ),
+        route(
+            Method::GET,
+            "/v1/providers/openrouter",
+            Member,
+            providers::status,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/providers/openrouter",
+            Admin,
+            providers::disconnect,
+        ),
+        route(
+            Method::POST,
+            "/v1/providers/openrouter/oauth/start",
+            Admin,
+            providers::oauth_start,
+        ),
+        route(
+            Method::GET,
+            OAUTH_CALLBACK_PATH,
+            OAuthState,
+            providers::oauth_callback,
+        ),
+        route(
+            Method::POST,
+            "/v1/providers/openrouter/models/sync",
+            Admin,
+            providers::sync_models,
+        ),
+        route(
+            Method::GET,
+            "/v1/providers/openrouter/models",
+            Member,
+            providers::models,
+        ),
+        route(Method::PUT, "/v1/routing", Admin, routing::put_default),
+        route(Method::GET, "/v1/routing", Member, routing::get_default),
+        route(
+            Method::DELETE,
+            "/v1/routing",
+            Admin,
+            routing::delete_default,
+        ),
+        route(
+            Method::PUT,
+            "/v1/agents/{agent_id}/routing",
+            Admin,
+            routing::put_agent,
+        ),
+        route(
+            Method::GET,
+            "/v1/agents/{agent_id}/routing",
+            Member,
+            routing::get_agent,
+        ),
+        route(
+            Method::DELETE,
+            "/v1/agents/{agent_id}/routing",
+            Admin,
+            routing::delete_agent,
+        ),
     ]
 }
+
+/// The OAuth callback (no bearer key; see [`Access::OAuthState`]).
+pub const OAUTH_CALLBACK_PATH: &str = tally_provider::oauth::CALLBACK_PATH;
 
 /// The route table: every `/v1` method and path with its access level.
 pub fn routes() -> Vec<RouteSpec> {
@@ -369,6 +467,10 @@ pub fn router(state: AppState) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let mut routes = Router::new();
     for r in v1_routes() {
+        if r.spec.access == Access::OAuthState {
+            routes = routes.route(r.spec.path, r.handler);
+            continue;
+        }
         let layer =
             axum::middleware::from_fn_with_state((state.clone(), r.spec.access), auth::require);
         routes = routes.route(r.spec.path, r.handler.route_layer(layer));

@@ -22,16 +22,40 @@ const OPERATOR: &str = "operator-token-0123456789abcdefghijklmnop";
 struct Env {
     store: Store,
     base: String,
+    sim: tally_sim::RunningSim,
+    connections: tally_provider::Connections,
     a: TestOrg,
     b: TestOrg,
     revoked_key: String,
     _db: TestDb,
 }
 
-async fn serve_instance(store: &Store) -> anyhow::Result<String> {
+/// Connections sealing with a fresh key, asking the simulator.
+fn connections(store: &Store, sim: &tally_sim::RunningSim) -> tally_provider::Connections {
+    let kek = tally_secrets::generate_key_setting("k1");
+    let keyring =
+        std::sync::Arc::new(tally_secrets::Keyring::from_settings(Some(&kek), None).unwrap());
+    let client = tally_openrouter::OpenRouterClient::new(tally_openrouter::ClientConfig::new(
+        sim.base_url(),
+    ))
+    .unwrap();
+    tally_provider::Connections::new(
+        store.clone(),
+        Some(keyring),
+        client,
+        format!("{}/auth", sim.root_url()),
+        Some(tally_provider::oauth::validate_public_url("http://127.0.0.1:8080").unwrap()),
+    )
+}
+
+async fn serve_instance(
+    store: &Store,
+    connections: &tally_provider::Connections,
+) -> anyhow::Result<String> {
     let token = secrecy::SecretString::from(OPERATOR.to_owned());
     let state = AppState::new(store.clone(), Registry::new(), "tally".into())?
-        .with_operator_token(Some(&token));
+        .with_operator_token(Some(&token))
+        .with_connections(connections.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(serve(listener, state, std::future::pending()));
@@ -48,15 +72,44 @@ impl Env {
         let revoked = store.create_key(A, Role::Admin, Some("old")).await?;
         store.revoke_key(revoked.info.id, None).await?;
         use secrecy::ExposeSecret as _;
-        let base = serve_instance(&store).await?;
+        let sim = tally_sim::Simulator::start(tally_sim::SimConfig::ephemeral()).await?;
+        let connections = connections(&store, &sim);
+        let base = serve_instance(&store, &connections).await?;
         Ok(Env {
             store,
             base,
+            sim,
+            connections,
             a,
             b,
             revoked_key: revoked.secret.expose_secret().to_owned(),
             _db: db,
         })
+    }
+
+    /// A key the simulator issued.
+    fn provider_key(&self) -> String {
+        self.sim
+            .simulator()
+            .issue_key(tally_sim::KeySpec::default())
+            .key
+    }
+
+    /// Org A connected (directly, not through the route under test).
+    async fn connect_a(&self) {
+        let key = secrecy::SecretString::from(self.provider_key());
+        self.connections
+            .connect_key(A, key, tally_store::providers::ConnectedVia::ApiKey, None)
+            .await
+            .expect("connect A");
+    }
+
+    /// A routing profile of org A (`agent` `None`: its default).
+    async fn profile_of_a(&self, agent: Option<&str>) {
+        self.store
+            .put_routing_profile(A, agent, &json!({"presets": ["zdr-only"]}))
+            .await
+            .expect("profile");
     }
 
     async fn send(
@@ -312,6 +365,56 @@ async fn request_for(env: &Env, r: &RouteSpec) -> (String, Option<Value>, u16, F
             200,
             Foreign::NotFound("org_not_found"),
         ),
+        ("PUT", "/v1/providers/openrouter") => (
+            "/v1/providers/openrouter".into(),
+            Some(json!({"api_key": env.provider_key(), "org_id": A})),
+            200,
+            Foreign::Mismatch,
+        ),
+        ("GET", "/v1/providers/openrouter") => (
+            format!("/v1/providers/openrouter?org_id={A}"),
+            None,
+            200,
+            Foreign::NotFound("org_not_found"),
+        ),
+        ("DELETE", "/v1/providers/openrouter") => {
+            env.connect_a().await;
+            (
+                format!("/v1/providers/openrouter?org_id={A}"),
+                None,
+                200,
+                Foreign::Mismatch,
+            )
+        }
+        ("POST", "/v1/providers/openrouter/oauth/start") => (
+            "/v1/providers/openrouter/oauth/start".into(),
+            Some(json!({"org_id": A})),
+            200,
+            Foreign::Mismatch,
+        ),
+        // Reached without a bearer key: every caller gets the same page for
+        // a state nobody issued (see the loop).
+        ("GET", "/v1/providers/openrouter/oauth/callback") => (
+            "/v1/providers/openrouter/oauth/callback?state=never-issued&code=c".into(),
+            None,
+            400,
+            Foreign::NotFound("oauth_state_unknown"),
+        ),
+        ("POST", "/v1/providers/openrouter/models/sync") => {
+            env.connect_a().await;
+            (
+                format!("/v1/providers/openrouter/models/sync?org_id={A}"),
+                None,
+                200,
+                Foreign::Mismatch,
+            )
+        }
+        ("GET", "/v1/providers/openrouter/models") => (
+            format!("/v1/providers/openrouter/models?org_id={A}"),
+            None,
+            200,
+            Foreign::NotFound("org_not_found"),
+        ),
         ("GET", "/v1/reservations/{request_id}") => {
             let id = format!("req-{}", uuid::Uuid::new_v4().simple());
             env.reservation_of_a(&id).await;
@@ -320,6 +423,54 @@ async fn request_for(env: &Env, r: &RouteSpec) -> (String, Option<Value>, u16, F
                 None,
                 200,
                 Foreign::NotFound("reservation_not_found"),
+            )
+        }
+        ("PUT", "/v1/routing") => (
+            "/v1/routing".into(),
+            Some(json!({"org_id": A, "presets": ["zdr-only"], "server_tools": ["web_search"]})),
+            200,
+            Foreign::Mismatch,
+        ),
+        ("GET", "/v1/routing") => {
+            env.profile_of_a(None).await;
+            (
+                format!("/v1/routing?org_id={A}"),
+                None,
+                200,
+                Foreign::NotFound("org_not_found"),
+            )
+        }
+        ("DELETE", "/v1/routing") => {
+            env.profile_of_a(None).await;
+            (
+                format!("/v1/routing?org_id={A}"),
+                None,
+                200,
+                Foreign::Mismatch,
+            )
+        }
+        ("PUT", "/v1/agents/{agent_id}/routing") => (
+            "/v1/agents/bot/routing".into(),
+            Some(json!({"org_id": A, "capacity": "shared"})),
+            200,
+            Foreign::Mismatch,
+        ),
+        ("GET", "/v1/agents/{agent_id}/routing") => {
+            env.profile_of_a(Some("bot")).await;
+            (
+                format!("/v1/agents/bot/routing?org_id={A}"),
+                None,
+                200,
+                Foreign::NotFound("org_not_found"),
+            )
+        }
+        ("DELETE", "/v1/agents/{agent_id}/routing") => {
+            env.profile_of_a(Some("bot")).await;
+            (
+                format!("/v1/agents/bot/routing?org_id={A}"),
+                None,
+                200,
+                Foreign::Mismatch,
             )
         }
         (m, p) => panic!("route {m} {p} has no case in the route-table test: add one"),
@@ -345,6 +496,30 @@ async fn every_route_with_every_kind_of_caller() -> anyhow::Result<()> {
     let mut checked = 0;
     for r in &routes {
         assert!(r.path.starts_with("/v1/"), "{r:?}");
+        if r.access == Access::OAuthState {
+            // No bearer key is needed or looked at: whoever calls with a
+            // state nobody issued gets the same 400 page, and nothing is
+            // stored.
+            for who in EVERYONE {
+                let (path, _, ok, _) = request_for(&env, r).await;
+                let key = match who {
+                    Who::NoKey => None,
+                    Who::Admin => Some(env.a.admin_key.as_str()),
+                    Who::Member => Some(env.a.member_key.as_str()),
+                    _ => Some("sk-or-v1-whatever"),
+                };
+                let (s, h, v) = env.send(key, Method::GET, &path, None).await;
+                assert_eq!(s.as_u16(), ok, "{} as {who:?}: {v}", r.path);
+                assert!(
+                    h["content-type"].to_str()?.starts_with("text/html"),
+                    "{h:?}"
+                );
+                assert!(v.as_str().unwrap().contains("oauth_state_unknown"), "{v}");
+                assert!(h.get("www-authenticate").is_none());
+                checked += 1;
+            }
+            continue;
+        }
         for who in EVERYONE {
             let (path, body, ok, foreign) = request_for(&env, r).await;
             let key: Option<&str> = match who {
@@ -528,7 +703,7 @@ async fn one_organisation_never_reads_or_changes_another() -> anyhow::Result<()>
 #[tokio::test]
 async fn keys_are_shown_once_and_revocation_reaches_every_instance() -> anyhow::Result<()> {
     let env = Env::start().await?;
-    let other_instance = serve_instance(&env.store).await?;
+    let other_instance = serve_instance(&env.store, &env.connections).await?;
     let admin = Some(env.a.admin_key.as_str());
 
     let (s, h, k) = env

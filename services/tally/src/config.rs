@@ -98,6 +98,15 @@ pub struct Settings {
     /// How old a generation may be and still be swept (e.g. 7d).
     #[arg(long, env = "TALLY_SWEEP_HORIZON", default_value = "7d", global = true)]
     pub sweep_horizon: String,
+    /// Time between two discoveries of every connected organisation's
+    /// OpenRouter models by the API (e.g. 6h; between 1m and 7d).
+    #[arg(
+        long,
+        env = "TALLY_MODELS_SYNC_INTERVAL",
+        default_value = "6h",
+        global = true
+    )]
+    pub models_sync_interval: String,
     /// JetStream stream replicas (3 in a cluster).
     #[arg(long, env = "TALLY_NATS_REPLICAS", default_value = "1", global = true)]
     pub nats_replicas: String,
@@ -286,6 +295,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Sweep horizon.
     pub sweep_horizon: Duration,
+    /// Periodic model discovery interval.
+    pub models_sync_interval: Duration,
     /// Stream replicas.
     pub nats_replicas: usize,
     /// Consumer ack wait.
@@ -454,6 +465,14 @@ impl Settings {
             Duration::from_secs(1),
             Duration::from_secs(7 * 86_400),
             "1h",
+        )?;
+        let models_sync_interval = duration_between(
+            "TALLY_MODELS_SYNC_INTERVAL",
+            "--models-sync-interval",
+            &self.models_sync_interval,
+            Duration::from_secs(60),
+            Duration::from_secs(7 * 86_400),
+            "6h",
         )?;
         let sweep_horizon = duration_between(
             "TALLY_SWEEP_HORIZON",
@@ -689,6 +708,7 @@ impl Settings {
             reconcile_min_window,
             sweep_interval,
             sweep_horizon,
+            models_sync_interval,
             nats_replicas,
             ack_wait,
             reservation_ttl,

@@ -302,11 +302,14 @@ async fn serve_api(
     tracing::info!(addr = %cfg.http_addr, "HTTP API listening");
     let providers = org_providers(cfg, store)?;
     providers.spawn_listener(shutdown.clone());
+    let connections = provider::connections(cfg, store.clone())?;
     let state = tally_api::AppState::new(store.clone(), registry.clone(), cfg.prefix.clone())?
         .with_http_limits(cfg.http_limits)
         .with_org_limits(cfg.org_limits)
         .with_operator_token(cfg.operator_token.as_ref())
-        .with_providers(providers);
+        .with_providers(providers)
+        .with_connections(connections.clone());
+    tokio::spawn(connections.sync_periodically(cfg.models_sync_interval, shutdown.clone()));
     tokio::spawn(tally_api::drift::refresh_periodically(
         state.clone(),
         DRIFT_REFRESH,
