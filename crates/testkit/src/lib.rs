@@ -13,6 +13,8 @@
 //! - [`TestOrg`] creates an organisation with an admin and a member API key
 //!   in one call (in a migrated database), and [`authed_client`] gives an
 //!   HTTP client that sends one of them on every request.
+//! - [`secrets::SecretScanner`] looks for stored keys and tokens in API
+//!   response bodies and captured logs (whole, cut, or base64-encoded).
 //!
 //! # Where the servers come from
 //!
@@ -38,6 +40,8 @@
 //! # Ok(())
 //! # }
 //! ```
+
+pub mod secrets;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
