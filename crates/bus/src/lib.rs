@@ -93,6 +93,14 @@
 //!   not redelivered while in flight; short enough that work held by a
 //!   crashed instance moves to another within a minute. Long-running work
 //!   extends it with [`Delivery::in_progress`].
+//! - **Credentials and TLS come from [`BusConfig`], NATS enforces them.**
+//!   tally authenticates with one of [`NatsAuth`] (a `.creds` or nkey seed
+//!   file, user + password, a token); `tls://` URLs or a CA file require
+//!   TLS. Which subjects a connection may use is the server's
+//!   authorization (`deploy/nats-authorization.conf`), not tally's: a
+//!   producer of one organisation is refused by NATS when it publishes into
+//!   another's subjects. Errors name a credentials file, never its content;
+//!   passwords and tokens are [`SecretString`]s.
 //! - **Confirmed acks.** [`Delivery::ack`] waits for the server to confirm
 //!   the ack (double ack), so a service knows the message will not come back
 //!   before it moves on; publish awaits the stream's ack, so a published
@@ -100,12 +108,14 @@
 //!   producer reports success.
 
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer::pull, stream};
 use async_nats::{HeaderMap, ServerAddr};
 use bytes::Bytes;
 use futures::StreamExt as _;
+use secrecy::{ExposeSecret, SecretString};
 
 /// Header: stable, machine-readable reason code of a dead letter.
 pub const HEADER_DEAD_LETTER_REASON: &str = "Tally-Dead-Letter-Reason";
@@ -236,8 +246,42 @@ impl BusError {
     }
 }
 
+/// How tally proves who it is to the NATS server.
+///
+/// `Debug` never shows a password or token (they are [`SecretString`]s).
+#[derive(Debug, Clone, Default)]
+pub enum NatsAuth {
+    /// No credentials (a server without authorization).
+    #[default]
+    None,
+    /// A `.creds` file (user JWT and nkey seed) or a file holding only a
+    /// user nkey seed (`SU…`).
+    CredsFile(PathBuf),
+    /// User and password.
+    UserPassword {
+        /// User name.
+        user: String,
+        /// Password.
+        password: SecretString,
+    },
+    /// A token.
+    Token(SecretString),
+}
+
+impl NatsAuth {
+    /// `none`, `creds`, `user_password` or `token` (for logs: never the secret).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            NatsAuth::None => "none",
+            NatsAuth::CredsFile(_) => "creds",
+            NatsAuth::UserPassword { .. } => "user_password",
+            NatsAuth::Token(_) => "token",
+        }
+    }
+}
+
 /// How to reach the bus.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct BusConfig {
     /// NATS server URL; several may be given separated by commas.
     pub url: String,
@@ -249,6 +293,12 @@ pub struct BusConfig {
     /// to another fetch (default [`ACK_WAIT`]): how soon the in-flight
     /// messages of a crashed instance are picked up by the others.
     pub ack_wait: Duration,
+    /// Credentials (default none).
+    pub auth: NatsAuth,
+    /// A PEM file of CA certificates to trust for the servers' TLS
+    /// certificates; when set, TLS is required. `tls://` URLs require TLS
+    /// anyway (with the system roots when this is `None`).
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl BusConfig {
@@ -268,6 +318,8 @@ impl Default for BusConfig {
             prefix: "tally".to_string(),
             replicas: 1,
             ack_wait: ACK_WAIT,
+            auth: NatsAuth::None,
+            tls_ca: None,
         }
     }
 }
@@ -396,6 +448,35 @@ fn is_token(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// Connect options from a `.creds` file or a bare user nkey seed file;
+/// errors name the file, never its contents.
+async fn credentials_file(path: &Path) -> Result<async_nats::ConnectOptions, BusError> {
+    let text = tokio::fs::read_to_string(path).await.map_err(|e| {
+        BusError::Config(format!(
+            "cannot read NATS credentials {}: {e}",
+            path.display()
+        ))
+    })?;
+    if text.contains("-----BEGIN NATS USER JWT-----") {
+        return async_nats::ConnectOptions::new()
+            .credentials(&text)
+            .map_err(|_| {
+                BusError::Config(format!(
+                    "NATS credentials {} are not a valid .creds file",
+                    path.display()
+                ))
+            });
+    }
+    let seed = text.trim();
+    if seed.starts_with("SU") && seed.len() == 58 && !seed.contains(char::is_whitespace) {
+        return Ok(async_nats::ConnectOptions::with_nkey(seed.to_owned()));
+    }
+    Err(BusError::Config(format!(
+        "NATS credentials {} hold neither a .creds file nor a user nkey seed (SU…)",
+        path.display()
+    )))
+}
+
 impl Bus {
     /// Connects to NATS (bounded by a 5 s connection timeout; reconnects
     /// forever afterwards).
@@ -430,7 +511,29 @@ impl Bus {
         if addrs.is_empty() {
             return Err(BusError::Config("NATS URL is empty".to_string()));
         }
-        let client = async_nats::ConnectOptions::new()
+        let tls = cfg.tls_ca.is_some() || addrs.iter().any(|a| a.tls_required());
+        let mut opts = match &cfg.auth {
+            NatsAuth::None => async_nats::ConnectOptions::new(),
+            NatsAuth::CredsFile(path) => credentials_file(path).await?,
+            NatsAuth::UserPassword { user, password } => async_nats::ConnectOptions::new()
+                .user_and_password(user.clone(), password.expose_secret().to_owned()),
+            NatsAuth::Token(token) => {
+                async_nats::ConnectOptions::new().token(token.expose_secret().to_owned())
+            }
+        };
+        if let Some(ca) = &cfg.tls_ca {
+            if !ca.is_file() {
+                return Err(BusError::Config(format!(
+                    "TLS CA file {} does not exist",
+                    ca.display()
+                )));
+            }
+            opts = opts.add_root_certificates(ca.clone());
+        }
+        if tls {
+            opts = opts.require_tls(true);
+        }
+        let client = opts
             .name("tally")
             .connection_timeout(Duration::from_secs(5))
             .max_reconnects(None)

@@ -7,7 +7,9 @@
 //!   storage, `sync_interval: always`, as in production) on a free loopback
 //!   port, in a fresh temporary directory. It can be killed with SIGKILL and
 //!   restarted on the same port and store, to test crash recovery.
-//!   [`NatsCluster`] starts several such servers joined by cluster routes.
+//!   [`NatsCluster`] starts several such servers joined by cluster routes;
+//!   [`NatsServer::start_with`] adds configuration (authorization, TLS)
+//!   with [`NatsOptions`].
 //! - [`TestDb`] creates a uniquely named PostgreSQL database for one test and
 //!   drops it again when the value is dropped.
 //! - [`TestOrg`] creates an organisation with an admin and a member API key
@@ -147,21 +149,53 @@ pub struct NatsServer {
     child: Option<Child>,
     /// Whether this value owns `dir` (false for cluster nodes: the cluster does).
     owns_dir: bool,
+    /// Environment of the server process (variables its config refers to).
+    env: Vec<(String, String)>,
+}
+
+/// What to add to a [`NatsServer`]'s generated configuration.
+#[derive(Debug, Clone, Default)]
+pub struct NatsOptions {
+    /// Configuration text appended to the generated one (e.g.
+    /// `include "nats-authorization.conf"` or a `tls { … }` block).
+    pub extra_config: String,
+    /// Files copied into the server's directory under their file names
+    /// before it starts, so `extra_config` can `include` or name them.
+    pub files: Vec<PathBuf>,
+    /// Environment variables of the server process (NATS resolves `$NAME`
+    /// in its configuration from them).
+    pub env: Vec<(String, String)>,
 }
 
 impl NatsServer {
     /// Starts a single JetStream server on a free port and waits until it
     /// accepts connections (at most 10 s).
     pub async fn start() -> anyhow::Result<NatsServer> {
+        NatsServer::start_with(NatsOptions::default()).await
+    }
+
+    /// Like [`NatsServer::start`], with `opts` added to the configuration
+    /// (authorization, TLS, …). A server that refuses its configuration
+    /// fails the start with its log.
+    pub async fn start_with(opts: NatsOptions) -> anyhow::Result<NatsServer> {
         let bin = nats_server_bin()?;
         let dir = fresh_temp_dir("nats")?;
+        for file in &opts.files {
+            let name = file
+                .file_name()
+                .with_context(|| format!("{} has no file name", file.display()))?;
+            std::fs::copy(file, dir.join(name))
+                .with_context(|| format!("copying {}", file.display()))?;
+        }
         // A port picked by the OS can be taken by someone else before the
         // server binds it: try a few.
         let mut last_err = None;
         for _ in 0..3 {
             let port = free_port()?;
-            let mut server = NatsServer::configure(bin.clone(), dir.clone(), "n0", port, None)?;
+            let extra = (!opts.extra_config.is_empty()).then_some(opts.extra_config.as_str());
+            let mut server = NatsServer::configure(bin.clone(), dir.clone(), "n0", port, extra)?;
             server.owns_dir = true;
+            server.env = opts.env.clone();
             match server.spawn().await {
                 Ok(()) => return Ok(server),
                 Err(err) => {
@@ -204,6 +238,7 @@ impl NatsServer {
             log,
             child: None,
             owns_dir: false,
+            env: Vec::new(),
         })
     }
 
@@ -217,6 +252,7 @@ impl NatsServer {
         let mut child = Command::new(&self.bin)
             .arg("-c")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::from(log.try_clone()?))
             .stderr(Stdio::from(log))

@@ -252,6 +252,23 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub operator_token: Option<String>,
+    /// NATS credentials file: a `.creds` file (user JWT + nkey seed) or a
+    /// file holding a user nkey seed (`SU…`).
+    #[arg(long, env = "TALLY_NATS_CREDS", global = true)]
+    pub nats_creds: Option<std::path::PathBuf>,
+    /// NATS user (with TALLY_NATS_PASSWORD).
+    #[arg(long, env = "TALLY_NATS_USER", global = true)]
+    pub nats_user: Option<String>,
+    /// NATS password (with TALLY_NATS_USER).
+    #[arg(long, env = "TALLY_NATS_PASSWORD", global = true, hide_env_values = true, value_parser = secret)]
+    pub nats_password: Option<SecretString>,
+    /// NATS token.
+    #[arg(long, env = "TALLY_NATS_TOKEN", global = true, hide_env_values = true, value_parser = secret)]
+    pub nats_token: Option<SecretString>,
+    /// PEM file of the CA certificates that sign the NATS servers' TLS
+    /// certificates (TLS is then required; tls:// URLs require it anyway).
+    #[arg(long, env = "TALLY_NATS_TLS_CA", global = true)]
+    pub nats_tls_ca: Option<std::path::PathBuf>,
 }
 
 fn secret(s: &str) -> Result<SecretString, String> {
@@ -321,6 +338,10 @@ pub struct Config {
     pub openrouter_auth_url: String,
     /// The operator token, if set.
     pub operator_token: Option<SecretString>,
+    /// NATS credentials.
+    pub nats_auth: tally_bus::NatsAuth,
+    /// CA certificates for NATS TLS.
+    pub nats_tls_ca: Option<std::path::PathBuf>,
     /// HTTP connection limits and timeouts.
     pub http_limits: tally_api::HttpLimits,
     /// What one organisation may create.
@@ -691,7 +712,13 @@ impl Settings {
                     .map_err(|reason| err("TALLY_OPERATOR_TOKEN", "--operator-token", reason))?,
             ),
         };
+        let nats_auth = self.nats_auth()?;
+        if let Some(ca) = &self.nats_tls_ca {
+            check_pem(ca).map_err(|reason| err("TALLY_NATS_TLS_CA", "--nats-tls-ca", reason))?;
+        }
         Ok(Config {
+            nats_auth,
+            nats_tls_ca: self.nats_tls_ca.clone(),
             keyring,
             public_url,
             openrouter_auth_url: auth.to_string(),
@@ -720,6 +747,101 @@ impl Settings {
             operator_token,
         })
     }
+
+    /// At most one way of authenticating to NATS, and that one complete.
+    fn nats_auth(&self) -> Result<tally_bus::NatsAuth, ConfigError> {
+        use secrecy::ExposeSecret as _;
+        let user = self.nats_user.clone().filter(|s| !s.is_empty());
+        let password = self
+            .nats_password
+            .clone()
+            .filter(|s| !s.expose_secret().is_empty());
+        let token = self
+            .nats_token
+            .clone()
+            .filter(|s| !s.expose_secret().is_empty());
+        let creds = self
+            .nats_creds
+            .clone()
+            .filter(|p| !p.as_os_str().is_empty());
+        let methods = usize::from(creds.is_some())
+            + usize::from(user.is_some() || password.is_some())
+            + usize::from(token.is_some());
+        if methods > 1 {
+            let (env, flag) = if creds.is_some() {
+                ("TALLY_NATS_CREDS", "--nats-creds")
+            } else {
+                ("TALLY_NATS_TOKEN", "--nats-token")
+            };
+            return Err(err(
+                env,
+                flag,
+                "set only one of TALLY_NATS_CREDS, TALLY_NATS_USER + TALLY_NATS_PASSWORD, TALLY_NATS_TOKEN",
+            ));
+        }
+        if let Some(path) = creds {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                err(
+                    "TALLY_NATS_CREDS",
+                    "--nats-creds",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let seed = text.trim();
+            let is_seed =
+                seed.starts_with("SU") && seed.len() == 58 && !seed.contains(char::is_whitespace);
+            if !is_seed && !text.contains("-----BEGIN NATS USER JWT-----") {
+                return Err(err(
+                    "TALLY_NATS_CREDS",
+                    "--nats-creds",
+                    format!(
+                        "{} holds neither a .creds file nor a user nkey seed (SU…)",
+                        path.display()
+                    ),
+                ));
+            }
+            return Ok(tally_bus::NatsAuth::CredsFile(path));
+        }
+        if let Some(u) = &user {
+            if u.len() > 256 || !u.bytes().all(|b| b.is_ascii_graphic()) {
+                return Err(err(
+                    "TALLY_NATS_USER",
+                    "--nats-user",
+                    "must be at most 256 visible ASCII characters",
+                ));
+            }
+        }
+        match (user, password, token) {
+            (Some(user), Some(password), _) => {
+                Ok(tally_bus::NatsAuth::UserPassword { user, password })
+            }
+            (Some(_), None, _) => Err(err(
+                "TALLY_NATS_PASSWORD",
+                "--nats-password",
+                "is required with TALLY_NATS_USER",
+            )),
+            (None, Some(_), _) => Err(err(
+                "TALLY_NATS_USER",
+                "--nats-user",
+                "is required with TALLY_NATS_PASSWORD",
+            )),
+            (None, None, Some(token)) => Ok(tally_bus::NatsAuth::Token(token)),
+            (None, None, None) => Ok(tally_bus::NatsAuth::None),
+        }
+    }
+}
+
+/// A readable file with at least one PEM certificate.
+fn check_pem(path: &std::path::Path) -> Result<(), String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !text.contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!(
+            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+            path.display()
+        ));
+    }
+    Ok(())
 }
 
 /// The operator token: at least 32 visible ASCII characters, and not

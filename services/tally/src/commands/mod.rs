@@ -56,7 +56,14 @@ pub(crate) async fn connect_bus(cfg: &Config) -> anyhow::Result<Bus> {
         prefix: cfg.prefix.clone(),
         replicas: cfg.nats_replicas,
         ack_wait: cfg.ack_wait,
+        auth: cfg.nats_auth.clone(),
+        tls_ca: cfg.nats_tls_ca.clone(),
     };
+    tracing::debug!(
+        auth = cfg.nats_auth.kind(),
+        tls = cfg.nats_tls_ca.is_some() || cfg.nats_url.contains("tls://"),
+        "connecting to NATS"
+    );
     Bus::connect(&bus_cfg).await.with_context(|| {
         format!(
             "cannot connect to NATS at {} (TALLY_NATS_URL)",
