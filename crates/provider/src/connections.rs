@@ -9,8 +9,9 @@
 //!   [`Connections::discovery_timeout`]; its failure is recorded on the
 //!   connection (`models.error`) and never undoes the save.
 //! * [`Connections::finish_oauth`] stores nothing unless the state is
-//!   valid (taken exactly once), the verifier opens for the state's
-//!   organisation, and OpenRouter accepts the code with it.
+//!   valid (taken exactly once), the admin key that started the flow is
+//!   still an unrevoked admin key of the organisation, the verifier opens
+//!   for the state's organisation, and OpenRouter accepts the code with it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -109,7 +110,7 @@ pub struct Connections {
     auth_url: String,
     public_url: Option<Url>,
     /// How long model discovery may take before the save is answered
-    /// without it (default 10 s).
+    /// without it (default 10 s; zero: never inline, always later).
     pub discovery_timeout: Duration,
 }
 
@@ -212,7 +213,7 @@ impl Connections {
             })
             .await?;
         tracing::info!(org_id, via = via.as_str(), "provider connected");
-        match tokio::time::timeout(self.discovery_timeout, self.discover(org_id, &client)).await {
+        match self.bounded(self.discover(org_id, &client)).await {
             Ok(Ok(n)) => tracing::info!(org_id, models = n, "models discovered"),
             Ok(Err(e)) => tracing::warn!(org_id, error = %e, "model discovery failed"),
             Err(_) => {
@@ -227,6 +228,21 @@ impl Connections {
             }
         }
         self.status(org_id).await
+    }
+
+    /// Runs a discovery within [`Connections::discovery_timeout`]; a zero
+    /// timeout does not start it at all (the discovery is left to the
+    /// periodic sync or a later `models/sync`), exactly, whatever the
+    /// timer's resolution.
+    async fn bounded<F: std::future::Future>(
+        &self,
+        f: F,
+    ) -> Result<F::Output, tokio::time::error::Elapsed> {
+        if self.discovery_timeout.is_zero() {
+            // An already elapsed timeout, without polling `f`.
+            return tokio::time::timeout(Duration::ZERO, std::future::pending::<F::Output>()).await;
+        }
+        tokio::time::timeout(self.discovery_timeout, f).await
     }
 
     /// Fetches the catalog with `client` and stores it; a failure is
@@ -283,7 +299,7 @@ impl Connections {
             .client
             .with_key(&key)
             .map_err(|e| ProviderError::Unreachable(e.to_string()))?;
-        let r = tokio::time::timeout(self.discovery_timeout, self.discover(org_id, &client)).await;
+        let r = self.bounded(self.discover(org_id, &client)).await;
         if r.is_err() {
             let msg = format!(
                 "model discovery did not finish within {} s",
@@ -494,6 +510,18 @@ impl Connections {
             .take_oauth_state(&oauth::state_digest(state))
             .await?
             .map_err(ProviderError::State)?;
+        if let Some(id) = taken.admin_key_id.as_deref() {
+            let still_admin = self
+                .store
+                .list_keys(&taken.org_id)
+                .await?
+                .iter()
+                .any(|k| k.id.to_string() == id && k.role == tally_store::Role::Admin);
+            if !still_admin {
+                tracing::info!(org_id = %taken.org_id, "OAuth connection refused: its admin key was revoked");
+                return Err(ProviderError::StarterRevoked);
+            }
+        }
         let verifier = keyring.open(
             &ctx(&taken.org_id, FIELD_CODE_VERIFIER),
             &taken.sealed_verifier,

@@ -85,6 +85,10 @@ pub enum ProviderError {
     /// The OAuth state is unknown, used or expired.
     #[error("{}", state_message(*.0))]
     State(tally_store::providers::StateRefused),
+    /// The admin key that started the OAuth flow was revoked (or is no
+    /// longer an admin key) before the browser came back.
+    #[error("the admin key that started this connection was revoked: start connecting again")]
+    StarterRevoked,
     /// OpenRouter refused the code exchange (wrong code or verifier).
     #[error("OpenRouter refused the authorization code: {0}")]
     ExchangeRefused(String),
@@ -128,6 +132,7 @@ impl ProviderError {
             ProviderError::NotConnected => "provider_not_connected",
             ProviderError::State(s) => s.code(),
             ProviderError::ExchangeRefused(_) => "oauth_exchange_refused",
+            ProviderError::StarterRevoked => "oauth_admin_revoked",
             ProviderError::PublicUrlMissing => "public_url_missing",
             ProviderError::Secret(e) if *e == tally_secrets::SecretsError::KeyMissing => {
                 "secrets_key_missing"

@@ -188,8 +188,12 @@ async fn approve(authorize_url: &str) -> (String, String) {
 async fn oauth_flow_end_to_end_and_refused_states() -> anyhow::Result<()> {
     let env = Env::start().await?;
     let c = env.connections(Some(env.keyring()));
+    let (_, acme_admin) = env.store.create_org("acme", None).await?;
+    let acme_admin = acme_admin.info.id.to_string();
+    let (_, globex_admin) = env.store.create_org("globex", None).await?;
+    let globex_admin = globex_admin.info.id.to_string();
 
-    let start = c.start_oauth("acme", Some("key_admin1"), None).await?;
+    let start = c.start_oauth("acme", Some(&acme_admin), None).await?;
     assert!(start.authorize_url.contains("code_challenge_method=S256"));
     assert!(start.expires_at > chrono::Utc::now() + chrono::Duration::minutes(9));
     let (state, code) = approve(&start.authorize_url).await;
@@ -229,7 +233,7 @@ async fn oauth_flow_end_to_end_and_refused_states() -> anyhow::Result<()> {
     );
 
     // Expired state.
-    let start = c.start_oauth("globex", Some("key_admin2"), None).await?;
+    let start = c.start_oauth("globex", Some(&globex_admin), None).await?;
     let (state, code) = approve(&start.authorize_url).await;
     sqlx::query("UPDATE provider_oauth_states SET expires_at = now() - interval '1 second' WHERE org_id = 'globex'")
         .execute(env.store.pool())
@@ -394,5 +398,97 @@ async fn discovery_per_organisation_and_the_key_cache() -> anyhow::Result<()> {
     // …and a later sync clears it.
     let m = c.sync_models("initech").await?;
     assert_eq!((m.count, m.error), (3, None));
+    Ok(())
+}
+
+#[tokio::test]
+async fn periodic_sync_refreshes_stale_catalogs_and_records_failures() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let c = env.connections(Some(env.keyring()));
+    let keys: Vec<_> = ["stale", "fresh", "revoked"]
+        .iter()
+        .map(|_| env.sim.simulator().issue_key(KeySpec::default()))
+        .collect();
+    for (org, k) in ["stale", "fresh", "revoked"].iter().zip(&keys) {
+        c.connect_key(org, secret(&k.key), ConnectedVia::ApiKey, None)
+            .await?;
+    }
+    // "stale" and "revoked" were last synced long ago, and "stale" lost its
+    // catalog; "revoked"'s key is no longer accepted by OpenRouter.
+    sqlx::query(
+        "UPDATE provider_connections SET models_synced_at = now() - interval '1 day' \
+         WHERE org_id IN ('stale', 'revoked')",
+    )
+    .execute(env.store.pool())
+    .await?;
+    sqlx::query("DELETE FROM provider_models WHERE org_id = 'stale'")
+        .execute(env.store.pool())
+        .await?;
+    assert!(env.sim.simulator().revoke_key(&keys[2].key));
+    let fresh_before = c.status("fresh").await?.models.synced_at;
+    let revoked_before = c.status("revoked").await?.models.synced_at;
+
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(c.clone().sync_periodically(Duration::from_secs(3600), rx));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let stale = c.status("stale").await?;
+        let revoked = c.status("revoked").await?;
+        if stale.models.count == 3 && revoked.models.error.is_some() {
+            assert!(stale.models.synced_at > revoked_before, "{stale:?}");
+            assert!(stale.models.error.is_none(), "{stale:?}");
+            // A failed discovery keeps the last good catalog and its time.
+            assert_eq!(revoked.models.count, 3);
+            assert_eq!(revoked.models.synced_at, revoked_before);
+            assert!(
+                revoked
+                    .models
+                    .error
+                    .as_deref()
+                    .unwrap()
+                    .contains("rejected"),
+                "{revoked:?}"
+            );
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not synced: {stale:?} {revoked:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The fresh one was not asked again.
+    assert_eq!(c.status("fresh").await?.models.synced_at, fresh_before);
+    stop.send(true)?;
+    tokio::time::timeout(Duration::from_secs(5), task).await??;
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_flow_whose_admin_key_was_revoked_connects_nothing() -> anyhow::Result<()> {
+    let env = Env::start().await?;
+    let c = env.connections(Some(env.keyring()));
+    let (_, admin) = env.store.create_org("acme", None).await?;
+    let member = env
+        .store
+        .create_key("acme", tally_store::Role::Member, None)
+        .await?;
+    for starter in [admin.info.id, member.info.id] {
+        let start = c
+            .start_oauth("acme", Some(&starter.to_string()), None)
+            .await?;
+        if starter == admin.info.id {
+            env.store.revoke_key(starter, Some("acme")).await?;
+        }
+        let (state, code) = approve(&start.authorize_url).await;
+        let e = c.finish_oauth(&state, &code).await.unwrap_err();
+        assert_eq!(e.code(), "oauth_admin_revoked");
+        // Used up all the same.
+        assert_eq!(
+            c.finish_oauth(&state, &code).await.unwrap_err().code(),
+            "oauth_state_used"
+        );
+    }
+    assert!(!c.status("acme").await?.connected);
     Ok(())
 }

@@ -7,7 +7,7 @@
 //! | `GET /v1/providers/openrouter[?org_id=]` | member | 200 the status | 404 `org_not_found` |
 //! | `DELETE /v1/providers/openrouter[?org_id=]` | admin | 200 the status (disconnected) | 404 `provider_not_connected` |
 //! | `POST /v1/providers/openrouter/oauth/start {byok_providers?, org_id?}` (body optional) | admin | 200 `{authorize_url, expires_at}` | 422 `invalid_byok_providers`; 503 `secrets_key_missing`, `public_url_missing` |
-//! | `GET /v1/providers/openrouter/oauth/callback?state=&code=` | the state (no bearer key) | 200 HTML page | 400 page (`oauth_state_unknown`, `oauth_state_used`, `oauth_state_expired`, `oauth_state_missing`, `oauth_code_missing`, `oauth_denied`, `oauth_exchange_refused`), 502 page, 503 page |
+//! | `GET /v1/providers/openrouter/oauth/callback?state=&code=` | the state (no bearer key) | 200 HTML page | 400 page (`oauth_state_unknown`, `oauth_state_used`, `oauth_state_expired`, `oauth_state_missing`, `oauth_code_missing`, `oauth_denied`, `oauth_admin_revoked`, `oauth_exchange_refused`), 502 page, 503 page |
 //! | `POST /v1/providers/openrouter/models/sync[?org_id=]` | admin | 200 `{count, synced_at, error}` | 409 `provider_not_connected` |
 //! | `GET /v1/providers/openrouter/models[?org_id=]` | member | 200 `{models, synced_at}` | 404 `org_not_found` |
 //!
@@ -88,7 +88,9 @@ pub(crate) fn provider_error(e: ProviderError) -> ApiError {
             code,
             "the organisation has not connected OpenRouter; connect it first",
         ),
-        e @ (ProviderError::State(_) | ProviderError::ExchangeRefused(_)) => {
+        e @ (ProviderError::State(_)
+        | ProviderError::ExchangeRefused(_)
+        | ProviderError::StarterRevoked) => {
             ApiError::new(StatusCode::BAD_REQUEST, code, e.to_string())
         }
         ProviderError::Invalid { field, reason, .. } => ApiError::field(code, field, reason),
@@ -346,7 +348,9 @@ fn failure_page(status: StatusCode, code: &str, detail: &str) -> Response {
 
 fn provider_failure_page(e: &ProviderError) -> Response {
     let status = match e {
-        ProviderError::State(_) | ProviderError::ExchangeRefused(_) => StatusCode::BAD_REQUEST,
+        ProviderError::State(_)
+        | ProviderError::ExchangeRefused(_)
+        | ProviderError::StarterRevoked => StatusCode::BAD_REQUEST,
         ProviderError::KeyRejected(_) => StatusCode::BAD_REQUEST,
         ProviderError::Unreachable(_) => StatusCode::BAD_GATEWAY,
         ProviderError::Store(_) => StatusCode::SERVICE_UNAVAILABLE,

@@ -640,6 +640,55 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         .call(Some(&other), Method::GET, "/v1/providers/openrouter", None)
         .await?;
     assert_eq!(r.1["connected"], false, "{}", r.1);
+    // A flow started with an admin key that is revoked before the browser
+    // comes back connects nothing.
+    w.http
+        .post(format!("{}/sim/oauth", w.sim))
+        .json(&json!({"deny": false}))
+        .send()
+        .await?
+        .error_for_status()?;
+    let r = w
+        .call(
+            Some(&admin),
+            Method::POST,
+            "/v1/keys",
+            Some(json!({"role": "admin", "name": "leaving"})),
+        )
+        .await?;
+    assert_eq!(r.0, 201, "{}", r.1);
+    let leaving = r.1["key"].as_str().unwrap().to_owned();
+    let leaving_id = r.1["id"].as_str().unwrap().to_owned();
+    w.scanner.watch("leaving admin key", &leaving);
+    let r = w
+        .call(
+            Some(&leaving),
+            Method::POST,
+            "/v1/providers/openrouter/oauth/start",
+            None,
+        )
+        .await?;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let auth = r.1["authorize_url"].as_str().unwrap().to_owned();
+    let r = w
+        .call(
+            Some(&admin),
+            Method::DELETE,
+            &format!("/v1/keys/{leaving_id}"),
+            None,
+        )
+        .await?;
+    assert_eq!(r.0, 200, "{}", r.1);
+    let back = w.http.get(&auth).send().await?;
+    let back = back.headers()["location"].to_str()?.to_owned();
+    let r = w.call(None, Method::GET, &back, None).await?;
+    assert_eq!(r.0, 400, "{}", r.1);
+    assert!(
+        r.1.as_str().unwrap().contains("oauth_admin_revoked"),
+        "{}",
+        r.1
+    );
+
     let r = w
         .call(Some(&member), Method::GET, "/v1/providers/openrouter", None)
         .await?;
