@@ -13,13 +13,16 @@
 //! * A generation id belongs to the organisation that booked it first: the
 //!   same id completed for another organisation is a dead letter
 //!   `generation_org_mismatch` and neither organisation's money moves.
+//! * With every service at `RUST_LOG=debug`, no API key, operator token,
+//!   OpenRouter key, secrets key or NATS password appears in any log line
+//!   or response body.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use futures::StreamExt as _;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tally_testkit::{free_port, NatsOptions, NatsServer, TestDb};
 use tally_tests::procs::{tally_output, wait_http, workspace_root, TallyProcess};
 use tally_tests::Completed;
@@ -29,6 +32,9 @@ const SERVICE_PASSWORD: &str = "svc-pw-Jf83kQp2Lw9xZr41";
 const ACME_PASSWORD: &str = "acme-pw-Hq72mNc5Vb0tYe33";
 const GLOBEX_PASSWORD: &str = "globex-pw-Tz19pLs6Kd4rWu87";
 const OPERATOR_TOKEN: &str = "op-9fK2mQ7xL4vB8nC1zR6tY3wE5uH0jA2sD";
+const OPENROUTER_KEY: &str = "sk-or-v1-5b1e0c7d9a2f4e6b8c3d1a0f9e8d7c6b";
+/// A key-encryption key (`<id>:<base64>`); its base64 part is the secret.
+const SECRETS_KEY_B64: &str = "ZWZnaGlqa2xtbm9wcXJzdHV2d3h5ent8fX5/gIGCg4Q=";
 
 /// A NATS server with the shipped authorization configuration.
 async fn secured_nats() -> anyhow::Result<NatsServer> {
@@ -68,6 +74,8 @@ struct Stack {
     env: Vec<(&'static str, String)>,
     api: String,
     procs: Vec<TallyProcess>,
+    /// Base URL (health, metrics) of every started service.
+    bases: Vec<String>,
     acme_key: String,
     globex_key: String,
     /// Every stdout/stderr of a `tally` command run to completion.
@@ -79,6 +87,17 @@ impl Stack {
     /// started after the organisations exist (the API always).
     async fn start(
         extra: &[(&'static str, String)],
+        services: &[&str],
+        log_level: &str,
+    ) -> anyhow::Result<Stack> {
+        Stack::start_after(extra, &[], services, log_level).await
+    }
+
+    /// Like [`Stack::start`], running `tally <setup…>` commands after the
+    /// organisations exist and before the services start.
+    async fn start_after(
+        extra: &[(&'static str, String)],
+        setup: &[&[&str]],
         services: &[&str],
         log_level: &str,
     ) -> anyhow::Result<Stack> {
@@ -104,6 +123,7 @@ impl Stack {
             env,
             api: format!("http://127.0.0.1:{api_port}"),
             procs: Vec::new(),
+            bases: Vec::new(),
             acme_key: String::new(),
             globex_key: String::new(),
             outputs: Vec::new(),
@@ -111,6 +131,9 @@ impl Stack {
         stack.run_ok(&["migrate"]).await?;
         stack.acme_key = stack.org_key("acme").await?;
         stack.globex_key = stack.org_key("globex").await?;
+        for args in setup {
+            stack.run_ok(args).await?;
+        }
         let mut names: Vec<&str> = services.to_vec();
         names.push("api");
         for name in names {
@@ -131,6 +154,7 @@ impl Stack {
                 let log = stack.procs.last().map(|p| p.log_text()).unwrap_or_default();
                 bail!("{name} did not come up: {e:#}\n{log}");
             }
+            stack.bases.push(base);
         }
         Ok(stack)
     }
@@ -160,6 +184,19 @@ impl Stack {
         let out = self.run_ok(&["org", "create", org]).await?;
         let v: Value = serde_json::from_str(out.trim())?;
         Ok(v["key"].as_str().context("no key")?.to_owned())
+    }
+
+    /// The text of every service log.
+    fn log_files(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(&self.logs)? {
+            let path = entry?.path();
+            out.push((
+                path.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read_to_string(&path)?,
+            ));
+        }
+        Ok(out)
     }
 
     fn assert_running(&mut self) -> anyhow::Result<()> {
@@ -778,5 +815,292 @@ async fn tls_with_a_token_and_an_nkey_seed_file_connect_and_bad_settings_are_nam
     let (code, out) = migrate_with(&base(&nats.url())).await?;
     assert_ne!(code, 0, "no credentials are refused: {out}");
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Where any of `secrets` occurs in `text` (`what` names the text).
+fn leaks(what: &str, text: &str, secrets: &[(&str, String)]) -> Vec<String> {
+    let mut found = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        for (name, secret) in secrets {
+            if line.contains(secret.as_str()) {
+                found.push(format!("{what}:{}: {name}: {line}", n + 1));
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn no_key_token_or_secret_appears_in_debug_logs_or_responses() -> anyhow::Result<()> {
+    // The OpenRouter stand-in (its own log is not tally's).
+    let sim_logs = tempdir("sim")?;
+    let sim_port = free_port()?;
+    let sim_url = format!("http://127.0.0.1:{sim_port}");
+    let _sim = TallyProcess::start(
+        "sim",
+        &["sim", "openrouter"],
+        &[
+            ("TALLY_SIM_ADDR", format!("127.0.0.1:{sim_port}")),
+            ("TALLY_SIM_KEYS", OPENROUTER_KEY.to_owned()),
+        ],
+        &sim_logs,
+    )?;
+    wait_http(&format!("{sim_url}/sim/stats"), Duration::from_secs(30)).await?;
+
+    let extra = [
+        ("TALLY_OPENROUTER_BASE_URL", format!("{sim_url}/api/v1")),
+        ("TALLY_OPENROUTER_API_KEY", OPENROUTER_KEY.to_owned()),
+        ("TALLY_SECRETS_KEY", format!("test:{SECRETS_KEY_B64}")),
+        ("TALLY_RECONCILE_DEADLINE", "10m".to_owned()),
+    ];
+    let mut stack = Stack::start_after(
+        &extra,
+        &[&["provider", "connect", "--org", "acme"]],
+        &["worker", "projector", "reconciler"],
+        "debug",
+    )
+    .await?;
+    let url = stack.nats.url();
+    let api = stack.api.clone();
+    let http = reqwest::Client::new();
+    // (what, body) of every answer and output to scan.
+    let mut bodies: Vec<(String, String)> = Vec::new();
+
+    // A generation request over NATS, run by the worker against the
+    // simulator, booked by the projector, looked at by the reconciler.
+    let (acme, _) = producer(&url, "acme", ACME_PASSWORD).await?;
+    let mut results = acme.subscribe("tally.generation.result.acme").await?;
+    acme.flush().await?;
+    let now = chrono::Utc::now().to_rfc3339();
+    let request = json!({
+        "specversion": "1.0", "id": "req-leak-1", "source": "tests",
+        "type": "tally.generation.requested.v1", "time": now,
+        "subject": "tally.generation.requested.acme", "datacontenttype": "application/json",
+        "data": {"request_id": "req-leak-1", "org_id": "acme", "model": "openai/gpt-4o-mini",
+                 "input": "Say hello.", "requested_at": now}
+    });
+    js_publish(
+        &acme,
+        "tally.generation.requested.acme",
+        "req-leak-1",
+        serde_json::to_vec(&request)?,
+    )
+    .await?;
+    let result = tokio::time::timeout(Duration::from_secs(60), results.next())
+        .await
+        .context("no generation result within 60 s")?
+        .context("result subscription ended")?;
+    let result: Value = serde_json::from_slice(&result.payload)?;
+    assert_eq!(result["data"]["status"], "completed", "{result}");
+    bodies.push(("generation result".into(), result.to_string()));
+    let generation_id = result["data"]["generation_id"]
+        .as_str()
+        .with_context(|| format!("no generation id: {result}"))?
+        .to_owned();
+    let booked = wait_200(
+        &api,
+        &stack.acme_key,
+        &format!("/v1/generations/{generation_id}"),
+    )
+    .await?;
+    bodies.push(("GET generation".into(), booked));
+
+    // API calls with keys, good and bad, and operator calls.
+    let admin = stack.acme_key.clone();
+    let budget = json!({"name": "team", "scope": {}, "period": "monthly", "limit_usd": "50"});
+    let (s, created) = call(
+        &http,
+        &api,
+        Some(&admin),
+        reqwest::Method::POST,
+        "/v1/keys",
+        Some(json!({"role": "member", "name": "dash"})),
+    )
+    .await?;
+    assert_eq!(s, 201, "{created}");
+    let member: Value = serde_json::from_str(&created)?;
+    let member_key = member["key"].as_str().context("no key")?.to_owned();
+    let member_id = member["id"].as_str().context("no id")?.to_owned();
+    let (s, org) = call(
+        &http,
+        &api,
+        Some(OPERATOR_TOKEN),
+        reqwest::Method::POST,
+        "/v1/orgs",
+        Some(json!({"org_id": "initech"})),
+    )
+    .await?;
+    assert_eq!(s, 201, "{org}");
+    let initech_key = serde_json::from_str::<Value>(&org)?["key"]
+        .as_str()
+        .context("no key")?
+        .to_owned();
+    let spend = spend_path();
+    type Call<'a> = (Option<&'a str>, reqwest::Method, String, Option<Value>, u16);
+    let calls: Vec<Call> = vec![
+        (
+            Some(&admin),
+            reqwest::Method::POST,
+            "/v1/budgets".into(),
+            Some(budget.clone()),
+            201,
+        ),
+        (
+            Some(&admin),
+            reqwest::Method::GET,
+            "/v1/budgets".into(),
+            None,
+            200,
+        ),
+        (
+            Some(&admin),
+            reqwest::Method::GET,
+            "/v1/keys".into(),
+            None,
+            200,
+        ),
+        (
+            Some(&member_key),
+            reqwest::Method::GET,
+            spend.clone(),
+            None,
+            200,
+        ),
+        (
+            Some(&member_key),
+            reqwest::Method::GET,
+            "/v1/providers/openrouter/drift".into(),
+            None,
+            200,
+        ),
+        (
+            Some(&member_key),
+            reqwest::Method::POST,
+            "/v1/budgets".into(),
+            Some(budget.clone()),
+            403,
+        ),
+        (
+            Some(&initech_key),
+            reqwest::Method::GET,
+            format!("/v1/generations/{generation_id}"),
+            None,
+            404,
+        ),
+        (
+            Some(OPERATOR_TOKEN),
+            reqwest::Method::GET,
+            "/v1/budgets?org_id=acme".into(),
+            None,
+            200,
+        ),
+        (
+            Some(OPENROUTER_KEY),
+            reqwest::Method::GET,
+            "/v1/budgets".into(),
+            None,
+            401,
+        ),
+        (
+            Some("tly_0000000000000000000000000000000000000000"),
+            reqwest::Method::GET,
+            "/v1/budgets".into(),
+            None,
+            401,
+        ),
+        (None, reqwest::Method::GET, "/v1/budgets".into(), None, 401),
+        (
+            Some(&admin),
+            reqwest::Method::DELETE,
+            format!("/v1/keys/{member_id}"),
+            None,
+            200,
+        ),
+    ];
+    for (key, method, path, body, want) in calls {
+        let what = format!("{method} {path}");
+        let (s, text) = call(&http, &api, key, method, &path, body).await?;
+        assert_eq!(s, want, "{what}: {text}");
+        bodies.push((what, text));
+    }
+    // The revoked key, and every service's metrics.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let (s, text) = call(
+        &http,
+        &api,
+        Some(&member_key),
+        reqwest::Method::GET,
+        "/v1/budgets",
+        None,
+    )
+    .await?;
+    assert_eq!(s, 401, "{text}");
+    bodies.push(("revoked key".into(), text));
+    for base in stack.bases.clone() {
+        let m = format!("{base}/metrics");
+        bodies.push((format!("GET {m}"), tally_tests::procs::get_text(&m).await?));
+    }
+    // Give the services a moment to log what they did.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.assert_running()?;
+
+    let all = [
+        ("acme admin key", stack.acme_key.clone()),
+        ("globex admin key", stack.globex_key.clone()),
+        ("acme member key", member_key.clone()),
+        ("initech admin key", initech_key.clone()),
+        ("operator token", OPERATOR_TOKEN.to_owned()),
+        ("OpenRouter key", OPENROUTER_KEY.to_owned()),
+        ("secrets key", SECRETS_KEY_B64.to_owned()),
+        ("NATS service password", SERVICE_PASSWORD.to_owned()),
+        ("NATS producer password", ACME_PASSWORD.to_owned()),
+    ];
+    let mut found = Vec::new();
+    let logs = stack.log_files()?;
+    for name in ["api.log", "worker.log", "projector.log", "reconciler.log"] {
+        let text = &logs
+            .iter()
+            .find(|(n, _)| n == name)
+            .with_context(|| format!("no {name}"))?
+            .1;
+        let debug = text.lines().filter(|l| l.contains("DEBUG")).count();
+        assert!(debug > 0, "{name} has no debug line:\n{text}");
+        found.extend(leaks(name, text, &all));
+        // The request log saw the traffic (its path names the generation).
+        if name == "api.log" {
+            assert!(text.contains(&generation_id), "{name}:\n{text}");
+        }
+    }
+    for (what, text) in &bodies {
+        found.extend(leaks(what, text, &all));
+    }
+    for (n, out) in stack.outputs.iter().enumerate() {
+        // `org create` prints its own new key, once: nothing else.
+        found.extend(leaks(&format!("tally command #{n}"), out, &all[4..]));
+    }
+    // The scanner finds a key where there is one.
+    assert_eq!(leaks("self-check", &created, &all).len(), 1);
+    // The creation answers show their own new key and no other secret.
+    let others: Vec<_> = all
+        .iter()
+        .filter(|(_, k)| *k != member_key)
+        .cloned()
+        .collect();
+    found.extend(leaks("POST /v1/keys", &created, &others));
+    assert!(created.contains(&member_key));
+    let others: Vec<_> = all
+        .iter()
+        .filter(|(_, k)| *k != initech_key)
+        .cloned()
+        .collect();
+    found.extend(leaks("POST /v1/orgs", &org, &others));
+    assert!(
+        found.is_empty(),
+        "secrets leaked ({}):\n{}",
+        found.len(),
+        found.join("\n")
+    );
+    let _ = std::fs::remove_dir_all(&sim_logs);
     Ok(())
 }
