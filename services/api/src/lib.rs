@@ -464,11 +464,32 @@ pub fn routes() -> Vec<RouteSpec> {
 /// The API's router with every layer (request ids, tracing, metrics,
 /// problems, authentication, timeout, body limit).
 pub fn router(state: AppState) -> Router {
+    build_router(state, None)
+}
+
+/// The same router with the authentication layer replaced by one that
+/// hands every `/v1` request `caller`: only for measuring what
+/// authentication costs (`benches/auth.rs`). Never serve it.
+#[doc(hidden)]
+pub fn router_with_fixed_caller(state: AppState, caller: auth::Caller) -> Router {
+    build_router(state, Some(caller))
+}
+
+fn build_router(state: AppState, fixed: Option<auth::Caller>) -> Router {
     let request_id = HeaderName::from_static(REQUEST_ID_HEADER);
     let mut routes = Router::new();
     for r in v1_routes() {
         if r.spec.access == Access::OAuthState {
             routes = routes.route(r.spec.path, r.handler);
+            continue;
+        }
+        if let Some(caller) = fixed.clone() {
+            let layer =
+                axum::middleware::from_fn(move |mut req: Request, next: axum::middleware::Next| {
+                    req.extensions_mut().insert(caller.clone());
+                    next.run(req)
+                });
+            routes = routes.route(r.spec.path, r.handler.route_layer(layer));
             continue;
         }
         let layer =
