@@ -780,6 +780,13 @@ async fn tls_with_a_token_and_an_nkey_seed_file_connect_and_bad_settings_are_nam
             vec![("TALLY_NATS_TLS_CA", not_pem.as_str())],
             "TALLY_NATS_TLS_CA",
         ),
+        (
+            vec![(
+                "TALLY_NATS_URL",
+                "nats://tally:pw-secret-123456@127.0.0.1:4222",
+            )],
+            "TALLY_NATS_URL",
+        ),
     ] {
         let (code, out, err) = tally_output(&["migrate"], &with(&tls_url, &extra)).await?;
         assert_eq!(code, 2, "{extra:?}: {out}{err}");

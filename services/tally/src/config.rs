@@ -396,6 +396,19 @@ impl Settings {
     pub fn validate(&self) -> Result<Config, ConfigError> {
         for url in self.nats_url.split(',') {
             let url = url.trim();
+            // Credentials in the URL would be repeated in every connection
+            // error and log line naming the server: refuse them, unrepeated.
+            let authority = url
+                .split_once("://")
+                .map_or(url, |(_, rest)| rest.split('/').next().unwrap_or(""));
+            if authority.contains('@') {
+                return Err(err(
+                    "TALLY_NATS_URL",
+                    "--nats-url",
+                    "must not hold credentials (user:password@ or token@); \
+                     use TALLY_NATS_USER + TALLY_NATS_PASSWORD, TALLY_NATS_TOKEN or TALLY_NATS_CREDS",
+                ));
+            }
             let ok = ["nats://", "tls://", "ws://", "wss://"]
                 .iter()
                 .any(|s| url.starts_with(s) && url.len() > s.len());
