@@ -7,9 +7,12 @@
 //! Against a real Postgres (a fresh database from tally-testkit), one hot
 //! hard budget, `--requesters` concurrent requesters (default 16), each
 //! looping: take a hold of 0.01 USD through the [`HoldBatcher`] the worker
-//! uses, hand it to a settler that books the completed generation (actual
-//! 0.000001 USD) through [`Store::apply_batch`] — the projector's
+//! uses and hand it to a settler that books the completed generation
+//! (actual 0.000001 USD) through [`Store::apply_batch`] — the projector's
 //! transaction, which settles the hold — in batches, as the projector does.
+//! Like a worker, a requester does not wait for the settlement of its last
+//! hold; a bounded queue pushes back when settlement falls behind. The rate
+//! counts holds settled, from the start until the last one is settled.
 //!
 //! Two cases, each for `--secs` seconds, each also run with a naive
 //! check-then-insert baseline on its own one-row table (read `spent +
@@ -154,7 +157,7 @@ async fn tally_case(store: &Store, case: &str, limit: &str, a: &Args) -> anyhow:
     let stop = Arc::new(AtomicBool::new(false));
     let settled = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
-    let (tx, mut rx) = mpsc::channel::<(String, tokio::sync::oneshot::Sender<()>)>(4096);
+    let (tx, mut rx) = mpsc::channel::<String>(4096);
     let started = Instant::now();
     let mut tasks = Vec::new();
     for w in 0..a.requesters {
@@ -170,11 +173,12 @@ async fn tally_case(store: &Store, case: &str, limit: &str, a: &Args) -> anyhow:
                 let id = format!("{case}-{w}-{i}");
                 match batcher.hold(hold_request(&id)).await {
                     Ok(HoldOutcome::Held(_)) => {
-                        let (done, wait) = tokio::sync::oneshot::channel();
-                        if tx.send((id, done)).await.is_err() {
+                        // Like a worker: the next request does not wait
+                        // for the projector (the bounded channel pushes
+                        // back when settlement falls behind).
+                        if tx.send(id).await.is_err() {
                             break;
                         }
-                        let _ = wait.await;
                     }
                     Ok(_) => {
                         refused.fetch_add(1, Ordering::Relaxed);
@@ -199,15 +203,13 @@ async fn tally_case(store: &Store, case: &str, limit: &str, a: &Args) -> anyhow:
                         Err(_) => break,
                     }
                 }
-                let facts: Vec<FactInput> = batch.iter().map(|(id, _)| completed(id)).collect();
+                let facts: Vec<FactInput> = batch.iter().map(|id| completed(id)).collect();
                 let out = store
                     .apply_batch(&facts, &PostingOptions::default())
                     .await
                     .expect("settlement batch");
                 settled.fetch_add(out.settled.len() as u64, Ordering::Relaxed);
-                for (_, done) in batch.drain(..) {
-                    let _ = done.send(());
-                }
+                batch.clear();
             }
         })
     };

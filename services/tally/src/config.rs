@@ -133,12 +133,6 @@ pub struct Settings {
     /// so prices survive OpenRouter being down at start (off when unset).
     #[arg(long, env = "TALLY_CATALOG_PATH", global = true)]
     pub catalog_path: Option<std::path::PathBuf>,
-    /// Upstream providers whose keys the org (or one of its agents) brought
-    /// (BYOK), for the worker's capacity strategies: `org=provider+provider`
-    /// entries, `org/agent=…` for one agent, separated by `;`, e.g.
-    /// `acme=anthropic+openai;acme/researcher=anthropic`.
-    #[arg(long, env = "TALLY_BYOK_PROVIDERS", global = true, default_value = "")]
-    pub byok_providers: String,
     /// Most OpenRouter generation-stats lookups per second the reconciler
     /// makes (it halves this on 429s and recovers slowly).
     #[arg(
@@ -324,8 +318,6 @@ pub struct Config {
     pub default_max_output_tokens: u32,
     /// Model catalog persistence file.
     pub catalog_path: Option<std::path::PathBuf>,
-    /// BYOK providers per organisation or agent.
-    pub byok_providers: Vec<ByokEntry>,
     /// Reconciler lookups per second.
     pub reconcile_rate: u32,
     /// JSON logs.
@@ -572,8 +564,6 @@ impl Settings {
                     ),
                 )
             })?;
-        let byok_providers = parse_byok(&self.byok_providers)
-            .map_err(|reason| err("TALLY_BYOK_PROVIDERS", "--byok-providers", reason))?;
         let reconcile_rate: u32 = self
             .reconcile_rate
             .parse()
@@ -754,7 +744,6 @@ impl Settings {
             reservation_ttl,
             default_max_output_tokens,
             catalog_path: self.catalog_path.clone(),
-            byok_providers,
             reconcile_rate,
             log_json: self.log_json,
             operator_token,
@@ -889,57 +878,6 @@ impl Config {
     }
 }
 
-/// Upstream providers an organisation (or one of its agents) has keys for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ByokEntry {
-    /// Organisation.
-    pub org: String,
-    /// Agent, when the entry is for one agent only.
-    pub agent: Option<String>,
-    /// Provider names.
-    pub providers: Vec<String>,
-}
-
-/// Parses `org=p1+p2;org/agent=p3` into entries.
-fn parse_byok(text: &str) -> Result<Vec<ByokEntry>, String> {
-    let is_id = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 64
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
-    };
-    let mut out = Vec::new();
-    for entry in text.split(';').map(str::trim).filter(|e| !e.is_empty()) {
-        let (who, providers) = entry
-            .split_once('=')
-            .ok_or_else(|| format!("{entry:?} must look like org=provider+provider"))?;
-        let (org, agent) = match who.split_once('/') {
-            Some((o, a)) => (o, Some(a)),
-            None => (who, None),
-        };
-        if !is_id(org) || agent.is_some_and(|a| !is_id(a)) {
-            return Err(format!(
-                "{who:?}: org and agent ids must match ^[A-Za-z0-9_-]{{1,64}}$"
-            ));
-        }
-        let providers: Vec<String> = providers
-            .split('+')
-            .map(str::trim)
-            .filter(|p| !p.is_empty())
-            .map(str::to_owned)
-            .collect();
-        if providers.is_empty() {
-            return Err(format!("{entry:?} names no provider"));
-        }
-        out.push(ByokEntry {
-            org: org.to_owned(),
-            agent: agent.map(str::to_owned),
-            providers,
-        });
-    }
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1022,19 +960,5 @@ mod tests {
         assert!(check_operator_token(&format!("{} y", "x".repeat(32))).is_err());
         let e = check_operator_token(&format!("tly_{}", "x".repeat(40))).unwrap_err();
         assert!(!e.contains("xxxx"), "{e}");
-    }
-
-    #[test]
-    fn byok_providers_parse_per_org_and_agent() {
-        let v = parse_byok("acme=anthropic+openai; acme/researcher=anthropic").unwrap();
-        assert_eq!(v.len(), 2);
-        assert_eq!((v[0].org.as_str(), v[0].agent.as_deref()), ("acme", None));
-        assert_eq!(v[0].providers, vec!["anthropic", "openai"]);
-        assert_eq!(v[1].agent.as_deref(), Some("researcher"));
-        assert_eq!(v[1].providers, vec!["anthropic"]);
-        assert!(parse_byok("").unwrap().is_empty());
-        assert!(parse_byok("acme").is_err());
-        assert!(parse_byok("acme=").is_err());
-        assert!(parse_byok("a b=x").is_err());
     }
 }

@@ -238,7 +238,6 @@ pub(crate) async fn worker_service(
         catalog,
         tally_worker::WorkerConfig {
             prefix: cfg.prefix.clone(),
-            byok: byok_providers(cfg),
             reservation_ttl: cfg.reservation_ttl,
             default_max_output_tokens: cfg.default_max_output_tokens,
             ..Default::default()
@@ -246,17 +245,6 @@ pub(crate) async fn worker_service(
         metrics,
     )
     .with_org_providers(providers))
-}
-
-fn byok_providers(cfg: &Config) -> tally_worker::ByokProviders {
-    cfg.byok_providers
-        .iter()
-        .fold(tally_worker::ByokProviders::new(), |acc, e| {
-            match &e.agent {
-                Some(agent) => acc.with_agent(e.org.clone(), agent.clone(), e.providers.clone()),
-                None => acc.with_org(e.org.clone(), e.providers.clone()),
-            }
-        })
 }
 
 /// `tally worker`.

@@ -28,9 +28,8 @@ pub enum ProviderCommand {
         #[arg(long)]
         org: String,
         /// Upstream providers whose own keys the organisation brought
-        /// (BYOK), comma-separated. Its own flag name: the global
-        /// `--byok-providers` (the worker's legacy setting) would otherwise
-        /// be merged into it.
+        /// (BYOK), comma-separated; they belong to the connection (and to
+        /// routing profiles), never to a process setting.
         #[arg(long = "byok", id = "connect_byok", value_delimiter = ',')]
         byok_providers: Option<Vec<String>>,
     },
