@@ -1296,9 +1296,11 @@ pub async fn recompute_held(tx: &mut Transaction<'_, Postgres>) -> Result<(), St
 type Reply = oneshot::Sender<Result<HoldOutcome, StoreError>>;
 
 /// Gathers the hold requests of concurrent callers into shared
-/// transactions: while one transaction commits, the next requests queue and
-/// go together into the next one (up to `max_batch`), so a hot budget row is
-/// locked once per batch rather than once per request. Cheap to clone.
+/// transactions: while [`HOLD_BATCHES_IN_FLIGHT`] transactions run, the
+/// next requests queue and go together into the next one (up to
+/// `max_batch`), so a hot budget row is locked once per batch rather than
+/// once per request. Batches in flight take their locks in the one lock
+/// order, so they wait for each other and never deadlock. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct HoldBatcher {
     tx: mpsc::Sender<(HoldRequest, Reply)>,
@@ -1307,15 +1309,26 @@ pub struct HoldBatcher {
 /// How often a batch that hit a transient conflict is retried.
 const BATCH_RETRIES: u32 = 5;
 
+/// Batches in flight at once: while one commits (holding the hot period
+/// row), the next does its reads up to the row lock, and the requests that
+/// arrive meanwhile gather into a larger batch.
+pub const HOLD_BATCHES_IN_FLIGHT: usize = 2;
+
 impl HoldBatcher {
     /// Starts the batching task on the current runtime. It ends when every
     /// clone of the batcher is dropped.
     pub fn spawn(store: Store, max_batch: usize) -> HoldBatcher {
         let max_batch = max_batch.max(1);
         let (tx, mut rx) = mpsc::channel::<(HoldRequest, Reply)>(max_batch * 4);
+        let in_flight = Arc::new(tokio::sync::Semaphore::new(HOLD_BATCHES_IN_FLIGHT));
         tokio::spawn(async move {
-            let mut batch: Vec<(HoldRequest, Reply)> = Vec::with_capacity(max_batch);
             while let Some(first) = rx.recv().await {
+                // Wait for a free slot before gathering: the requests that
+                // come while every slot is busy join this batch.
+                let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                    break;
+                };
+                let mut batch: Vec<(HoldRequest, Reply)> = Vec::with_capacity(max_batch);
                 batch.push(first);
                 while batch.len() < max_batch {
                     match rx.try_recv() {
@@ -1323,31 +1336,11 @@ impl HoldBatcher {
                         Err(_) => break,
                     }
                 }
-                let (reqs, replies): (Vec<HoldRequest>, Vec<Reply>) = batch.drain(..).unzip();
-                let mut delay = Duration::from_millis(5);
-                let mut attempt = 0;
-                let result = loop {
-                    match store.take_holds(&reqs).await {
-                        Err(e) if e.is_transient() && attempt < BATCH_RETRIES => {
-                            attempt += 1;
-                            tokio::time::sleep(delay).await;
-                            delay *= 2;
-                        }
-                        r => break r,
-                    }
-                };
-                match result {
-                    Ok(outcomes) => {
-                        for (reply, o) in replies.into_iter().zip(outcomes) {
-                            let _ = reply.send(Ok(o));
-                        }
-                    }
-                    Err(e) => {
-                        for reply in replies {
-                            let _ = reply.send(Err(e.clone()));
-                        }
-                    }
-                }
+                let store = store.clone();
+                tokio::spawn(async move {
+                    run_batch(&store, batch).await;
+                    drop(permit);
+                });
             }
         });
         HoldBatcher { tx }
@@ -1365,5 +1358,35 @@ impl HoldBatcher {
         answer
             .await
             .map_err(|_| StoreError::Unavailable("the hold batcher stopped".into()))?
+    }
+}
+
+/// Takes the holds of one batch (retrying transient conflicts) and answers
+/// each caller.
+async fn run_batch(store: &Store, batch: Vec<(HoldRequest, Reply)>) {
+    let (reqs, replies): (Vec<HoldRequest>, Vec<Reply>) = batch.into_iter().unzip();
+    let mut delay = Duration::from_millis(5);
+    let mut attempt = 0;
+    let result = loop {
+        match store.take_holds(&reqs).await {
+            Err(e) if e.is_transient() && attempt < BATCH_RETRIES => {
+                attempt += 1;
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            r => break r,
+        }
+    };
+    match result {
+        Ok(outcomes) => {
+            for (reply, o) in replies.into_iter().zip(outcomes) {
+                let _ = reply.send(Ok(o));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _ = reply.send(Err(e.clone()));
+            }
+        }
     }
 }
