@@ -3,10 +3,12 @@
 //! as processes, the OpenRouter simulator over HTTP, answers read from the
 //! HTTP API and the `tally reconcile sweep` command line.
 
-use std::process::Stdio;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
+use common::{dec, get, publish, wait_ready};
 use serde_json::{json, Value};
 use tally_money::Usd;
 use tally_sim::{ScriptedReply, SimConfig, SimGeneration, Simulator};
@@ -15,25 +17,15 @@ use tokio::process::{Child, Command};
 
 const ORG: &str = "acme";
 
+/// Short deadlines, so patience and giving up happen within a test.
+const SETTINGS: &[(&str, &str)] = &[
+    ("TALLY_ACK_WAIT", "3s"),
+    ("TALLY_RECONCILE_DEADLINE", "2s"),
+    ("TALLY_RECONCILE_MIN_WINDOW", "1s"),
+];
+
 fn tally(h: &Harness, sim_url: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TALLY_NATS_URL", h.nats.url())
-        .env("TALLY_DATABASE_URL", h.db.url())
-        .env("TALLY_OPENROUTER_BASE_URL", sim_url)
-        .env("TALLY_OPENROUTER_API_KEY", tally_sim::TEST_KEY)
-        .env(
-            "TALLY_SECRETS_KEY",
-            "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        )
-        .env("TALLY_ACK_WAIT", "3s")
-        .env("TALLY_RECONCILE_DEADLINE", "2s")
-        .env("TALLY_RECONCILE_MIN_WINDOW", "1s")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
+    common::tally(h, sim_url, SETTINGS)
 }
 
 fn spawn(
@@ -42,12 +34,7 @@ fn spawn(
     args: &[&str],
     extra: &[(&str, String)],
 ) -> anyhow::Result<Child> {
-    let mut c = tally(h, sim_url);
-    c.args(args).stdout(Stdio::null()).stderr(Stdio::inherit());
-    for (k, v) in extra {
-        c.env(k, v);
-    }
-    Ok(c.spawn()?)
+    common::spawn(h, sim_url, SETTINGS, args, extra)
 }
 
 /// A completed event as a foreign producer writes it: no status, no
@@ -73,23 +60,6 @@ fn completed_json(id: &str, completed_at: chrono::DateTime<Utc>, estimate: &str)
     })
 }
 
-/// Publishes on NATS JetStream with `Nats-Msg-Id` = the event id.
-async fn publish(h: &Harness, doc: &Value) -> anyhow::Result<()> {
-    h.publish_raw(
-        doc["subject"].as_str().unwrap_or_default(),
-        doc["id"].as_str().unwrap_or_default(),
-        &serde_json::to_vec(doc)?,
-    )
-    .await
-}
-
-async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(u16, Value)> {
-    let r = http.get(url).send().await?;
-    let status = r.status().as_u16();
-    let body = r.json::<Value>().await.unwrap_or(Value::Null);
-    Ok((status, body))
-}
-
 /// Polls the generation until `pred` holds (or fails after `timeout`).
 async fn wait_generation(
     http: &reqwest::Client,
@@ -109,12 +79,6 @@ async fn wait_generation(
     }
 }
 
-fn dec(v: &Value) -> Usd {
-    usd(v
-        .as_str()
-        .unwrap_or_else(|| panic!("not a decimal string: {v}")))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn late_events_transient_answers_the_sweep_and_the_drift_seen_from_outside(
 ) -> anyhow::Result<()> {
@@ -125,33 +89,22 @@ async fn late_events_transient_answers_the_sweep_and_the_drift_seen_from_outside
         .local_addr()?
         .port();
     let api = format!("http://127.0.0.1:{port}");
-    let anonymous = reqwest::Client::new();
 
     // An operator creates the organisation (its first admin key comes back
     // as one JSON line), then connects OpenRouter with the key the
     // simulator knows; the reconciler looks its generations up with it.
-    let mut c = tally(&h, &sim_url);
-    c.args(["org", "create", ORG]);
-    let out = tokio::time::timeout(Duration::from_secs(60), c.output()).await??;
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let org: Value = serde_json::from_slice(&out.stdout)?;
+    let org = common::run(&h, &sim_url, SETTINGS, &["org", "create", ORG]).await?;
     let admin_key = org["key"]
         .as_str()
         .expect("org create prints the key")
         .to_owned();
-    let mut c = tally(&h, &sim_url);
-    c.args(["provider", "connect", "--org", ORG]);
-    let out = tokio::time::timeout(Duration::from_secs(60), c.output()).await??;
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::run(
+        &h,
+        &sim_url,
+        SETTINGS,
+        &["provider", "connect", "--org", ORG],
+    )
+    .await?;
     let _projector = spawn(&h, &sim_url, &["projector"], &[])?;
     let _reconciler = spawn(&h, &sim_url, &["reconciler"], &[])?;
     let _api = spawn(
@@ -160,15 +113,7 @@ async fn late_events_transient_answers_the_sweep_and_the_drift_seen_from_outside
         &["api"],
         &[("TALLY_HTTP_ADDR", format!("127.0.0.1:{port}"))],
     )?;
-    let end = Instant::now() + Duration::from_secs(30);
-    while get(&anonymous, &format!("{api}/readyz"))
-        .await
-        .map_or(0, |r| r.0)
-        != 200
-    {
-        anyhow::ensure!(Instant::now() < end, "the API never became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&api).await?;
     let http = tally_testkit::authed_client(&admin_key)?;
     let r = http
         .post(format!("{api}/v1/budgets"))

@@ -12,58 +12,33 @@
 //!   simulator served exactly one generation for the request, and the books
 //!   equal its cost.
 
-use std::process::Stdio;
+mod common;
+
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
+use common::{dec, get, publish, wait_for, wait_ready};
 use serde_json::{json, Value};
 use tally_money::Usd;
 use tally_sim::{SimConfig, Simulator};
-use tally_tests::{usd, Harness};
-use tokio::process::{Child, Command};
+use tally_tests::Harness;
+use tokio::process::Child;
 
 const ORG: &str = "acme";
 const MODEL: &str = "openai/gpt-4o-mini";
 
-fn tally(h: &Harness, sim_url: &str) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TALLY_NATS_URL", h.nats.url())
-        .env("TALLY_DATABASE_URL", h.db.url())
-        .env("TALLY_OPENROUTER_BASE_URL", sim_url)
-        .env("TALLY_OPENROUTER_API_KEY", tally_sim::TEST_KEY)
-        .env(
-            "TALLY_SECRETS_KEY",
-            "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
-        )
-        .env("TALLY_ACK_WAIT", "2s")
-        .env("TALLY_RECONCILE_DEADLINE", "60s")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
-}
+/// A short redelivery, a reconcile deadline far beyond the test.
+const SETTINGS: &[(&str, &str)] = &[
+    ("TALLY_ACK_WAIT", "2s"),
+    ("TALLY_RECONCILE_DEADLINE", "60s"),
+];
 
 fn spawn(h: &Harness, sim_url: &str, args: &[&str], extra: &[(&str, String)]) -> Child {
-    let mut c = tally(h, sim_url);
-    c.args(args).stdout(Stdio::null()).stderr(Stdio::inherit());
-    for (k, v) in extra {
-        c.env(k, v);
-    }
-    c.spawn().expect("tally starts")
+    common::spawn(h, sim_url, SETTINGS, args, extra).expect("tally starts")
 }
 
 async fn run(h: &Harness, sim_url: &str, args: &[&str]) -> anyhow::Result<Value> {
-    let mut c = tally(h, sim_url);
-    c.args(args);
-    let out = tokio::time::timeout(Duration::from_secs(60), c.output()).await??;
-    anyhow::ensure!(
-        out.status.success(),
-        "tally {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+    common::run(h, sim_url, SETTINGS, args).await
 }
 
 /// A `generation.requested` event as a requester writes it.
@@ -86,45 +61,6 @@ fn requested(request_id: &str, agent: &str) -> Value {
             "requested_at": now
         }
     })
-}
-
-async fn publish(h: &Harness, doc: &Value) -> anyhow::Result<()> {
-    h.publish_raw(
-        doc["subject"].as_str().unwrap_or_default(),
-        doc["id"].as_str().unwrap_or_default(),
-        &serde_json::to_vec(doc)?,
-    )
-    .await
-}
-
-async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<(u16, Value)> {
-    let r = http.get(url).send().await?;
-    let status = r.status().as_u16();
-    Ok((status, r.json::<Value>().await.unwrap_or(Value::Null)))
-}
-
-/// Polls `url` until `pred` holds on a 200 answer.
-async fn wait_for(
-    http: &reqwest::Client,
-    url: &str,
-    timeout: Duration,
-    pred: impl Fn(&Value) -> bool,
-) -> anyhow::Result<Value> {
-    let end = Instant::now() + timeout;
-    loop {
-        let (status, body) = get(http, url).await?;
-        if status == 200 && pred(&body) {
-            return Ok(body);
-        }
-        anyhow::ensure!(Instant::now() < end, "{url}: last answer {status} {body}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-fn dec(v: &Value) -> Usd {
-    usd(v
-        .as_str()
-        .unwrap_or_else(|| panic!("not a decimal string: {v}")))
 }
 
 struct Deployment {
@@ -156,16 +92,7 @@ async fn deploy(cfg: SimConfig) -> anyhow::Result<Deployment> {
             &[("TALLY_HTTP_ADDR", format!("127.0.0.1:{port}"))],
         ),
     ];
-    let anonymous = reqwest::Client::new();
-    let end = Instant::now() + Duration::from_secs(30);
-    while get(&anonymous, &format!("{api}/readyz"))
-        .await
-        .map_or(0, |r| r.0)
-        != 200
-    {
-        anyhow::ensure!(Instant::now() < end, "the API never became ready");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    wait_ready(&api).await?;
     let http = tally_testkit::authed_client(key)?;
     Ok(Deployment {
         h,
