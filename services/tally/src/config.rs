@@ -523,32 +523,22 @@ impl Settings {
                     ),
                 )
             })?;
-        let ack_wait = humantime::parse_duration(&self.ack_wait)
-            .ok()
-            .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(3600))
-            .ok_or_else(|| {
-                err(
-                    "TALLY_ACK_WAIT",
-                    "--ack-wait",
-                    format!(
-                        "{:?} must be a duration between 1s and 1h, like 60s",
-                        self.ack_wait
-                    ),
-                )
-            })?;
-        let reservation_ttl = humantime::parse_duration(&self.reservation_ttl)
-            .ok()
-            .filter(|d| *d >= Duration::from_secs(1) && *d <= Duration::from_secs(86_400))
-            .ok_or_else(|| {
-                err(
-                    "TALLY_RESERVATION_TTL",
-                    "--reservation-ttl",
-                    format!(
-                        "{:?} must be a duration between 1s and 24h, like 10m",
-                        self.reservation_ttl
-                    ),
-                )
-            })?;
+        let ack_wait = duration_between(
+            "TALLY_ACK_WAIT",
+            "--ack-wait",
+            &self.ack_wait,
+            Duration::from_secs(1),
+            Duration::from_secs(3600),
+            "60s",
+        )?;
+        let reservation_ttl = duration_between(
+            "TALLY_RESERVATION_TTL",
+            "--reservation-ttl",
+            &self.reservation_ttl,
+            Duration::from_secs(1),
+            Duration::from_secs(86_400),
+            "10m",
+        )?;
         let default_max_output_tokens: u32 = self
             .default_max_output_tokens
             .parse()
