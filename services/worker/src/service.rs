@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use tally_bus::{Bus, ConsumerName, Delivery};
 use tally_events::{
     CloudEvent, EventType, GenerationCompleted, GenerationFailed, GenerationRequested,
@@ -835,6 +835,39 @@ async fn with_hold_heartbeat<T>(
     }
 }
 
+/// Publishes the completed event of `req`'s generation. `Err` is how the
+/// delivery must be settled instead of going on: the event would be
+/// invalid (never published: consumers would dead-letter it; the request
+/// fails) or the publish failed (retried later).
+async fn publish_completed(
+    s: &Shared,
+    req: &GenerationRequested,
+    completed: GenerationCompleted,
+    now: DateTime<Utc>,
+) -> Result<(), Settle> {
+    let id = completed_event_id(&completed.generation_id);
+    let ev = CloudEvent::new_on_bus(&s.cfg.prefix, id, SOURCE, now, completed);
+    if let Err(e) = ev.validate() {
+        tracing::error!(error = %e, request_id = req.request_id, "completed event would be invalid");
+        return Err(fail(
+            s,
+            req,
+            None,
+            Failure {
+                reason: "upstream_malformed_reply".into(),
+                message: format!("the generation cannot be recorded: {e}"),
+                retryable: false,
+            },
+        )
+        .await);
+    }
+    let subject = ev.bus_subject(&s.cfg.prefix);
+    if !publish(s, &ev, &subject).await {
+        return Err(Settle::Nak(PUBLISH_RETRY_DELAY));
+    }
+    Ok(())
+}
+
 /// A generation that exists (OpenRouter sent its headers) but whose reply
 /// this worker does not have — a redelivery after a crash, or a body lost
 /// in transit. It is never run again: the completed event carries no
@@ -865,30 +898,8 @@ async fn interrupted(
         request_id: Some(req.request_id.clone()),
         upstream_inference_cost_usd: None,
     };
-    let ev = CloudEvent::new_on_bus(
-        &s.cfg.prefix,
-        completed_event_id(generation_id),
-        SOURCE,
-        now,
-        completed,
-    );
-    if let Err(e) = ev.validate() {
-        tracing::error!(error = %e, generation_id, "recorded generation id cannot be published");
-        return fail(
-            s,
-            req,
-            None,
-            Failure {
-                reason: "upstream_malformed_reply".into(),
-                message: format!("the generation cannot be recorded: {e}"),
-                retryable: false,
-            },
-        )
-        .await;
-    }
-    let subject = ev.bus_subject(&s.cfg.prefix);
-    if !publish(s, &ev, &subject).await {
-        return Settle::Nak(PUBLISH_RETRY_DELAY);
+    if let Err(settle) = publish_completed(s, req, completed, now).await {
+        return settle;
     }
     let result = GenerationResult {
         request_id: req.request_id.clone(),
@@ -1018,32 +1029,8 @@ async fn complete(
         request_id: Some(req.request_id.clone()),
         upstream_inference_cost_usd: upstream,
     };
-    let ev = CloudEvent::new_on_bus(
-        &s.cfg.prefix,
-        completed_event_id(&reply.generation_id),
-        SOURCE,
-        now,
-        completed,
-    );
-    if let Err(e) = ev.validate() {
-        // Should not happen (ids come from OpenRouter); never publish what
-        // consumers would dead-letter.
-        tracing::error!(error = %e, "completed event would be invalid");
-        return fail(
-            s,
-            req,
-            None,
-            Failure {
-                reason: "upstream_malformed_reply".into(),
-                message: format!("the generation cannot be recorded: {e}"),
-                retryable: false,
-            },
-        )
-        .await;
-    }
-    let subject = ev.bus_subject(&s.cfg.prefix);
-    if !publish(s, &ev, &subject).await {
-        return Settle::Nak(PUBLISH_RETRY_DELAY);
+    if let Err(settle) = publish_completed(s, req, completed, now).await {
+        return settle;
     }
     let result_status = match status {
         GenerationStatus::Completed => ResultStatus::Completed,
