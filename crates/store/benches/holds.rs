@@ -24,9 +24,11 @@
 //!   one each: how far `spent + held` goes past the limit (tally: never;
 //!   the baseline: by as many holds as race between its read and write).
 //!
-//! Printed: per case and path, holds/s, refusals, and the largest `spent +
-//! held` seen against the limit. The ratio tally ÷ baseline is printed in
-//! the same run (the machine is shared; absolute figures move).
+//! Printed first: the machine's raw limit, commits per second of a one-row
+//! update on one hot row from `--requesters` clients. Then per case and
+//! path, holds/s, refusals, and the largest `spent + held` seen against
+//! the limit. The ratios tally ÷ baseline and tally ÷ raw limit are printed
+//! in the same run (the machine is shared; absolute figures move).
 #![allow(clippy::float_arithmetic)]
 
 use std::collections::HashMap;
@@ -345,6 +347,42 @@ async fn naive_case(store: &Store, case: &str, limit: &str, a: &Args) -> anyhow:
     })
 }
 
+/// The machine's raw limit on one hot row: `--requesters` clients each
+/// committing `UPDATE … SET v = v + 1` on the same row, one transaction
+/// per update (what any design that commits each hold on its own is
+/// bounded by).
+async fn raw_commits(store: &Store, a: &Args) -> anyhow::Result<f64> {
+    let pool = store.pool().clone();
+    sqlx::query("CREATE TABLE raw_hot (id int PRIMARY KEY, v numeric NOT NULL)")
+        .execute(&pool)
+        .await?;
+    sqlx::query("INSERT INTO raw_hot VALUES (1, 0)")
+        .execute(&pool)
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let commits = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..a.requesters {
+        let (pool, stop, commits) = (pool.clone(), stop.clone(), commits.clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                sqlx::query("UPDATE raw_hot SET v = v + 1 WHERE id = 1")
+                    .execute(&pool)
+                    .await
+                    .expect("raw update");
+                commits.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(a.secs)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await?;
+    }
+    Ok(commits.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
 fn line(path: &str, f: &Figures, limit: &str) {
     let limit = usd(limit);
     let over = f.peak.try_sub(limit).expect("in range").max(Usd::ZERO);
@@ -372,6 +410,11 @@ fn main() -> anyhow::Result<()> {
             "holds bench: {} requesters, {} s per case, hold {HOLD} USD, actual {ACTUAL} USD, one hot hard budget",
             a.requesters, a.secs
         );
+        let raw = raw_commits(&store, &a).await?;
+        println!(
+            "raw limit: {raw:.0} commits/s of a one-row update on one hot row ({} clients)",
+            a.requesters
+        );
         for (case, limit) in [("throughput", "1000"), ("contention", "0.08")] {
             println!("{case} (limit {limit} USD):");
             let t = tally_case(&store, case, limit, &a).await?;
@@ -379,8 +422,9 @@ fn main() -> anyhow::Result<()> {
             let n = naive_case(&store, case, limit, &a).await?;
             line("naive", &n, limit);
             println!(
-                "  ratio tally/naive holds/s: {:.2}",
-                t.per_sec() / n.per_sec().max(f64::MIN_POSITIVE)
+                "  ratio tally/naive holds/s: {:.2}; tally holds/s per raw hot-row commit/s: {:.2}",
+                t.per_sec() / n.per_sec().max(f64::MIN_POSITIVE),
+                t.per_sec() / raw.max(f64::MIN_POSITIVE)
             );
         }
         anyhow::Ok(())
