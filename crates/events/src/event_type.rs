@@ -117,6 +117,25 @@ impl EventType {
         }
     }
 
+    /// The event type whose subjects `subject` belongs to (the inverse of
+    /// [`EventType::subject`]): the prefix, then the type's root, then the
+    /// org token (and, for alerts, the budget token). `None` for any other
+    /// subject.
+    pub fn from_subject(prefix: &str, subject: &str) -> Option<Self> {
+        let rest = subject.strip_prefix(prefix)?.strip_prefix('.')?;
+        EventType::ALL.into_iter().find(|t| {
+            let Some(tokens) = rest
+                .strip_prefix(t.subject_root())
+                .and_then(|r| r.strip_prefix('.'))
+            else {
+                return false;
+            };
+            let want = if t.has_budget_token() { 2 } else { 1 };
+            let tokens: Vec<&str> = tokens.split('.').collect();
+            tokens.len() == want && tokens.iter().all(|t| !t.is_empty())
+        })
+    }
+
     /// The subject filter matching every event of this type, e.g.
     /// `"tally.generation.completed.*"`, `"tally.budget.alert.*.*"` (for
     /// stream and consumer configuration).
@@ -134,6 +153,25 @@ impl std::fmt::Display for EventType {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn subjects_name_their_type_and_nothing_else() {
+        for t in EventType::ALL {
+            let s = t.subject("t.x", "acme", Some("b1"));
+            assert_eq!(EventType::from_subject("t.x", &s), Some(t), "{s}");
+            assert_eq!(EventType::from_subject("tally", &s), None, "{s}");
+        }
+        for s in [
+            "t.x.generation.completed",
+            "t.x.generation.completed.acme.extra",
+            "t.x.budget.alert.acme",
+            "t.x.generation.completedx.acme",
+            "t.x.deadletter.projector",
+            "t.xgeneration.completed.acme",
+        ] {
+            assert_eq!(EventType::from_subject("t.x", s), None, "{s}");
+        }
+    }
 
     #[test]
     fn names_round_trip() {

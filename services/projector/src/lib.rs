@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tally_bus::{Bus, ConsumerName, Delivery};
-use tally_events::{AnyEvent, CloudEvent, GenerationCompleted};
+use tally_events::{AnyEvent, CloudEvent, EventType, GenerationCompleted};
 use tally_ledger::{Fact, Placement};
 use tally_store::ledger::{CompletedDetails, PostingOptions};
 use tally_store::{BatchOutcome, FactInput, FactOutcome, Store, StoreError};
@@ -467,18 +467,10 @@ fn bytes_of(v: &[u8]) -> bytes::Bytes {
     bytes::Bytes::copy_from_slice(v)
 }
 
-/// A bounded label for the message's event type, from its subject.
+/// A bounded label for the message's event type, from its subject: the
+/// type's subject root (`generation.completed`, …) or `other`.
 fn type_label(subject: &str, prefix: &str) -> &'static str {
-    let rest = subject.strip_prefix(prefix).unwrap_or(subject);
-    if rest.starts_with(".generation.completed.") {
-        "generation.completed"
-    } else if rest.starts_with(".cost.reconciled.") {
-        "cost.reconciled"
-    } else if rest.starts_with(".cost.unresolved.") {
-        "cost.unresolved"
-    } else {
-        "other"
-    }
+    EventType::from_subject(prefix, subject).map_or("other", |t| t.subject_root())
 }
 
 /// Decodes every message of a fetched batch.
@@ -500,7 +492,10 @@ pub fn decode(
     let ev = tally_events::decode(prefix, d.subject(), d.payload())
         .map_err(|e| (e.code(), e.to_string()))?;
     Ok(match ev {
-        AnyEvent::Completed(ev) => (completed_fact(ev), "generation.completed"),
+        AnyEvent::Completed(ev) => (
+            completed_fact(ev),
+            EventType::GenerationCompleted.subject_root(),
+        ),
         AnyEvent::Reconciled(ev) => (
             FactInput {
                 generation_id: ev.data.generation_id,
@@ -510,7 +505,7 @@ pub fn decode(
                 },
                 details: None,
             },
-            "cost.reconciled",
+            EventType::CostReconciled.subject_root(),
         ),
         AnyEvent::Unresolved(ev) => (
             FactInput {
@@ -521,26 +516,18 @@ pub fn decode(
                 },
                 details: None,
             },
-            "cost.unresolved",
+            EventType::CostUnresolved.subject_root(),
         ),
         other => {
             return Err((
                 "unexpected_type",
-                format!("the projector does not consume {}", other_type(&other)),
+                format!(
+                    "the projector does not consume {}",
+                    other.event_type().as_str()
+                ),
             ))
         }
     })
-}
-
-fn other_type(ev: &AnyEvent) -> &'static str {
-    match ev {
-        AnyEvent::Requested(_) => "tally.generation.requested.v1",
-        AnyEvent::Failed(_) => "tally.generation.failed.v1",
-        AnyEvent::Result(_) => "tally.generation.result.v1",
-        AnyEvent::LedgerPosted(_) => "tally.ledger.posted.v1",
-        AnyEvent::ThresholdCrossed(_) => "tally.budget.threshold_crossed.v1",
-        _ => "this event type",
-    }
 }
 
 fn completed_fact(ev: CloudEvent<GenerationCompleted>) -> FactInput {
