@@ -28,6 +28,10 @@ struct World {
     http: reqwest::Client,
 }
 
+/// A request expected to be refused: key, `"METHOD /path"`, body, and
+/// `"status code"` (e.g. `"403 forbidden_role"`).
+type Refusal<'a> = (Option<&'a String>, &'a str, Option<Value>, &'a str);
+
 mod tempdir {
     /// A directory removed on drop.
     pub struct Dir(pub std::path::PathBuf);
@@ -121,6 +125,26 @@ impl World {
         ))
     }
 
+    /// `GET path` with `key`.
+    async fn get(&mut self, key: &str, path: &str) -> anyhow::Result<(u16, Value)> {
+        self.call(Some(key), Method::GET, path, None).await
+    }
+
+    /// Sends each request and asserts its answer: the problem's status and
+    /// code.
+    async fn refusals(&mut self, cases: &[Refusal<'_>]) -> anyhow::Result<()> {
+        for (key, request, body, want) in cases {
+            let (method, path) = request.split_once(' ').expect("METHOD /path");
+            let method = Method::from_bytes(method.as_bytes())?;
+            let r = self
+                .call(key.map(String::as_str), method, path, body.clone())
+                .await?;
+            let got = format!("{} {}", r.0, r.1["code"].as_str().unwrap_or("-"));
+            assert_eq!(&got, want, "{request}: {}", r.1);
+        }
+        Ok(())
+    }
+
     /// Every log file of the tally processes, scanned.
     fn scan_logs(&mut self) -> anyhow::Result<usize> {
         let mut lines = 0;
@@ -157,33 +181,37 @@ async fn wait_ready(url: &str) -> anyhow::Result<()> {
     }
 }
 
+impl World {
+    /// A harness (NATS, Postgres) and the simulator running as its own
+    /// process; the API's port chosen, not yet started.
+    async fn with_sim() -> anyhow::Result<World> {
+        let h = tally_tests::Harness::start().await?;
+        let sim_port = tally_testkit::free_port()?;
+        let api_port = tally_testkit::free_port()?;
+        let mut w = World {
+            nats: h.nats.url(),
+            db: h.db.url().to_owned(),
+            _h: h,
+            logs: tempdir::Dir::new(),
+            sim: format!("http://127.0.0.1:{sim_port}"),
+            api: format!("http://127.0.0.1:{api_port}"),
+            children: Vec::new(),
+            scanner: SecretScanner::new(),
+            http: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()?,
+        };
+        let mut sim = w.tally("sim")?;
+        sim.args(["sim", "openrouter", "--addr", &w.sim["http://".len()..]]);
+        w.children.push(sim.spawn()?);
+        wait_ready(&format!("{}/api/v1/models", w.sim)).await?;
+        Ok(w)
+    }
+}
+
 async fn start() -> anyhow::Result<World> {
-    let h = tally_tests::Harness::start().await?;
-    let sim_port = tally_testkit::free_port()?;
-    let api_port = tally_testkit::free_port()?;
-    let mut w = World {
-        nats: h.nats.url(),
-        db: h.db.url().to_owned(),
-        _h: h,
-        logs: tempdir::Dir::new(),
-        sim: format!("http://127.0.0.1:{sim_port}"),
-        api: format!("http://127.0.0.1:{api_port}"),
-        children: Vec::new(),
-        scanner: SecretScanner::new(),
-        http: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()?,
-    };
+    let mut w = World::with_sim().await?;
     w.scanner.watch("TALLY_SECRETS_KEY", KEK);
-    let mut sim = w.tally("sim")?;
-    sim.args([
-        "sim",
-        "openrouter",
-        "--addr",
-        &format!("127.0.0.1:{sim_port}"),
-    ]);
-    w.children.push(sim.spawn()?);
-    wait_ready(&format!("{}/api/v1/models", w.sim)).await?;
 
     let mut m = w.tally("migrate")?;
     m.arg("migrate");
@@ -191,7 +219,7 @@ async fn start() -> anyhow::Result<World> {
 
     let mut api = w.tally("api")?;
     api.arg("api")
-        .env("TALLY_HTTP_ADDR", format!("127.0.0.1:{api_port}"))
+        .env("TALLY_HTTP_ADDR", &w.api["http://".len()..])
         .env("TALLY_SECRETS_KEY", KEK)
         .env("TALLY_PUBLIC_URL", &w.api)
         .env("TALLY_OPENROUTER_BASE_URL", format!("{}/api/v1", w.sim))
@@ -255,40 +283,18 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
     w.scanner.watch("acme's pasted OpenRouter key", &or_key);
 
     // Nothing connected yet.
-    let r = w
-        .call(Some(&member), Method::GET, "/v1/providers/openrouter", None)
-        .await?;
+    let r = w.get(&member, "/v1/providers/openrouter").await?;
     assert_eq!(r.0, 200, "{}", r.1);
     assert_eq!(r.1["connected"], false, "{}", r.1);
 
     // A member cannot connect; a key OpenRouter does not know is refused.
-    let r = w
-        .call(
-            Some(&member),
-            Method::PUT,
-            "/v1/providers/openrouter",
-            Some(json!({"api_key": or_key})),
-        )
-        .await?;
-    assert_code(&r, 403, "forbidden_role");
-    let r = w
-        .call(
-            Some(&admin),
-            Method::PUT,
-            "/v1/providers/openrouter",
-            Some(json!({"api_key": "sk-or-v1-never-issued-by-openrouter-0000"})),
-        )
-        .await?;
-    assert_code(&r, 422, "provider_key_rejected");
-    let r = w
-        .call(
-            Some(&admin),
-            Method::PUT,
-            "/v1/providers/openrouter",
-            Some(json!({"api_key": or_key, "nonsense": 1})),
-        )
-        .await?;
-    assert_code(&r, 422, "unknown_field");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (Some(&member), "PUT /v1/providers/openrouter", Some(json!({"api_key": or_key})), "403 forbidden_role"),
+        (Some(&admin), "PUT /v1/providers/openrouter", Some(json!({"api_key": "sk-or-v1-never-issued-by-openrouter-0000"})), "422 provider_key_rejected"),
+        (Some(&admin), "PUT /v1/providers/openrouter", Some(json!({"api_key": or_key, "nonsense": 1})), "422 unknown_field"),
+    ];
+    w.refusals(refused).await?;
 
     // Paste the key.
     let r = w
@@ -308,9 +314,7 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
     assert_eq!(st["byok_providers"], json!(["Anthropic"]));
     assert_eq!(st["models"]["count"], 3, "{st}");
     assert!(st["models"]["synced_at"].is_string() && st["models"]["error"].is_null());
-    let r = w
-        .call(Some(&member), Method::GET, "/v1/providers/openrouter", None)
-        .await?;
+    let r = w.get(&member, "/v1/providers/openrouter").await?;
     assert_eq!((r.0, &r.1["connected"]), (200, &json!(true)), "{}", r.1);
 
     // Models: the member reads them; prices as decimal strings.
@@ -345,20 +349,14 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         )
         .await?;
     assert_eq!((r.0, &r.1["count"]), (200, &json!(3)), "{}", r.1);
-    let r = w
-        .call(
-            Some(&member),
-            Method::POST,
-            "/v1/providers/openrouter/models/sync",
-            None,
-        )
-        .await?;
-    assert_code(&r, 403, "forbidden_role");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (Some(&member), "POST /v1/providers/openrouter/models/sync", None, "403 forbidden_role"),
+    ];
+    w.refusals(refused).await?;
 
     // Another organisation sees nothing of it.
-    let r = w
-        .call(Some(&other), Method::GET, "/v1/providers/openrouter", None)
-        .await?;
+    let r = w.get(&other, "/v1/providers/openrouter").await?;
     assert_eq!((r.0, &r.1["connected"]), (200, &json!(false)), "{}", r.1);
     let r = w
         .call(
@@ -369,24 +367,12 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         )
         .await?;
     assert_eq!((r.0, &r.1["models"]), (200, &json!([])), "{}", r.1);
-    let r = w
-        .call(
-            Some(&other),
-            Method::GET,
-            "/v1/providers/openrouter?org_id=acme",
-            None,
-        )
-        .await?;
-    assert_code(&r, 404, "org_not_found");
-    let r = w
-        .call(
-            Some(&other),
-            Method::DELETE,
-            "/v1/providers/openrouter",
-            None,
-        )
-        .await?;
-    assert_code(&r, 404, "provider_not_connected");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (Some(&other), "GET /v1/providers/openrouter?org_id=acme", None, "404 org_not_found"),
+        (Some(&other), "DELETE /v1/providers/openrouter", None, "404 provider_not_connected"),
+    ];
+    w.refusals(refused).await?;
 
     // Routing profiles: put, read back with the risk of its server tools.
     let profile = json!({
@@ -449,43 +435,28 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
             .await?;
         assert_code(&r, 422, code);
     }
-    let r = w
-        .call(
-            Some(&member),
-            Method::PUT,
-            "/v1/routing",
-            Some(json!({"presets": []})),
-        )
-        .await?;
-    assert_code(&r, 403, "forbidden_role");
-    let r = w
-        .call(
-            Some(&other),
-            Method::GET,
-            "/v1/agents/support-bot/routing",
-            None,
-        )
-        .await?;
-    assert_code(&r, 404, "routing_profile_not_found");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (Some(&member), "PUT /v1/routing", Some(json!({"presets": []})), "403 forbidden_role"),
+        (Some(&other), "GET /v1/agents/support-bot/routing", None, "404 routing_profile_not_found"),
+    ];
+    w.refusals(refused).await?;
     let r = w
         .call(Some(&admin), Method::DELETE, "/v1/routing", None)
         .await?;
     assert_eq!((r.0, &r.1["deleted"]), (200, &json!(true)), "{}", r.1);
-    let r = w
-        .call(Some(&member), Method::GET, "/v1/routing", None)
-        .await?;
-    assert_code(&r, 404, "routing_profile_not_found");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (Some(&member), "GET /v1/routing", None, "404 routing_profile_not_found"),
+    ];
+    w.refusals(refused).await?;
 
     // Disconnect: the key is gone, the catalog too.
-    let r = w
-        .call(
-            Some(&member),
-            Method::DELETE,
-            "/v1/providers/openrouter",
-            None,
-        )
-        .await?;
-    assert_code(&r, 403, "forbidden_role");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (Some(&member), "DELETE /v1/providers/openrouter", None, "403 forbidden_role"),
+    ];
+    w.refusals(refused).await?;
     let r = w
         .call(
             Some(&admin),
@@ -495,26 +466,18 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         )
         .await?;
     assert_eq!((r.0, &r.1["connected"]), (200, &json!(false)), "{}", r.1);
-    let r = w
-        .call(
-            Some(&admin),
-            Method::POST,
-            "/v1/providers/openrouter/models/sync",
-            None,
-        )
-        .await?;
-    assert_code(&r, 409, "provider_not_connected");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (Some(&admin), "POST /v1/providers/openrouter/models/sync", None, "409 provider_not_connected"),
+    ];
+    w.refusals(refused).await?;
 
     // --- Connect with OpenRouter (OAuth PKCE) ---
-    let r = w
-        .call(
-            Some(&member),
-            Method::POST,
-            "/v1/providers/openrouter/oauth/start",
-            None,
-        )
-        .await?;
-    assert_code(&r, 403, "forbidden_role");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (Some(&member), "POST /v1/providers/openrouter/oauth/start", None, "403 forbidden_role"),
+    ];
+    w.refusals(refused).await?;
     let r = w
         .call(
             Some(&admin),
@@ -564,9 +527,7 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         page.contains("OpenRouter connected") && page.contains("acme"),
         "{page}"
     );
-    let r = w
-        .call(Some(&member), Method::GET, "/v1/providers/openrouter", None)
-        .await?;
+    let r = w.get(&member, "/v1/providers/openrouter").await?;
     assert_eq!(r.0, 200);
     let connected = r.1.clone();
     assert_eq!(connected["connected"], true, "{connected}");
@@ -636,9 +597,7 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         "{}",
         r.1
     );
-    let r = w
-        .call(Some(&other), Method::GET, "/v1/providers/openrouter", None)
-        .await?;
+    let r = w.get(&other, "/v1/providers/openrouter").await?;
     assert_eq!(r.1["connected"], false, "{}", r.1);
     // A flow started with an admin key that is revoked before the browser
     // comes back connects nothing.
@@ -689,9 +648,7 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         r.1
     );
 
-    let r = w
-        .call(Some(&member), Method::GET, "/v1/providers/openrouter", None)
-        .await?;
+    let r = w.get(&member, "/v1/providers/openrouter").await?;
     assert_eq!(r.1, connected, "nothing changed for acme");
 
     // Every tally process's log, at debug level, holds none of the secrets.
@@ -712,34 +669,12 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
 
 #[tokio::test]
 async fn without_a_secrets_key_nothing_is_stored() -> anyhow::Result<()> {
-    let h = tally_tests::Harness::start().await?;
-    let sim_port = tally_testkit::free_port()?;
-    let api_port = tally_testkit::free_port()?;
-    let mut w = World {
-        nats: h.nats.url(),
-        db: h.db.url().to_owned(),
-        _h: h,
-        logs: tempdir::Dir::new(),
-        sim: format!("http://127.0.0.1:{sim_port}"),
-        api: format!("http://127.0.0.1:{api_port}"),
-        children: Vec::new(),
-        scanner: SecretScanner::new(),
-        http: reqwest::Client::new(),
-    };
-    let mut sim = w.tally("sim")?;
-    sim.args([
-        "sim",
-        "openrouter",
-        "--addr",
-        &format!("127.0.0.1:{sim_port}"),
-    ]);
-    w.children.push(sim.spawn()?);
-    wait_ready(&format!("{}/api/v1/models", w.sim)).await?;
+    let mut w = World::with_sim().await?;
     let acme = w.json_line("org", &["org", "create", "acme"]).await?;
     let admin = acme["key"].as_str().unwrap().to_owned();
     let mut api = w.tally("api")?;
     api.arg("api")
-        .env("TALLY_HTTP_ADDR", format!("127.0.0.1:{api_port}"))
+        .env("TALLY_HTTP_ADDR", &w.api["http://".len()..])
         .env("TALLY_OPENROUTER_BASE_URL", format!("{}/api/v1", w.sim));
     w.children.push(api.spawn()?);
     wait_ready(&format!("{}/readyz", w.api)).await?;
@@ -753,27 +688,13 @@ async fn without_a_secrets_key_nothing_is_stored() -> anyhow::Result<()> {
         .await?;
     let key = issued["key"].as_str().unwrap().to_owned();
     w.scanner.watch("pasted key", &key);
-    let r = w
-        .call(
-            Some(&admin),
-            Method::PUT,
-            "/v1/providers/openrouter",
-            Some(json!({"api_key": key})),
-        )
-        .await?;
-    assert_code(&r, 503, "secrets_key_missing");
-    let r = w
-        .call(
-            Some(&admin),
-            Method::POST,
-            "/v1/providers/openrouter/oauth/start",
-            None,
-        )
-        .await?;
-    assert_code(&r, 503, "secrets_key_missing");
-    let r = w
-        .call(Some(&admin), Method::GET, "/v1/providers/openrouter", None)
-        .await?;
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (Some(&admin), "PUT /v1/providers/openrouter", Some(json!({"api_key": key})), "503 secrets_key_missing"),
+        (Some(&admin), "POST /v1/providers/openrouter/oauth/start", None, "503 secrets_key_missing"),
+    ];
+    w.refusals(refused).await?;
+    let r = w.get(&admin, "/v1/providers/openrouter").await?;
     assert_eq!(r.1["connected"], false, "{}", r.1);
     let log = format!("{}{}", w.log("api.out"), w.log("api.err"));
     assert!(log.contains("TALLY_SECRETS_KEY is not set"), "{log}");
