@@ -1,9 +1,12 @@
 //! The `tally` binary as an operator uses it: real processes against a NATS
 //! server and a Postgres database of the test's own.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::output;
 use tally_money::Usd;
 use tally_tests::{budget, reconciled, usd, Completed, Harness};
 use tokio::process::{Child, Command};
@@ -11,25 +14,7 @@ use tokio::process::{Child, Command};
 const ORG: &str = "acme";
 
 fn tally(h: &Harness) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TALLY_NATS_URL", h.nats.url())
-        .env("TALLY_DATABASE_URL", h.db.url())
-        .env("TALLY_ACK_WAIT", "3s")
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
-}
-
-async fn output(mut c: Command) -> anyhow::Result<(i32, String, String)> {
-    let out = tokio::time::timeout(Duration::from_secs(120), c.output()).await??;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    common::bare(h, &[("TALLY_ACK_WAIT", "3s")])
 }
 
 fn spawn_projector(h: &Harness) -> anyhow::Result<Child> {

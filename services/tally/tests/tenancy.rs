@@ -2,9 +2,12 @@
 //! them: the `tally` binary (`migrate`, `org create`, `key create|revoke`,
 //! `api`) and plain HTTP, no internals.
 
+mod common;
+
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::output;
 use serde_json::{json, Value};
 use tally_tests::Harness;
 use tokio::process::Command;
@@ -12,24 +15,7 @@ use tokio::process::Command;
 const OPERATOR: &str = "op-0123456789abcdefghijklmnopqrstuvwxyz";
 
 fn tally(h: &Harness) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
-    c.env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("TALLY_NATS_URL", h.nats.url())
-        .env("TALLY_DATABASE_URL", h.db.url())
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    c
-}
-
-async fn output(mut c: Command) -> anyhow::Result<(i32, String, String)> {
-    let out = tokio::time::timeout(Duration::from_secs(120), c.output()).await??;
-    Ok((
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    ))
+    common::bare(h, &[])
 }
 
 /// Runs `tally <args>` and parses its one line of JSON output.

@@ -15,17 +15,14 @@ use tokio::process::{Child, Command};
 /// The key-encryption key every outside test gives tally.
 pub const SECRETS_KEY: &str = "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
-/// `tally` with a clean environment: the harness's NATS and Postgres, the
-/// simulator at `sim_url` (and its test key), then `settings`.
-pub fn tally(h: &Harness, sim_url: &str, settings: &[(&str, &str)]) -> Command {
+/// `tally` with a clean environment: only the harness's NATS and Postgres
+/// (and `RUST_LOG=warn`), then `settings`.
+pub fn bare(h: &Harness, settings: &[(&str, &str)]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_tally"));
     c.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env("TALLY_NATS_URL", h.nats.url())
         .env("TALLY_DATABASE_URL", h.db.url())
-        .env("TALLY_OPENROUTER_BASE_URL", sim_url)
-        .env("TALLY_OPENROUTER_API_KEY", tally_sim::TEST_KEY)
-        .env("TALLY_SECRETS_KEY", SECRETS_KEY)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .kill_on_drop(true);
@@ -33,6 +30,34 @@ pub fn tally(h: &Harness, sim_url: &str, settings: &[(&str, &str)]) -> Command {
         c.env(k, v);
     }
     c
+}
+
+/// `tally` with a clean environment: the harness's NATS and Postgres, the
+/// simulator at `sim_url` (and its test key), then `settings`.
+pub fn tally(h: &Harness, sim_url: &str, settings: &[(&str, &str)]) -> Command {
+    let mut c = bare(
+        h,
+        &[
+            ("TALLY_OPENROUTER_BASE_URL", sim_url),
+            ("TALLY_OPENROUTER_API_KEY", tally_sim::TEST_KEY),
+            ("TALLY_SECRETS_KEY", SECRETS_KEY),
+        ],
+    );
+    for (k, v) in settings {
+        c.env(k, v);
+    }
+    c
+}
+
+/// Runs a command to the end (at most two minutes): exit code, stdout,
+/// stderr.
+pub async fn output(mut c: Command) -> anyhow::Result<(i32, String, String)> {
+    let out = tokio::time::timeout(Duration::from_secs(120), c.output()).await??;
+    Ok((
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// Starts `tally <args>` as a child process (killed when dropped).
