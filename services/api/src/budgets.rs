@@ -58,11 +58,16 @@ use tally_money::Usd;
 use tally_store::ledger::PostingOptions;
 use tally_store::queries::CheckScope;
 use tally_store::{Budget, BudgetPatch, NewBudget};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Params};
+use crate::openapi::{
+    BoolTextDoc, EnforcementDoc, IdDoc, OrgQuery, PageQuery, PeriodKindDoc, ScopeDoc, UsdAmountDoc,
+    UsdDoc,
+};
 use crate::pagination::Page;
 use crate::wire::{
     check_id, check_text, parse_money, parse_time, BudgetBody, EntryBody, PeriodBody,
@@ -80,22 +85,43 @@ fn default_timezone() -> String {
     "UTC".to_owned()
 }
 
-#[derive(Debug, Deserialize)]
+/// A new budget.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BudgetCreate)]
 pub(crate) struct CreateBody {
+    /// Must be the caller's organisation when given (the operator names it here).
     #[serde(default)]
+    #[schema(value_type = Option<IdDoc>)]
     org_id: Option<String>,
+    /// 1 to 200 characters, not blank, no control characters.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*\S[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: String,
     #[serde(deserialize_with = "tally_events::strict::object_only")]
+    #[schema(value_type = ScopeDoc)]
     scope: Scope,
+    #[schema(value_type = PeriodKindDoc)]
     period: String,
+    /// IANA time zone of the periods (default `UTC`).
     #[serde(default = "default_timezone")]
+    #[schema(value_type = crate::openapi::TimezoneDoc)]
     timezone: String,
+    #[schema(value_type = UsdAmountDoc)]
     limit_usd: serde_json::Value,
+    /// Alert thresholds, percent of the limit, each 1 to 1000, at most 10
+    /// distinct (default `[50, 80, 100]`).
     #[serde(default)]
+    #[schema(max_items = 10, value_type = Option<Vec<crate::openapi::ThresholdDoc>>)]
     thresholds_percent: Option<Vec<u32>>,
+    /// Default `hard`.
     #[serde(default)]
+    #[schema(value_type = Option<EnforcementDoc>)]
     enforcement: Option<String>,
+    /// Whether generations of models without a price are admitted (default false).
     #[serde(default)]
     allow_unpriced_models: Option<bool>,
 }
@@ -111,44 +137,67 @@ impl<'de> Deserialize<'de> for Present {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// A change to a budget: the fields given change. `id`, `org_id`,
+/// `scope`, `period` and `timezone` cannot change (422 `immutable_field`).
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BudgetPatch)]
 pub(crate) struct PatchBody {
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*\S[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     #[serde(default)]
     name: Option<String>,
     #[serde(default)]
+    #[schema(value_type = Option<UsdAmountDoc>)]
     limit_usd: Option<serde_json::Value>,
     #[serde(default)]
+    #[schema(max_items = 10, value_type = Option<Vec<crate::openapi::ThresholdDoc>>)]
     thresholds_percent: Option<Vec<u32>>,
     #[serde(default)]
+    #[schema(value_type = Option<EnforcementDoc>)]
     enforcement: Option<String>,
     #[serde(default)]
     allow_unpriced_models: Option<bool>,
     // Immutable: recognised only to refuse them by name.
     #[serde(default)]
+    #[schema(ignore)]
     id: Present,
     #[serde(default)]
+    #[schema(ignore)]
     org_id: Present,
     #[serde(default)]
+    #[schema(ignore)]
     scope: Present,
     #[serde(default)]
+    #[schema(ignore)]
     period: Present,
     #[serde(default)]
+    #[schema(ignore)]
     timezone: Present,
 }
 
-#[derive(Debug, Deserialize)]
+/// The scope of a generation about to run.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = BudgetCheck)]
 pub(crate) struct CheckBody {
     #[serde(default)]
+    #[schema(value_type = Option<IdDoc>)]
     org_id: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 256)]
     agent_id: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 256)]
     session_id: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 256)]
     user_id: Option<String>,
     #[serde(default)]
+    #[schema(max_length = 256)]
     model: Option<String>,
 }
 
@@ -219,6 +268,20 @@ async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Budget, Api
 }
 
 /// `POST /v1/budgets`.
+#[utoipa::path(
+    post,
+    path = "/v1/budgets",
+    tag = "budgets",
+    summary = "Create a budget (books the recorded generations in its scope)",
+    request_body = CreateBody,
+    responses(
+        (status = 201, description = "the budget with its current period and `booked_generations`", body = BudgetBody,
+         headers(("Location" = String, description = "the budget's URL"))),
+        (status = 404, description = "`org_not_found`"),
+        (status = 409, description = "`limit_exceeded` (`field`: `max_budgets`)"),
+        (status = 422, description = "`invalid_id`, `amount_not_string`, `invalid_amount`, `amount_too_precise`, `negative_amount`, `amount_out_of_range`, `unknown_timezone`, `invalid_period_kind`, `invalid_enforcement`, `invalid_threshold`, `too_many_thresholds`, `invalid_scope`"),
+    ),
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -274,13 +337,38 @@ pub(crate) async fn create(
     Ok(resp)
 }
 
-#[derive(Serialize)]
+/// One page of budgets.
+#[derive(Serialize, ToSchema)]
+#[schema(as = BudgetList)]
 pub(crate) struct ListBody {
     budgets: Vec<BudgetBody>,
+    /// Give it as `cursor` for the next page; null on the last.
     next_cursor: Option<String>,
 }
 
+/// `include_archived` of a budget listing.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct ArchivedQuery {
+    /// Whether archived budgets are listed too (default false).
+    #[param(value_type = Option<BoolTextDoc>)]
+    include_archived: Option<String>,
+}
+
 /// `GET /v1/budgets?org_id=…&include_archived=…`.
+#[utoipa::path(
+    get,
+    path = "/v1/budgets",
+    tag = "budgets",
+    summary = "List the organisation's budgets",
+    params(OrgQuery, ArchivedQuery, PageQuery),
+    responses(
+        (status = 200, description = "one page of budgets, each with its current period", body = ListBody),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+    ),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -316,6 +404,18 @@ pub(crate) async fn list(
 }
 
 /// `GET /v1/budgets/{id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/budgets/{id}",
+    tag = "budgets",
+    summary = "A budget with its current period",
+    params(("id" = IdDoc, Path, description = "the budget's id")),
+    responses(
+        (status = 200, description = "the budget", body = BudgetBody),
+        (status = 404, description = "`budget_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,
@@ -325,10 +425,13 @@ pub(crate) async fn get(
     Ok(Json(budget_body(&state, b).await?))
 }
 
-#[derive(Serialize)]
+/// One period of a budget.
+#[derive(Serialize, ToSchema)]
+#[schema(as = BudgetPeriod)]
 pub(crate) struct PeriodResponse {
     budget_id: String,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     limit_usd: Usd,
     current: bool,
     #[serde(flatten)]
@@ -336,6 +439,21 @@ pub(crate) struct PeriodResponse {
 }
 
 /// `GET /v1/budgets/{id}/periods/{start}`.
+#[utoipa::path(
+    get,
+    path = "/v1/budgets/{id}/periods/{start}",
+    tag = "budgets",
+    summary = "A past (or the current) period of a budget",
+    params(
+        ("id" = IdDoc, Path, description = "the budget's id"),
+        ("start" = String, Path, format = DateTime, description = "the period's start (RFC 3339)"),
+    ),
+    responses(
+        (status = 200, description = "the period's figures", body = PeriodResponse),
+        (status = 404, description = "`budget_not_found`"),
+        (status = 422, description = "`invalid_id`, `invalid_time`, `not_a_period_start`, `instant_out_of_range`"),
+    ),
+)]
 pub(crate) async fn period(
     State(state): State<AppState>,
     caller: Caller,
@@ -355,6 +473,20 @@ pub(crate) async fn period(
 }
 
 /// `PATCH /v1/budgets/{id}`.
+#[utoipa::path(
+    patch,
+    path = "/v1/budgets/{id}",
+    tag = "budgets",
+    summary = "Change a budget's name, limit, thresholds or enforcement",
+    params(("id" = IdDoc, Path, description = "the budget's id")),
+    request_body = PatchBody,
+    responses(
+        (status = 200, description = "the changed budget", body = BudgetBody),
+        (status = 404, description = "`budget_not_found`"),
+        (status = 409, description = "`budget_archived`"),
+        (status = 422, description = "`immutable_field`, `invalid_id`, the money codes, `invalid_enforcement`, `invalid_threshold`, `too_many_thresholds`"),
+    ),
+)]
 pub(crate) async fn patch(
     State(state): State<AppState>,
     caller: Caller,
@@ -413,6 +545,18 @@ pub(crate) async fn patch(
 }
 
 /// `DELETE /v1/budgets/{id}`: archives.
+#[utoipa::path(
+    delete,
+    path = "/v1/budgets/{id}",
+    tag = "budgets",
+    summary = "Archive a budget (its history stays; repeating changes nothing)",
+    params(("id" = IdDoc, Path, description = "the budget's id")),
+    responses(
+        (status = 200, description = "the archived budget (`archived_at` set)", body = BudgetBody),
+        (status = 404, description = "`budget_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+    ),
+)]
 pub(crate) async fn archive(
     State(state): State<AppState>,
     caller: Caller,
@@ -427,7 +571,9 @@ pub(crate) async fn archive(
     Ok(Json(budget_body(&state, b).await?))
 }
 
-#[derive(Serialize)]
+/// One page of a budget's ledger entries.
+#[derive(Serialize, ToSchema)]
+#[schema(as = EntryList)]
 pub(crate) struct EntriesBody {
     budget_id: String,
     entries: Vec<EntryBody>,
@@ -435,6 +581,18 @@ pub(crate) struct EntriesBody {
 }
 
 /// `GET /v1/budgets/{id}/entries?cursor=&limit=`.
+#[utoipa::path(
+    get,
+    path = "/v1/budgets/{id}/entries",
+    tag = "budgets",
+    summary = "A budget's ledger entries, newest first",
+    params(("id" = IdDoc, Path, description = "the budget's id"), PageQuery),
+    responses(
+        (status = 200, description = "one page of entries", body = EntriesBody),
+        (status = 404, description = "`budget_not_found`"),
+        (status = 422, description = "`invalid_id`, `invalid_field` (`cursor`, `limit`)"),
+    ),
+)]
 pub(crate) async fn entries(
     State(state): State<AppState>,
     caller: Caller,
@@ -473,19 +631,25 @@ pub(crate) async fn entries(
     }))
 }
 
-#[derive(Clone, Serialize)]
+/// A matching budget in a check.
+#[derive(Clone, Serialize, ToSchema)]
 pub(crate) struct BudgetStatus {
     id: String,
     name: String,
+    #[schema(value_type = ScopeDoc)]
     scope: Scope,
+    #[schema(value_type = EnforcementDoc)]
     enforcement: Enforcement,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     limit_usd: Usd,
     blocks: bool,
     period: PeriodBody,
 }
 
-#[derive(Serialize)]
+/// Whether a generation in the scope may run now.
+#[derive(Serialize, ToSchema)]
+#[schema(as = BudgetCheckResult)]
 pub(crate) struct CheckResponse {
     allowed: bool,
     blocking_budget: Option<BudgetStatus>,
@@ -494,6 +658,19 @@ pub(crate) struct CheckResponse {
 }
 
 /// `POST /v1/budgets/check`.
+#[utoipa::path(
+    post,
+    path = "/v1/budgets/check",
+    tag = "budgets",
+    summary = "Whether a new generation in a scope is allowed, and which budget blocks it",
+    params(PageQuery),
+    request_body = CheckBody,
+    responses(
+        (status = 200, description = "the decision and one page of matching budgets", body = CheckResponse),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_id`, `control_character`, `invalid_field` (`cursor`, `limit`)"),
+    ),
+)]
 pub(crate) async fn check(
     State(state): State<AppState>,
     caller: Caller,

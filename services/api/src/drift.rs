@@ -54,10 +54,11 @@ use tally_openrouter::{OpenRouterError, UsageWindow};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Params;
+use crate::openapi::{OrgQuery, UsdDoc};
 use crate::AppState;
 
 /// The drift of one window.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct WindowDrift {
     /// `daily`, `weekly` or `monthly`.
     pub window: &'static str,
@@ -67,21 +68,27 @@ pub struct WindowDrift {
     pub end: DateTime<Utc>,
     /// OpenRouter's `usage_<window>`.
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub provider_usage_usd: Usd,
     /// OpenRouter's `byok_usage_<window>`.
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub provider_byok_usage_usd: Usd,
     /// Their sum: the actual cost of everything the key ran.
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub provider_total_usd: Usd,
     /// What tally booked for the generations completed in the window.
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub booked_usd: Usd,
     /// The part of it booked at actual cost.
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub booked_actual_usd: Usd,
     /// The part of it booked at the estimate.
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub booked_estimated_usd: Usd,
     /// Generations tally booked in the window.
     pub generations: i64,
@@ -89,11 +96,12 @@ pub struct WindowDrift {
     pub generations_without_actual: i64,
     /// `provider_total_usd − booked_usd`.
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub drift_usd: Usd,
 }
 
 /// The answer of `GET /v1/providers/openrouter/drift`.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
 pub struct DriftReport {
     /// Always `openrouter`.
     pub provider: &'static str,
@@ -198,6 +206,21 @@ pub async fn check(state: &AppState, org_id: &str) -> Result<DriftReport, ApiErr
 }
 
 /// `GET /v1/providers/openrouter/drift`.
+#[utoipa::path(
+    get,
+    path = "/v1/providers/openrouter/drift",
+    tag = "providers",
+    summary = "OpenRouter's usage of the organisation's key against tally's books, per window",
+    params(OrgQuery),
+    responses(
+        (status = 200, description = "the drift per window", body = DriftReport),
+        (status = 404, description = "`org_not_found`"),
+        (status = 409, description = "`provider_not_connected`"),
+        (status = 422, description = "`invalid_id`"),
+        (status = 502, description = "`provider_key_rejected`, `provider_unavailable` (OpenRouter refused or failed)"),
+        (status = 503, description = "`provider_unavailable` (this instance has no provider access)"),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,

@@ -52,18 +52,22 @@ pub const PROBLEM_TYPE_BASE: &str = "https://tally.dev/problems/";
 
 /// An RFC 9457 problem details body, with tally's `code` and `field`
 /// extensions.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Problem {
     /// URI identifying the problem type (stable per `code`).
     #[serde(rename = "type")]
+    #[schema(format = "uri")]
     pub type_: String,
     /// Short summary of the problem type.
     pub title: String,
     /// HTTP status code.
+    #[schema(minimum = 400, maximum = 599)]
     pub status: u16,
     /// Explanation of this occurrence.
+    #[schema(max_length = 301)]
     pub detail: String,
     /// Stable machine-readable code (snake_case).
+    #[schema(pattern = "^[a-z0-9_]+$")]
     pub code: String,
     /// The offending input field or query parameter, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -26,11 +26,26 @@ use tally_money::Usd;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, Params};
+use crate::openapi::{BasisDoc, PageQuery, UsdDoc};
 use crate::pagination::{bad_cursor, Page};
 use crate::wire::{basis_str, check_generation_id, EntryBody};
 use crate::AppState;
 
-#[derive(Serialize)]
+/// Where a generation's booking stands.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = GenerationState)]
+#[allow(dead_code)]
+pub(crate) enum GenerationStateDoc {
+    Settled,
+    Provisional,
+    Unresolved,
+    Unpriced,
+}
+
+/// A generation as booked.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Generation)]
 pub(crate) struct GenerationBody {
     generation_id: String,
     org_id: String,
@@ -43,12 +58,17 @@ pub(crate) struct GenerationBody {
     is_byok: bool,
     completed_at: Option<DateTime<Utc>>,
     #[serde(with = "tally_money::serde_usd::opt")]
+    #[schema(value_type = Option<UsdDoc>)]
     estimated_cost_usd: Option<Usd>,
     #[serde(with = "tally_money::serde_usd::opt")]
+    #[schema(value_type = Option<UsdDoc>)]
     actual_cost_usd: Option<Usd>,
     #[serde(with = "tally_money::serde_usd::opt")]
+    #[schema(value_type = Option<UsdDoc>)]
     debited_usd: Option<Usd>,
+    #[schema(value_type = Option<BasisDoc>)]
     basis: Option<&'static str>,
+    #[schema(value_type = GenerationStateDoc)]
     state: &'static str,
     unresolved_reason: Option<String>,
     updated_at: DateTime<Utc>,
@@ -57,6 +77,21 @@ pub(crate) struct GenerationBody {
 }
 
 /// `GET /v1/generations/{generation_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/generations/{generation_id}",
+    tag = "generations",
+    summary = "A generation's costs, basis, state and (a page of) its ledger entries",
+    params(
+        ("generation_id" = String, Path, min_length = 1, max_length = 256, description = "OpenRouter's generation id"),
+        PageQuery,
+    ),
+    responses(
+        (status = 200, description = "the generation", body = GenerationBody),
+        (status = 404, description = "`generation_not_found`"),
+        (status = 422, description = "`invalid_id`, `invalid_field` (`cursor`, `limit`)"),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,

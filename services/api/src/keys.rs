@@ -21,38 +21,62 @@ use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use tally_store::tenancy::{KeyInfo, Role};
 use tally_store::{IssuedKey, StoreError};
+use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Params};
+use crate::openapi::{IdDoc, OrgQuery, RoleDoc};
 use crate::wire::check_id;
 use crate::AppState;
 
-#[derive(Debug, Deserialize)]
+/// A new organisation.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = OrgCreate)]
 pub(crate) struct CreateOrgBody {
+    #[schema(value_type = IdDoc)]
     org_id: String,
+    /// Display name: 1 to 200 characters, not blank, no control characters.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*\S[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A new API key of the caller's organisation.
+#[derive(Debug, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = KeyCreate)]
 pub(crate) struct CreateKeyBody {
+    #[schema(value_type = RoleDoc)]
     role: String,
+    /// Display name: 1 to 200 characters, not blank, no control characters.
     #[serde(default)]
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*\S[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     name: Option<String>,
+    /// Must be the caller's organisation when given (the operator names it here).
     #[serde(default)]
+    #[schema(value_type = Option<IdDoc>)]
     org_id: Option<String>,
 }
 
 /// A key as listed (never the secret).
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
+#[schema(as = Key)]
 pub(crate) struct KeyBody {
     id: Uuid,
     org_id: String,
     prefix: String,
+    #[schema(value_type = RoleDoc)]
     role: &'static str,
     name: Option<String>,
     created_at: DateTime<Utc>,
@@ -77,12 +101,15 @@ impl From<KeyInfo> for KeyBody {
 }
 
 /// A key just issued, with its secret (shown once).
-#[derive(Serialize)]
-struct IssuedBody {
+#[derive(Serialize, ToSchema)]
+#[schema(as = KeyIssued)]
+pub(crate) struct IssuedBody {
     id: Uuid,
     org_id: String,
+    /// The secret: shown only here, never again.
     key: String,
     prefix: String,
+    #[schema(value_type = RoleDoc)]
     role: &'static str,
     name: Option<String>,
     created_at: DateTime<Utc>,
@@ -102,14 +129,18 @@ impl From<&IssuedKey> for IssuedBody {
     }
 }
 
-#[derive(Serialize)]
-struct OrgCreatedBody {
+/// A new organisation and its first admin key (shown once).
+#[derive(Serialize, ToSchema)]
+#[schema(as = OrgCreated)]
+pub(crate) struct OrgCreatedBody {
     org_id: String,
     name: Option<String>,
     created_at: DateTime<Utc>,
     key_id: Uuid,
+    /// The admin key's secret: shown only here, never again.
     key: String,
     prefix: String,
+    #[schema(value_type = RoleDoc)]
     role: &'static str,
 }
 
@@ -131,6 +162,19 @@ fn created(body: impl Serialize, location: String) -> Response {
 }
 
 /// `POST /v1/orgs` (operator).
+#[utoipa::path(
+    post,
+    path = "/v1/orgs",
+    tag = "keys",
+    summary = "Create an organisation and its first admin key",
+    request_body = CreateOrgBody,
+    responses(
+        (status = 201, description = "the organisation and its first admin key (shown once)", body = OrgCreatedBody,
+         headers(("Location" = String, description = "the key's URL"))),
+        (status = 409, description = "`org_exists`"),
+        (status = 422, description = "`invalid_id`"),
+    ),
+)]
 pub(crate) async fn create_org(
     State(state): State<AppState>,
     _caller: Caller,
@@ -167,6 +211,20 @@ pub(crate) async fn create_org(
 }
 
 /// `POST /v1/keys` (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/keys",
+    tag = "keys",
+    summary = "Issue an API key",
+    request_body = CreateKeyBody,
+    responses(
+        (status = 201, description = "the key with its secret (shown once)", body = IssuedBody,
+         headers(("Location" = String, description = "the key's URL"))),
+        (status = 404, description = "`org_not_found`"),
+        (status = 409, description = "`limit_exceeded` (`field`: `max_keys`)"),
+        (status = 422, description = "`invalid_role`, `invalid_field`, `invalid_id`"),
+    ),
+)]
 pub(crate) async fn create(
     State(state): State<AppState>,
     caller: Caller,
@@ -197,12 +255,26 @@ pub(crate) async fn create(
     Ok(created(IssuedBody::from(&key), location))
 }
 
-#[derive(Serialize)]
+/// The organisation's keys.
+#[derive(Serialize, ToSchema)]
+#[schema(as = KeyList)]
 pub(crate) struct ListBody {
     keys: Vec<KeyBody>,
 }
 
 /// `GET /v1/keys` (admin).
+#[utoipa::path(
+    get,
+    path = "/v1/keys",
+    tag = "keys",
+    summary = "List the organisation's API keys (never a secret)",
+    params(OrgQuery),
+    responses(
+        (status = 200, description = "the keys", body = ListBody),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+    ),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -217,6 +289,17 @@ pub(crate) async fn list(
 }
 
 /// `DELETE /v1/keys/{id}` (admin): revokes.
+#[utoipa::path(
+    delete,
+    path = "/v1/keys/{id}",
+    tag = "keys",
+    summary = "Revoke an API key at once",
+    params(("id" = String, Path, description = "the key's id (a UUID)")),
+    responses(
+        (status = 200, description = "the revoked key", body = KeyBody),
+        (status = 404, description = "`key_not_found`"),
+    ),
+)]
 pub(crate) async fn revoke(
     State(state): State<AppState>,
     caller: Caller,

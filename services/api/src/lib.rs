@@ -35,6 +35,7 @@
 //! | `GET /healthz` | none | 200 | |
 //! | `GET /readyz` | none | 200 | 503 |
 //! | `GET /metrics` | none | 200 | |
+//! | `GET /openapi.json` | none | 200 the OpenAPI 3.1 document (see [`openapi`]) | |
 //!
 //! Every `/v1/*` route needs `Authorization: Bearer <key>` (401
 //! `missing_api_key` / `malformed_api_key` / `invalid_api_key`, 403
@@ -54,6 +55,7 @@
 //! it ([`Access::OAuthState`]).
 //!
 //! Modules: [`auth`] (keys, roles, the caller), [`error`] (problems),
+//! [`openapi`] (the generated OpenAPI 3.1 document),
 //! [`metrics`] (Prometheus), and private modules per resource (budgets,
 //! generations, spend, keys, health, providers, routing), the request extractors (extract) and
 //! the response shapes (wire).
@@ -86,6 +88,20 @@
 //! * **Limits everywhere** ([`limits`], [`server`]): header-read, idle and
 //!   request timeouts, a body limit, a connection cap, per-organisation
 //!   limits on what may be created, and every list paginated.
+//! * **The OpenAPI document is generated from the route table.** Each
+//!   handler carries its `#[utoipa::path]` attribute, and the table row
+//!   takes the handler *through* that attribute (`utoipa_axum::routes!`),
+//!   so the served route and its document entry are one value: a route
+//!   cannot be added without its entry, and the row's method and path must
+//!   equal the attribute's. What the table alone knows (security, access
+//!   level, the problems of the shared layers) is added to every operation
+//!   the same way ([`openapi`]), instead of being repeated by hand per
+//!   handler where it would drift. `utoipa` because it derives schemas
+//!   from the very structs the handlers serialise (with serde's renames,
+//!   `deny_unknown_fields` and defaults), emits OpenAPI 3.1, and needs no
+//!   runtime or macro-time network access; a hand-written document would
+//!   drift from the code, which is what the fuzzing against it is meant to
+//!   catch, not to cause.
 //! * **Every error is a problem.** A middleware converts any error response
 //!   that is not yet `application/problem+json` (routing 404/405, body
 //!   limit, timeout) into one; no plain-text rejection reaches a client.
@@ -95,6 +111,7 @@ pub mod drift;
 pub mod error;
 pub mod limits;
 pub mod metrics;
+pub mod openapi;
 pub mod server;
 
 mod budgets;
@@ -114,9 +131,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::handler::Handler;
 use axum::http::{header, HeaderName, Method, StatusCode};
-use axum::routing::{get, on, MethodFilter, MethodRouter};
+use axum::routing::MethodRouter;
 use axum::Router;
 use secrecy::SecretString;
 use tally_store::Store;
@@ -126,6 +142,7 @@ use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetReques
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::routes;
 
 pub use auth::{Access, Authenticator, Caller};
 pub use error::{ApiError, Problem};
@@ -305,22 +322,34 @@ pub struct RouteSpec {
 struct Route {
     spec: RouteSpec,
     handler: MethodRouter<AppState>,
+    doc: openapi::DocOp,
 }
 
-fn route<H, T>(method: Method, path: &'static str, access: Access, handler: H) -> Route
-where
-    H: Handler<T, AppState>,
-    T: 'static,
-{
-    let filter = MethodFilter::try_from(method.clone())
-        .unwrap_or_else(|_| panic!("{method} is not a routable method"));
+/// One row of the table: the handler comes with its OpenAPI operation
+/// (`utoipa_axum::routes!`), whose method and path must be the row's.
+fn route(
+    method: Method,
+    path: &'static str,
+    access: Access,
+    documented: openapi::Documented,
+) -> Route {
+    let (mut doc, handler) = openapi::take_one(documented);
+    let method = method_name(&method);
+    assert!(
+        doc.method == method && doc.path == path,
+        "route table row {method} {path} is documented as {} {}",
+        doc.method,
+        doc.path
+    );
+    openapi::finish_operation(&mut doc.operation, method, path, access);
     Route {
         spec: RouteSpec {
-            method: method_name(&method),
+            method,
             path,
             access,
         },
-        handler: on(filter, handler),
+        handler,
+        doc,
     }
 }
 
@@ -340,115 +369,160 @@ fn method_name(m: &Method) -> &'static str {
 fn v1_routes() -> Vec<Route> {
     use Access::{Admin, Member, OAuthState, Operator};
     vec![
-        route(Method::POST, "/v1/orgs", Operator, keys::create_org),
-        route(Method::POST, "/v1/keys", Admin, keys::create),
-        route(Method::GET, "/v1/keys", Admin, keys::list),
-        route(Method::DELETE, "/v1/keys/{id}", Admin, keys::revoke),
-        route(Method::POST, "/v1/budgets", Admin, budgets::create),
-        route(Method::GET, "/v1/budgets", Member, budgets::list),
-        route(Method::POST, "/v1/budgets/check", Member, budgets::check),
-        route(Method::GET, "/v1/budgets/{id}", Member, budgets::get),
-        route(Method::PATCH, "/v1/budgets/{id}", Admin, budgets::patch),
-        route(Method::DELETE, "/v1/budgets/{id}", Admin, budgets::archive),
+        route(
+            Method::POST,
+            "/v1/orgs",
+            Operator,
+            routes!(keys::create_org),
+        ),
+        route(Method::POST, "/v1/keys", Admin, routes!(keys::create)),
+        route(Method::GET, "/v1/keys", Admin, routes!(keys::list)),
+        route(
+            Method::DELETE,
+            "/v1/keys/{id}",
+            Admin,
+            routes!(keys::revoke),
+        ),
+        route(Method::POST, "/v1/budgets", Admin, routes!(budgets::create)),
+        route(Method::GET, "/v1/budgets", Member, routes!(budgets::list)),
+        route(
+            Method::POST,
+            "/v1/budgets/check",
+            Member,
+            routes!(budgets::check),
+        ),
+        route(
+            Method::GET,
+            "/v1/budgets/{id}",
+            Member,
+            routes!(budgets::get),
+        ),
+        route(
+            Method::PATCH,
+            "/v1/budgets/{id}",
+            Admin,
+            routes!(budgets::patch),
+        ),
+        route(
+            Method::DELETE,
+            "/v1/budgets/{id}",
+            Admin,
+            routes!(budgets::archive),
+        ),
         route(
             Method::GET,
             "/v1/budgets/{id}/periods/{start}",
             Member,
-            budgets::period,
+            routes!(budgets::period),
         ),
         route(
             Method::GET,
             "/v1/budgets/{id}/entries",
             Member,
-            budgets::entries,
+            routes!(budgets::entries),
         ),
         route(
             Method::GET,
             "/v1/generations/{generation_id}",
             Member,
-            generations::get,
+            routes!(generations::get),
         ),
-        route(Method::GET, "/v1/spend", Member, spend::get),
+        route(Method::GET, "/v1/spend", Member, routes!(spend::get)),
         route(
             Method::GET,
             "/v1/providers/openrouter/drift",
             Member,
-            drift::get,
+            routes!(drift::get),
         ),
-        route(Method::GET, "/v1/reservations", Member, reservations::list),
+        route(
+            Method::GET,
+            "/v1/reservations",
+            Member,
+            routes!(reservations::list),
+        ),
         route(
             Method::GET,
             "/v1/reservations/{request_id}",
             Member,
-            reservations::get,
+            routes!(reservations::get),
         ),
         route(
             Method::PUT,
             "/v1/providers/openrouter",
             Admin,
-            providers::connect,
+            routes!(providers::connect),
         ),
         route(
             Method::GET,
             "/v1/providers/openrouter",
             Member,
-            providers::status,
+            routes!(providers::status),
         ),
         route(
             Method::DELETE,
             "/v1/providers/openrouter",
             Admin,
-            providers::disconnect,
+            routes!(providers::disconnect),
         ),
         route(
             Method::POST,
             "/v1/providers/openrouter/oauth/start",
             Admin,
-            providers::oauth_start,
+            routes!(providers::oauth_start),
         ),
         route(
             Method::GET,
             OAUTH_CALLBACK_PATH,
             OAuthState,
-            providers::oauth_callback,
+            routes!(providers::oauth_callback),
         ),
         route(
             Method::POST,
             "/v1/providers/openrouter/models/sync",
             Admin,
-            providers::sync_models,
+            routes!(providers::sync_models),
         ),
         route(
             Method::GET,
             "/v1/providers/openrouter/models",
             Member,
-            providers::models,
+            routes!(providers::models),
         ),
-        route(Method::PUT, "/v1/routing", Admin, routing::put_default),
-        route(Method::GET, "/v1/routing", Member, routing::get_default),
+        route(
+            Method::PUT,
+            "/v1/routing",
+            Admin,
+            routes!(routing::put_default),
+        ),
+        route(
+            Method::GET,
+            "/v1/routing",
+            Member,
+            routes!(routing::get_default),
+        ),
         route(
             Method::DELETE,
             "/v1/routing",
             Admin,
-            routing::delete_default,
+            routes!(routing::delete_default),
         ),
         route(
             Method::PUT,
             "/v1/agents/{agent_id}/routing",
             Admin,
-            routing::put_agent,
+            routes!(routing::put_agent),
         ),
         route(
             Method::GET,
             "/v1/agents/{agent_id}/routing",
             Member,
-            routing::get_agent,
+            routes!(routing::get_agent),
         ),
         route(
             Method::DELETE,
             "/v1/agents/{agent_id}/routing",
             Admin,
-            routing::delete_agent,
+            routes!(routing::delete_agent),
         ),
     ]
 }
@@ -459,6 +533,28 @@ pub const OAUTH_CALLBACK_PATH: &str = tally_provider::oauth::CALLBACK_PATH;
 /// The route table: every `/v1` method and path with its access level.
 pub fn routes() -> Vec<RouteSpec> {
     v1_routes().into_iter().map(|r| r.spec).collect()
+}
+
+/// The routes outside `/v1`, none needing a key: probes, metrics and the
+/// OpenAPI document itself.
+fn public_routes() -> Vec<(openapi::DocOp, MethodRouter<AppState>)> {
+    vec![
+        openapi::take_one(routes!(health::healthz)),
+        openapi::take_one(routes!(health::readyz)),
+        openapi::take_one(routes!(health::metrics)),
+        openapi::take_one(routes!(openapi::serve_document)),
+    ]
+}
+
+/// The OpenAPI 3.1 document of every route (served at
+/// [`openapi::OPENAPI_PATH`]; see [`openapi`]).
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    let ops = v1_routes()
+        .into_iter()
+        .map(|r| (r.doc, r.spec.access))
+        .collect();
+    let public = public_routes().into_iter().map(|(doc, _)| doc).collect();
+    openapi::build(ops, public)
 }
 
 /// The API's router with every layer (request ids, tracing, metrics,
@@ -496,10 +592,10 @@ fn build_router(state: AppState, fixed: Option<auth::Caller>) -> Router {
             axum::middleware::from_fn_with_state((state.clone(), r.spec.access), auth::require);
         routes = routes.route(r.spec.path, r.handler.route_layer(layer));
     }
+    for (doc, handler) in public_routes() {
+        routes = routes.route(&doc.path, handler);
+    }
     let routes = routes
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         // Inner route layers: the timeout, then the matched route template
         // for the metrics (so timed-out requests keep their route label).
         .route_layer(TimeoutLayer::with_status_code(

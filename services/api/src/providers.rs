@@ -55,6 +55,9 @@ use tally_store::providers::ConnectedVia;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{decode, ApiJson, Params};
+use crate::openapi::{
+    ConnectionStatusDoc, IdDoc, ModelDoc, ModelsStatusDoc, OAuthStartDoc, OrgQuery,
+};
 use crate::AppState;
 
 /// The problem of a provider error.
@@ -123,13 +126,19 @@ fn no_store(body: impl Serialize) -> Response {
     resp
 }
 
-#[derive(Deserialize)]
+/// An OpenRouter key to store for the organisation.
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = ProviderConnect)]
 pub(crate) struct ConnectBody {
+    /// The OpenRouter API key (verified with OpenRouter, stored encrypted, never shown again).
+    #[schema(min_length = 1)]
     api_key: String,
+    /// Providers whose own keys the organisation has added to OpenRouter (BYOK).
     #[serde(default)]
     byok_providers: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(value_type = Option<IdDoc>)]
     org_id: Option<String>,
 }
 
@@ -144,6 +153,19 @@ impl std::fmt::Debug for ConnectBody {
 }
 
 /// `PUT /v1/providers/openrouter` (admin): paste a key.
+#[utoipa::path(
+    put,
+    path = "/v1/providers/openrouter",
+    tag = "providers",
+    summary = "Connect OpenRouter by pasting a key (verified, stored encrypted)",
+    request_body = ConnectBody,
+    responses(
+        (status = 200, description = "the connection status, never the key", body = ConnectionStatusDoc),
+        (status = 422, description = "`provider_key_rejected` (`field`: `api_key`), `invalid_byok_providers`, `invalid_id`"),
+        (status = 502, description = "`provider_unreachable`"),
+        (status = 503, description = "`secrets_key_missing`, `provider_unavailable`, a secrets code (the stored credential cannot be opened)"),
+    ),
+)]
 pub(crate) async fn connect(
     State(state): State<AppState>,
     caller: Caller,
@@ -164,6 +186,19 @@ pub(crate) async fn connect(
 }
 
 /// `GET /v1/providers/openrouter` (member): the status, never the key.
+#[utoipa::path(
+    get,
+    path = "/v1/providers/openrouter",
+    tag = "providers",
+    summary = "The organisation's OpenRouter connection (never the key)",
+    params(OrgQuery),
+    responses(
+        (status = 200, description = "the connection status", body = ConnectionStatusDoc),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+        (status = 503, description = "`provider_unavailable`"),
+    ),
+)]
 pub(crate) async fn status(
     State(state): State<AppState>,
     caller: Caller,
@@ -180,6 +215,19 @@ pub(crate) async fn status(
 
 /// `DELETE /v1/providers/openrouter` (admin): disconnects, destroying the
 /// ciphertext and the catalog.
+#[utoipa::path(
+    delete,
+    path = "/v1/providers/openrouter",
+    tag = "providers",
+    summary = "Disconnect OpenRouter, destroying the stored key",
+    params(OrgQuery),
+    responses(
+        (status = 200, description = "the (now disconnected) status", body = ConnectionStatusDoc),
+        (status = 404, description = "`provider_not_connected`, `org_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+        (status = 503, description = "`provider_unavailable`"),
+    ),
+)]
 pub(crate) async fn disconnect(
     State(state): State<AppState>,
     caller: Caller,
@@ -198,8 +246,10 @@ pub(crate) async fn disconnect(
     Ok(no_store(c.status(&org_id).await.map_err(provider_error)?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+/// Options of an OAuth connection (the body may be empty).
+#[derive(Debug, Default, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = OAuthStartRequest)]
 pub(crate) struct StartBody {
     #[serde(default)]
     byok_providers: Option<Vec<String>>,
@@ -239,6 +289,18 @@ fn optional_body<T: Default + serde::de::DeserializeOwned>(
 }
 
 /// `POST /v1/providers/openrouter/oauth/start` (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/providers/openrouter/oauth/start",
+    tag = "providers",
+    summary = "Start connecting OpenRouter with OAuth (PKCE)",
+    request_body(content = Option<StartBody>, description = "optional; an empty body is the same as `{}`"),
+    responses(
+        (status = 200, description = "where to send the admin's browser", body = OAuthStartDoc),
+        (status = 422, description = "`invalid_byok_providers`, `invalid_id`"),
+        (status = 503, description = "`secrets_key_missing`, `public_url_missing`, `provider_unavailable`"),
+    ),
+)]
 pub(crate) async fn oauth_start(
     State(state): State<AppState>,
     caller: Caller,
@@ -259,6 +321,20 @@ pub(crate) async fn oauth_start(
 }
 
 /// `POST /v1/providers/openrouter/models/sync` (admin).
+#[utoipa::path(
+    post,
+    path = "/v1/providers/openrouter/models/sync",
+    tag = "providers",
+    summary = "Discover the organisation's models from OpenRouter now",
+    params(OrgQuery),
+    responses(
+        (status = 200, description = "the catalog status", body = ModelsStatusDoc),
+        (status = 409, description = "`provider_not_connected`"),
+        (status = 422, description = "`invalid_id`"),
+        (status = 502, description = "`provider_unreachable`"),
+        (status = 503, description = "`provider_unavailable`, a secrets code (the stored credential cannot be opened)"),
+    ),
+)]
 pub(crate) async fn sync_models(
     State(state): State<AppState>,
     caller: Caller,
@@ -273,13 +349,29 @@ pub(crate) async fn sync_models(
         .map_err(provider_error)
 }
 
-#[derive(Serialize)]
+/// The organisation's model catalog.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ModelList)]
 pub(crate) struct ModelsBody {
+    #[schema(value_type = Vec<ModelDoc>)]
     models: Vec<WireModel>,
     synced_at: Option<DateTime<Utc>>,
 }
 
 /// `GET /v1/providers/openrouter/models` (member).
+#[utoipa::path(
+    get,
+    path = "/v1/providers/openrouter/models",
+    tag = "providers",
+    summary = "The organisation's model catalog",
+    params(OrgQuery),
+    responses(
+        (status = 200, description = "the models", body = ModelsBody),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+        (status = 503, description = "`provider_unavailable`"),
+    ),
+)]
 pub(crate) async fn models(
     State(state): State<AppState>,
     caller: Caller,
@@ -372,6 +464,23 @@ fn provider_failure_page(e: &ProviderError) -> Response {
 
 /// `GET /v1/providers/openrouter/oauth/callback?state=&code=` (no bearer
 /// key; the state authorises it).
+#[utoipa::path(
+    get,
+    path = "/v1/providers/openrouter/oauth/callback",
+    tag = "providers",
+    summary = "Where OpenRouter sends the admin's browser back (authorised by the single-use state, no key)",
+    params(
+        ("state" = Option<String>, Query, description = "the state tally issued with the authorize URL"),
+        ("code" = Option<String>, Query, description = "OpenRouter's authorization code"),
+        ("error" = Option<String>, Query, description = "set by OpenRouter when access was not granted"),
+    ),
+    responses(
+        (status = 200, description = "a page saying OpenRouter is connected", content_type = "text/html", body = String),
+        (status = 400, description = "a page naming the problem: `oauth_state_missing`, `oauth_state_unknown`, `oauth_state_used`, `oauth_state_expired`, `oauth_denied`, `oauth_code_missing`, `oauth_exchange_refused`, `invalid_request`", content_type = "text/html", body = String),
+        (status = 502, description = "a page: OpenRouter could not be reached", content_type = "text/html", body = String),
+        (status = 503, description = "a page: the database or the secrets key is unavailable", content_type = "text/html", body = String),
+    ),
+)]
 pub(crate) async fn oauth_callback(
     State(state): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,

@@ -18,23 +18,57 @@ use tally_store::{Reservation, ReservationState};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, Params};
+use crate::openapi::{OrgQuery, UsdDoc};
 use crate::AppState;
+
+/// Where a reservation stands.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = ReservationState)]
+#[allow(dead_code)]
+pub(crate) enum ReservationStateDoc {
+    Held,
+    Settled,
+    Released,
+    Refused,
+}
+
+/// Filters and page of a reservation listing.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct ListQuery {
+    /// Only reservations in this state.
+    #[param(value_type = Option<ReservationStateDoc>)]
+    state: Option<String>,
+    /// `next_cursor` of the previous page.
+    #[param(max_length = 256)]
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
 
 /// Default page size.
 const DEFAULT_LIMIT: i64 = 100;
 /// Largest page size.
 const MAX_LIMIT: i64 = 1000;
 
-#[derive(Serialize)]
+/// What a reservation holds on one budget period.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Hold)]
 pub(crate) struct HoldBody {
     budget_id: String,
     period_start: DateTime<Utc>,
     period_end: DateTime<Utc>,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     amount_usd: Usd,
 }
 
-#[derive(Serialize)]
+/// A reservation (the hold of a generation that is running).
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Reservation)]
 pub(crate) struct ReservationBody {
     request_id: String,
     org_id: String,
@@ -43,8 +77,10 @@ pub(crate) struct ReservationBody {
     user_id: Option<String>,
     model: String,
     #[serde(with = "tally_money::serde_usd::opt")]
+    #[schema(value_type = Option<UsdDoc>)]
     amount_usd: Option<Usd>,
     max_output_tokens: u32,
+    #[schema(value_type = ReservationStateDoc)]
     state: &'static str,
     generation_id: Option<String>,
     created_at: DateTime<Utc>,
@@ -52,6 +88,7 @@ pub(crate) struct ReservationBody {
     expires_at: DateTime<Utc>,
     settled_at: Option<DateTime<Utc>>,
     #[serde(with = "tally_money::serde_usd::opt")]
+    #[schema(value_type = Option<UsdDoc>)]
     settled_usd: Option<Usd>,
     released_at: Option<DateTime<Utc>>,
     release_reason: Option<String>,
@@ -98,13 +135,27 @@ impl From<Reservation> for ReservationBody {
     }
 }
 
-#[derive(Serialize)]
+/// One page of reservations.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = ReservationList)]
 pub(crate) struct ListBody {
     reservations: Vec<ReservationBody>,
     next_cursor: Option<String>,
 }
 
 /// `GET /v1/reservations`.
+#[utoipa::path(
+    get,
+    path = "/v1/reservations",
+    tag = "reservations",
+    summary = "The organisation's reservations, newest first",
+    params(OrgQuery, ListQuery),
+    responses(
+        (status = 200, description = "one page of reservations", body = ListBody),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_id`, `invalid_field` (`state`, `cursor`, `limit`)"),
+    ),
+)]
 pub(crate) async fn list(
     State(state): State<AppState>,
     caller: Caller,
@@ -157,6 +208,18 @@ pub(crate) async fn list(
 }
 
 /// `GET /v1/reservations/{request_id}`.
+#[utoipa::path(
+    get,
+    path = "/v1/reservations/{request_id}",
+    tag = "reservations",
+    summary = "One reservation",
+    params(("request_id" = String, Path, min_length = 1, max_length = 256, description = "the generation.requested request id")),
+    responses(
+        (status = 200, description = "the reservation", body = ReservationBody),
+        (status = 404, description = "`reservation_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,

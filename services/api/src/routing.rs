@@ -37,6 +37,7 @@ use tally_worker::routing::{compile, RoutingInput, Target};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{decode, ApiJson, ApiPath, Params};
+use crate::openapi::{IdDoc, OrgQuery, RoutingDeletedDoc, RoutingDoc, RoutingInputDoc};
 use crate::wire::check_id;
 use crate::AppState;
 
@@ -227,6 +228,19 @@ async fn delete(
 }
 
 /// `PUT /v1/routing` (admin).
+#[utoipa::path(
+    put,
+    path = "/v1/routing",
+    tag = "routing",
+    summary = "Store the organisation's default routing profile",
+    params(OrgQuery),
+    request_body = RoutingInputDoc,
+    responses(
+        (status = 200, description = "the stored profile with its `risk`", body = RoutingDoc),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_profile`, `invalid_server_tool`, `invalid_byok_providers`, `byok_no_providers`, `unknown_preset` and the other routing codes, `invalid_id`, `invalid_field` (`org_id`)"),
+    ),
+)]
 pub(crate) async fn put_default(
     State(state): State<AppState>,
     caller: Caller,
@@ -238,6 +252,18 @@ pub(crate) async fn put_default(
 }
 
 /// `GET /v1/routing` (member).
+#[utoipa::path(
+    get,
+    path = "/v1/routing",
+    tag = "routing",
+    summary = "The organisation's default routing profile",
+    params(OrgQuery),
+    responses(
+        (status = 200, description = "the profile with its `risk`", body = RoutingDoc),
+        (status = 404, description = "`routing_profile_not_found`, `org_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+    ),
+)]
 pub(crate) async fn get_default(
     State(state): State<AppState>,
     caller: Caller,
@@ -247,6 +273,18 @@ pub(crate) async fn get_default(
 }
 
 /// `DELETE /v1/routing` (admin).
+#[utoipa::path(
+    delete,
+    path = "/v1/routing",
+    tag = "routing",
+    summary = "Delete the organisation's default routing profile",
+    params(OrgQuery),
+    responses(
+        (status = 200, description = "the profile is deleted", body = RoutingDeletedDoc),
+        (status = 404, description = "`routing_profile_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+    ),
+)]
 pub(crate) async fn delete_default(
     State(state): State<AppState>,
     caller: Caller,
@@ -256,6 +294,19 @@ pub(crate) async fn delete_default(
 }
 
 /// `PUT /v1/agents/{agent_id}/routing` (admin).
+#[utoipa::path(
+    put,
+    path = "/v1/agents/{agent_id}/routing",
+    tag = "routing",
+    summary = "Store an agent's routing profile",
+    params(("agent_id" = IdDoc, Path, description = "the agent"), OrgQuery),
+    request_body = RoutingInputDoc,
+    responses(
+        (status = 200, description = "the stored profile with its `risk`", body = RoutingDoc),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_profile`, `invalid_server_tool`, `invalid_byok_providers`, `byok_no_providers`, `unknown_preset` and the other routing codes, `invalid_id`, `invalid_field` (`org_id`)"),
+    ),
+)]
 pub(crate) async fn put_agent(
     State(state): State<AppState>,
     caller: Caller,
@@ -268,6 +319,18 @@ pub(crate) async fn put_agent(
 }
 
 /// `GET /v1/agents/{agent_id}/routing` (member).
+#[utoipa::path(
+    get,
+    path = "/v1/agents/{agent_id}/routing",
+    tag = "routing",
+    summary = "An agent's routing profile",
+    params(("agent_id" = IdDoc, Path, description = "the agent"), OrgQuery),
+    responses(
+        (status = 200, description = "the profile with its `risk`", body = RoutingDoc),
+        (status = 404, description = "`routing_profile_not_found`, `org_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+    ),
+)]
 pub(crate) async fn get_agent(
     State(state): State<AppState>,
     caller: Caller,
@@ -278,6 +341,18 @@ pub(crate) async fn get_agent(
 }
 
 /// `DELETE /v1/agents/{agent_id}/routing` (admin).
+#[utoipa::path(
+    delete,
+    path = "/v1/agents/{agent_id}/routing",
+    tag = "routing",
+    summary = "Delete an agent's routing profile",
+    params(("agent_id" = IdDoc, Path, description = "the agent"), OrgQuery),
+    responses(
+        (status = 200, description = "the profile is deleted", body = RoutingDeletedDoc),
+        (status = 404, description = "`routing_profile_not_found`"),
+        (status = 422, description = "`invalid_id`"),
+    ),
+)]
 pub(crate) async fn delete_agent(
     State(state): State<AppState>,
     caller: Caller,

@@ -31,6 +31,7 @@ use tally_store::queries::{GroupBy, SpendRow};
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::Params;
+use crate::openapi::{OrgQuery, PageQuery, UsdDoc};
 use crate::pagination::{decode_key, encode_key, Page};
 use crate::wire::{parse_instant, parse_time};
 
@@ -39,32 +40,68 @@ use crate::wire::{parse_instant, parse_time};
 const NULL_GROUP_CURSOR: &str = "null";
 use crate::AppState;
 
+/// How spend is grouped.
+#[derive(Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+#[schema(as = GroupBy)]
+#[allow(dead_code)]
+pub(crate) enum GroupByDoc {
+    Model,
+    Agent,
+    User,
+    Day,
+}
+
+/// The range and grouping of a spend query.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct SpendQuery {
+    /// Start (inclusive), RFC 3339, not before 2020-01-01 (encode `+` as `%2B`).
+    #[param(format = DateTime)]
+    from: String,
+    /// End (exclusive), RFC 3339, later than `from`, at most 400 days after it.
+    #[param(format = DateTime)]
+    to: String,
+    #[param(value_type = GroupByDoc)]
+    group_by: String,
+}
+
 /// Longest range one spend request may cover, in days.
 pub const MAX_RANGE_DAYS: i64 = 400;
 
-#[derive(Serialize, Default)]
+/// Spend figures.
+#[derive(Serialize, Default, utoipa::ToSchema)]
 pub(crate) struct SpendTotals {
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     spent_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     spent_actual_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     spent_estimated_usd: Usd,
     generations: i64,
 }
 
-#[derive(Serialize)]
+/// One group's spend.
+#[derive(Serialize, utoipa::ToSchema)]
 pub(crate) struct SpendGroup {
+    /// The model, agent, user or day (`YYYY-MM-DD`, UTC); null for generations without one.
     key: Option<String>,
     #[serde(flatten)]
     totals: SpendTotals,
 }
 
-#[derive(Serialize)]
+/// Aggregated spend.
+#[derive(Serialize, utoipa::ToSchema)]
+#[schema(as = Spend)]
 pub(crate) struct SpendBody {
     org_id: String,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
+    #[schema(value_type = GroupByDoc)]
     group_by: &'static str,
     total: SpendTotals,
     groups: Vec<SpendGroup>,
@@ -82,6 +119,18 @@ fn add(total: &mut SpendTotals, r: &SpendRow) -> Option<()> {
 }
 
 /// `GET /v1/spend`.
+#[utoipa::path(
+    get,
+    path = "/v1/spend",
+    tag = "spend",
+    summary = "Spend between two instants, grouped by model, agent, user or day",
+    params(OrgQuery, SpendQuery, PageQuery),
+    responses(
+        (status = 200, description = "the totals and one page of groups", body = SpendBody),
+        (status = 404, description = "`org_not_found`"),
+        (status = 422, description = "`invalid_time`, `time_out_of_range`, `invalid_range`, `range_too_large`, `invalid_field` (`group_by`, `cursor`, `limit`)"),
+    ),
+)]
 pub(crate) async fn get(
     State(state): State<AppState>,
     caller: Caller,

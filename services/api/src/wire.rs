@@ -26,31 +26,40 @@ use tally_store::queries::{EntryRow, PeriodTotals};
 use tally_store::Budget;
 
 use crate::error::ApiError;
+use crate::openapi::{BasisDoc, EnforcementDoc, EntryKindDoc, PeriodKindDoc, ScopeDoc, UsdDoc};
 
 /// Longest generation id accepted in a path.
 const MAX_GENERATION_ID_LEN: usize = 256;
 
 /// A budget period with its totals.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Period)]
 pub(crate) struct PeriodBody {
     pub start: DateTime<Utc>,
     pub end: DateTime<Utc>,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub spent_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub spent_actual_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub spent_estimated_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub remaining_usd: Usd,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub over_by_usd: Usd,
     /// What running generations hold on the period (their worst case).
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub reserved_usd: Usd,
     /// `limit − spent − reserved`, at least zero: what a new generation
     /// can still hold.
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub available_usd: Usd,
     pub generations: i64,
     pub exhausted: bool,
@@ -83,17 +92,22 @@ impl PeriodBody {
 }
 
 /// A budget with its current period.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Budget)]
 pub(crate) struct BudgetBody {
     pub id: String,
     pub org_id: String,
     pub name: String,
+    #[schema(value_type = ScopeDoc)]
     pub scope: Scope,
+    #[schema(value_type = PeriodKindDoc)]
     pub period: PeriodKind,
     pub timezone: String,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub limit_usd: Usd,
     pub thresholds_percent: Vec<u32>,
+    #[schema(value_type = EnforcementDoc)]
     pub enforcement: Enforcement,
     pub allow_unpriced_models: bool,
     pub created_at: DateTime<Utc>,
@@ -127,14 +141,18 @@ impl BudgetBody {
 }
 
 /// One journal entry.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = Entry)]
 pub(crate) struct EntryBody {
     pub entry_id: String,
     pub budget_id: String,
     pub generation_id: String,
+    #[schema(value_type = EntryKindDoc)]
     pub kind: &'static str,
+    #[schema(value_type = BasisDoc)]
     pub basis: &'static str,
     #[serde(with = "tally_money::serde_usd")]
+    #[schema(value_type = UsdDoc)]
     pub amount_usd: Usd,
     pub period_start: DateTime<Utc>,
     pub period_end: DateTime<Utc>,
