@@ -22,11 +22,11 @@ use tally_budget::{
     parse_timezone, period_containing, validate_limit, validate_thresholds, Enforcement,
     PeriodKind, Scope,
 };
-use tally_ledger::{Basis, EntryKind};
+use tally_ledger::{Basis, EntryKind, Placement};
 use tally_money::Usd;
 use uuid::Uuid;
 
-use crate::ledger::{post, Posting, PostingOptions};
+use crate::posting::{budgets_matching, post, split, Posting, PostingOptions};
 use crate::{org_lock_key, Store, StoreError};
 
 /// A stored budget.
@@ -257,9 +257,12 @@ impl Store {
         .await?;
         let budget = Arc::new(from_row(&row)?);
 
-        // Book the recorded generations in scope.
+        // Book the recorded generations in scope: the SQL narrows by the
+        // scope's columns (an index-friendly superset), `budgets_matching`
+        // decides, as for every other posting.
         let rows = sqlx::query(
-            "SELECT generation_id, completed_at, debited_usd, basis FROM generations \
+            "SELECT generation_id, org_id, agent_id, session_id, user_id, model, completed_at, \
+                    debited_usd, basis FROM generations \
              WHERE org_id = $1 AND completed_at IS NOT NULL \
                AND ($2::text IS NULL OR agent_id = $2) AND ($3::text IS NULL OR session_id = $3) \
                AND ($4::text IS NULL OR user_id = $4) AND ($5::text IS NULL OR model = $5) \
@@ -272,20 +275,27 @@ impl Store {
         .bind(&budget.scope.model)
         .fetch_all(&mut *tx)
         .await?;
+        let this = std::slice::from_ref(&budget);
         let mut postings = Vec::with_capacity(rows.len());
         for r in &rows {
-            let completed_at: DateTime<Utc> = r.try_get("completed_at")?;
+            let placement = Placement {
+                org_id: r.try_get("org_id")?,
+                agent_id: r.try_get("agent_id")?,
+                session_id: r.try_get("session_id")?,
+                user_id: r.try_get("user_id")?,
+                model: r.try_get::<Option<String>, _>("model")?.unwrap_or_default(),
+                completed_at: r.try_get("completed_at")?,
+            };
+            if budgets_matching(this, &placement).next().is_none() {
+                continue;
+            }
             let amount: Usd = r.try_get("debited_usd")?;
             let basis: String = r.try_get("basis")?;
             let basis = basis
                 .parse::<Basis>()
                 .ok()
                 .ok_or_else(|| StoreError::Corrupt(format!("generation basis {basis:?}")))?;
-            let (d_actual, d_estimate) = match basis {
-                Basis::Actual => (amount, Usd::ZERO),
-                Basis::Estimate => (Usd::ZERO, amount),
-                Basis::None => (Usd::ZERO, Usd::ZERO),
-            };
+            let (d_actual, d_estimate) = split(basis, amount);
             postings.push(Posting {
                 budget: budget.clone(),
                 generation_id: r.try_get("generation_id")?,
@@ -294,7 +304,7 @@ impl Store {
                 amount,
                 d_actual,
                 d_estimate,
-                period: period_containing(budget.period, budget.tz, completed_at),
+                period: period_containing(budget.period, budget.tz, placement.completed_at),
             });
         }
         let booked = postings.len() as u64;

@@ -7,8 +7,9 @@
 //! all in one transaction, with set-based SQL (one statement per table, not
 //! one per message).
 //!
-//! The same posting routine ([`post`]) books recorded generations into a new
-//! budget, so a budget created late and a replayed ledger agree.
+//! What to post is planned and written by [`crate::posting`], the one path
+//! that also books recorded generations into a new budget, so a budget
+//! created late and a replayed ledger agree.
 //!
 //! # Invariants
 //!
@@ -18,24 +19,19 @@
 //! * Each call is all or nothing; a transient failure
 //!   ([`StoreError::is_transient`]) may simply be retried with the same facts.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::collections::HashMap;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row, Transaction};
-use tally_budget::{period_containing, thresholds_crossed, GenerationFacts, Period};
-use tally_events::{CloudEvent, EventType, LedgerEntry, LedgerPosted, ThresholdCrossed};
-use tally_ledger::{entry_needed, Applied, Basis, EntryKind, Fact, Generation, Placement};
+use tally_ledger::{Applied, Basis, Fact, Generation, Placement};
 use tally_money::Usd;
 use uuid::Uuid;
 
-use crate::budgets::{self, Budget};
+use crate::budgets;
+use crate::posting::{plan_postings, post, Plan, PlanInput};
+pub use crate::posting::{PostedEntry, PostingOptions, MAX_ENTRIES_PER_MESSAGE};
 use crate::reservations::{settle_in_tx, SettleCandidate, SettledHold};
 use crate::{org_lock_key, Store, StoreError};
-
-/// Most entries in one `ledger.posted` message; larger batches are split
-/// into parts so a message stays far below NATS's 1 MiB payload limit.
-pub const MAX_ENTRIES_PER_MESSAGE: usize = 1000;
 
 /// One decoded fact and the generation it is about.
 #[derive(Debug, Clone)]
@@ -88,29 +84,6 @@ pub enum FactOutcome {
     },
 }
 
-/// A journal entry as posted.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PostedEntry {
-    /// Entry id (UUID v7, time-ordered).
-    pub entry_id: Uuid,
-    /// Budget.
-    pub budget_id: String,
-    /// Organisation of the budget.
-    pub org_id: String,
-    /// Generation.
-    pub generation_id: String,
-    /// Debit or adjustment.
-    pub kind: EntryKind,
-    /// Basis of the generation's net debit after this entry.
-    pub basis: Basis,
-    /// Amount (an adjustment may be negative).
-    pub amount_usd: Usd,
-    /// Budget period.
-    pub period: Period,
-    /// Posting time.
-    pub posted_at: DateTime<Utc>,
-}
-
 /// The result of [`Store::apply_batch`].
 #[derive(Debug, Clone, Default)]
 pub struct BatchOutcome {
@@ -133,28 +106,6 @@ pub struct BatchOutcome {
     pub settled: Vec<SettledHold>,
 }
 
-/// How derived events are produced.
-#[derive(Debug, Clone)]
-pub struct PostingOptions {
-    /// Subject prefix (`tally`).
-    pub prefix: String,
-    /// CloudEvents `source` of derived events.
-    pub source: String,
-    /// Write `ledger.posted` and alerts to the outbox (false while replaying:
-    /// a rebuild must not announce history again).
-    pub publish: bool,
-}
-
-impl Default for PostingOptions {
-    fn default() -> Self {
-        PostingOptions {
-            prefix: "tally".into(),
-            source: "tally/projector".into(),
-            publish: true,
-        }
-    }
-}
-
 struct Slot {
     org_id: String,
     gen: Generation,
@@ -163,20 +114,6 @@ struct Slot {
     booked: Option<(Usd, Basis)>,
     details: Option<CompletedDetails>,
     was_unresolved: bool,
-}
-
-/// One entry to post, with the budget it goes to.
-pub(crate) struct Posting {
-    pub budget: Arc<Budget>,
-    pub generation_id: String,
-    pub kind: EntryKind,
-    pub basis: Basis,
-    pub amount: Usd,
-    /// Change of the actual part of the period total.
-    pub d_actual: Usd,
-    /// Change of the estimated part of the period total.
-    pub d_estimate: Usd,
-    pub period: Period,
 }
 
 impl Store {
@@ -320,50 +257,23 @@ async fn apply_in_tx(
 
     // 4. What every matching budget must carry now.
     let budgets = budgets::load_for_orgs(tx, &orgs).await?;
-    let mut postings = Vec::new();
     let mut dirty: Vec<(&String, &Slot)> = slots.iter().filter(|(_, s)| s.dirty).collect();
     dirty.sort_by(|a, b| a.0.cmp(b.0));
-    let mut newly_unpriced = 0;
-    let mut newly_unresolved = 0;
-    let mut by_basis: BTreeMap<(&'static str, &str), (Basis, Usd)> = BTreeMap::new();
-    for (id, slot) in &dirty {
-        if slot.gen.unresolved_reason.is_some() && !slot.was_unresolved {
-            newly_unresolved += 1;
-        }
-        let (Some((net, basis)), Some(placement)) = (slot.gen.net_debit(), &slot.gen.placement)
-        else {
-            continue;
-        };
-        if slot.booked.is_none() && basis == Basis::None {
-            newly_unpriced += 1;
-        }
-        let old = slot.booked.map(|(d, _)| d);
-        let Some((kind, amount)) = entry_needed(old, net)? else {
-            continue;
-        };
-        let e = by_basis
-            .entry((basis.as_str(), placement.model.as_str()))
-            .or_insert((basis, Usd::ZERO));
-        e.1.try_add_assign(amount)?;
-        let (mut d_actual, mut d_estimate) = split(basis, net);
-        if let Some((old_amount, old_basis)) = slot.booked {
-            let (oa, oe) = split(old_basis, old_amount);
-            d_actual = d_actual.try_sub(oa)?;
-            d_estimate = d_estimate.try_sub(oe)?;
-        }
-        for b in budgets_matching(&budgets, placement) {
-            postings.push(Posting {
-                period: period_containing(b.period, b.tz, placement.completed_at),
-                budget: b.clone(),
-                generation_id: (*id).clone(),
-                kind,
-                basis,
-                amount,
-                d_actual,
-                d_estimate,
-            });
-        }
-    }
+    let inputs: Vec<PlanInput> = dirty
+        .iter()
+        .map(|(id, slot)| PlanInput {
+            generation_id: id.as_str(),
+            generation: &slot.gen,
+            booked: slot.booked,
+            was_unresolved: slot.was_unresolved,
+        })
+        .collect();
+    let Plan {
+        postings,
+        newly_unpriced,
+        newly_unresolved,
+        debited_by_basis,
+    } = plan_postings(&inputs, &budgets)?;
     // 5. Write the generations back: new rows inserted, known rows updated.
     let mut ins = GenColumns::default();
     let mut upd = GenColumns::default();
@@ -447,40 +357,8 @@ async fn apply_in_tx(
         alerts,
         newly_unpriced,
         newly_unresolved,
-        debited_by_basis: by_basis
-            .into_iter()
-            .map(|((_, model), (basis, amount))| (basis, model.to_owned(), amount))
-            .collect(),
+        debited_by_basis,
         settled,
-    })
-}
-
-/// The (actual, estimate) parts of a net debit of the given basis.
-fn split(basis: Basis, amount: Usd) -> (Usd, Usd) {
-    match basis {
-        Basis::Actual => (amount, Usd::ZERO),
-        Basis::Estimate => (Usd::ZERO, amount),
-        Basis::None => (Usd::ZERO, Usd::ZERO),
-    }
-}
-
-/// The budgets a generation counts in: same organisation, scope matches,
-/// and not archived before the generation completed.
-pub(crate) fn budgets_matching<'a>(
-    budgets: &'a [Arc<Budget>],
-    p: &'a Placement,
-) -> impl Iterator<Item = &'a Arc<Budget>> + 'a {
-    let facts = GenerationFacts {
-        org_id: &p.org_id,
-        agent_id: p.agent_id.as_deref(),
-        session_id: p.session_id.as_deref(),
-        user_id: p.user_id.as_deref(),
-        model: &p.model,
-    };
-    budgets.iter().filter(move |b| {
-        b.org_id == p.org_id
-            && b.scope.matches(&facts)
-            && b.archived_at.is_none_or(|at| p.completed_at < at)
     })
 }
 
@@ -549,287 +427,6 @@ impl GenColumns {
             .bind(&self.debited)
             .bind(&self.basis)
             .bind(&self.state)
-    }
-}
-
-/// Posts entries: inserts them, writes `ledger.posted` to the outbox, then
-/// moves the period totals (spend up, and `held_usd` down by `releases`, in
-/// one upsert), detects threshold crossings and writes the alerts to the
-/// outbox. Returns the entries and the number of alerts raised.
-///
-/// Call it last in a transaction: from the period upsert on, the
-/// transaction holds the row locks that concurrent batches of the same
-/// organisation wait for, so it should commit right after.
-pub(crate) async fn post(
-    tx: &mut Transaction<'_, Postgres>,
-    postings: Vec<Posting>,
-    releases: BTreeMap<(String, DateTime<Utc>), (DateTime<Utc>, Usd)>,
-    opts: &PostingOptions,
-    batch_id: Uuid,
-    now: DateTime<Utc>,
-) -> Result<(Vec<PostedEntry>, usize), StoreError> {
-    if postings.is_empty() && releases.is_empty() {
-        return Ok((Vec::new(), 0));
-    }
-    // Entries.
-    let mut entries = Vec::with_capacity(postings.len());
-    for p in &postings {
-        entries.push(PostedEntry {
-            entry_id: Uuid::now_v7(),
-            budget_id: p.budget.id.clone(),
-            org_id: p.budget.org_id.clone(),
-            generation_id: p.generation_id.clone(),
-            kind: p.kind,
-            basis: p.basis,
-            amount_usd: p.amount,
-            period: p.period,
-            posted_at: now,
-        });
-    }
-    if !entries.is_empty() {
-        sqlx::query(
-        "INSERT INTO ledger_entries (budget_id, entry_id, generation_id, kind, basis, amount_usd, \
-             period_start, period_end, posted_at, batch_id) \
-         SELECT b, e, g, k, s, a, ps, pe, $9, $10 FROM unnest($1::text[], $2::uuid[], $3::text[], \
-             $4::text[], $5::text[], $6::numeric[], $7::timestamptz[], $8::timestamptz[]) \
-           AS t(b, e, g, k, s, a, ps, pe)",
-    )
-    .bind(
-        entries
-            .iter()
-            .map(|e| e.budget_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(entries.iter().map(|e| e.entry_id).collect::<Vec<_>>())
-    .bind(
-        entries
-            .iter()
-            .map(|e| e.generation_id.clone())
-            .collect::<Vec<_>>(),
-    )
-    .bind(entries.iter().map(|e| e.kind.as_str()).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.basis.as_str()).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.amount_usd).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.period.start).collect::<Vec<_>>())
-    .bind(entries.iter().map(|e| e.period.end).collect::<Vec<_>>())
-    .bind(now)
-    .bind(batch_id)
-    .execute(&mut **tx)
-    .await?;
-    }
-
-    // The ledger.posted events go to the outbox before the period totals
-    // are touched: the totals' rows are the one place concurrent batches of
-    // the same organisation wait for each other, so everything else happens
-    // before that lock is taken.
-    if opts.publish {
-        let mut rows: Vec<(String, String, Vec<u8>)> = Vec::new();
-        let mut by_org: BTreeMap<&str, Vec<&PostedEntry>> = BTreeMap::new();
-        for e in &entries {
-            by_org.entry(e.org_id.as_str()).or_default().push(e);
-        }
-        for (org, list) in by_org {
-            for (part, chunk) in list.chunks(MAX_ENTRIES_PER_MESSAGE).enumerate() {
-                let msg_id = format!("ledger-{batch_id}-{org}-{part}");
-                let subject = EventType::LedgerPosted.subject(&opts.prefix, org, None);
-                let data = LedgerPosted {
-                    org_id: org.to_owned(),
-                    batch_id: batch_id.to_string(),
-                    entries: chunk.iter().map(|e| wire_entry(e)).collect(),
-                };
-                rows.push(outbox_row(opts, subject, msg_id, now, data));
-            }
-        }
-        crate::outbox::enqueue(tx, &rows).await?;
-    }
-
-    // Period totals, upserted in (budget, period) order.
-    #[derive(Default)]
-    struct Delta {
-        end: Option<DateTime<Utc>>,
-        total: Usd,
-        actual: Usd,
-        estimate: Usd,
-        generations: i64,
-        held: Usd,
-    }
-    let mut deltas: BTreeMap<(String, DateTime<Utc>), Delta> = BTreeMap::new();
-    for p in &postings {
-        let d = deltas
-            .entry((p.budget.id.clone(), p.period.start))
-            .or_default();
-        d.end = Some(p.period.end);
-        d.total.try_add_assign(p.amount)?;
-        d.actual.try_add_assign(p.d_actual)?;
-        d.estimate.try_add_assign(p.d_estimate)?;
-        if p.kind == EntryKind::Debit {
-            d.generations += 1;
-        }
-    }
-    for (key, (end, held)) in releases {
-        let d = deltas.entry(key).or_default();
-        d.end.get_or_insert(end);
-        d.held.try_add_assign(held)?;
-    }
-    let rows = sqlx::query(
-        "INSERT INTO budget_periods AS bp (budget_id, period_start, period_end, spent_usd, \
-             spent_actual_usd, spent_estimated_usd, generations, held_usd) \
-         SELECT * FROM unnest($1::text[], $2::timestamptz[], $3::timestamptz[], $4::numeric[], \
-             $5::numeric[], $6::numeric[], $7::int8[], $8::numeric[]) \
-         ON CONFLICT (budget_id, period_start) DO UPDATE SET \
-             spent_usd = bp.spent_usd + excluded.spent_usd, \
-             spent_actual_usd = bp.spent_actual_usd + excluded.spent_actual_usd, \
-             spent_estimated_usd = bp.spent_estimated_usd + excluded.spent_estimated_usd, \
-             generations = bp.generations + excluded.generations, \
-             held_usd = bp.held_usd + excluded.held_usd \
-         RETURNING budget_id, period_start, spent_usd, held_usd",
-    )
-    .bind(deltas.keys().map(|k| k.0.clone()).collect::<Vec<_>>())
-    .bind(deltas.keys().map(|k| k.1).collect::<Vec<_>>())
-    .bind(deltas.values().map(|d| d.end).collect::<Vec<_>>())
-    .bind(deltas.values().map(|d| d.total).collect::<Vec<_>>())
-    .bind(deltas.values().map(|d| d.actual).collect::<Vec<_>>())
-    .bind(deltas.values().map(|d| d.estimate).collect::<Vec<_>>())
-    .bind(deltas.values().map(|d| d.generations).collect::<Vec<_>>())
-    .bind(deltas.values().map(|d| d.held).collect::<Vec<_>>())
-    .fetch_all(&mut **tx)
-    .await?;
-
-    // Threshold crossings: walk each period's postings in order from the
-    // total before this batch, so an alert names the generation that
-    // actually crossed.
-    let mut running: HashMap<(String, DateTime<Utc>), Usd> = HashMap::new();
-    for row in rows {
-        let key: (String, DateTime<Utc>) =
-            (row.try_get("budget_id")?, row.try_get("period_start")?);
-        let after: Usd = row.try_get("spent_usd")?;
-        let held: Usd = row.try_get("held_usd")?;
-        if held.is_negative() {
-            return Err(StoreError::Corrupt(format!(
-                "budget {} would hold a negative amount ({held}) after settling",
-                key.0
-            )));
-        }
-        let before = after.try_sub(deltas.get(&key).map(|d| d.total).unwrap_or_default())?;
-        running.insert(key, before);
-    }
-    let mut crossings = Vec::new();
-    for p in &postings {
-        let key = (p.budget.id.clone(), p.period.start);
-        let Some(total) = running.get_mut(&key) else {
-            continue;
-        };
-        let before = *total;
-        total.try_add_assign(p.amount)?;
-        if opts.publish {
-            for t in thresholds_crossed(&p.budget.thresholds, p.budget.limit_usd, before, *total) {
-                crossings.push((p, t, *total));
-            }
-        }
-    }
-    let mut alert_events = Vec::new();
-    let mut alerts_raised = 0;
-    if !crossings.is_empty() {
-        let ids: Vec<Uuid> = crossings.iter().map(|_| Uuid::now_v7()).collect();
-        let inserted = sqlx::query(
-            "INSERT INTO alerts (alert_id, budget_id, period_start, threshold_percent, spent_usd, \
-                 generation_id, crossed_at) \
-             SELECT a, b, p, t, s, g, $7 FROM unnest($1::uuid[], $2::text[], $3::timestamptz[], \
-                 $4::int4[], $5::numeric[], $6::text[]) AS u(a, b, p, t, s, g) \
-             ON CONFLICT (budget_id, period_start, threshold_percent) DO NOTHING \
-             RETURNING alert_id",
-        )
-        .bind(&ids)
-        .bind(
-            crossings
-                .iter()
-                .map(|c| c.0.budget.id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(
-            crossings
-                .iter()
-                .map(|c| c.0.period.start)
-                .collect::<Vec<_>>(),
-        )
-        .bind(crossings.iter().map(|c| c.1 as i32).collect::<Vec<_>>())
-        .bind(crossings.iter().map(|c| c.2).collect::<Vec<_>>())
-        .bind(
-            crossings
-                .iter()
-                .map(|c| c.0.generation_id.clone())
-                .collect::<Vec<_>>(),
-        )
-        .bind(now)
-        .fetch_all(&mut **tx)
-        .await?;
-        let fresh: std::collections::HashSet<Uuid> = inserted
-            .iter()
-            .map(|r| r.try_get::<Uuid, _>("alert_id"))
-            .collect::<Result<_, _>>()?;
-        for (id, (p, t, spent)) in ids.iter().zip(&crossings) {
-            if !fresh.contains(id) {
-                continue;
-            }
-            alerts_raised += 1;
-            let b = &p.budget;
-            let data = ThresholdCrossed {
-                alert_id: id.to_string(),
-                budget_id: b.id.clone(),
-                org_id: b.org_id.clone(),
-                budget_name: b.name.clone(),
-                threshold_percent: *t,
-                limit_usd: b.limit_usd,
-                spent_usd: *spent,
-                period_start: p.period.start,
-                period_end: p.period.end,
-                generation_id: p.generation_id.clone(),
-                crossed_at: now,
-            };
-            let subject =
-                EventType::BudgetThresholdCrossed.subject(&opts.prefix, &b.org_id, Some(&b.id));
-            let msg_id = format!("alert-{id}");
-            alert_events.push(outbox_row(opts, subject, msg_id, now, data));
-        }
-    }
-
-    if opts.publish {
-        crate::outbox::enqueue(tx, &alert_events).await?;
-    }
-    Ok((entries, alerts_raised))
-}
-
-/// An outbox row (subject, msg id, CloudEvent JSON) for a derived event
-/// whose CloudEvent id is its `Nats-Msg-Id`.
-fn outbox_row<T: tally_events::Payload>(
-    opts: &PostingOptions,
-    subject: String,
-    msg_id: String,
-    now: DateTime<Utc>,
-    data: T,
-) -> (String, String, Vec<u8>) {
-    let json = CloudEvent::new(
-        msg_id.clone(),
-        opts.source.clone(),
-        subject.clone(),
-        now,
-        data,
-    )
-    .to_json();
-    (subject, msg_id, json)
-}
-
-fn wire_entry(e: &PostedEntry) -> LedgerEntry {
-    LedgerEntry {
-        entry_id: e.entry_id.to_string(),
-        budget_id: e.budget_id.clone(),
-        generation_id: e.generation_id.clone(),
-        kind: e.kind,
-        basis: e.basis,
-        amount_usd: e.amount_usd,
-        period_start: e.period.start,
-        period_end: e.period.end,
-        posted_at: e.posted_at,
     }
 }
 

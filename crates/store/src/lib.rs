@@ -96,6 +96,7 @@
 pub mod budgets;
 pub mod ledger;
 pub mod outbox;
+mod posting;
 pub mod providers;
 pub mod queries;
 pub mod reconcile;
