@@ -252,7 +252,10 @@ mod tests {
         acc.event(r#"{"id":"gen-2","choices":[{"index":0,"delta":{"content":"Fo"},"finish_reason":null}]}"#).unwrap();
         let r = acc.finish().unwrap();
         assert!(r.aborted);
-        assert!(ChatStreamAccumulator::new("").finish().is_err());
+        assert_eq!(
+            ChatStreamAccumulator::new("").finish().unwrap_err().code(),
+            "transport"
+        );
         let neg = br#"{"id":"g","choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1,"cost":-1}}"#;
         assert_eq!(
             chat_reply_from_body("", neg).unwrap_err().code(),

@@ -265,9 +265,9 @@ mod tests {
             Price::parse("1.5e-7").unwrap(),
             Price::PerUnit(d("0.00000015"))
         );
-        assert!(Price::parse("-0.5").is_err());
-        assert!(Price::parse("free").is_err());
-        assert!(Price::parse("").is_err());
+        assert_eq!(Price::parse("-0.5").unwrap_err().code(), "negative_amount");
+        assert_eq!(Price::parse("free").unwrap_err().code(), "invalid_amount");
+        assert_eq!(Price::parse("").unwrap_err().code(), "invalid_amount");
         assert_eq!(Price::Dynamic.per_unit(), None);
         assert!(Price::Dynamic.is_dynamic());
     }

@@ -879,11 +879,17 @@ mod tests {
             "malformed_reply"
         );
         let string = br#"{"id":"g","usage":{"input_tokens":1,"output_tokens":1,"cost":"0.1"}}"#;
-        assert!(ResponsesReply::from_body("", string).is_err());
+        assert_eq!(
+            ResponsesReply::from_body("", string).unwrap_err().code(),
+            "malformed_reply"
+        );
         let null = br#"{"id":"g","usage":{"input_tokens":1,"output_tokens":1,"cost":null}}"#;
         let r = ResponsesReply::from_body("", null).unwrap();
         assert_eq!(r.usage.unwrap().cost, None);
-        assert!(ResponsesReply::from_body("", b"{}").is_err());
+        assert_eq!(
+            ResponsesReply::from_body("", b"{}").unwrap_err().code(),
+            "malformed_reply"
+        );
     }
 
     #[test]
@@ -911,7 +917,10 @@ mod tests {
         assert_eq!(r.output_text, "Four.");
         assert_eq!(r.usage.unwrap().cost, Some(d("0.0000001425")));
 
-        assert!(StreamAccumulator::new("").finish().is_err());
+        assert_eq!(
+            StreamAccumulator::new("").finish().unwrap_err().code(),
+            "transport"
+        );
     }
 
     #[test]
