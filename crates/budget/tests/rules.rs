@@ -14,9 +14,7 @@ use tally_budget::{
 use tally_money::MoneyError;
 use tally_money::Usd;
 
-fn d(s: &str) -> Usd {
-    Usd::from_str(s).unwrap_or_else(|e| panic!("bad decimal {s}: {e}"))
-}
+use tally_money::usd;
 
 // ---------------------------------------------------------------------------
 // Thresholds
@@ -94,7 +92,7 @@ fn thresholds_crossed_table() {
     ];
     for &(limit, before, after, expected) in rows {
         assert_eq!(
-            thresholds_crossed(&t, d(limit), d(before), d(after)),
+            thresholds_crossed(&t, usd!(limit), usd!(before), usd!(after)),
             expected.to_vec(),
             "limit {limit}, {before} -> {after}"
         );
@@ -105,49 +103,72 @@ fn thresholds_crossed_table() {
 fn thresholds_crossed_above_100_percent() {
     let t = [100, 150, 1000];
     assert_eq!(
-        thresholds_crossed(&t, d("2"), d("1"), d("3")),
+        thresholds_crossed(&t, usd!("2"), usd!("1"), usd!("3")),
         vec![100, 150]
     );
-    assert_eq!(thresholds_crossed(&t, d("2"), d("3"), d("20")), vec![1000]);
     assert_eq!(
-        thresholds_crossed(&t, d("2"), d("3"), d("19.99")),
+        thresholds_crossed(&t, usd!("2"), usd!("3"), usd!("20")),
+        vec![1000]
+    );
+    assert_eq!(
+        thresholds_crossed(&t, usd!("2"), usd!("3"), usd!("19.99")),
         Vec::<u32>::new()
     );
     // 1000 % of the largest limit lies beyond every amount: never reached.
     assert_eq!(
-        thresholds_crossed(&[1000], Usd::MAX, d("0"), Usd::MAX),
+        thresholds_crossed(&[1000], Usd::MAX, usd!("0"), Usd::MAX),
         Vec::<u32>::new()
     );
     assert_eq!(
-        thresholds_crossed(&[100], Usd::MAX, d("0"), Usd::MAX),
+        thresholds_crossed(&[100], Usd::MAX, usd!("0"), Usd::MAX),
         vec![100]
     );
-    let limit = d("99999999.99999999999999999999");
+    let limit = usd!("99999999.99999999999999999999");
     // 1000 % of it is 999999999.9999999999999999999 exactly.
     assert_eq!(
-        thresholds_crossed(&[1000], limit, d("0"), d("999999999.9999999999999999999")),
+        thresholds_crossed(
+            &[1000],
+            limit,
+            usd!("0"),
+            usd!("999999999.9999999999999999999")
+        ),
         vec![1000]
     );
     assert_eq!(
-        thresholds_crossed(&[1000], limit, d("0"), d("999999999.9999999999999999998")),
+        thresholds_crossed(
+            &[1000],
+            limit,
+            usd!("0"),
+            usd!("999999999.9999999999999999998")
+        ),
         Vec::<u32>::new()
     );
     // 333 % of it is 332999999.9999999999999999999667: 31 digits, more
     // than a Usd holds; the comparison is still exact.
     assert_eq!(
-        thresholds_crossed(&[333], limit, d("0"), d("332999999.99999999999999999997")),
+        thresholds_crossed(
+            &[333],
+            limit,
+            usd!("0"),
+            usd!("332999999.99999999999999999997")
+        ),
         vec![333]
     );
     assert_eq!(
-        thresholds_crossed(&[333], limit, d("0"), d("332999999.99999999999999999996")),
+        thresholds_crossed(
+            &[333],
+            limit,
+            usd!("0"),
+            usd!("332999999.99999999999999999996")
+        ),
         Vec::<u32>::new()
     );
     assert_eq!(
         thresholds_crossed(
             &[333],
             limit,
-            d("332999999.99999999999999999996"),
-            d("333000000")
+            usd!("332999999.99999999999999999996"),
+            usd!("333000000")
         ),
         vec![333]
     );
@@ -156,11 +177,11 @@ fn thresholds_crossed_above_100_percent() {
 #[test]
 fn thresholds_crossed_output_is_sorted_and_unique() {
     assert_eq!(
-        thresholds_crossed(&[100, 50, 80, 50], d("10"), d("0"), d("10")),
+        thresholds_crossed(&[100, 50, 80, 50], usd!("10"), usd!("0"), usd!("10")),
         vec![50, 80, 100]
     );
     assert_eq!(
-        thresholds_crossed(&[], d("10"), d("0"), d("10")),
+        thresholds_crossed(&[], usd!("10"), usd!("0"), usd!("10")),
         Vec::<u32>::new()
     );
 }
@@ -171,12 +192,18 @@ fn thresholds_crossed_output_is_sorted_and_unique() {
 #[test]
 fn down_and_up_crosses_again_in_the_pure_function() {
     let t = DEFAULT_THRESHOLDS;
-    assert_eq!(thresholds_crossed(&t, d("10"), d("4"), d("6")), vec![50]);
     assert_eq!(
-        thresholds_crossed(&t, d("10"), d("6"), d("4")),
+        thresholds_crossed(&t, usd!("10"), usd!("4"), usd!("6")),
+        vec![50]
+    );
+    assert_eq!(
+        thresholds_crossed(&t, usd!("10"), usd!("6"), usd!("4")),
         Vec::<u32>::new()
     );
-    assert_eq!(thresholds_crossed(&t, d("10"), d("4"), d("6")), vec![50]);
+    assert_eq!(
+        thresholds_crossed(&t, usd!("10"), usd!("4"), usd!("6")),
+        vec![50]
+    );
 }
 
 #[test]
@@ -185,17 +212,35 @@ fn zero_limit_crosses_everything_on_first_positive_spend() {
     let all = vec![50, 80, 100];
     let none: Vec<u32> = vec![];
     assert_eq!(
-        thresholds_crossed(&t, d("0"), d("0"), d("0.00000000000000000001")),
+        thresholds_crossed(&t, usd!("0"), usd!("0"), usd!("0.00000000000000000001")),
         all
     );
-    assert_eq!(thresholds_crossed(&t, d("0"), d("0"), d("5")), all);
-    assert_eq!(thresholds_crossed(&t, d("0"), d("-1"), d("1")), all);
-    assert_eq!(thresholds_crossed(&t, d("0"), d("0"), d("0")), none);
-    assert_eq!(thresholds_crossed(&t, d("0"), d("-1"), d("0")), none);
+    assert_eq!(thresholds_crossed(&t, usd!("0"), usd!("0"), usd!("5")), all);
+    assert_eq!(
+        thresholds_crossed(&t, usd!("0"), usd!("-1"), usd!("1")),
+        all
+    );
+    assert_eq!(
+        thresholds_crossed(&t, usd!("0"), usd!("0"), usd!("0")),
+        none
+    );
+    assert_eq!(
+        thresholds_crossed(&t, usd!("0"), usd!("-1"), usd!("0")),
+        none
+    );
     // Already positive: crossed before, not again.
-    assert_eq!(thresholds_crossed(&t, d("0"), d("1"), d("2")), none);
-    assert_eq!(thresholds_crossed(&t, d("0"), d("2"), d("0")), none);
-    assert_eq!(thresholds_crossed(&t, d("0.000"), d("0"), d("1")), all);
+    assert_eq!(
+        thresholds_crossed(&t, usd!("0"), usd!("1"), usd!("2")),
+        none
+    );
+    assert_eq!(
+        thresholds_crossed(&t, usd!("0"), usd!("2"), usd!("0")),
+        none
+    );
+    assert_eq!(
+        thresholds_crossed(&t, usd!("0.000"), usd!("0"), usd!("1")),
+        all
+    );
 }
 
 proptest! {
@@ -240,12 +285,12 @@ proptest! {
 
 #[test]
 fn validate_limit_accepts_costs_only() {
-    assert_eq!(validate_limit(d("0")), Ok(Usd::ZERO));
-    assert_eq!(validate_limit(d("10.50")), Ok(d("10.5")));
-    assert_eq!(validate_limit(d("10.50")).unwrap().to_string(), "10.5");
+    assert_eq!(validate_limit(usd!("0")), Ok(Usd::ZERO));
+    assert_eq!(validate_limit(usd!("10.50")), Ok(usd!("10.5")));
+    assert_eq!(validate_limit(usd!("10.50")).unwrap().to_string(), "10.5");
     assert_eq!(
-        validate_limit(d("99999999.99999999999999999999")),
-        Ok(d("99999999.99999999999999999999"))
+        validate_limit(usd!("99999999.99999999999999999999")),
+        Ok(usd!("99999999.99999999999999999999"))
     );
     // Range and precision are the parser's (every `Usd` holds them); the
     // sign is the limit's own rule.
@@ -260,7 +305,7 @@ fn validate_limit_accepts_costs_only() {
     }
     let cases = [("-0.01", "negative_amount")];
     for (limit, money_code) in cases {
-        let err = validate_limit(d(limit)).unwrap_err();
+        let err = validate_limit(usd!(limit)).unwrap_err();
         assert_eq!(err.code(), "invalid_limit", "{limit}");
         match &err {
             BudgetError::InvalidLimit(m) => assert_eq!(m.code(), money_code),
@@ -270,7 +315,7 @@ fn validate_limit_accepts_costs_only() {
         assert!(std::error::Error::source(&err).is_some());
     }
     assert!(matches!(
-        validate_limit(d("-1")),
+        validate_limit(usd!("-1")),
         Err(BudgetError::InvalidLimit(MoneyError::Negative(_)))
     ));
 }
@@ -292,12 +337,15 @@ fn exhaustion_and_enforcement() {
     ];
     for (limit, spent, exhausted) in rows {
         assert_eq!(
-            is_exhausted(d(limit), d(spent)),
+            is_exhausted(usd!(limit), usd!(spent)),
             exhausted,
             "{limit} / {spent}"
         );
-        assert_eq!(Enforcement::Hard.blocks(d(limit), d(spent)), exhausted);
-        assert!(!Enforcement::Soft.blocks(d(limit), d(spent)));
+        assert_eq!(
+            Enforcement::Hard.blocks(usd!(limit), usd!(spent)),
+            exhausted
+        );
+        assert!(!Enforcement::Soft.blocks(usd!(limit), usd!(spent)));
     }
 }
 

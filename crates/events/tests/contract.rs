@@ -484,9 +484,7 @@ fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-fn dec(s: &str) -> Usd {
-    tally_money::parse_decimal_str(s).unwrap()
-}
+use tally_money::usd;
 
 /// Encodes `event`, checks it against its schema and decodes it back.
 fn through_the_wire<T: Payload + Clone + PartialEq + std::fmt::Debug>(
@@ -523,7 +521,7 @@ fn events_built_in_rust_satisfy_their_schemas() {
             ..Usage::default()
         },
         is_byok: false,
-        actual_cost_usd: Some(dec("0.00012345678901234567")),
+        actual_cost_usd: Some(usd!("0.00012345678901234567")),
         estimated_cost_usd: Some(Usd::new(1500, 2)), // 15.00: written as "15"
         status: GenerationStatus::Cancelled,
         request_id: None,
@@ -557,7 +555,7 @@ fn events_built_in_rust_satisfy_their_schemas() {
                 sort: Some(Sort::Throughput),
                 data_collection: Some(DataCollection::Allow),
                 max_price: Some(MaxPrice {
-                    prompt: Some(dec("1")),
+                    prompt: Some(usd!("1")),
                     completion: None,
                 }),
                 ..ProviderPrefs::default()
@@ -580,7 +578,7 @@ fn events_built_in_rust_satisfy_their_schemas() {
         generation_id: "gen-1".into(),
         kind,
         basis,
-        amount_usd: dec(amount),
+        amount_usd: usd!(amount),
         period_start: t("2025-05-01T00:00:00Z"),
         period_end: t("2025-06-01T00:00:00Z"),
         posted_at: now,
@@ -610,8 +608,8 @@ fn events_built_in_rust_satisfy_their_schemas() {
         org_id: "acme".into(),
         budget_name: "Monthly".into(),
         threshold_percent: 100,
-        limit_usd: dec("10"),
-        spent_usd: dec("10.00000000000000000001"),
+        limit_usd: usd!("10"),
+        spent_usd: usd!("10.00000000000000000001"),
         period_start: t("2025-05-01T00:00:00Z"),
         period_end: t("2025-06-01T00:00:00Z"),
         generation_id: "gen-1".into(),
@@ -624,9 +622,9 @@ fn events_built_in_rust_satisfy_their_schemas() {
     let reconciled = CostReconciled {
         generation_id: "gen-1".into(),
         org_id: "acme".into(),
-        actual_cost_usd: dec("0.0021"),
-        total_cost_usd: dec("0.0001"),
-        upstream_inference_cost_usd: Some(dec("0.002")),
+        actual_cost_usd: usd!("0.0021"),
+        total_cost_usd: usd!("0.0001"),
+        upstream_inference_cost_usd: Some(usd!("0.002")),
         is_byok: true,
         attempts: 1,
         reconciled_at: now,

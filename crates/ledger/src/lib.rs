@@ -274,11 +274,8 @@ pub fn entry_needed(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
-    fn usd(s: &str) -> Usd {
-        Usd::from_str(s).unwrap()
-    }
+    use tally_money::usd;
 
     fn completed(estimate: Option<&str>, actual: Option<&str>) -> Fact {
         Fact::Completed {
@@ -292,8 +289,8 @@ mod tests {
                     .unwrap()
                     .with_timezone(&Utc),
             },
-            estimate: estimate.map(usd),
-            actual: actual.map(usd),
+            estimate: estimate.map(|e| usd!(e)),
+            actual: actual.map(|a| usd!(a)),
         }
     }
 
@@ -310,7 +307,7 @@ mod tests {
         let g = fold(&[completed(Some("0.0002"), Some("0.00012345678901234567"))]);
         assert_eq!(
             g.net_debit(),
-            Some((usd("0.00012345678901234567"), Basis::Actual))
+            Some((usd!("0.00012345678901234567"), Basis::Actual))
         );
         assert_eq!(g.state(), CostState::Settled);
     }
@@ -318,28 +315,30 @@ mod tests {
     #[test]
     fn estimate_stands_in_until_the_actual_arrives() {
         let mut g = fold(&[completed(Some("0.0002"), None)]);
-        assert_eq!(g.net_debit(), Some((usd("0.0002"), Basis::Estimate)));
+        assert_eq!(g.net_debit(), Some((usd!("0.0002"), Basis::Estimate)));
         assert_eq!(g.state(), CostState::Provisional);
         assert_eq!(
             g.apply(&Fact::Reconciled {
-                actual: usd("0.00015")
+                actual: usd!("0.00015")
             }),
             Applied::Changed
         );
-        assert_eq!(g.net_debit(), Some((usd("0.00015"), Basis::Actual)));
+        assert_eq!(g.net_debit(), Some((usd!("0.00015"), Basis::Actual)));
         assert_eq!(
-            entry_needed(Some(usd("0.0002")), usd("0.00015")),
-            Ok(Some((EntryKind::Adjustment, usd("-0.00005"))))
+            entry_needed(Some(usd!("0.0002")), usd!("0.00015")),
+            Ok(Some((EntryKind::Adjustment, usd!("-0.00005"))))
         );
     }
 
     #[test]
     fn reconciled_before_completed_waits_then_books_the_actual() {
-        let mut g = fold(&[Fact::Reconciled { actual: usd("1.5") }]);
+        let mut g = fold(&[Fact::Reconciled {
+            actual: usd!("1.5"),
+        }]);
         assert_eq!(g.net_debit(), None);
         assert_eq!(g.state(), CostState::Pending);
         g.apply(&completed(Some("2"), None));
-        assert_eq!(g.net_debit(), Some((usd("1.5"), Basis::Actual)));
+        assert_eq!(g.net_debit(), Some((usd!("1.5"), Basis::Actual)));
     }
 
     #[test]
@@ -351,9 +350,9 @@ mod tests {
             },
         ]);
         assert_eq!(g.state(), CostState::Unresolved);
-        assert_eq!(g.net_debit(), Some((usd("0.3"), Basis::Estimate)));
+        assert_eq!(g.net_debit(), Some((usd!("0.3"), Basis::Estimate)));
         g.apply(&Fact::Reconciled {
-            actual: usd("0.25"),
+            actual: usd!("0.25"),
         });
         assert_eq!(g.state(), CostState::Settled);
     }
@@ -373,17 +372,19 @@ mod tests {
     fn a_different_second_actual_is_refused_and_the_first_stands() {
         let mut g = fold(&[completed(None, Some("0.1"))]);
         assert_eq!(
-            g.apply(&Fact::Reconciled { actual: usd("0.2") }),
+            g.apply(&Fact::Reconciled {
+                actual: usd!("0.2")
+            }),
             Applied::ConflictingActual {
-                kept: usd("0.1"),
-                refused: usd("0.2")
+                kept: usd!("0.1"),
+                refused: usd!("0.2")
             }
         );
-        assert_eq!(g.net_debit(), Some((usd("0.1"), Basis::Actual)));
+        assert_eq!(g.net_debit(), Some((usd!("0.1"), Basis::Actual)));
         // Same value with another scale is the same money, not a conflict.
         assert_eq!(
             g.apply(&Fact::Reconciled {
-                actual: usd("0.100")
+                actual: usd!("0.100")
             }),
             Applied::Duplicate
         );
@@ -394,8 +395,8 @@ mod tests {
         let mut g = fold(&[completed(Some("1"), None)]);
         assert_eq!(g.apply(&completed(Some("1"), None)), Applied::Duplicate);
         assert_eq!(g.apply(&completed(Some("9"), None)), Applied::Duplicate);
-        assert_eq!(g.estimate, Some(usd("1")));
-        assert_eq!(entry_needed(Some(usd("1")), usd("1")), Ok(None));
+        assert_eq!(g.estimate, Some(usd!("1")));
+        assert_eq!(entry_needed(Some(usd!("1")), usd!("1")), Ok(None));
     }
 
     mod any_order {

@@ -97,6 +97,19 @@ mod pg;
 
 pub use usd::{Usd, SCALE};
 
+/// A [`Usd`] from a decimal literal written in code (tests, fixtures,
+/// benchmarks): `usd!("0.000123")`. Panics naming the text if it is not an
+/// amount, so it is for literals only; input is parsed with
+/// [`Usd::from_str`](std::str::FromStr::from_str) and its error.
+#[macro_export]
+macro_rules! usd {
+    ($text:expr) => {{
+        let text: &str = $text;
+        <$crate::Usd as ::core::str::FromStr>::from_str(text)
+            .unwrap_or_else(|e| panic!("usd!({text:?}) is not an amount: {e}"))
+    }};
+}
+
 /// Most significant digits after the decimal point an amount may carry
 /// (equal to [`SCALE`]).
 pub const MAX_SCALE: u32 = SCALE;
@@ -497,10 +510,6 @@ pub mod json_number {
 mod tests {
     use super::*;
 
-    fn d(s: &str) -> Usd {
-        parse_decimal_str(s).unwrap()
-    }
-
     #[test]
     fn json_numbers_parse_exactly() {
         let cases = [
@@ -535,7 +544,7 @@ mod tests {
         ];
         for (text, want) in cases {
             let got = parse_json_number(text).unwrap_or_else(|e| panic!("{text}: {e}"));
-            assert_eq!(got, d(want), "{text}");
+            assert_eq!(got, usd!(want), "{text}");
             assert_eq!(to_decimal_string(&got), want, "{text}");
         }
     }
@@ -649,7 +658,7 @@ mod tests {
         let t: T =
             serde_json::from_str(r#"{"a":"0.0000000000009999999999999999","b":null,"c":"-2"}"#)
                 .unwrap();
-        assert_eq!(t.a, d("0.0000000000009999999999999999"));
+        assert_eq!(t.a, usd!("0.0000000000009999999999999999"));
         assert_eq!(
             serde_json::to_string(&t).unwrap(),
             r#"{"a":"0.0000000000009999999999999999","b":null,"c":"-2"}"#
@@ -677,9 +686,9 @@ mod tests {
             cost: Option<Usd>,
         }
         let r: R = serde_json::from_str(r#"{"cost":1.425e-7}"#).unwrap();
-        assert_eq!(r.cost, Some(d("0.0000001425")));
+        assert_eq!(r.cost, Some(usd!("0.0000001425")));
         let r: R = serde_json::from_str(r#"{"cost":1.4999999999999999e-05}"#).unwrap();
-        assert_eq!(r.cost, Some(d("0.000014999999999999999")));
+        assert_eq!(r.cost, Some(usd!("0.000014999999999999999")));
         let r: R = serde_json::from_str(r#"{"cost":null}"#).unwrap();
         assert_eq!(r.cost, None);
         let r: R = serde_json::from_str(r#"{}"#).unwrap();

@@ -194,12 +194,8 @@ impl ChatStreamAccumulator {
 mod tests {
     use super::*;
     use crate::sse::SseParser;
-    use std::str::FromStr;
-    use tally_money::Usd;
 
-    fn d(s: &str) -> Usd {
-        Usd::from_str(s).unwrap()
-    }
+    use tally_money::usd;
 
     #[test]
     fn the_chat_completion_example_parses_with_every_cost_field() {
@@ -209,15 +205,18 @@ mod tests {
         assert_eq!(r.output_text, "Four.");
         assert_eq!(r.status.as_deref(), Some("completed"));
         let u = r.usage.unwrap();
-        assert_eq!(u.cost, Some(d("0.00012345678901234567")));
-        assert_eq!(u.upstream_inference_cost, Some(d("0.00012345678901234567")));
-        assert_eq!(u.upstream_inference_input_cost, Some(d("0.0000987654")));
+        assert_eq!(u.cost, Some(usd!("0.00012345678901234567")));
+        assert_eq!(
+            u.upstream_inference_cost,
+            Some(usd!("0.00012345678901234567"))
+        );
+        assert_eq!(u.upstream_inference_input_cost, Some(usd!("0.0000987654")));
         assert_eq!(
             u.upstream_inference_output_cost,
-            Some(d("0.00002469138901234567"))
+            Some(usd!("0.00002469138901234567"))
         );
         assert_eq!(u.cached_tokens, Some(64));
-        assert_eq!(u.actual_cost(), Some(d("0.00012345678901234567")));
+        assert_eq!(u.actual_cost(), Some(usd!("0.00012345678901234567")));
     }
 
     #[test]
@@ -232,7 +231,7 @@ mod tests {
         let r = acc.finish().unwrap();
         assert!(!r.aborted);
         assert_eq!(r.output_text, "Four.");
-        assert_eq!(r.usage.unwrap().cost, Some(d("0.00012345678901234567")));
+        assert_eq!(r.usage.unwrap().cost, Some(usd!("0.00012345678901234567")));
     }
 
     #[test]

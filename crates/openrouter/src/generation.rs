@@ -248,11 +248,8 @@ impl OpenRouterClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
-    fn d(s: &str) -> Usd {
-        Usd::from_str(s).unwrap()
-    }
+    use tally_money::usd;
 
     fn body(data: &str) -> Vec<u8> {
         format!(r#"{{"data":{data}}}"#).into_bytes()
@@ -320,7 +317,7 @@ mod tests {
             r#"{"id":"g","total_cost":2.5e-7,"native_tokens_prompt":1.5,"model":7,"cancelled":"no","created_at":null,"is_byok":null}"#,
         ))
         .unwrap();
-        assert_eq!(s.total_cost, d("0.00000025"));
+        assert_eq!(s.total_cost, usd!("0.00000025"));
         assert_eq!(s.native_tokens_prompt, None);
         assert_eq!(s.model, None);
         assert_eq!(s.cancelled, None);
@@ -334,13 +331,13 @@ mod tests {
         ))
         .unwrap();
         assert!(s.missing_upstream_cost());
-        assert_eq!(s.actual_cost().unwrap(), d("0.5"));
+        assert_eq!(s.actual_cost().unwrap(), usd!("0.5"));
         // Non-BYOK: an upstream figure is informational only.
         let s = GenerationStats::from_reply_body(&body(
             r#"{"id":"g","total_cost":0.5,"is_byok":false,"upstream_inference_cost":0.5}"#,
         ))
         .unwrap();
         assert!(!s.missing_upstream_cost());
-        assert_eq!(s.actual_cost().unwrap(), d("0.5"));
+        assert_eq!(s.actual_cost().unwrap(), usd!("0.5"));
     }
 }

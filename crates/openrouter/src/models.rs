@@ -247,11 +247,8 @@ impl OpenRouterClient {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
-    fn d(s: &str) -> Usd {
-        Usd::from_str(s).unwrap()
-    }
+    use tally_money::usd;
 
     #[test]
     fn prices_parse_exactly() {
@@ -259,11 +256,11 @@ mod tests {
         assert_eq!(Price::parse("0").unwrap(), Price::PerUnit(Usd::ZERO));
         assert_eq!(
             Price::parse("0.00000015").unwrap(),
-            Price::PerUnit(d("0.00000015"))
+            Price::PerUnit(usd!("0.00000015"))
         );
         assert_eq!(
             Price::parse("1.5e-7").unwrap(),
-            Price::PerUnit(d("0.00000015"))
+            Price::PerUnit(usd!("0.00000015"))
         );
         assert_eq!(Price::parse("-0.5").unwrap_err().code(), "negative_amount");
         assert_eq!(Price::parse("free").unwrap_err().code(), "invalid_amount");
@@ -284,7 +281,7 @@ mod tests {
         assert_eq!(models.len(), 2);
         let a = &models[0];
         assert_eq!(a.pricing.prompt, Price::Unknown);
-        assert_eq!(a.pricing.completion, Price::PerUnit(d("0.000002")));
+        assert_eq!(a.pricing.completion, Price::PerUnit(usd!("0.000002")));
         assert_eq!(a.pricing.request, Price::Unknown);
         assert_eq!(a.pricing.web_search, Price::Unknown);
         assert_eq!(a.supported_parameters, vec!["tools".to_owned()]);

@@ -807,11 +807,8 @@ async fn read_limited(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
-    fn d(s: &str) -> Usd {
-        Usd::from_str(s).unwrap()
-    }
+    use tally_money::usd;
 
     #[test]
     fn the_responses_fixture_parses_exactly() {
@@ -827,10 +824,10 @@ mod tests {
         assert_eq!(u.cache_write_tokens, Some(0));
         assert_eq!(u.reasoning_tokens, Some(12));
         assert_eq!(u.web_search_requests, Some(0));
-        assert_eq!(u.cost, Some(d("0.0001234")));
-        assert_eq!(u.upstream_inference_cost, Some(d("0.0001234")));
+        assert_eq!(u.cost, Some(usd!("0.0001234")));
+        assert_eq!(u.upstream_inference_cost, Some(usd!("0.0001234")));
         assert!(!u.is_byok);
-        assert_eq!(u.actual_cost(), Some(d("0.0001234")));
+        assert_eq!(u.actual_cost(), Some(usd!("0.0001234")));
         // Without the header, the body id stands in.
         let r = ResponsesReply::from_body("", body).unwrap();
         assert_eq!(r.generation_id, "resp-1732531500-Lk9sQ2wE4rTy6uIo8pAs");
@@ -851,22 +848,22 @@ mod tests {
         assert!(usage.contains("prompt_tokens"));
         assert_eq!(u.input_tokens, 118);
         assert_eq!(u.cached_tokens, Some(64));
-        assert_eq!(u.cost, Some(d("0.00012345678901234567")));
+        assert_eq!(u.cost, Some(usd!("0.00012345678901234567")));
     }
 
     #[test]
     fn byok_actual_cost_needs_both_halves() {
         let mut u = ResponseUsage {
-            cost: Some(d("0.00001")),
+            cost: Some(usd!("0.00001")),
             is_byok: true,
-            upstream_inference_cost: Some(d("0.0002")),
+            upstream_inference_cost: Some(usd!("0.0002")),
             ..ResponseUsage::default()
         };
-        assert_eq!(u.actual_cost(), Some(d("0.00021")));
+        assert_eq!(u.actual_cost(), Some(usd!("0.00021")));
         u.upstream_inference_cost = None;
         assert_eq!(u.actual_cost(), None);
         u.is_byok = false;
-        assert_eq!(u.actual_cost(), Some(d("0.00001")));
+        assert_eq!(u.actual_cost(), Some(usd!("0.00001")));
         u.cost = None;
         assert_eq!(u.actual_cost(), None);
     }
@@ -915,7 +912,7 @@ mod tests {
         assert!(!r.aborted);
         assert_eq!(r.generation_id, "gen-h");
         assert_eq!(r.output_text, "Four.");
-        assert_eq!(r.usage.unwrap().cost, Some(d("0.0000001425")));
+        assert_eq!(r.usage.unwrap().cost, Some(usd!("0.0000001425")));
 
         assert_eq!(
             StreamAccumulator::new("").finish().unwrap_err().code(),
@@ -961,7 +958,7 @@ mod tests {
         let mut r = ResponsesRequest::new("m", "hi");
         r.provider = Some(ProviderRouting {
             max_price: Some(MaxPriceUsd {
-                prompt: Some(d("0.15")),
+                prompt: Some(usd!("0.15")),
                 completion: None,
             }),
             sort: Some("price".into()),

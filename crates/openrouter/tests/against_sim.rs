@@ -1,6 +1,6 @@
 //! The client against the OpenRouter simulator over real HTTP on 127.0.0.1.
 
-use std::{str::FromStr, time::Duration};
+use std::time::Duration;
 
 use tally_money::Usd;
 use tally_openrouter::{ClientConfig, OpenRouterClient, OpenRouterError, Price};
@@ -8,9 +8,7 @@ use tally_sim::{
     Fraction, NumberFormat, RunningSim, ScriptedReply, SimConfig, SimGeneration, Simulator,
 };
 
-fn d(s: &str) -> Usd {
-    Usd::from_str(s).unwrap()
-}
+use tally_money::usd;
 
 async fn start(cfg: SimConfig) -> RunningSim {
     Simulator::start(cfg).await.expect("simulator starts")
@@ -24,8 +22,8 @@ fn client(sim: &RunningSim) -> OpenRouterClient {
 async fn costs_arrive_exact_to_the_digit() {
     let sim = start(SimConfig::ephemeral()).await;
     let s = sim.simulator();
-    s.register_generation(SimGeneration::new("gen-17", d("0.00012345678901234567")));
-    s.register_generation(SimGeneration::new("gen-exp", d("0.0000001425")));
+    s.register_generation(SimGeneration::new("gen-17", usd!("0.00012345678901234567")));
+    s.register_generation(SimGeneration::new("gen-exp", usd!("0.0000001425")));
 
     // The wire really carries the exponent form a JavaScript backend prints.
     let raw = reqwest::Client::new()
@@ -41,13 +39,13 @@ async fn costs_arrive_exact_to_the_digit() {
 
     let c = client(&sim);
     let g = c.generation("gen-17").await.unwrap();
-    assert_eq!(g.total_cost, d("0.00012345678901234567"));
+    assert_eq!(g.total_cost, usd!("0.00012345678901234567"));
     assert_eq!(g.total_cost.to_string(), "0.00012345678901234567");
-    assert_eq!(g.actual_cost().unwrap(), d("0.00012345678901234567"));
-    assert_eq!(g.usage, Some(d("0.00012345678901234567")));
+    assert_eq!(g.actual_cost().unwrap(), usd!("0.00012345678901234567"));
+    assert_eq!(g.usage, Some(usd!("0.00012345678901234567")));
 
     let g = c.generation("gen-exp").await.unwrap();
-    assert_eq!(g.total_cost, d("0.0000001425"));
+    assert_eq!(g.total_cost, usd!("0.0000001425"));
     assert_eq!(g.total_cost.to_string(), "0.0000001425");
     assert_eq!(g.id, "gen-exp");
     assert_eq!(g.model.as_deref(), Some("openai/gpt-4o-mini"));
@@ -89,13 +87,13 @@ async fn every_number_format_round_trips_exactly() {
 async fn byok_actual_cost_is_fee_plus_upstream() {
     let sim = start(SimConfig::ephemeral()).await;
     sim.simulator().register_generation(
-        SimGeneration::new("gen-byok", d("0.0000001425")).byok(Some(d("0.00000285"))),
+        SimGeneration::new("gen-byok", usd!("0.0000001425")).byok(Some(usd!("0.00000285"))),
     );
     let g = client(&sim).generation("gen-byok").await.unwrap();
     assert!(g.is_byok);
-    assert_eq!(g.total_cost, d("0.0000001425"));
-    assert_eq!(g.upstream_inference_cost, Some(d("0.00000285")));
-    assert_eq!(g.actual_cost().unwrap(), d("0.0000029925"));
+    assert_eq!(g.total_cost, usd!("0.0000001425"));
+    assert_eq!(g.upstream_inference_cost, Some(usd!("0.00000285")));
+    assert_eq!(g.actual_cost().unwrap(), usd!("0.0000029925"));
     assert!(!g.missing_upstream_cost());
 }
 
@@ -104,9 +102,9 @@ async fn not_yet_then_ready() {
     let sim = start(SimConfig::ephemeral()).await;
     let s = sim.simulator();
     s.register_generation(
-        SimGeneration::new("gen-late", d("0.001")).ready_after(Duration::from_millis(300)),
+        SimGeneration::new("gen-late", usd!("0.001")).ready_after(Duration::from_millis(300)),
     );
-    s.register_generation(SimGeneration::new("gen-never", d("0.001")).never_ready());
+    s.register_generation(SimGeneration::new("gen-never", usd!("0.001")).never_ready());
     let c = client(&sim);
 
     let err = c.generation("gen-late").await.unwrap_err();
@@ -118,7 +116,7 @@ async fn not_yet_then_ready() {
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(
         c.generation("gen-late").await.unwrap().total_cost,
-        d("0.001")
+        usd!("0.001")
     );
 
     for id in ["gen-never", "gen-unknown"] {
@@ -139,7 +137,7 @@ async fn scripted_faults_map_to_errors() {
     })
     .await;
     sim.simulator()
-        .register_generation(SimGeneration::new("gen-faulty", d("0.0042")).script([
+        .register_generation(SimGeneration::new("gen-faulty", usd!("0.0042")).script([
             ScriptedReply::NotFound,
             ScriptedReply::RateLimited,
             ScriptedReply::ServerError,
@@ -194,7 +192,7 @@ async fn scripted_faults_map_to_errors() {
     // Script done: the real answer, exact.
     assert_eq!(
         c.generation("gen-faulty").await.unwrap().total_cost,
-        d("0.0042")
+        usd!("0.0042")
     );
 }
 
@@ -215,7 +213,7 @@ async fn a_cost_with_22_fractional_digits_is_kept_exactly() {
 async fn missing_key_is_auth_error() {
     let sim = start(SimConfig::ephemeral()).await;
     sim.simulator()
-        .register_generation(SimGeneration::new("gen-1", d("0.1")));
+        .register_generation(SimGeneration::new("gen-1", usd!("0.1")));
     let c = OpenRouterClient::new(ClientConfig::new(sim.base_url())).unwrap();
     let err = c.generation("gen-1").await.unwrap_err();
     match &err {
@@ -245,7 +243,7 @@ async fn slow_reply_times_out() {
     })
     .await;
     sim.simulator().register_generation(
-        SimGeneration::new("gen-slow", d("0.5")).script([ScriptedReply::Slow]),
+        SimGeneration::new("gen-slow", usd!("0.5")).script([ScriptedReply::Slow]),
     );
     let c = OpenRouterClient::new(
         ClientConfig::new(sim.base_url())
@@ -260,7 +258,10 @@ async fn slow_reply_times_out() {
     assert!(err.is_retryable());
     assert!(started.elapsed() < Duration::from_secs(2));
     // The next call is not slow.
-    assert_eq!(c.generation("gen-slow").await.unwrap().total_cost, d("0.5"));
+    assert_eq!(
+        c.generation("gen-slow").await.unwrap().total_cost,
+        usd!("0.5")
+    );
 }
 
 #[tokio::test]
@@ -272,7 +273,7 @@ async fn random_fault_rates_apply() {
     })
     .await;
     sim.simulator()
-        .register_generation(SimGeneration::new("gen-1", d("0.1")));
+        .register_generation(SimGeneration::new("gen-1", usd!("0.1")));
     let c = client(&sim);
     for _ in 0..5 {
         let err = c.generation("gen-1").await.unwrap_err();
@@ -297,7 +298,7 @@ async fn ids_are_url_encoded() {
     let sim = start(SimConfig::ephemeral()).await;
     let id = "gen a/b&c=d?é";
     sim.simulator()
-        .register_generation(SimGeneration::new(id, d("0.25")));
+        .register_generation(SimGeneration::new(id, usd!("0.25")));
     let g = client(&sim).generation(id).await.unwrap();
     assert_eq!(g.id, id);
     assert_eq!(sim.simulator().calls(id), 1);
@@ -317,10 +318,10 @@ async fn models_catalog_parses_with_dynamic_prices() {
         .iter()
         .find(|m| m.id == "openai/gpt-4o-mini")
         .unwrap();
-    assert_eq!(mini.pricing.prompt, Price::PerUnit(d("0.00000015")));
+    assert_eq!(mini.pricing.prompt, Price::PerUnit(usd!("0.00000015")));
     assert_eq!(
         mini.pricing.input_cache_read.per_unit(),
-        Some(d("0.000000075"))
+        Some(usd!("0.000000075"))
     );
     assert!(models.iter().any(|m| m.supports("reasoning")));
 }

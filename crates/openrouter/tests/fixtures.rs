@@ -1,26 +1,22 @@
 //! The wire examples (copies of `shared/openrouter/*.json`) parse into the
 //! exact values they carry.
 
-use std::str::FromStr;
-
 use tally_money::Usd;
 use tally_openrouter::{GenerationStats, ModelInfo, Price};
 
-fn d(s: &str) -> Usd {
-    Usd::from_str(s).unwrap()
-}
+use tally_money::usd;
 
 #[test]
 fn generation_json() {
     let s = GenerationStats::from_reply_body(include_bytes!("fixtures/generation.json")).unwrap();
     assert_eq!(s.id, "gen-1732531200-Xa81bQ0sPfTz4kLmN2vR");
-    assert_eq!(s.total_cost, d("0.00012345678901234567"));
+    assert_eq!(s.total_cost, usd!("0.00012345678901234567"));
     assert_eq!(s.total_cost.to_string(), "0.00012345678901234567");
-    assert_eq!(s.usage, Some(d("0.00012345678901234567")));
+    assert_eq!(s.usage, Some(usd!("0.00012345678901234567")));
     assert_eq!(s.upstream_inference_cost, None);
     assert!(!s.is_byok);
     assert!(!s.missing_upstream_cost());
-    assert_eq!(s.actual_cost().unwrap(), d("0.00012345678901234567"));
+    assert_eq!(s.actual_cost().unwrap(), usd!("0.00012345678901234567"));
     assert_eq!(s.cancelled, Some(false));
     assert_eq!(s.model.as_deref(), Some("openai/gpt-4o-mini"));
     assert_eq!(s.provider_name.as_deref(), Some("OpenAI"));
@@ -42,10 +38,10 @@ fn generation_byok_json() {
     assert_eq!(s.id, "gen-1732531300-Qm2rT8vWc0pYk3ZsE5nH");
     assert!(s.is_byok);
     // 1.425e-7 on the wire, exactly.
-    assert_eq!(s.total_cost, d("0.0000001425"));
-    assert_eq!(s.upstream_inference_cost, Some(d("0.00000285")));
+    assert_eq!(s.total_cost, usd!("0.0000001425"));
+    assert_eq!(s.upstream_inference_cost, Some(usd!("0.00000285")));
     // Money rule 8: fee + upstream.
-    assert_eq!(s.actual_cost().unwrap(), d("0.0000029925"));
+    assert_eq!(s.actual_cost().unwrap(), usd!("0.0000029925"));
     assert_eq!(s.provider_name.as_deref(), Some("Anthropic"));
     assert_eq!(s.native_tokens_prompt, Some(10));
 }
@@ -72,12 +68,12 @@ fn models_json() {
 
     let mini = &models[0];
     assert_eq!(mini.context_length, Some(128_000));
-    assert_eq!(mini.pricing.prompt, Price::PerUnit(d("0.00000015")));
-    assert_eq!(mini.pricing.completion, Price::PerUnit(d("0.0000006")));
+    assert_eq!(mini.pricing.prompt, Price::PerUnit(usd!("0.00000015")));
+    assert_eq!(mini.pricing.completion, Price::PerUnit(usd!("0.0000006")));
     assert_eq!(mini.pricing.request, Price::PerUnit(Usd::ZERO));
     assert_eq!(
         mini.pricing.input_cache_read,
-        Price::PerUnit(d("0.000000075"))
+        Price::PerUnit(usd!("0.000000075"))
     );
     assert_eq!(mini.pricing.input_cache_write, Price::Unknown);
     assert_eq!(mini.pricing.web_search, Price::PerUnit(Usd::ZERO));
@@ -85,7 +81,10 @@ fn models_json() {
     assert!(!mini.supports("reasoning"));
 
     let r1 = &models[1];
-    assert_eq!(r1.pricing.input_cache_write, Price::PerUnit(d("0.0000005")));
+    assert_eq!(
+        r1.pricing.input_cache_write,
+        Price::PerUnit(usd!("0.0000005"))
+    );
     assert_eq!(r1.pricing.internal_reasoning, Price::PerUnit(Usd::ZERO));
     assert!(r1.supports("reasoning"));
 

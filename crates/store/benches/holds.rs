@@ -32,7 +32,6 @@
 #![allow(clippy::float_arithmetic)]
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -74,9 +73,7 @@ fn args() -> Args {
     a
 }
 
-fn usd(s: &str) -> Usd {
-    Usd::from_str(s).expect("a decimal literal")
-}
+use tally_money::usd;
 
 fn hold_request(id: &str) -> HoldRequest {
     HoldRequest {
@@ -87,7 +84,7 @@ fn hold_request(id: &str) -> HoldRequest {
         user_id: None,
         model: "openai/gpt-4o-mini".into(),
         fallback_models: Vec::new(),
-        amount_usd: Some(usd(HOLD)),
+        amount_usd: Some(usd!(HOLD)),
         max_output_tokens: 4096,
         ttl: Duration::from_secs(600),
     }
@@ -107,7 +104,7 @@ fn completed(request_id: &str) -> FactInput {
                 completed_at: Utc::now(),
             },
             estimate: None,
-            actual: Some(usd(ACTUAL)),
+            actual: Some(usd!(ACTUAL)),
         },
         details: Some(CompletedDetails {
             provider: None,
@@ -146,7 +143,7 @@ async fn tally_case(store: &Store, case: &str, limit: &str, a: &Args) -> anyhow:
                 },
                 period: PeriodKind::Monthly,
                 timezone: "UTC".into(),
-                limit_usd: usd(limit),
+                limit_usd: usd!(limit),
                 thresholds: vec![],
                 enforcement: Enforcement::Hard,
                 allow_unpriced_models: false,
@@ -275,7 +272,7 @@ async fn naive_case(store: &Store, case: &str, limit: &str, a: &Args) -> anyhow:
     sqlx::query(&format!("INSERT INTO {table} VALUES (1, 0, 0)"))
         .execute(&pool)
         .await?;
-    let limit = usd(limit);
+    let limit = usd!(limit);
     let stop = Arc::new(AtomicBool::new(false));
     let settled = Arc::new(AtomicU64::new(0));
     let refused = Arc::new(AtomicU64::new(0));
@@ -293,7 +290,7 @@ async fn naive_case(store: &Store, case: &str, limit: &str, a: &Args) -> anyhow:
         );
         tasks.push(tokio::spawn(async move {
             let mut peak = Usd::ZERO;
-            let (hold, actual) = (usd(HOLD), usd(ACTUAL));
+            let (hold, actual) = (usd!(HOLD), usd!(ACTUAL));
             while !stop.load(Ordering::Relaxed) {
                 let committed: Usd =
                     sqlx::query_scalar(&format!("SELECT spent + held FROM {table} WHERE id = 1"))
@@ -384,7 +381,7 @@ async fn raw_commits(store: &Store, a: &Args) -> anyhow::Result<f64> {
 }
 
 fn line(path: &str, f: &Figures, limit: &str) {
-    let limit = usd(limit);
+    let limit = usd!(limit);
     let over = f.peak.try_sub(limit).expect("in range").max(Usd::ZERO);
     println!(
         "  {path:<9} {:>8.0} holds/s settled  ({} in {:.1} s, {} refusals)  peak spent+held {} vs limit {limit}: overrun {over}",

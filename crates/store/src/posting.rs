@@ -573,16 +573,13 @@ fn wire_entry(e: &PostedEntry) -> LedgerEntry {
 mod tests {
     //! The planning rules, given generations and budgets, without a
     //! database.
-    use std::str::FromStr;
 
     use chrono::TimeZone;
     use tally_budget::{Enforcement, PeriodKind, Scope};
 
     use super::*;
 
-    fn usd(s: &str) -> Usd {
-        Usd::from_str(s).unwrap()
-    }
+    use tally_money::usd;
 
     fn at(day: u32) -> DateTime<Utc> {
         Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap()
@@ -600,7 +597,7 @@ mod tests {
             period: PeriodKind::Monthly,
             timezone: "UTC".into(),
             tz: chrono_tz::UTC,
-            limit_usd: usd(limit),
+            limit_usd: usd!(limit),
             thresholds: vec![50, 100],
             enforcement: Enforcement::Soft,
             allow_unpriced_models: false,
@@ -620,8 +617,8 @@ mod tests {
                 model: "m".into(),
                 completed_at: at(15),
             }),
-            estimate: estimate.map(usd),
-            actual: actual.map(usd),
+            estimate: estimate.map(|e| usd!(e)),
+            actual: actual.map(|a| usd!(a)),
             unresolved_reason: None,
         }
     }
@@ -644,27 +641,30 @@ mod tests {
         assert_eq!(p.len(), 1);
         assert_eq!(
             (p[0].kind, p[0].basis, p[0].amount),
-            (EntryKind::Debit, Basis::Estimate, usd("0.3"))
+            (EntryKind::Debit, Basis::Estimate, usd!("0.3"))
         );
-        assert_eq!((p[0].d_actual, p[0].d_estimate), (Usd::ZERO, usd("0.3")));
+        assert_eq!((p[0].d_actual, p[0].d_estimate), (Usd::ZERO, usd!("0.3")));
 
         let g = generation("a", Some("0.3"), Some("0.25"));
-        let booked = Some((usd("0.3"), Basis::Estimate));
+        let booked = Some((usd!("0.3"), Basis::Estimate));
         let plan = plan_postings(&[input("g1", &g, booked)], &all).unwrap();
         let p = &plan.postings[..];
         assert_eq!(
             (p[0].kind, p[0].amount),
-            (EntryKind::Adjustment, usd("-0.05"))
+            (EntryKind::Adjustment, usd!("-0.05"))
         );
         // The period's parts move from estimate to actual, exactly.
-        assert_eq!((p[0].d_actual, p[0].d_estimate), (usd("0.25"), usd("-0.3")));
+        assert_eq!(
+            (p[0].d_actual, p[0].d_estimate),
+            (usd!("0.25"), usd!("-0.3"))
+        );
         assert_eq!(
             plan.debited_by_basis,
-            vec![(Basis::Actual, "m".to_owned(), usd("-0.05"))]
+            vec![(Basis::Actual, "m".to_owned(), usd!("-0.05"))]
         );
 
         // Booked as it is now: nothing to post.
-        let booked = Some((usd("0.25"), Basis::Actual));
+        let booked = Some((usd!("0.25"), Basis::Actual));
         assert!(plan_postings(&[input("g1", &g, booked)], &all)
             .unwrap()
             .postings
@@ -704,7 +704,7 @@ mod tests {
         assert_eq!(plan.postings[0].amount, Usd::ZERO);
         let again = PlanInput {
             was_unresolved: true,
-            ..input("g2", &unresolved, Some((usd("0.1"), Basis::Estimate)))
+            ..input("g2", &unresolved, Some((usd!("0.1"), Basis::Estimate)))
         };
         let plan = plan_postings(&[again], &all).unwrap();
         assert_eq!((plan.newly_unresolved, plan.postings.len()), (0, 0));
@@ -720,20 +720,20 @@ mod tests {
             &[
                 input("g1", &g1, None),
                 input("g2", &g2, None),
-                input("g3", &g3, Some((usd("0.3"), Basis::Estimate))),
+                input("g3", &g3, Some((usd!("0.3"), Basis::Estimate))),
             ],
             &all,
         )
         .unwrap();
         let start = plan.postings[0].period.start;
         let end = plan.postings[0].period.end;
-        let releases = Releases::from([(("b".to_owned(), start), (end, usd("-0.5")))]);
+        let releases = Releases::from([(("b".to_owned(), start), (end, usd!("-0.5")))]);
         let deltas = period_deltas(&plan.postings, releases).unwrap();
         assert_eq!(deltas.len(), 1);
         let d = &deltas[&("b".to_owned(), start)];
-        assert_eq!(d.total, usd("0.3"));
-        assert_eq!((d.actual, d.estimate), (usd("0.3"), Usd::ZERO));
-        assert_eq!((d.generations, d.held, d.end), (2, usd("-0.5"), Some(end)));
+        assert_eq!(d.total, usd!("0.3"));
+        assert_eq!((d.actual, d.estimate), (usd!("0.3"), Usd::ZERO));
+        assert_eq!((d.generations, d.held, d.end), (2, usd!("-0.5"), Some(end)));
     }
 
     #[test]
@@ -743,12 +743,12 @@ mod tests {
         let g2 = generation("a", None, Some("5"));
         let plan = plan_postings(&[input("g1", &g1, None), input("g2", &g2, None)], &all).unwrap();
         let start = plan.postings[0].period.start;
-        let before = HashMap::from([(("b".to_owned(), start), usd("4"))]);
+        let before = HashMap::from([(("b".to_owned(), start), usd!("4"))]);
         let crossed = crossings(&plan.postings, before).unwrap();
         let got: Vec<(&str, u32, Usd)> = crossed
             .iter()
             .map(|(p, t, total)| (p.generation_id.as_str(), *t, *total))
             .collect();
-        assert_eq!(got, [("g1", 50, usd("6")), ("g2", 100, usd("11"))]);
+        assert_eq!(got, [("g1", 50, usd!("6")), ("g2", 100, usd!("11"))]);
     }
 }

@@ -2,7 +2,6 @@
 //! concurrency never let a hard budget pass its limit, settle in the
 //! projector's transaction, expire, and remember generation ids.
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,9 +18,7 @@ use tally_testkit::TestDb;
 
 const ORG: &str = "acme";
 
-fn usd(s: &str) -> Usd {
-    Usd::from_str(s).unwrap()
-}
+use tally_money::usd;
 
 async fn store() -> anyhow::Result<(TestDb, Store)> {
     let db = TestDb::create().await?;
@@ -37,7 +34,7 @@ fn budget(name: &str, limit: &str, enforcement: Enforcement) -> NewBudget {
         scope: Scope::default(),
         period: PeriodKind::Monthly,
         timezone: "UTC".into(),
-        limit_usd: usd(limit),
+        limit_usd: usd!(limit),
         thresholds: vec![50, 80, 100],
         enforcement,
         allow_unpriced_models: false,
@@ -57,7 +54,7 @@ fn hold(id: &str, amount: Option<&str>) -> HoldRequest {
         user_id: None,
         model: "openai/gpt-4o-mini".into(),
         fallback_models: Vec::new(),
-        amount_usd: amount.map(usd),
+        amount_usd: amount.map(|a| usd!(a)),
         max_output_tokens: 4096,
         ttl: Duration::from_secs(600),
     }
@@ -77,7 +74,7 @@ fn completed(request_id: &str, generation_id: &str, actual: &str) -> FactInput {
                 completed_at: Utc::now(),
             },
             estimate: None,
-            actual: Some(usd(actual)),
+            actual: Some(usd!(actual)),
         },
         details: Some(CompletedDetails {
             provider: None,
@@ -172,9 +169,9 @@ async fn fifty_concurrent_holds_never_pass_a_hard_limit() -> anyhow::Result<()> 
     }
     assert_eq!(held.len(), 3, "exactly three worst cases fit");
     assert_eq!(refused, 47);
-    assert_eq!(totals(&store, &hard).await?, (usd("0"), usd("3.00")));
+    assert_eq!(totals(&store, &hard).await?, (usd!("0"), usd!("3.00")));
     // The soft budget recorded every admitted hold and refused none.
-    assert_eq!(totals(&store, &soft).await?, (usd("0"), usd("3.00")));
+    assert_eq!(totals(&store, &soft).await?, (usd!("0"), usd!("3.00")));
     for r in &held {
         assert_eq!(r.holds.len(), 2, "one hold per matching budget");
     }
@@ -191,22 +188,22 @@ async fn fifty_concurrent_holds_never_pass_a_hard_limit() -> anyhow::Result<()> 
         .await?;
     assert_eq!(out.settled.len(), 3);
     for s in &out.settled {
-        assert_eq!(s.held_usd, Some(usd("1.00")));
-        assert_eq!(s.debited_usd, usd("0.25"));
+        assert_eq!(s.held_usd, Some(usd!("1.00")));
+        assert_eq!(s.debited_usd, usd!("0.25"));
     }
-    assert_eq!(totals(&store, &hard).await?, (usd("0.75"), usd("0")));
+    assert_eq!(totals(&store, &hard).await?, (usd!("0.75"), usd!("0")));
     for r in &held {
         let r = store.reservation(&r.request_id).await?;
         assert_eq!(r.state, ReservationState::Settled);
         assert!(r.generation_id.is_some());
-        assert_eq!(r.settled_usd, Some(usd("0.25")));
+        assert_eq!(r.settled_usd, Some(usd!("0.25")));
     }
     // A redelivered completed event settles nothing twice.
     let again = store
         .apply_batch(&facts, &PostingOptions::default())
         .await?;
     assert!(again.settled.is_empty());
-    assert_eq!(totals(&store, &hard).await?, (usd("0.75"), usd("0")));
+    assert_eq!(totals(&store, &hard).await?, (usd!("0.75"), usd!("0")));
     held_matches_holds(&store).await?;
 
     // Room again: 0.75 spent leaves room for two more worst cases.
@@ -287,14 +284,14 @@ async fn holds_and_settlements_race_without_overrun_or_deadlock() -> anyhow::Res
     watcher.await?;
     let (spent, held) = totals(&store, &hard).await?;
     assert_eq!(held, Usd::ZERO);
-    assert!(spent <= usd("2.00"), "spent {spent}");
+    assert!(spent <= usd!("2.00"), "spent {spent}");
     assert_eq!(
         spent,
-        usd("0.01").try_mul_int(settled.load(Ordering::Relaxed))?
+        usd!("0.01").try_mul_int(settled.load(Ordering::Relaxed))?
     );
     assert!(settled.load(Ordering::Relaxed) > 0);
     let m = *max_seen.lock().unwrap();
-    assert!(m <= usd("2.00"), "spent + held reached {m}");
+    assert!(m <= usd!("2.00"), "spent + held reached {m}");
     held_matches_holds(&store).await?;
     Ok(())
 }
@@ -344,7 +341,7 @@ async fn soft_budgets_record_holds_and_never_refuse() -> anyhow::Result<()> {
         .collect();
     let out = store.take_holds(&reqs).await?;
     assert!(out.iter().all(|o| matches!(o, HoldOutcome::Held(_))));
-    assert_eq!(totals(&store, &soft).await?, (usd("0"), usd("50")));
+    assert_eq!(totals(&store, &soft).await?, (usd!("0"), usd!("50")));
     let unpriced = store.take_holds(&[hold("s-dyn", None)]).await?;
     assert!(matches!(unpriced[0], HoldOutcome::Held(_)));
     Ok(())
@@ -370,7 +367,7 @@ async fn expired_holds_free_the_budget_and_may_be_taken_again() -> anyhow::Resul
     let released = store.release_expired(100).await?;
     assert_eq!(released.len(), 1);
     assert_eq!(released[0].request_id, "crashed");
-    assert_eq!(totals(&store, &hard).await?, (usd("0"), usd("0")));
+    assert_eq!(totals(&store, &hard).await?, (usd!("0"), usd!("0")));
     let r = store.reservation("crashed").await?;
     assert_eq!(r.state, ReservationState::Released);
     assert_eq!(r.release_reason.as_deref(), Some("expired"));
@@ -380,7 +377,7 @@ async fn expired_holds_free_the_budget_and_may_be_taken_again() -> anyhow::Resul
         store.take_holds(&[crashed]).await?[0],
         HoldOutcome::Held(_)
     ));
-    assert_eq!(totals(&store, &hard).await?, (usd("0"), usd("1")));
+    assert_eq!(totals(&store, &hard).await?, (usd!("0"), usd!("1")));
     held_matches_holds(&store).await?;
     Ok(())
 }
@@ -427,7 +424,7 @@ async fn a_recorded_generation_is_never_held_again() -> anyhow::Result<()> {
         )
         .await?;
     assert!(out.settled.is_empty());
-    assert_eq!(totals(&store, &hard).await?, (usd("0.5"), usd("0")));
+    assert_eq!(totals(&store, &hard).await?, (usd!("0.5"), usd!("0")));
     assert_eq!(
         store
             .record_generation("nope", "gen-x", ttl)
@@ -449,7 +446,7 @@ async fn a_failed_request_releases_its_hold_and_stays_failed() -> anyhow::Result
         .await?;
     assert_eq!(r.state, ReservationState::Released);
     assert_eq!(r.release_reason.as_deref(), Some("request_failed"));
-    assert_eq!(totals(&store, &hard).await?, (usd("0"), usd("0")));
+    assert_eq!(totals(&store, &hard).await?, (usd!("0"), usd!("0")));
     let again = store.take_holds(&[hold("f1", Some("1"))]).await?;
     let HoldOutcome::Failed(r) = &again[0] else {
         panic!("{again:?}")
@@ -457,7 +454,7 @@ async fn a_failed_request_releases_its_hold_and_stays_failed() -> anyhow::Result
     assert_eq!(r.failure_reason.as_deref(), Some("upstream_bad_request"));
     // Releasing twice changes nothing.
     store.release_hold("f1", "x", "y").await?;
-    assert_eq!(totals(&store, &hard).await?, (usd("0"), usd("0")));
+    assert_eq!(totals(&store, &hard).await?, (usd!("0"), usd!("0")));
     held_matches_holds(&store).await?;
     Ok(())
 }
@@ -509,7 +506,7 @@ async fn scope_and_fallbacks_decide_which_budgets_hold() -> anyhow::Result<()> {
         "invalid_input"
     );
     bad.request_id = "c".into();
-    bad.amount_usd = Some(usd("-1"));
+    bad.amount_usd = Some(usd!("-1"));
     assert_eq!(
         store.take_holds(&[bad]).await.unwrap_err().code(),
         "invalid_input"
@@ -540,6 +537,6 @@ async fn reservations_list_by_state_in_pages() -> anyhow::Result<()> {
     let (all, _) = store.list_reservations(ORG, None, None, 100).await?;
     assert_eq!(all.len(), 5);
     let (n, held) = store.held_totals().await?;
-    assert_eq!((n, held), (2, usd("2")));
+    assert_eq!((n, held), (2, usd!("2")));
     Ok(())
 }

@@ -2,7 +2,6 @@
 //! per test. Ledger data is written with `Store::apply_batch`, the
 //! projector's own transaction (no NATS needed here).
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
@@ -10,7 +9,6 @@ use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tally_api::{serve, AppState};
 use tally_ledger::{Fact, Placement};
-use tally_money::Usd;
 use tally_store::ledger::{CompletedDetails, FactInput, PostingOptions};
 use tally_store::Store;
 use tally_telemetry::Registry;
@@ -124,9 +122,7 @@ impl Api {
     }
 }
 
-fn dec(s: &str) -> Usd {
-    Usd::from_str(s).unwrap()
-}
+use tally_money::usd;
 
 fn at(y: i32, m: u32, d: u32, h: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, m, d, h, 0, 0).unwrap()
@@ -156,8 +152,8 @@ impl Gen<'_> {
                     model: self.model.to_owned(),
                     completed_at: self.at,
                 },
-                estimate: self.estimate.map(dec),
-                actual: self.actual.map(dec),
+                estimate: self.estimate.map(|e| usd!(e)),
+                actual: self.actual.map(|a| usd!(a)),
             },
             details: Some(CompletedDetails {
                 provider: Some("openai".into()),
@@ -186,7 +182,7 @@ fn reconciled(id: &str, actual: &str) -> FactInput {
         generation_id: id.to_owned(),
         org_id: ORG.to_owned(),
         fact: Fact::Reconciled {
-            actual: dec(actual),
+            actual: usd!(actual),
         },
         details: None,
     }
@@ -1010,7 +1006,7 @@ fn hold_request(id: &str, agent: &str, amount: &str) -> tally_store::HoldRequest
         user_id: None,
         model: "openai/gpt-4o-mini".into(),
         fallback_models: Vec::new(),
-        amount_usd: Some(dec(amount)),
+        amount_usd: Some(usd!(amount)),
         max_output_tokens: 4096,
         ttl: Duration::from_secs(600),
     }

@@ -86,11 +86,8 @@ pub(crate) fn raw(text: String) -> Box<RawValue> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
-    fn d(s: &str) -> Usd {
-        Usd::from_str(s).unwrap()
-    }
+    use tally_money::usd;
 
     #[test]
     fn js_rendering_matches_javascript() {
@@ -112,22 +109,25 @@ mod tests {
             ("0.0000000000009999999999999999", "9.999999999999999e-13"),
             ("1234567890.1234567", "1234567890.1234567"),
         ] {
-            assert_eq!(format_number(&d(value), NumberFormat::Js), js, "{value}");
+            assert_eq!(format_number(&usd!(value), NumberFormat::Js), js, "{value}");
         }
     }
 
     #[test]
     fn other_formats() {
         assert_eq!(
-            format_number(&d("0.0000001425"), NumberFormat::Plain),
+            format_number(&usd!("0.0000001425"), NumberFormat::Plain),
             "0.0000001425"
         );
         assert_eq!(
-            format_number(&d("0.00000285"), NumberFormat::Exponent),
+            format_number(&usd!("0.00000285"), NumberFormat::Exponent),
             "2.85e-6"
         );
-        assert_eq!(format_number(&d("1200"), NumberFormat::Exponent), "1.2e+3");
-        assert_eq!(format_number(&d("5"), NumberFormat::Exponent), "5e+0");
+        assert_eq!(
+            format_number(&usd!("1200"), NumberFormat::Exponent),
+            "1.2e+3"
+        );
+        assert_eq!(format_number(&usd!("5"), NumberFormat::Exponent), "5e+0");
     }
 
     #[test]

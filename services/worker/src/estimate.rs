@@ -109,11 +109,8 @@ pub fn approx_tokens(text: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
-    fn d(s: &str) -> Usd {
-        Usd::from_str(s).unwrap()
-    }
+    use tally_money::usd;
 
     fn p(s: &str) -> Price {
         Price::parse(s).unwrap()
@@ -171,7 +168,7 @@ mod tests {
             ("inconsistent counts", mini, EstimateInput { prompt_tokens: 10, cached_tokens: 20, ..Default::default() }, Some("0.0000015")),
         ];
         for (case, pricing, input, want) in cases {
-            assert_eq!(estimate(&pricing, &input), want.map(d), "{case}");
+            assert_eq!(estimate(&pricing, &input), want.map(|w| usd!(w)), "{case}");
         }
     }
 

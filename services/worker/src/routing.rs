@@ -382,12 +382,10 @@ pub fn compile(input: &RoutingInput<'_>) -> Result<CompiledRouting, RoutingError
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
+
     use tally_events::{DataCollection, MaxPrice, ProviderPrefs, Sort};
 
-    fn d(s: &str) -> Usd {
-        Usd::from_str(s).unwrap()
-    }
+    use tally_money::usd;
 
     const TOOLS_JSON: Capabilities = Capabilities {
         reasoning: false,
@@ -486,9 +484,9 @@ mod tests {
             case("strict-json", presets(&["strict-json"]), Some(TOOLS_JSON)).ok(prov(|p| p.require_parameters = Some(true))),
             case("strict-json unsatisfiable", presets(&["strict-json"]), Some(REASONING)).err("preset_unsatisfiable"),
             case("max-price", presets(&["max-price:2.5"]), Some(BARE))
-                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt: Some(d("2.5")), completion: Some(d("2.5")) }))),
+                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt: Some(usd!("2.5")), completion: Some(usd!("2.5")) }))),
             case("max-price with =", presets(&["max-price=0"]), Some(BARE))
-                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt: Some(d("0")), completion: Some(d("0")) }))),
+                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt: Some(usd!("0")), completion: Some(usd!("0")) }))),
             case("max-price negative", presets(&["max-price:-1"]), Some(BARE)).err("invalid_preset"),
             case("max-price without value", presets(&["max-price"]), Some(BARE)).err("invalid_preset"),
             case("max-price not a number", presets(&["max-price:cheap"]), Some(BARE)).err("invalid_preset"),
@@ -496,7 +494,7 @@ mod tests {
             case("presets apply in order: last sort wins", presets(&["cheapest-with-tools", "lowest-latency"]), Some(TOOLS_JSON))
                 .ok(prov(|p| { p.require_parameters = Some(true); p.sort = Some("latency".into()); })),
             case("presets combine", presets(&["zdr-only", "no-data-collection", "max-price:1"]), Some(BARE))
-                .ok(prov(|p| { p.zdr = Some(true); p.data_collection = Some("deny".into()); p.max_price = Some(MaxPriceUsd { prompt: Some(d("1")), completion: Some(d("1")) }); })),
+                .ok(prov(|p| { p.zdr = Some(true); p.data_collection = Some("deny".into()); p.max_price = Some(MaxPriceUsd { prompt: Some(usd!("1")), completion: Some(usd!("1")) }); })),
             case(
                 "explicit fields override presets",
                 Routing {
@@ -516,7 +514,7 @@ mod tests {
                 p.sort = Some("throughput".into());
                 p.zdr = Some(false);
                 p.data_collection = Some("allow".into());
-                p.max_price = Some(MaxPriceUsd { prompt: Some(d("1")), completion: None });
+                p.max_price = Some(MaxPriceUsd { prompt: Some(usd!("1")), completion: None });
             })),
             case(
                 "explicit lists pass through",

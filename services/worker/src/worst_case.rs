@@ -142,11 +142,8 @@ pub fn worst_case_of<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::str::FromStr;
 
-    fn d(s: &str) -> Usd {
-        Usd::from_str(s).unwrap()
-    }
+    use tally_money::usd;
 
     fn p(s: &str) -> Price {
         Price::parse(s).unwrap()
@@ -169,14 +166,14 @@ mod tests {
     fn hand_computed_bounds() {
         let text = WorstCaseInput { input_bytes: 12, messages: 0, max_output_tokens: 8, web_search_tools: 0 };
         // (12 + 16) × 0.00000015 + 8 × 0.0000006 = 0.0000042 + 0.0000048
-        assert_eq!(worst_case(&mini(), &text), Some(d("0.000009")));
+        assert_eq!(worst_case(&mini(), &text), Some(usd!("0.000009")));
         // Two messages: (100 + 16 × 3) = 148 input tokens.
         let msgs = WorstCaseInput { input_bytes: 100, messages: 2, max_output_tokens: 0, web_search_tools: 0 };
         assert_eq!(msgs.input_tokens_bound(), 148);
-        assert_eq!(worst_case(&mini(), &msgs), Some(d("0.0000222")));
+        assert_eq!(worst_case(&mini(), &msgs), Some(usd!("0.0000222")));
         // Searches: 1 tool × 5 searches × 0.004 = 0.02 on top.
         let search = WorstCaseInput { web_search_tools: 1, ..text };
-        assert_eq!(worst_case(&mini(), &search), Some(d("0.020009")));
+        assert_eq!(worst_case(&mini(), &search), Some(usd!("0.020009")));
         // A dearer cache write and a reasoning surcharge raise the bound;
         // a request fee is added once.
         let r1 = Pricing {
@@ -188,7 +185,7 @@ mod tests {
             ..Pricing::default()
         };
         // 28 × 0.0000005 + 8 × 0.000003 + 0.0001 = 0.000014 + 0.000024 + 0.0001
-        assert_eq!(worst_case(&r1, &text), Some(d("0.000138")));
+        assert_eq!(worst_case(&r1, &text), Some(usd!("0.000138")));
     }
 
     #[test]

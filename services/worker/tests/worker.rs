@@ -5,7 +5,6 @@
 //! whose id is known), bad requests, retries and dead letters.
 
 use std::{
-    str::FromStr,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -28,9 +27,7 @@ use tokio::sync::watch;
 const ORG: &str = "acme";
 const WAIT: Duration = Duration::from_secs(20);
 
-fn d(s: &str) -> Usd {
-    Usd::from_str(s).unwrap()
-}
+use tally_money::usd;
 
 struct Env {
     _nats: NatsServer,
@@ -200,13 +197,13 @@ async fn non_streaming_cost_is_captured_exactly_and_the_result_answers() -> anyh
     let c = completed_of(&reader, "r1").await?;
     assert_eq!(c.status, GenerationStatus::Completed);
     // 3 prompt tokens × 0.00000015 + 8 completion tokens × 0.0000006
-    assert_eq!(c.actual_cost_usd, Some(d("0.00000525")));
-    assert_eq!(c.estimated_cost_usd, Some(d("0.00000525")));
+    assert_eq!(c.actual_cost_usd, Some(usd!("0.00000525")));
+    assert_eq!(c.estimated_cost_usd, Some(usd!("0.00000525")));
     assert_eq!((c.usage.prompt_tokens, c.usage.completion_tokens), (3, 8));
     assert_eq!(c.agent_id.as_deref(), Some("agent-1"));
     assert_eq!(c.provider.as_deref(), Some("OpenAI"));
     let g = env.sim.simulator().generation(&c.generation_id).unwrap();
-    assert_eq!(g.actual_cost(), d("0.00000525"));
+    assert_eq!(g.actual_cost(), usd!("0.00000525"));
 
     let msg = tokio::time::timeout(WAIT, replies.next()).await?.unwrap();
     let result = tally_events::decode_body_as::<tally_events::GenerationResult>(&msg.payload)?;
@@ -237,8 +234,8 @@ async fn streaming_cost_with_cache_and_reasoning_and_byok() -> anyhow::Result<()
     let c = completed_of(&reader, "r2").await?;
     assert_eq!(c.status, GenerationStatus::Completed);
     // 20 uncached × 0.0000004 + 20 cached × 0.0000001 + 8 × 0.000002
-    assert_eq!(c.actual_cost_usd, Some(d("0.000026")));
-    assert_eq!(c.estimated_cost_usd, Some(d("0.000026")));
+    assert_eq!(c.actual_cost_usd, Some(usd!("0.000026")));
+    assert_eq!(c.estimated_cost_usd, Some(usd!("0.000026")));
     assert_eq!(c.usage.cached_tokens, Some(20));
     assert_eq!(c.usage.reasoning_tokens, Some(2));
     drop(env);
@@ -255,8 +252,8 @@ async fn streaming_cost_with_cache_and_reasoning_and_byok() -> anyhow::Result<()
         .await?;
     let c = completed_of(&reader, "r3").await?;
     assert!(c.is_byok);
-    assert_eq!(c.upstream_inference_cost_usd, Some(d("0.00000525")));
-    assert_eq!(c.actual_cost_usd, Some(d("0.0000055125")));
+    assert_eq!(c.upstream_inference_cost_usd, Some(usd!("0.00000525")));
+    assert_eq!(c.actual_cost_usd, Some(usd!("0.0000055125")));
     Ok(())
 }
 
@@ -277,7 +274,7 @@ async fn aborted_stream_completes_with_null_cost_then_the_reconciler_finds_it() 
     assert_eq!(c.actual_cost_usd, None);
     // ⌈12/4⌉ = 3 prompt tokens, "The simulated answer is " ⌈24/4⌉ = 6
     // completion tokens: 3 × 0.00000015 + 6 × 0.0000006
-    assert_eq!(c.estimated_cost_usd, Some(d("0.00000405")));
+    assert_eq!(c.estimated_cost_usd, Some(usd!("0.00000405")));
     assert_eq!(c.usage.prompt_tokens, 0);
     assert!(
         env.sim
@@ -317,7 +314,7 @@ async fn aborted_stream_completes_with_null_cost_then_the_reconciler_finds_it() 
     let r = found.expect("cost.reconciled arrives");
     assert_eq!(r.generation_id, c.generation_id);
     // 3 × 0.00000015 + 4 × 0.0000006 (half of the output was produced)
-    assert_eq!(r.actual_cost_usd, d("0.00000285"));
+    assert_eq!(r.actual_cost_usd, usd!("0.00000285"));
     stop.send(true)?;
     task.await??;
     Ok(())
@@ -346,7 +343,7 @@ async fn hard_budget(
                 },
                 period: tally_budget::PeriodKind::Total,
                 timezone: "UTC".into(),
-                limit_usd: d(limit),
+                limit_usd: usd!(limit),
                 thresholds: vec![100],
                 enforcement: tally_budget::Enforcement::Hard,
                 allow_unpriced_models: false,
@@ -385,7 +382,9 @@ const MINI_WORST_CASE: &str = "0.000009";
 async fn fifty_parallel_requests_never_pass_a_hard_budget() -> anyhow::Result<()> {
     let (_db, store) = store().await?;
     // Room for three worst cases.
-    let limit = d(MINI_WORST_CASE).try_mul_int(3)?.try_add(d("0.0000005"))?;
+    let limit = usd!(MINI_WORST_CASE)
+        .try_mul_int(3)?
+        .try_add(usd!("0.0000005"))?;
     let budget = hard_budget(&store, "three", &limit.to_string()).await?;
     let mut env = Env::start(SimConfig {
         gen_latency: Duration::from_millis(400),
@@ -512,7 +511,7 @@ async fn a_redelivered_request_with_a_generation_id_is_not_run_again() -> anyhow
         user_id: Some("user-1".into()),
         model: "openai/gpt-4o-mini".into(),
         fallback_models: Vec::new(),
-        amount_usd: Some(d(MINI_WORST_CASE)),
+        amount_usd: Some(usd!(MINI_WORST_CASE)),
         max_output_tokens: 8,
         ttl: Duration::from_secs(600),
     };
@@ -527,7 +526,7 @@ async fn a_redelivered_request_with_a_generation_id_is_not_run_again() -> anyhow
     let c = completed_of(&reader, "again-1").await?;
     assert_eq!(c.generation_id, "gen-earlier-1");
     assert_eq!(c.actual_cost_usd, None);
-    assert_eq!(c.estimated_cost_usd, Some(d(MINI_WORST_CASE)));
+    assert_eq!(c.estimated_cost_usd, Some(usd!(MINI_WORST_CASE)));
     assert_eq!(env.sim.simulator().stats(None).generations_registered, 0);
     Ok(())
 }
@@ -924,7 +923,7 @@ async fn mid_stream_error_completes_errored_once_and_the_reconciler_finds_the_co
     let (stop, task) = spawn_reconciler(&env);
     let r = reconciled_of(&env, &c.generation_id).await?;
     // 3 × 0.00000015 + 4 × 0.0000006: half of the output was produced.
-    assert_eq!(r.actual_cost_usd, d("0.00000285"));
+    assert_eq!(r.actual_cost_usd, usd!("0.00000285"));
     assert!(r.attempts >= 4, "{}", r.attempts);
     assert!(env.sim.simulator().calls(&c.generation_id) >= 4);
     stop.send(true)?;
