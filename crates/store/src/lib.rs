@@ -101,6 +101,7 @@ pub mod providers;
 pub mod queries;
 pub mod reconcile;
 pub mod reservations;
+pub mod retry;
 pub mod stats;
 pub mod tenancy;
 

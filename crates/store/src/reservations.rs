@@ -68,6 +68,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::Retryable;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
@@ -1387,9 +1388,6 @@ pub struct HoldBatcher {
     tx: mpsc::Sender<(HoldRequest, Reply)>,
 }
 
-/// How often a batch that hit a transient conflict is retried.
-const BATCH_RETRIES: u32 = 5;
-
 /// Batches in flight at once per batcher. One: every batch contends for
 /// the same hot period rows, so a second batch in flight only waits on the
 /// first's row lock while splitting the waiting requests into two smaller
@@ -1462,18 +1460,10 @@ impl HoldBatcher {
 /// each caller.
 async fn run_batch(store: &Store, batch: Vec<(HoldRequest, Reply)>) {
     let (reqs, replies): (Vec<HoldRequest>, Vec<Reply>) = batch.into_iter().unzip();
-    let mut delay = Duration::from_millis(5);
-    let mut attempt = 0;
-    let result = loop {
-        match store.take_holds(&reqs).await {
-            Err(e) if e.is_transient() && attempt < BATCH_RETRIES => {
-                attempt += 1;
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-            r => break r,
-        }
-    };
+    let result = (|| store.take_holds(&reqs))
+        .retry(crate::retry::HOLDS.backoff())
+        .when(StoreError::is_transient)
+        .await;
     match result {
         Ok(outcomes) => {
             for (reply, o) in replies.into_iter().zip(outcomes) {

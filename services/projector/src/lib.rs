@@ -40,11 +40,12 @@ pub mod metrics;
 use std::sync::Arc;
 use std::time::Duration;
 
+use backon::Retryable;
 use tally_bus::{Bus, ConsumerName, Delivery};
 use tally_events::{AnyEvent, CloudEvent, EventType, GenerationCompleted};
 use tally_ledger::{Fact, Placement};
 use tally_store::ledger::{CompletedDetails, PostingOptions};
-use tally_store::{BatchOutcome, FactInput, FactOutcome, Store, StoreError};
+use tally_store::{retry, BatchOutcome, FactInput, FactOutcome, Store, StoreError};
 use tokio::sync::{watch, Notify};
 
 pub use metrics::Metrics;
@@ -259,25 +260,20 @@ impl Projector {
             source: "tally/projector".into(),
             publish: true,
         };
-        let mut delay = Duration::from_millis(100);
-        let outcome = loop {
-            let started = std::time::Instant::now();
-            match self.store.apply_batch(&facts, &opts).await {
-                Ok(o) => {
-                    self.metrics
-                        .commit_seconds
-                        .observe(started.elapsed().as_secs_f64());
-                    break Ok(o);
-                }
-                Err(e) if e.is_transient() => {
-                    self.metrics.retries.with_label_values(&[e.code()]).inc();
-                    tracing::warn!(error = %e, code = e.code(), "batch not applied; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-                Err(e) => break Err(e),
-            }
-        };
+        let started = std::time::Instant::now();
+        let outcome = (|| self.store.apply_batch(&facts, &opts))
+            .retry(retry::TRANSACTION.backoff())
+            .when(StoreError::is_transient)
+            .notify(|e: &StoreError, _| {
+                self.metrics.retries.with_label_values(&[e.code()]).inc();
+                tracing::warn!(error = %e, code = e.code(), "batch not applied; retrying");
+            })
+            .await;
+        if outcome.is_ok() {
+            self.metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
         match outcome {
             Ok(outcome) => self.finish(msgs, outcome).await,
             Err(e) if msgs.len() == 1 => {
@@ -363,17 +359,13 @@ impl Projector {
             subject = d.subject(),
             "dead-lettering message"
         );
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match self.bus.dead_letter(SERVICE, d, reason, detail).await {
-                Ok(()) => break,
-                Err(e) => {
-                    tracing::warn!(error = %e, "dead letter not published; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        // Retried until published: the message is acked only after it.
+        let _published = (|| self.bus.dead_letter(SERVICE, d, reason, detail))
+            .retry(retry::TRANSACTION.backoff())
+            .notify(|e: &tally_bus::BusError, _| {
+                tracing::warn!(error = %e, "dead letter not published; retrying");
+            })
+            .await;
         if let Err(e) = d.ack().await {
             tracing::warn!(error = %e, "ack of dead-lettered message failed; it will be dead-lettered again (same id)");
         }
@@ -564,26 +556,16 @@ fn status_str(g: &GenerationCompleted) -> String {
 async fn retry_forever<T, E: std::fmt::Display, Fut>(
     what: &str,
     shutdown: &mut watch::Receiver<bool>,
-    mut f: impl FnMut() -> Fut,
+    f: impl FnMut() -> Fut,
 ) -> Option<T>
 where
     Fut: std::future::Future<Output = Result<T, E>>,
 {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match f().await {
-            Ok(v) => return Some(v),
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} not ready; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.changed() => return None,
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-        if *shutdown.borrow() {
-            return None;
-        }
+    let retried = f
+        .retry(retry::TRANSACTION.backoff())
+        .notify(|e: &E, _| tracing::warn!(error = %e, "{what} not ready; retrying"));
+    tokio::select! {
+        r = retried => r.ok(),
+        _ = shutdown.changed() => None,
     }
 }

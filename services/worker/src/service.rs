@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use backon::Retryable;
 use chrono::{DateTime, Utc};
 use tally_bus::{Bus, ConsumerName, Delivery};
 use tally_events::{
@@ -787,23 +788,15 @@ async fn record_generation(s: &Shared, request_id: &str, generation_id: &str) {
     let Some(res) = &s.reservations else {
         return;
     };
-    let mut delay = Duration::from_millis(20);
-    for attempt in 1..=4 {
-        match res
-            .store()
+    let recorded = (|| {
+        res.store()
             .record_generation(request_id, generation_id, s.cfg.reservation_ttl)
-            .await
-        {
-            Ok(_) => return,
-            Err(e) if attempt == 4 => {
-                s.metrics.retries.with_label_values(&[e.code()]).inc();
-                tracing::error!(error = %e, request_id, generation_id, "could not record the generation id; a crash now would run the request again");
-            }
-            Err(_) => {
-                tokio::time::sleep(delay).await;
-                delay *= 2;
-            }
-        }
+    })
+    .retry(tally_store::retry::GENERATION_ID.backoff())
+    .await;
+    if let Err(e) = recorded {
+        s.metrics.retries.with_label_values(&[e.code()]).inc();
+        tracing::error!(error = %e, request_id, generation_id, "could not record the generation id; a crash now would run the request again");
     }
 }
 

@@ -18,6 +18,7 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
+use backon::Retryable;
 use sqlx::Row;
 use tally_bus::{ConsumerName, StreamKind};
 use tally_store::ledger::PostingOptions;
@@ -170,17 +171,11 @@ async fn rebuild_and_compare(
                 }
             }
             total += facts.len() as u64;
-            let mut delay = Duration::from_millis(100);
-            loop {
-                match scratch.apply_batch(&facts, &opts).await {
-                    Ok(_) => break,
-                    Err(e) if e.is_transient() => {
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                    Err(e) => return Err(e).context("applying a replayed batch"),
-                }
-            }
+            (|| scratch.apply_batch(&facts, &opts))
+                .retry(tally_store::retry::TRANSACTION.backoff())
+                .when(tally_store::StoreError::is_transient)
+                .await
+                .context("applying a replayed batch")?;
             for d in &batch {
                 let _ = d.ack().await;
             }
