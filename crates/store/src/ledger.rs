@@ -31,7 +31,7 @@ use crate::budgets;
 use crate::posting::{plan_postings, post, Plan, PlanInput};
 pub use crate::posting::{PostedEntry, PostingOptions, MAX_ENTRIES_PER_MESSAGE};
 use crate::reservations::{settle_in_tx, SettleCandidate, SettledHold};
-use crate::{org_lock_key, Store, StoreError};
+use crate::{Store, StoreError};
 
 /// One decoded fact and the generation it is about.
 #[derive(Debug, Clone)]
@@ -142,15 +142,7 @@ async fn apply_in_tx(
     let mut orgs: Vec<String> = facts.iter().map(|f| f.org_id.clone()).collect();
     orgs.sort();
     orgs.dedup();
-    let mut keys: Vec<i64> = orgs.iter().map(|o| org_lock_key(o)).collect();
-    keys.sort();
-    keys.dedup();
-    sqlx::query(
-        "SELECT pg_advisory_xact_lock_shared(k) FROM (SELECT unnest($1::int8[]) AS k ORDER BY 1) s",
-    )
-    .bind(&keys)
-    .execute(&mut **tx)
-    .await?;
+    crate::lock_orgs_shared(tx, orgs.iter().map(String::as_str)).await?;
 
     // 2. The generations, locked in id order.
     let mut ids: Vec<&str> = facts.iter().map(|f| f.generation_id.as_str()).collect();

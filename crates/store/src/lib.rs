@@ -94,6 +94,8 @@
 //!   the projections beside the live ones and compare them.
 
 pub mod budgets;
+#[cfg(test)]
+mod fixtures;
 pub mod ledger;
 pub mod outbox;
 mod posting;
@@ -317,6 +319,25 @@ impl Store {
         sqlx::query("SELECT 1").execute(&self.pool).await?;
         Ok(())
     }
+}
+
+/// Takes the shared advisory locks of `orgs` in key order (the first step
+/// of the crate's lock order; organisation-wide changes take them
+/// exclusively).
+pub(crate) async fn lock_orgs_shared<'a>(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    orgs: impl Iterator<Item = &'a str>,
+) -> Result<(), StoreError> {
+    let mut keys: Vec<i64> = orgs.map(org_lock_key).collect();
+    keys.sort_unstable();
+    keys.dedup();
+    sqlx::query(
+        "SELECT pg_advisory_xact_lock_shared(k) FROM (SELECT unnest($1::int8[]) AS k ORDER BY 1) s",
+    )
+    .bind(&keys)
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// The advisory-lock key of an organisation (see the lock order in the

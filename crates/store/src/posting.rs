@@ -574,38 +574,11 @@ mod tests {
     //! The planning rules, given generations and budgets, without a
     //! database.
 
-    use chrono::TimeZone;
-    use tally_budget::{Enforcement, PeriodKind, Scope};
-
-    use super::*;
-
+    use tally_budget::Enforcement::Soft;
     use tally_money::usd;
 
-    fn at(day: u32) -> DateTime<Utc> {
-        Utc.with_ymd_and_hms(2026, 11, day, 12, 0, 0).unwrap()
-    }
-
-    fn budget(id: &str, org: &str, agent: Option<&str>, limit: &str) -> Arc<Budget> {
-        Arc::new(Budget {
-            id: id.into(),
-            org_id: org.into(),
-            name: id.into(),
-            scope: Scope {
-                agent_id: agent.map(Into::into),
-                ..Scope::default()
-            },
-            period: PeriodKind::Monthly,
-            timezone: "UTC".into(),
-            tz: chrono_tz::UTC,
-            limit_usd: usd!(limit),
-            thresholds: vec![50, 100],
-            enforcement: Enforcement::Soft,
-            allow_unpriced_models: false,
-            created_at: at(1),
-            updated_at: at(1),
-            archived_at: None,
-        })
-    }
+    use super::*;
+    use crate::fixtures::{at, budget};
 
     fn generation(agent: &str, estimate: Option<&str>, actual: Option<&str>) -> Generation {
         Generation {
@@ -634,7 +607,7 @@ mod tests {
 
     #[test]
     fn an_estimate_is_debited_then_trued_up_to_the_actual() {
-        let all = [budget("b", "acme", None, "10")];
+        let all = [budget("b", "acme", None, "10", Soft)];
         let g = generation("a", Some("0.3"), None);
         let plan = plan_postings(&[input("g1", &g, None)], &all).unwrap();
         let p = &plan.postings[..];
@@ -673,13 +646,13 @@ mod tests {
 
     #[test]
     fn a_generation_posts_to_every_matching_budget_and_no_other() {
-        let mut archived = (*budget("archived", "acme", None, "1")).clone();
+        let mut archived = (*budget("archived", "acme", None, "1", Soft)).clone();
         archived.archived_at = Some(at(10));
         let all = [
-            budget("org-wide", "acme", None, "1"),
-            budget("agent-a", "acme", Some("a"), "1"),
-            budget("agent-b", "acme", Some("b"), "1"),
-            budget("other-org", "globex", None, "1"),
+            budget("org-wide", "acme", None, "1", Soft),
+            budget("agent-a", "acme", Some("a"), "1", Soft),
+            budget("agent-b", "acme", Some("b"), "1", Soft),
+            budget("other-org", "globex", None, "1", Soft),
             Arc::new(archived),
         ];
         let g = generation("a", None, Some("0.1"));
@@ -690,7 +663,7 @@ mod tests {
 
     #[test]
     fn unpriced_and_unresolved_generations_are_counted_once() {
-        let all = [budget("b", "acme", None, "1")];
+        let all = [budget("b", "acme", None, "1", Soft)];
         let unpriced = generation("a", None, None);
         let mut unresolved = generation("a", Some("0.1"), None);
         unresolved.unresolved_reason = Some("deadline".into());
@@ -712,7 +685,7 @@ mod tests {
 
     #[test]
     fn period_deltas_sum_entries_and_releases_per_period() {
-        let all = [budget("b", "acme", None, "10")];
+        let all = [budget("b", "acme", None, "10", Soft)];
         let g1 = generation("a", Some("0.3"), None);
         let g2 = generation("a", None, Some("0.2"));
         let g3 = generation("a", Some("0.3"), Some("0.1"));
@@ -738,7 +711,7 @@ mod tests {
 
     #[test]
     fn a_crossing_names_the_generation_that_crossed() {
-        let all = [budget("b", "acme", None, "10")];
+        let all = [budget("b", "acme", None, "10", Soft)];
         let g1 = generation("a", None, Some("2"));
         let g2 = generation("a", None, Some("5"));
         let plan = plan_postings(&[input("g1", &g1, None), input("g2", &g2, None)], &all).unwrap();

@@ -77,7 +77,7 @@ use tally_money::Usd;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::budgets::{self, Budget};
-use crate::{org_lock_key, Store, StoreError};
+use crate::{Store, StoreError};
 
 /// Longest request id accepted (bytes).
 pub const MAX_REQUEST_ID_LEN: usize = 256;
@@ -608,60 +608,57 @@ enum Decision {
     SameAs(usize),
 }
 
-impl Store {
-    /// Takes the holds of `reqs` in one transaction (see the module docs),
-    /// one outcome per request in the same order. Requests are decided in
-    /// the order given. A transient failure ([`StoreError::is_transient`])
-    /// may be retried with the same requests.
-    pub async fn take_holds(&self, reqs: &[HoldRequest]) -> Result<Vec<HoldOutcome>, StoreError> {
-        for r in reqs {
-            r.validate()?;
-        }
-        if reqs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let now = Utc::now();
-        let mut tx = self.pool().begin().await?;
-
-        // 1. Organisation locks, shared, sorted.
-        let mut keys: Vec<i64> = reqs.iter().map(|r| org_lock_key(&r.org_id)).collect();
-        keys.sort_unstable();
-        keys.dedup();
-        sqlx::query(
-            "SELECT pg_advisory_xact_lock_shared(k) FROM (SELECT unnest($1::int8[]) AS k ORDER BY 1) s",
-        )
-        .bind(&keys)
-        .execute(&mut *tx)
-        .await?;
-
-        // 2. Reservations already known, locked in request id order.
-        let ids: BTreeSet<&str> = reqs.iter().map(|r| r.request_id.as_str()).collect();
-        let ids: Vec<&str> = ids.into_iter().collect();
-        let rows = sqlx::query(&format!(
-            "SELECT {COLUMNS} FROM reservations WHERE request_id = ANY($1) \
-             ORDER BY request_id FOR UPDATE"
-        ))
-        .bind(&ids)
-        .fetch_all(&mut *tx)
-        .await?;
-        let mut known: HashMap<String, Reservation> = HashMap::new();
-        for r in &rows {
-            let r = from_row(r)?;
+/// Locks the reservations `reqs` name (in request id order) and returns
+/// those that exist, with their holds.
+async fn load_known(
+    tx: &mut Transaction<'_, Postgres>,
+    reqs: &[HoldRequest],
+) -> Result<HashMap<String, Reservation>, StoreError> {
+    // 2. Reservations already known, locked in request id order.
+    let ids: BTreeSet<&str> = reqs.iter().map(|r| r.request_id.as_str()).collect();
+    let ids: Vec<&str> = ids.into_iter().collect();
+    let rows = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM reservations WHERE request_id = ANY($1) \
+         ORDER BY request_id FOR UPDATE"
+    ))
+    .bind(&ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let mut known: HashMap<String, Reservation> = HashMap::new();
+    for r in &rows {
+        let r = from_row(r)?;
+        known.insert(r.request_id.clone(), r);
+    }
+    {
+        let mut list: Vec<Reservation> = known.values().cloned().collect();
+        load_holds(tx, &mut list).await?;
+        for r in list {
             known.insert(r.request_id.clone(), r);
         }
-        {
-            let mut list: Vec<Reservation> = known.values().cloned().collect();
-            load_holds(&mut tx, &mut list).await?;
-            for r in list {
-                known.insert(r.request_id.clone(), r);
-            }
-        }
+    }
+    Ok(known)
+}
 
-        // 3. The budgets in play and their current periods.
-        let mut orgs: Vec<String> = reqs.iter().map(|r| r.org_id.clone()).collect();
-        orgs.sort();
-        orgs.dedup();
-        let all_budgets = budgets::load_for_orgs(&mut tx, &orgs).await?;
+/// One batch of hold requests on its way through [`Store::take_holds`]:
+/// the decision of each request (same index), the budgets each must hold
+/// against, and the period rows in play. Everything but the reads and
+/// writes around it is pure.
+struct HoldBatch {
+    decisions: Vec<Option<Decision>>,
+    matching: Vec<Vec<Arc<Budget>>>,
+    periods: BTreeMap<(String, DateTime<Utc>), DateTime<Utc>>,
+}
+
+impl HoldBatch {
+    /// Sorts out the requests already decided (an earlier delivery, or the
+    /// same id earlier in the batch) and, for the others, the budgets they
+    /// match and the periods current at `now`.
+    fn triage(
+        reqs: &[HoldRequest],
+        known: &HashMap<String, Reservation>,
+        all_budgets: &[Arc<Budget>],
+        now: DateTime<Utc>,
+    ) -> HoldBatch {
         let mut matching: Vec<Vec<Arc<Budget>>> = Vec::with_capacity(reqs.len());
         let mut periods: BTreeMap<(String, DateTime<Utc>), DateTime<Utc>> = BTreeMap::new();
         let mut first_seen: HashMap<&str, usize> = HashMap::new();
@@ -684,7 +681,7 @@ impl Store {
                     continue;
                 }
             }
-            let m = matching_budgets(&all_budgets, r, now);
+            let m = matching_budgets(all_budgets, r, now);
             for b in &m {
                 let p = period_containing(b.period, b.tz, now);
                 periods.insert((b.id.clone(), p.start), p.end);
@@ -692,19 +689,30 @@ impl Store {
             matching.push(m);
             decisions.push(None);
         }
+        HoldBatch {
+            decisions,
+            matching,
+            periods,
+        }
+    }
 
-        // 4. The period rows, locked in key order (created first if missing).
-        let mut spent_held = lock_periods(&mut tx, &periods).await?;
-
-        // 5. Decide, in order, against the running totals.
+    /// Decides the undecided requests in order against the running
+    /// `(spent, held)` of their periods; returns the held amount to add
+    /// per period.
+    fn decide(
+        &mut self,
+        reqs: &[HoldRequest],
+        mut spent_held: HashMap<(String, DateTime<Utc>), (Usd, Usd)>,
+        now: DateTime<Utc>,
+    ) -> Result<BTreeMap<(String, DateTime<Utc>), Usd>, StoreError> {
         let mut deltas: BTreeMap<(String, DateTime<Utc>), Usd> = BTreeMap::new();
         for (i, r) in reqs.iter().enumerate() {
-            if decisions[i].is_some() {
+            if self.decisions[i].is_some() {
                 continue;
             }
             let mut refusal = None;
-            let mut holds = Vec::with_capacity(matching[i].len());
-            for b in &matching[i] {
+            let mut holds = Vec::with_capacity(self.matching[i].len());
+            for b in &self.matching[i] {
                 let p = period_containing(b.period, b.tz, now);
                 let key = (b.id.clone(), p.start);
                 let (spent, held) = spent_held.get(&key).copied().unwrap_or_default();
@@ -733,7 +741,7 @@ impl Store {
                     amount_usd: amount,
                 });
             }
-            decisions[i] = Some(match refusal {
+            self.decisions[i] = Some(match refusal {
                 Some((refusal, budget)) => Decision::Refuse { refusal, budget },
                 None => {
                     for h in &holds {
@@ -750,14 +758,22 @@ impl Store {
                 }
             });
         }
+        Ok(deltas)
+    }
 
-        // 6. Write: reservations (new or revived), hold rows, period totals.
+    /// The rows to write: reservations (new or revived), hold rows, and
+    /// the ids of revived reservations.
+    fn writes(
+        &self,
+        reqs: &[HoldRequest],
+        known: &HashMap<String, Reservation>,
+    ) -> (ReservationColumns, Vec<(String, Hold)>, Vec<String>) {
         let mut out_rows = ReservationColumns::default();
         let mut hold_rows: Vec<(String, Hold)> = Vec::new();
         let mut revived: Vec<String> = Vec::new();
         for (i, r) in reqs.iter().enumerate() {
             let expires = ttl_ms(r.ttl);
-            match decisions[i].as_ref() {
+            match self.decisions[i].as_ref() {
                 Some(Decision::Hold(holds)) => {
                     if known.contains_key(&r.request_id) {
                         revived.push(r.request_id.clone());
@@ -791,58 +807,19 @@ impl Store {
                 _ => {}
             }
         }
-        if !revived.is_empty() {
-            // An expired hold taken again: its old hold rows were released
-            // with it; the new decision replaces them.
-            sqlx::query("DELETE FROM reservation_holds WHERE request_id = ANY($1)")
-                .bind(&revived)
-                .execute(&mut *tx)
-                .await?;
-        }
-        let mut written =
-            write_decisions(&mut tx, &out_rows, &revived, &hold_rows, &deltas).await?;
+        (out_rows, hold_rows, revived)
+    }
 
-        // An earlier hold that still stands is extended by this delivery.
-        let standing: Vec<(&str, Duration)> = reqs
-            .iter()
-            .zip(&decisions)
-            .filter_map(|(r, d)| match d {
-                Some(Decision::Existing(e)) if e.state == ReservationState::Held => {
-                    Some((r.request_id.as_str(), r.ttl))
-                }
-                _ => None,
-            })
-            .collect();
-        if !standing.is_empty() {
-            let rows = sqlx::query(&format!(
-                "UPDATE reservations r SET expires_at = now() + u.ttl * interval '1 millisecond', \
-                     updated_at = now() \
-                 FROM unnest($1::text[], $2::int8[]) AS u(id, ttl) \
-                 WHERE r.request_id = u.id AND r.state = 'held' RETURNING {}",
-                COLUMNS
-                    .split(", ")
-                    .map(|c| format!("r.{c}"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .bind(standing.iter().map(|s| s.0).collect::<Vec<_>>())
-            .bind(standing.iter().map(|s| ttl_ms(s.1)).collect::<Vec<_>>())
-            .fetch_all(&mut *tx)
-            .await?;
-            for r in &rows {
-                let mut r = from_row(r)?;
-                if let Some(k) = known.get(&r.request_id) {
-                    r.holds = k.holds.clone();
-                }
-                known.insert(r.request_id.clone(), r);
-            }
-        }
-        tx.commit().await?;
-
-        // 7. Outcomes, in request order.
+    /// One outcome per request, in request order.
+    fn outcomes(
+        mut self,
+        reqs: &[HoldRequest],
+        known: &HashMap<String, Reservation>,
+        written: &mut HashMap<String, Reservation>,
+    ) -> Result<Vec<HoldOutcome>, StoreError> {
         let mut outcomes: Vec<HoldOutcome> = Vec::with_capacity(reqs.len());
         for (i, r) in reqs.iter().enumerate() {
-            let outcome = match decisions[i].take() {
+            let outcome = match self.decisions[i].take() {
                 Some(Decision::SameAs(j)) => match outcomes[j].clone() {
                     HoldOutcome::Refused { reservation, .. } => HoldOutcome::Refused {
                         reservation,
@@ -877,6 +854,92 @@ impl Store {
             outcomes.push(outcome);
         }
         Ok(outcomes)
+    }
+}
+
+/// Extends the holds that an earlier delivery of a request took and that
+/// still stand (this delivery is a retry of the same request).
+async fn extend_standing(
+    tx: &mut Transaction<'_, Postgres>,
+    reqs: &[HoldRequest],
+    decisions: &[Option<Decision>],
+    known: &mut HashMap<String, Reservation>,
+) -> Result<(), StoreError> {
+    let standing: Vec<(&str, Duration)> = reqs
+        .iter()
+        .zip(decisions)
+        .filter_map(|(r, d)| match d {
+            Some(Decision::Existing(e)) if e.state == ReservationState::Held => {
+                Some((r.request_id.as_str(), r.ttl))
+            }
+            _ => None,
+        })
+        .collect();
+    if !standing.is_empty() {
+        let rows = sqlx::query(&format!(
+            "UPDATE reservations r SET expires_at = now() + u.ttl * interval '1 millisecond', \
+                 updated_at = now() \
+             FROM unnest($1::text[], $2::int8[]) AS u(id, ttl) \
+             WHERE r.request_id = u.id AND r.state = 'held' RETURNING {}",
+            COLUMNS
+                .split(", ")
+                .map(|c| format!("r.{c}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))
+        .bind(standing.iter().map(|s| s.0).collect::<Vec<_>>())
+        .bind(standing.iter().map(|s| ttl_ms(s.1)).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+        for r in &rows {
+            let mut r = from_row(r)?;
+            if let Some(k) = known.get(&r.request_id) {
+                r.holds = k.holds.clone();
+            }
+            known.insert(r.request_id.clone(), r);
+        }
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Takes the holds of `reqs` in one transaction (see the module docs),
+    /// one outcome per request in the same order. Requests are decided in
+    /// the order given. A transient failure ([`StoreError::is_transient`])
+    /// may be retried with the same requests.
+    pub async fn take_holds(&self, reqs: &[HoldRequest]) -> Result<Vec<HoldOutcome>, StoreError> {
+        for r in reqs {
+            r.validate()?;
+        }
+        if reqs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let now = Utc::now();
+        let mut tx = self.pool().begin().await?;
+        // The crate's lock order: organisations (shared), the reservation
+        // rows, the period rows (the contended ones, as late as possible).
+        crate::lock_orgs_shared(&mut tx, reqs.iter().map(|r| r.org_id.as_str())).await?;
+        let mut known = load_known(&mut tx, reqs).await?;
+        let mut orgs: Vec<String> = reqs.iter().map(|r| r.org_id.clone()).collect();
+        orgs.sort();
+        orgs.dedup();
+        let all_budgets = budgets::load_for_orgs(&mut tx, &orgs).await?;
+        let mut batch = HoldBatch::triage(reqs, &known, &all_budgets, now);
+        let spent_held = lock_periods(&mut tx, &batch.periods).await?;
+        let deltas = batch.decide(reqs, spent_held, now)?;
+        let (rows, holds, revived) = batch.writes(reqs, &known);
+        if !revived.is_empty() {
+            // An expired hold taken again: its old hold rows were released
+            // with it; the new decision replaces them.
+            sqlx::query("DELETE FROM reservation_holds WHERE request_id = ANY($1)")
+                .bind(&revived)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let mut written = write_decisions(&mut tx, &rows, &revived, &holds, &deltas).await?;
+        extend_standing(&mut tx, reqs, &batch.decisions, &mut known).await?;
+        tx.commit().await?;
+        batch.outcomes(reqs, &known, &mut written)
     }
 
     /// Records OpenRouter's generation id for a request as soon as the
@@ -1475,5 +1538,114 @@ async fn run_batch(store: &Store, batch: Vec<(HoldRequest, Reply)>) {
                 let _ = reply.send(Err(e.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The decision rules of a hold batch, given budgets and their period
+    //! totals, without a database.
+    use std::time::Duration;
+
+    use tally_budget::Enforcement::{Hard, Soft};
+    use tally_money::usd;
+
+    use super::*;
+    use crate::fixtures::{at, budget};
+
+    fn request(id: &str, amount: Option<&str>) -> HoldRequest {
+        HoldRequest {
+            request_id: id.into(),
+            org_id: "acme".into(),
+            agent_id: Some("a".into()),
+            session_id: None,
+            user_id: None,
+            model: "m".into(),
+            fallback_models: Vec::new(),
+            amount_usd: amount.map(|a| usd!(a)),
+            max_output_tokens: 100,
+            ttl: Duration::from_secs(60),
+        }
+    }
+
+    /// Decides `reqs` against `budgets` whose current periods carry
+    /// `(spent, held)`; the refusal code (or `held`) of each request.
+    fn decide(budgets: &[Arc<Budget>], totals: (&str, &str), reqs: &[HoldRequest]) -> Vec<String> {
+        let now = at(15);
+        let mut batch = HoldBatch::triage(reqs, &HashMap::new(), budgets, now);
+        let spent_held = batch
+            .periods
+            .keys()
+            .map(|k| (k.clone(), (usd!(totals.0), usd!(totals.1))))
+            .collect();
+        batch.decide(reqs, spent_held, now).unwrap();
+        batch
+            .decisions
+            .iter()
+            .map(|d| match d {
+                Some(Decision::Hold(_)) => "held".to_owned(),
+                Some(Decision::Refuse { refusal, budget }) => {
+                    format!("{} by {}", refusal.code(), budget.id)
+                }
+                Some(Decision::SameAs(j)) => format!("same as {j}"),
+                _ => "other".to_owned(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_hard_budget_admits_holds_until_spent_and_held_reach_its_limit() {
+        let hard = [budget("b", "acme", None, "1", Hard)];
+        let reqs: Vec<HoldRequest> = (0..4)
+            .map(|i| request(&format!("r{i}"), Some("0.3")))
+            .collect();
+        // 0.2 spent and 0.1 held leave room for two holds of 0.3 (0.9 ≤ 1).
+        assert_eq!(
+            decide(&hard, ("0.2", "0.1"), &reqs),
+            [
+                "held",
+                "held",
+                "budget_exhausted by b",
+                "budget_exhausted by b"
+            ]
+        );
+    }
+
+    #[test]
+    fn soft_budgets_record_and_never_refuse() {
+        let soft = [budget("b", "acme", None, "1", Soft)];
+        let reqs = [request("r1", Some("5")), request("r2", None)];
+        assert_eq!(decide(&soft, ("2", "0"), &reqs), ["held", "held"]);
+    }
+
+    #[test]
+    fn an_unknown_price_is_refused_by_a_hard_budget_that_does_not_allow_it() {
+        let mut allowing = (*budget("allows", "acme", None, "1", Hard)).clone();
+        allowing.allow_unpriced_models = true;
+        let reqs = [request("r1", None)];
+        assert_eq!(decide(&[Arc::new(allowing)], ("0", "0"), &reqs), ["held"]);
+        let strict = [budget("strict", "acme", None, "1", Hard)];
+        assert_eq!(
+            decide(&strict, ("0", "0"), &reqs),
+            ["unpriced_model by strict"]
+        );
+    }
+
+    #[test]
+    fn a_request_twice_in_one_batch_is_decided_once() {
+        let hard = [budget("b", "acme", None, "1", Hard)];
+        let reqs = [request("r1", Some("0.6")), request("r1", Some("0.6"))];
+        assert_eq!(decide(&hard, ("0", "0"), &reqs), ["held", "same as 0"]);
+    }
+
+    #[test]
+    fn only_budgets_of_the_request_scope_hold_it() {
+        let budgets = [
+            budget("mine", "acme", Some("a"), "1", Hard),
+            budget("theirs", "acme", Some("b"), "0", Hard),
+            budget("other-org", "globex", None, "0", Hard),
+        ];
+        let reqs = [request("r1", Some("0.5"))];
+        assert_eq!(decide(&budgets, ("0", "0"), &reqs), ["held"]);
     }
 }
