@@ -22,6 +22,9 @@
 //! * [`reservations`]: holds on the worst-case cost of running generations,
 //!   so hard budgets hold under concurrency, and the generation id of every
 //!   request, so none is run twice.
+//! * [`webhooks`]: organisations' webhooks (sealed signing secrets) and
+//!   the durable queue and log of their deliveries — configuration and
+//!   delivery state, not projections.
 //!
 //! # Money rules
 //!
@@ -106,6 +109,7 @@ pub mod reservations;
 pub mod retry;
 pub mod stats;
 pub mod tenancy;
+pub mod webhooks;
 
 use std::time::Duration;
 
