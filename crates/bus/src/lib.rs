@@ -42,6 +42,8 @@
 //! | `projector-costs` | `P_COSTS` | `p.cost.>` |
 //! | `reconciler` | `P_GENERATIONS` | `p.generation.completed.>` |
 //! | `worker` | `P_GENERATIONS` | `p.generation.requested.>` |
+//! | `webhooks-alerts` | `P_ALERTS` | `p.budget.alert.>` |
+//! | `webhooks-ledger` | `P_LEDGER` | `p.ledger.posted.>` |
 //!
 //! All streams: file storage, limits retention, no age/size/count limit,
 //! discard old, a 2-minute duplicate window, replicas from [`BusConfig`].
@@ -383,15 +385,21 @@ pub enum ConsumerName {
     Reconciler,
     /// `worker`: generation requests to run against OpenRouter.
     Worker,
+    /// `webhooks-alerts`: budget alerts to deliver to webhooks.
+    WebhooksAlerts,
+    /// `webhooks-ledger`: ledger postings to deliver to webhooks.
+    WebhooksLedger,
 }
 
 impl ConsumerName {
     /// Every durable consumer.
-    pub const ALL: [ConsumerName; 4] = [
+    pub const ALL: [ConsumerName; 6] = [
         ConsumerName::ProjectorCompleted,
         ConsumerName::ProjectorCosts,
         ConsumerName::Reconciler,
         ConsumerName::Worker,
+        ConsumerName::WebhooksAlerts,
+        ConsumerName::WebhooksLedger,
     ];
 
     /// The durable name on the server.
@@ -401,6 +409,8 @@ impl ConsumerName {
             ConsumerName::ProjectorCosts => "projector-costs",
             ConsumerName::Reconciler => "reconciler",
             ConsumerName::Worker => "worker",
+            ConsumerName::WebhooksAlerts => "webhooks-alerts",
+            ConsumerName::WebhooksLedger => "webhooks-ledger",
         }
     }
 
@@ -411,6 +421,8 @@ impl ConsumerName {
                 StreamKind::Generations
             }
             ConsumerName::ProjectorCosts => StreamKind::Costs,
+            ConsumerName::WebhooksAlerts => StreamKind::Alerts,
+            ConsumerName::WebhooksLedger => StreamKind::Ledger,
         }
     }
 
@@ -420,6 +432,8 @@ impl ConsumerName {
             ConsumerName::ProjectorCompleted | ConsumerName::Reconciler => "generation.completed.>",
             ConsumerName::ProjectorCosts => "cost.>",
             ConsumerName::Worker => "generation.requested.>",
+            ConsumerName::WebhooksAlerts => "budget.alert.>",
+            ConsumerName::WebhooksLedger => "ledger.posted.>",
         }
     }
 }
