@@ -594,6 +594,22 @@ impl Connections {
             self.store.rewrap_oauth_state(&digest, &re).await?;
             report.rewrapped += 1;
         }
+        for hook in self.store.webhook_secrets().await? {
+            if !keyring.needs_rewrap(&hook.sealed) {
+                report.current += 1;
+                continue;
+            }
+            let id = hook.id.to_string();
+            let ctx = tally_store::webhooks::secret_context(&hook.org_id, &id);
+            let re = keyring.rewrap(&ctx, &hook.sealed)?;
+            if self
+                .store
+                .rewrap_webhook_secret(hook.id, &hook.sealed, &re)
+                .await?
+            {
+                report.rewrapped += 1;
+            }
+        }
         Ok(report)
     }
 }
