@@ -11,7 +11,7 @@
 //! | 400 | `malformed_json`, `invalid_request`, `invalid_host`, `malformed_request` |
 //! | 401 | `missing_api_key`, `malformed_api_key`, `invalid_api_key` (with `WWW-Authenticate: Bearer`) |
 //! | 403 | `forbidden_role`, `org_mismatch` |
-//! | 404 | `budget_not_found`, `generation_not_found`, `key_not_found`, `org_not_found`, `route_not_found`, `routing_profile_not_found`, `provider_not_connected` (DELETE) |
+//! | 404 | `budget_not_found`, `generation_not_found`, `key_not_found`, `org_not_found`, `route_not_found`, `routing_profile_not_found`, `provider_not_connected` (DELETE), `webhook_not_found` |
 //! | 405 | `method_not_allowed` |
 //! | 409 | `conflict`, `org_exists`, `limit_exceeded` (naming the limit in `field`), `budget_archived`, `provider_not_connected` |
 //! | 502 | `provider_unreachable` |
@@ -19,7 +19,7 @@
 //! | 414 | `uri_too_long` |
 //! | 431 | `headers_too_large` |
 //! | 415 | `unsupported_media_type` |
-//! | 422 | `duplicate_key`, `control_character`, `time_out_of_range`, `unknown_field`, `missing_field`, `invalid_field`, `invalid_body`, `immutable_field`, `invalid_id`, `invalid_time`, `invalid_range`, `range_too_large`, the money codes of `tally_money::MoneyError` (`amount_not_string`, `invalid_amount`, `amount_too_precise`, `negative_amount`, `amount_out_of_range`) and the budget codes of `tally_budget::BudgetError` (`unknown_timezone`, `invalid_period_kind`, `invalid_enforcement`, `invalid_threshold`, `too_many_thresholds`, `not_a_period_start`, `invalid_scope`, `instant_out_of_range`) |
+//! | 422 | `duplicate_key`, `control_character`, `time_out_of_range`, `unknown_field`, `missing_field`, `invalid_field`, `invalid_body`, `immutable_field`, `invalid_id`, `invalid_time`, `invalid_range`, `range_too_large`, the money codes of `tally_money::MoneyError` (`amount_not_string`, `invalid_amount`, `amount_too_precise`, `negative_amount`, `amount_out_of_range`) and the budget codes of `tally_budget::BudgetError` (`unknown_timezone`, `invalid_period_kind`, `invalid_enforcement`, `invalid_threshold`, `too_many_thresholds`, `not_a_period_start`, `invalid_scope`, `instant_out_of_range`) and the webhook codes (`webhook_url_invalid`, `webhook_url_scheme`, `webhook_url_credentials`, `webhook_url_too_long`, `webhook_host_unresolvable`, `webhook_target_forbidden`, `webhook_events_empty`, `unknown_webhook_event`, `duplicate_webhook_event`) |
 //! | 500 | `internal_error`; `amount_overflow` (and the other money codes) when a stored figure cannot be given exactly — never rounded |
 //! | 503 | `database_unavailable`, `transient_conflict`, `request_timeout`, `too_many_connections`, `secrets_key_missing`, `public_url_missing`, `provider_unavailable` |
 //!
@@ -129,6 +129,16 @@ fn title(code: &str, status: StatusCode) -> &'static str {
         "provider_unreachable" => "Provider unreachable",
         "provider_not_connected" => "Provider not connected",
         "routing_profile_not_found" => "Routing profile not found",
+        "webhook_not_found" => "Webhook not found",
+        "webhook_url_invalid" => "Invalid webhook URL",
+        "webhook_url_scheme" => "Webhook URL must be http or https",
+        "webhook_url_credentials" => "Webhook URL must not carry credentials",
+        "webhook_url_too_long" => "Webhook URL too long",
+        "webhook_host_unresolvable" => "Webhook host does not resolve",
+        "webhook_target_forbidden" => "Webhook target not allowed",
+        "webhook_events_empty" => "No webhook events",
+        "unknown_webhook_event" => "Unknown webhook event",
+        "duplicate_webhook_event" => "Webhook event given twice",
         _ if status == StatusCode::UNPROCESSABLE_ENTITY => "Invalid field",
         _ => status.canonical_reason().unwrap_or("Error"),
     }

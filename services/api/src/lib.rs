@@ -32,6 +32,10 @@
 //! | `GET /v1/providers/openrouter/models` | member | 200 `{models, synced_at}` | 404 |
 //! | `PUT`/`GET`/`DELETE /v1/routing` | admin/member/admin | 200 the profile with `risk` | 404 (`routing_profile_not_found`), 422 (`byok_no_providers`, `unknown_preset`, …) |
 //! | `PUT`/`GET`/`DELETE /v1/agents/{agent_id}/routing` | admin/member/admin | 200 | as above |
+//! | `POST /v1/webhooks` | admin | 201 + the signing secret, shown once | 409 (`limit_exceeded`), 422 (`webhook_url_*`, `webhook_target_forbidden`, `webhook_host_unresolvable`, `webhook_events_empty`, `unknown_webhook_event`, `duplicate_webhook_event`), 503 (`secrets_key_missing`) |
+//! | `GET /v1/webhooks[?org_id&cursor&limit]` | admin | 200 (never a secret) | 404, 422 |
+//! | `GET`/`DELETE /v1/webhooks/{id}` | admin | 200 | 404 (`webhook_not_found`) |
+//! | `GET /v1/webhooks/{id}/deliveries[?cursor&limit]` | admin | 200 the delivery log | 404 (`webhook_not_found`), 422 |
 //! | `GET /healthz` | none | 200 | |
 //! | `GET /readyz` | none | 200 | 503 |
 //! | `GET /metrics` | none | 200 | |
@@ -57,7 +61,7 @@
 //! Modules: [`auth`] (keys, roles, the caller), [`error`] (problems),
 //! [`openapi`] (the generated OpenAPI 3.1 document),
 //! [`metrics`] (Prometheus), and private modules per resource (budgets,
-//! generations, spend, keys, health, providers, routing), the request extractors (extract) and
+//! generations, spend, keys, health, providers, routing, webhooks), the request extractors (extract) and
 //! the response shapes (wire).
 //!
 //! # Decisions
@@ -124,6 +128,7 @@ mod providers;
 mod reservations;
 mod routing;
 mod spend;
+mod webhooks;
 mod wire;
 
 use std::future::Future;
@@ -148,6 +153,7 @@ pub use auth::{Access, Authenticator, Caller};
 pub use error::{ApiError, Problem};
 pub use limits::{HttpLimits, OrgLimits};
 pub use metrics::ApiMetrics;
+pub use webhooks::WebhookSettings;
 
 /// Largest accepted request body, in bytes (64 KiB).
 pub const BODY_LIMIT: usize = 64 * 1024;
@@ -204,6 +210,7 @@ pub struct AppState {
     auth: Authenticator,
     providers: Option<tally_provider::OrgProviders>,
     connections: Option<tally_provider::Connections>,
+    webhooks: WebhookSettings,
 }
 
 impl AppState {
@@ -226,6 +233,7 @@ impl AppState {
             auth: Authenticator::new(None),
             providers: None,
             connections: None,
+            webhooks: WebhookSettings::default(),
         })
     }
 
@@ -284,6 +292,14 @@ impl AppState {
     /// secrets can be stored (503 `secrets_key_missing` otherwise).
     pub fn with_connections(mut self, connections: tally_provider::Connections) -> Self {
         self.connections = Some(connections);
+        self
+    }
+
+    /// How webhooks are registered: the key-encryption key that seals
+    /// their signing secrets (without one, registering answers 503
+    /// `secrets_key_missing`) and whether private targets are allowed.
+    pub fn with_webhooks(mut self, settings: WebhookSettings) -> Self {
+        self.webhooks = settings;
         self
     }
 
@@ -523,6 +539,31 @@ fn v1_routes() -> Vec<Route> {
             "/v1/agents/{agent_id}/routing",
             Admin,
             routes!(routing::delete_agent),
+        ),
+        route(
+            Method::POST,
+            "/v1/webhooks",
+            Admin,
+            routes!(webhooks::create),
+        ),
+        route(Method::GET, "/v1/webhooks", Admin, routes!(webhooks::list)),
+        route(
+            Method::GET,
+            "/v1/webhooks/{id}",
+            Admin,
+            routes!(webhooks::get),
+        ),
+        route(
+            Method::DELETE,
+            "/v1/webhooks/{id}",
+            Admin,
+            routes!(webhooks::delete),
+        ),
+        route(
+            Method::GET,
+            "/v1/webhooks/{id}/deliveries",
+            Admin,
+            routes!(webhooks::deliveries),
         ),
     ]
 }

@@ -18,6 +18,9 @@ use tally_testkit::{TestDb, TestOrg};
 const A: &str = "org-a";
 const B: &str = "org-b";
 const OPERATOR: &str = "operator-token-0123456789abcdefghijklmnop";
+/// A receiver on a public address (an IP literal: no DNS needed; nothing
+/// is ever sent to it here).
+const PUBLIC_HOOK: &str = "https://93.184.216.34/hooks/tally";
 
 struct Env {
     store: Store,
@@ -53,9 +56,16 @@ async fn serve_instance(
     connections: &tally_provider::Connections,
 ) -> anyhow::Result<String> {
     let token = secrecy::SecretString::from(OPERATOR.to_owned());
+    let kek = tally_secrets::generate_key_setting("k1");
+    let keyring =
+        std::sync::Arc::new(tally_secrets::Keyring::from_settings(Some(&kek), None).unwrap());
     let state = AppState::new(store.clone(), Registry::new(), "tally".into())?
         .with_operator_token(Some(&token))
-        .with_connections(connections.clone());
+        .with_connections(connections.clone())
+        .with_webhooks(tally_api::WebhookSettings {
+            keyring: Some(keyring),
+            allow_private: false,
+        });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
     tokio::spawn(serve(listener, state, std::future::pending()));
@@ -120,6 +130,20 @@ impl Env {
         body: Option<&Value>,
     ) -> (StatusCode, reqwest::header::HeaderMap, Value) {
         send(&self.base, key, method, path, body).await
+    }
+
+    /// A webhook of org A, registered through the API.
+    async fn webhook_of_a(&self) -> String {
+        let (s, _, b) = self
+            .send(
+                Some(&self.a.admin_key),
+                Method::POST,
+                "/v1/webhooks",
+                Some(&json!({"url": PUBLIC_HOOK, "events": ["budget.threshold_crossed"]})),
+            )
+            .await;
+        assert_eq!(s, StatusCode::CREATED, "{b}");
+        b["id"].as_str().unwrap().to_owned()
     }
 
     /// A budget of org A, created through the API.
@@ -473,6 +497,36 @@ async fn request_for(env: &Env, r: &RouteSpec) -> (String, Option<Value>, u16, F
                 Foreign::Mismatch,
             )
         }
+        ("POST", "/v1/webhooks") => (
+            "/v1/webhooks".into(),
+            Some(json!({"url": PUBLIC_HOOK, "events": ["budget.threshold_crossed"], "org_id": A})),
+            201,
+            Foreign::Mismatch,
+        ),
+        ("GET", "/v1/webhooks") => (
+            format!("/v1/webhooks?org_id={A}"),
+            None,
+            200,
+            Foreign::NotFound("org_not_found"),
+        ),
+        ("GET", "/v1/webhooks/{id}") => (
+            format!("/v1/webhooks/{}", env.webhook_of_a().await),
+            None,
+            200,
+            Foreign::NotFound("webhook_not_found"),
+        ),
+        ("DELETE", "/v1/webhooks/{id}") => (
+            format!("/v1/webhooks/{}", env.webhook_of_a().await),
+            None,
+            200,
+            Foreign::NotFound("webhook_not_found"),
+        ),
+        ("GET", "/v1/webhooks/{id}/deliveries") => (
+            format!("/v1/webhooks/{}/deliveries", env.webhook_of_a().await),
+            None,
+            200,
+            Foreign::NotFound("webhook_not_found"),
+        ),
         (m, p) => panic!("route {m} {p} has no case in the route-table test: add one"),
     }
 }
