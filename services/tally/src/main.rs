@@ -43,6 +43,8 @@ enum Command {
     Projector,
     /// Run the HTTP API (budgets, generations, spend, checks, /metrics).
     Api,
+    /// Run the alert delivery: budget alerts and ledger postings to the organisations' webhooks.
+    Alerts,
     /// Run every service in one process (the single-machine default).
     Run,
     /// Rebuild the projections from the streams; --verify compares with the live ones.
@@ -105,6 +107,7 @@ fn main() {
             Command::Reconciler => commands::reconciler(&cfg).await,
             Command::Projector => commands::projector(&cfg).await,
             Command::Api => commands::api(&cfg).await,
+            Command::Alerts => commands::alerts(&cfg).await,
             Command::Run => commands::run(&cfg).await,
             Command::Replay(args) => commands::replay::replay(&cfg, args).await,
             Command::Reconcile(cmd) => commands::reconcile::reconcile(&cfg, cmd).await,

@@ -270,6 +270,48 @@ pub async fn projector(cfg: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Builds the alert delivery: webhook intake consumers and the delivery
+/// loop, opening signing secrets with the configured key-encryption key.
+pub(crate) fn alerts_service(
+    bus: &Bus,
+    store: &Store,
+    cfg: &Config,
+    registry: &Registry,
+) -> anyhow::Result<tally_alerts::Alerts> {
+    let metrics = Arc::new(tally_alerts::Metrics::register(registry)?);
+    if cfg.webhooks.allow_private {
+        tracing::warn!(
+            "TALLY_WEBHOOK_ALLOW_PRIVATE is set: webhooks may reach private and loopback addresses"
+        );
+    }
+    Ok(tally_alerts::Alerts::new(
+        bus.clone(),
+        store.clone(),
+        cfg.keyring.clone(),
+        tally_alerts::AlertsConfig {
+            prefix: cfg.prefix.clone(),
+            allow_private: cfg.webhooks.allow_private,
+            timeout: cfg.webhooks.timeout,
+            retry_base: cfg.webhooks.retry_base,
+            retry_cap: cfg.webhooks.retry_cap,
+            retry_horizon: cfg.webhooks.retry_horizon,
+            ..Default::default()
+        },
+        metrics,
+    ))
+}
+
+/// `tally alerts`.
+pub async fn alerts(cfg: &Config) -> anyhow::Result<()> {
+    let registry = Registry::new();
+    let bus = connect_bus(cfg).await?;
+    let store = connect_store(cfg, 8).await?;
+    serve_metrics(cfg, &registry).await?;
+    let svc = alerts_service(&bus, &store, cfg, &registry)?;
+    svc.run(shutdown_signal()).await?;
+    Ok(())
+}
+
 /// `tally reconciler`.
 pub async fn reconciler(cfg: &Config) -> anyhow::Result<()> {
     let registry = Registry::new();
@@ -303,7 +345,11 @@ async fn serve_api(
         .with_org_limits(cfg.org_limits)
         .with_operator_token(cfg.operator_token.as_ref())
         .with_providers(providers)
-        .with_connections(connections.clone());
+        .with_connections(connections.clone())
+        .with_webhooks(tally_api::WebhookSettings {
+            keyring: cfg.keyring.clone(),
+            allow_private: cfg.webhooks.allow_private,
+        });
     tokio::spawn(connections.sync_periodically(cfg.models_sync_interval, shutdown.clone()));
     tokio::spawn(tally_api::drift::refresh_periodically(
         state.clone(),
@@ -342,7 +388,8 @@ pub async fn run(cfg: &Config) -> anyhow::Result<()> {
     run_all(cfg, shutdown_signal()).await
 }
 
-/// Runs migrations, then the worker, projector, reconciler and API until `shutdown`.
+/// Runs migrations, then the worker, projector, reconciler, alert delivery
+/// and API until `shutdown`.
 pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
     let registry = Registry::new();
     let bus = connect_bus(cfg).await?;
@@ -353,7 +400,9 @@ pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> an
     let projector = projector_service(&bus, &store, cfg, &registry)?;
     let reconciler = reconciler_service(&bus, &store, cfg, &registry, shutdown.clone())?;
     let worker = worker_service(&bus, &store, cfg, &registry, shutdown.clone()).await?;
+    let alerts = alerts_service(&bus, &store, cfg, &registry)?;
     let p = tokio::spawn(projector.run(shutdown.clone()));
+    let a = tokio::spawn(alerts.run(shutdown.clone()));
     let r = tokio::spawn(reconciler.run(shutdown.clone()));
     let w = tokio::spawn(worker.run(shutdown.clone()));
     let api = serve_api(cfg, &store, &registry, shutdown.clone());
@@ -364,6 +413,7 @@ pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> an
         let _ = p.await;
         let _ = r.await;
         let _ = w.await;
+        let _ = a.await;
     };
     if tokio::time::timeout(Duration::from_secs(30), finish)
         .await
