@@ -7,12 +7,16 @@
 //! * PostgreSQL is crashed (`pg_ctl stop -m immediate`) and restarted
 //!   mid-stream (a private server: the machine's shared one is left alone);
 //! * OpenRouter answers garbage (malformed JSON, HTML, unreadable costs)
-//!   for a while.
+//!   for a while;
+//! * the webhook delivery process (`tally alerts`) is SIGKILLed too, and
+//!   the webhook receiver answers 503 for a while.
 //!
 //! Then the ledger equals, to the last digit, an independent sum of the
 //! costs the test published; each budget threshold was announced exactly
-//! once; and nothing is stuck (no pending message, no unpublished outbox
-//! row, no dead letter, every generation settled at its actual cost).
+//! once, on the bus and to the webhook receiver (each alert acknowledged
+//! once under one `webhook-id`); and nothing is stuck (no pending message,
+//! no unpublished outbox row, no pending webhook delivery, no dead letter,
+//! every generation settled at its actual cost).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -88,6 +92,40 @@ async fn proxy(State(p): State<Arc<Proxy>>, req: Request) -> Response {
         }
         Err(_) => StatusCode::BAD_GATEWAY.into_response(),
     }
+}
+
+/// The webhook receiver: every request's `webhook-id`, threshold and the
+/// status it answered; 503 while `down`.
+#[derive(Default)]
+struct Receiver {
+    down: AtomicBool,
+    seen: std::sync::Mutex<Vec<(String, i64, u16)>>,
+}
+
+async fn receive(
+    State(r): State<Arc<Receiver>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> StatusCode {
+    let id = headers
+        .get("webhook-id")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let threshold = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v["data"]["threshold_percent"].as_i64())
+        .unwrap_or(-1);
+    let status = if r.down.load(Ordering::SeqCst) {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::NO_CONTENT
+    };
+    r.seen
+        .lock()
+        .expect("receiver")
+        .push((id, threshold, status.as_u16()));
+    status
 }
 
 /// The cost of generation `i`: many significant digits, all distinct.
@@ -186,6 +224,44 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
         log.contains("streams and consumers are up to date"),
         "{log}"
     );
+    // The organisation and its admin key, as an operator creates them.
+    let (code, out, err) = tally_output(&["org", "create", ORG], &env(&[])).await?;
+    assert_eq!(code, 0, "tally org create: {out}{err}");
+    let admin: serde_json::Value = serde_json::from_str(out.trim())?;
+    let admin = admin["key"].as_str().unwrap_or_default().to_owned();
+
+    // A webhook for the budget alerts, registered over the API, to a
+    // receiver on loopback (allowed by TALLY_WEBHOOK_ALLOW_PRIVATE).
+    let receiver = Arc::new(Receiver::default());
+    let hook_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let hook_url = format!("http://{}/hook", hook_listener.local_addr()?);
+    let hook_app = axum::Router::new()
+        .route("/hook", axum::routing::post(receive))
+        .with_state(receiver.clone());
+    tokio::spawn(async move {
+        let _ = axum::serve(hook_listener, hook_app).await;
+    });
+    let webhook_env = [
+        ("TALLY_WEBHOOK_ALLOW_PRIVATE", "true".to_owned()),
+        ("TALLY_WEBHOOK_RETRY_INTERVAL", "1s".to_owned()),
+        ("TALLY_WEBHOOK_RETRY_MAX_INTERVAL", "4s".to_owned()),
+    ];
+    let api_port = free_port()?;
+    let mut api_env = webhook_env.to_vec();
+    api_env.push(("TALLY_HTTP_ADDR", format!("127.0.0.1:{api_port}")));
+    let mut api = TallyProcess::start("api", &["api"], &env(&api_env), &logs)?;
+    let api_url = format!("http://127.0.0.1:{api_port}");
+    wait_http(&format!("{api_url}/readyz"), Duration::from_secs(60)).await?;
+    let created = reqwest::Client::new()
+        .post(format!("{api_url}/v1/webhooks"))
+        .bearer_auth(&admin)
+        .json(&serde_json::json!({"url": hook_url, "events": ["budget.threshold_crossed"]}))
+        .send()
+        .await?;
+    assert_eq!(created.status().as_u16(), 201, "{}", created.text().await?);
+    api.kill().await?;
+    let mut delivery = TallyProcess::start("alerts", &["alerts"], &env(&webhook_env), &logs)?;
+
     // The organisation's OpenRouter key, as an operator connects it.
     let (code, out, err) = tally_output(
         &["provider", "connect", "--org", ORG],
@@ -260,7 +336,7 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
 
     // The faults, one every 1.5 s while the stream flows.
     let mut step = 0u32;
-    let mut kills = (0u32, 0u32);
+    let mut kills = (0u32, 0u32, 0u32);
     let (mut nats_restarted, mut pg_restarted) = (false, false);
     while !publisher.is_finished() {
         tokio::time::sleep(Duration::from_millis(1500)).await;
@@ -269,7 +345,11 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
         // service exit on its own (a kill below would hide that).
         projector.assert_running()?;
         reconciler.assert_running()?;
+        delivery.assert_running()?;
         match step {
+            // From here to the end of the stream (the thresholds are
+            // crossed in its second half) the receiver answers 503.
+            8 => receiver.down.store(true, Ordering::SeqCst),
             3 => proxy_state.garbage.store(true, Ordering::SeqCst),
             6 => {
                 nats.restart().await?;
@@ -279,6 +359,12 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
             11 => {
                 pg.restart()?;
                 pg_restarted = true;
+            }
+            _ if step % 4 == 1 => {
+                delivery.kill().await?;
+                kills.2 += 1;
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                delivery.restart().await?;
             }
             _ if step % 2 == 0 => {
                 projector.kill().await?;
@@ -300,7 +386,11 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
         nats_restarted && pg_restarted,
         "the stream ended before every fault ran ({step} steps)"
     );
-    assert!(kills.0 >= 3 && kills.1 >= 3, "kills: {kills:?}");
+    receiver.down.store(false, Ordering::SeqCst);
+    assert!(
+        kills.0 >= 3 && kills.1 >= 2 && kills.2 >= 2,
+        "kills: {kills:?}"
+    );
     assert!(
         proxy_state.garbage_served.load(Ordering::SeqCst) > 0,
         "no garbage was served"
@@ -390,6 +480,54 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
     seen.sort();
     assert_eq!(seen, [50, 80, 100], "alerts on the stream");
 
+    // Each alert reached the webhook receiver and was acknowledged exactly
+    // once, under one webhook-id per alert; no delivery is left pending.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        delivery.assert_running()?;
+        let acked: Vec<(String, i64)> = receiver
+            .seen
+            .lock()
+            .expect("receiver")
+            .iter()
+            .filter(|r| r.2 == 204)
+            .map(|r| (r.0.clone(), r.1))
+            .collect();
+        let pending: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM webhook_deliveries WHERE state <> 'delivered'",
+        )
+        .fetch_one(store.pool())
+        .await
+        .unwrap_or(-1);
+        if acked.len() >= 3 && pending == 0 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "webhooks not delivered: {acked:?} acknowledged, {pending} not delivered\n{}",
+            delivery.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // A little longer: an acknowledged alert must never come again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let requests = receiver.seen.lock().expect("receiver").clone();
+    let mut acked: Vec<(String, i64)> = requests
+        .iter()
+        .filter(|r| r.2 == 204)
+        .map(|r| (r.0.clone(), r.1))
+        .collect();
+    acked.sort_by_key(|a| a.1);
+    let thresholds: Vec<i64> = acked.iter().map(|a| a.1).collect();
+    assert_eq!(
+        thresholds,
+        [50, 80, 100],
+        "acknowledged webhooks: {requests:?}"
+    );
+    let ids: std::collections::BTreeSet<&str> = acked.iter().map(|a| a.0.as_str()).collect();
+    assert_eq!(ids.len(), 3, "one webhook-id per alert: {requests:?}");
+    let refused = requests.iter().filter(|r| r.2 == 503).count();
+
     // Nothing dead-lettered: garbage answers are retried, not given up on.
     let dead = bus
         .jetstream()
@@ -416,16 +554,19 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
     }
 
     eprintln!(
-        "faults: {N} generations, projector killed {} times, reconciler {} times, NATS and \
-         Postgres restarted once, {} garbage answers; settled exactly in {:.1?}",
+        "faults: {N} generations, projector killed {} times, reconciler {} times, alerts {} \
+         times, NATS and Postgres restarted once, {} garbage answers, {refused} webhook \
+         attempts refused by the receiver; settled exactly in {:.1?}",
         kills.0,
         kills.1,
+        kills.2,
         proxy_state.garbage_served.load(Ordering::SeqCst),
         started.elapsed()
     );
     sim.kill().await?;
     projector.kill().await?;
     reconciler.kill().await?;
+    delivery.kill().await?;
     let _ = std::fs::remove_dir_all(&logs);
     Ok(())
 }
