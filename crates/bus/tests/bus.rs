@@ -4,7 +4,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tally_bus::{Bus, BusConfig, ConsumerName, Delivery, StreamKind};
+use tally_bus::{
+    Bus, BusConfig, ConsumerName, DeadLetterReason, DeadLetterService, Delivery, StreamKind,
+};
 use tally_testkit::NatsServer;
 
 async fn bus_on(server: &NatsServer) -> anyhow::Result<Bus> {
@@ -393,11 +395,14 @@ async fn poison_message_is_dead_lettered_and_does_not_block() -> anyhow::Result<
             match serde_json::from_slice::<serde_json::Value>(d.payload()) {
                 Ok(v) => processed.push(v["n"].as_i64().unwrap_or(-1)),
                 Err(e) => {
-                    let detail = format!("payload is not JSON:\n{e}");
-                    bus.dead_letter("testsvc", &d, "malformed_json", &detail)
+                    let reason = DeadLetterReason::new(
+                        "malformed_json",
+                        format!("payload is not JSON:\n{e}"),
+                    );
+                    bus.dead_letter(DeadLetterService::Worker, &d, &reason)
                         .await?;
                     // A redelivered poison message is dead-lettered once.
-                    bus.dead_letter("testsvc", &d, "malformed_json", &detail)
+                    bus.dead_letter(DeadLetterService::Worker, &d, &reason)
                         .await?;
                     dead += 1;
                 }
@@ -412,12 +417,12 @@ async fn poison_message_is_dead_lettered_and_does_not_block() -> anyhow::Result<
     // Exactly one dead letter, with the reason headers and the original body.
     assert_eq!(bus.stream_last_sequence(StreamKind::DeadLetter).await?, 1);
     let dl = bus
-        .replay_consumer(StreamKind::DeadLetter, &bus.subject("deadletter.testsvc"))
+        .replay_consumer(StreamKind::DeadLetter, &bus.subject("deadletter.worker"))
         .await?;
     let got = fetch_n(&dl, 1).await?;
     assert_eq!(got.len(), 1);
     let msg = &got[0];
-    assert_eq!(msg.subject(), "tally.deadletter.testsvc");
+    assert_eq!(msg.subject(), "tally.deadletter.worker");
     assert_eq!(msg.payload(), b"not json \x00\n at all");
     let h = msg.headers().expect("headers");
     let header = |name: &str| h.get(name).map(|v| v.as_str().to_string());
@@ -434,7 +439,11 @@ async fn poison_message_is_dead_lettered_and_does_not_block() -> anyhow::Result<
     );
     assert_eq!(header("Tally-Original-Stream-Seq").as_deref(), Some("2"));
     assert_eq!(header("Tally-Original-Msg-Id").as_deref(), Some("bad"));
-    assert_eq!(msg.msg_id(), Some("dl-testsvc-TALLY_GENERATIONS-2"));
+    assert_eq!(msg.msg_id(), Some("dl-worker-TALLY_GENERATIONS-2"));
+    assert_eq!(
+        header("Tally-Dead-Letter-Service").as_deref(),
+        Some("worker")
+    );
     Ok(())
 }
 
@@ -447,12 +456,9 @@ async fn dead_letter_detail_is_bounded() -> anyhow::Result<()> {
     let consumer = bus.consumer(ConsumerName::ProjectorCosts).await?;
     let got = fetch_n(&consumer, 1).await?;
     let long = "line\n".repeat(2000);
-    bus.dead_letter("projector", &got[0], "schema_violation", &long)
+    let reason = DeadLetterReason::new("schema_violation", long);
+    bus.dead_letter(DeadLetterService::Projector, &got[0], &reason)
         .await?;
-    assert!(bus
-        .dead_letter("bad service", &got[0], "x", "y")
-        .await
-        .is_err());
     got[0].ack().await?;
     let dl = bus.replay_consumer(StreamKind::DeadLetter, "").await?;
     let msgs = fetch_n(&dl, 1).await?;

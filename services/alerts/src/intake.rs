@@ -14,7 +14,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tally_bus::{Bus, ConsumerName, Delivery};
+use tally_bus::{Bus, ConsumerName, DeadLetterReason, DeadLetterService, Delivery};
 use tally_store::webhooks::{event_kind, WebhookEvent};
 use tally_store::Store;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use crate::{AlertsConfig, AlertsError, Metrics};
 
 /// The dead-letter service name (`<p>.deadletter.alerts`).
-pub const DEAD_LETTER_SERVICE: &str = "alerts";
+pub const DEAD_LETTER_SERVICE: DeadLetterService = DeadLetterService::Alerts;
 
 /// Pause after a failed fetch or commit before trying again.
 const BACKOFF: Duration = Duration::from_secs(1);
@@ -103,8 +103,12 @@ async fn apply(
         tracing::debug!(events = events.len(), queued, "webhook deliveries queued");
     }
     for (msg, reason, detail) in poison {
-        bus.dead_letter(DEAD_LETTER_SERVICE, msg, reason, &detail)
-            .await?;
+        bus.dead_letter(
+            DEAD_LETTER_SERVICE,
+            msg,
+            &DeadLetterReason::new(reason, detail),
+        )
+        .await?;
         metrics.dead_letters.with_label_values(&[reason]).inc();
     }
     for msg in batch {

@@ -41,7 +41,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::Retryable;
-use tally_bus::{Bus, ConsumerName, Delivery};
+use tally_bus::{Bus, ConsumerName, DeadLetterReason, DeadLetterService, Delivery};
 use tally_events::{AnyEvent, CloudEvent, EventType, GenerationCompleted};
 use tally_ledger::{Fact, Placement};
 use tally_store::ledger::{CompletedDetails, PostingOptions};
@@ -66,7 +66,7 @@ impl Drop for AbortOnDrop {
 }
 
 /// The service name used in dead-letter subjects and metrics.
-pub const SERVICE: &str = "projector";
+pub const SERVICE: DeadLetterService = DeadLetterService::Projector;
 
 /// Errors that stop the projector (everything else is retried or
 /// dead-lettered).
@@ -360,7 +360,8 @@ impl Projector {
             "dead-lettering message"
         );
         // Retried until published: the message is acked only after it.
-        let _published = (|| self.bus.dead_letter(SERVICE, d, reason, detail))
+        let reason = DeadLetterReason::new(reason, detail);
+        let _published = (|| self.bus.dead_letter(SERVICE, d, &reason))
             .retry(retry::TRANSACTION.backoff())
             .notify(|e: &tally_bus::BusError, _| {
                 tracing::warn!(error = %e, "dead letter not published; retrying");

@@ -33,7 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tally_bus::{Bus, BusError, ConsumerName, Delivery};
+use tally_bus::{Bus, BusError, ConsumerName, DeadLetterReason, DeadLetterService, Delivery};
 use tally_events::{CloudEvent, CostReconciled, CostUnresolved, GenerationCompleted, Payload};
 use tally_openrouter::{GenerationStats, OpenRouterClient};
 use tokio::sync::{watch, Semaphore};
@@ -51,7 +51,7 @@ use crate::{Metrics, ReconcilerConfig, ReconcilerError};
 pub const SOURCE: &str = "/tally/reconciler";
 
 /// Service name in dead-letter subjects (`<prefix>.deadletter.reconciler`).
-pub const DEAD_LETTER_SERVICE: &str = "reconciler";
+pub const DEAD_LETTER_SERVICE: DeadLetterService = DeadLetterService::Reconciler;
 
 /// How long one pull request waits for messages (also the shutdown latency).
 const FETCH_WAIT: Duration = Duration::from_millis(500);
@@ -711,10 +711,14 @@ fn publish_failed(shared: &Shared, e: &BusError, generation_id: &str) -> Settle 
 
 /// Sends an unreadable message to `<prefix>.deadletter.reconciler`, then
 /// acks it (or retries when the dead letter could not be stored).
-async fn dead_letter(shared: &Shared, d: &Delivery, reason: &str, detail: &str) -> Settle {
+async fn dead_letter(shared: &Shared, d: &Delivery, reason: &'static str, detail: &str) -> Settle {
     match shared
         .bus
-        .dead_letter(DEAD_LETTER_SERVICE, d, reason, detail)
+        .dead_letter(
+            DEAD_LETTER_SERVICE,
+            d,
+            &DeadLetterReason::new(reason, detail),
+        )
         .await
     {
         Ok(()) => {

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use backon::Retryable;
 use chrono::{DateTime, Utc};
-use tally_bus::{Bus, ConsumerName, Delivery};
+use tally_bus::{Bus, ConsumerName, DeadLetterReason, DeadLetterService, Delivery};
 use tally_events::{
     CloudEvent, EventType, GenerationCompleted, GenerationFailed, GenerationRequested,
     GenerationResult, GenerationStatus, Input, Payload, ResultError, ResultStatus, Usage,
@@ -30,7 +30,7 @@ use tally_store::{HoldOutcome, HoldRequest};
 /// CloudEvents `source` of the worker's events.
 pub const SOURCE: &str = "/tally/worker";
 /// Service name in dead-letter subjects (`<prefix>.deadletter.worker`).
-pub const DEAD_LETTER_SERVICE: &str = "worker";
+pub const DEAD_LETTER_SERVICE: DeadLetterService = DeadLetterService::Worker;
 
 const FETCH_WAIT: Duration = Duration::from_millis(500);
 const FETCH_ERROR_PAUSE: Duration = Duration::from_secs(1);
@@ -242,7 +242,11 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
             s.metrics.requests.with_label_values(&["dead_letter"]).inc();
             return match s
                 .bus
-                .dead_letter(DEAD_LETTER_SERVICE, delivery, e.code(), &e.to_string())
+                .dead_letter(
+                    DEAD_LETTER_SERVICE,
+                    delivery,
+                    &DeadLetterReason::new(e.code(), e.to_string()),
+                )
                 .await
             {
                 Ok(()) => Settle::Ack,
