@@ -220,7 +220,11 @@ pub struct ProviderPrefs {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sort: Option<Sort>,
     /// Price ceilings.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::strict::object_only_opt"
+    )]
     pub max_price: Option<MaxPrice>,
 }
 
@@ -232,7 +236,11 @@ pub struct Routing {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub presets: Option<Vec<String>>,
     /// Provider preferences.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::strict::object_only_opt"
+    )]
     pub provider: Option<ProviderPrefs>,
     /// Whose capacity serves the request.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -274,7 +282,11 @@ pub struct GenerationRequested {
     #[serde(default)]
     pub stream: bool,
     /// Routing preferences.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::strict::object_only_opt"
+    )]
     pub routing: Option<Routing>,
     /// OpenRouter server-side tools to enable (e.g. `web_search`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -376,7 +388,11 @@ pub struct GenerationResult {
     #[serde(deserialize_with = "check::required_nullable")]
     pub output_text: Option<String>,
     /// Why it did not complete.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "crate::strict::object_only_opt"
+    )]
     pub error: Option<ResultError>,
     /// When the worker finished with the request.
     #[serde(with = "check::rfc3339")]

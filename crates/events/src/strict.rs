@@ -126,6 +126,39 @@ where
     d.deserialize_map(ObjectOnly(std::marker::PhantomData))
 }
 
+/// [`object_only`] for an optional field: `null` (or absence, with
+/// `#[serde(default)]`) is `None`, an object is read, anything else (an
+/// array read positionally above all) is refused.
+pub fn object_only_opt<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: de::Deserializer<'de>,
+    T: serde::Deserialize<'de>,
+{
+    struct OptObject<T>(std::marker::PhantomData<T>);
+
+    impl<'de, T: serde::Deserialize<'de>> Visitor<'de> for OptObject<T> {
+        type Value = Option<T>;
+
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON object or null")
+        }
+
+        fn visit_none<E: de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_unit<E: de::Error>(self) -> Result<Option<T>, E> {
+            Ok(None)
+        }
+
+        fn visit_some<D2: de::Deserializer<'de>>(self, d: D2) -> Result<Option<T>, D2::Error> {
+            object_only(d).map(Some)
+        }
+    }
+
+    d.deserialize_option(OptObject(std::marker::PhantomData))
+}
+
 /// Parses `bytes` strictly; see the module docs.
 pub fn parse(bytes: &[u8]) -> Result<Value, StrictError> {
     let found = RefCell::new(None);

@@ -416,6 +416,30 @@ fn objects_are_never_read_positionally() {
 }
 
 #[test]
+fn optional_objects_are_never_read_positionally() {
+    // serde's derived structs accept an array for a struct, positionally:
+    // `"max_price": [null, null]` would read as "no ceilings".
+    for bad in [
+        json!({"provider": {"max_price": [null, null]}}),
+        json!({"provider": {"max_price": ["0.1"]}}),
+        json!({"provider": [["a"], true]}),
+        json!({"provider": "x"}),
+    ] {
+        assert!(
+            serde_json::from_value::<Routing>(bad.clone()).is_err(),
+            "{bad} was read"
+        );
+    }
+    let ok: Routing =
+        serde_json::from_value(json!({"provider": {"max_price": {"prompt": "0.000001"}}})).unwrap();
+    assert!(ok.provider.unwrap().max_price.unwrap().prompt.is_some());
+    let none: Routing = serde_json::from_value(json!({"provider": null})).unwrap();
+    assert!(none.provider.is_none());
+    let absent: Routing = serde_json::from_value(json!({})).unwrap();
+    assert!(absent.provider.is_none());
+}
+
+#[test]
 fn refusals_repeat_only_a_bounded_prefix_of_the_input() {
     let long = "x".repeat(10_000);
     let e = decode("tally", SUBJECT, &with_data("org_id", json!(long))).unwrap_err();

@@ -36,7 +36,11 @@ pub struct RoutingProfile {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
     /// Provider preferences.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "tally_events::strict::object_only_opt"
+    )]
     pub provider: Option<ProviderPrefs>,
     /// Whose capacity serves the agent's requests (default `shared`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
