@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Prepare this machine for tally: PostgreSQL (role and database `tally`), a
-# pinned nats-server and the pinned OpenRouter and OpenAI Python SDKs (for the
-# simulator's conformance test) and the Standard Webhooks reference library
-# (the webhook test verifies signatures with it) in a project-local Python
-# venv, and promtool
-# (from the distribution's `prometheus` package) for the alert-rule tests.
+# pinned nats-server, the pinned OpenRouter and OpenAI Python SDKs (for the
+# simulator's conformance test), the Standard Webhooks reference library (the
+# webhook test verifies signatures with it) and a pinned schemathesis (for
+# fuzzing the live API against its OpenAPI document) in a project-local
+# Python venv, and promtool (from the distribution's `prometheus` package)
+# for the alert-rule tests.
 #
 #   bash deploy/setup.sh               # Postgres + nats-server binary
 #   bash deploy/setup.sh --start-nats  # ...and start a local NATS (JetStream)
@@ -17,6 +18,8 @@ NATS_VERSION="2.15.1"
 OPENROUTER_SDK_VERSION="1.3.84"
 OPENAI_SDK_VERSION="3.51.0"
 STANDARDWEBHOOKS_VERSION="1.1.0"
+SCHEMATHESIS_VERSION="4.32.5"
+OPENAPI_VALIDATOR_VERSION="0.7.2"
 PG_PORT="${TALLY_PG_PORT:-5432}"
 NATS_PORT=4222
 
@@ -266,6 +269,34 @@ setup_webhooks_lib() {
   say "webhooks: installed in $VENV_DIR"
 }
 
+# ------------------------------------------------------ schemathesis (tests)
+
+schemathesis_ok() {
+  [ -x "$VENV_DIR/bin/schemathesis" ] && [ -x "$VENV_PY" ] \
+    && "$VENV_PY" - "$SCHEMATHESIS_VERSION" "$OPENAPI_VALIDATOR_VERSION" >/dev/null 2>&1 <<'PY'
+import sys
+from importlib.metadata import version
+pins = (version("schemathesis"), version("openapi-spec-validator"))
+sys.exit(0 if pins == (sys.argv[1], sys.argv[2]) else 1)
+PY
+}
+
+setup_schemathesis() {
+  if schemathesis_ok; then
+    say "schemathesis: $SCHEMATHESIS_VERSION and openapi-spec-validator $OPENAPI_VALIDATOR_VERSION in $VENV_DIR"
+    return
+  fi
+  ensure_venv
+  say "schemathesis: pip install schemathesis==$SCHEMATHESIS_VERSION openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
+  # Through the venv's own interpreter: a venv copied from elsewhere keeps
+  # pip scripts whose first line names the original venv.
+  "$VENV_PY" -m pip install -q --disable-pip-version-check \
+    "schemathesis==$SCHEMATHESIS_VERSION" "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION" \
+    || die "pip install schemathesis==$SCHEMATHESIS_VERSION openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION failed"
+  schemathesis_ok || die "$VENV_DIR does not hold the pinned schemathesis and openapi-spec-validator"
+  say "schemathesis: installed $VENV_DIR/bin/schemathesis"
+}
+
 start_nats() {
   if port_open "$NATS_PORT"; then
     say "nats: something already listens on 127.0.0.1:$NATS_PORT, leaving it alone"
@@ -340,6 +371,7 @@ setup_nats_bin
 setup_promtool
 setup_sdks
 setup_webhooks_lib
+setup_schemathesis
 if [ "$START_NATS" -eq 1 ]; then
   start_nats
 fi

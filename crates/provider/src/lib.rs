@@ -157,7 +157,11 @@ pub fn validate_byok_providers(list: &[String]) -> Result<Vec<String>, ProviderE
     }
     let mut out: Vec<String> = Vec::with_capacity(list.len());
     for p in list {
-        if p.is_empty() || p.len() > 64 || p.trim() != p || p.chars().any(char::is_control) {
+        if p.is_empty()
+            || p.chars().count() > 64
+            || p.trim() != p
+            || p.chars().any(char::is_control)
+        {
             return Err(bad(format!(
                 "{p:?} must be 1 to 64 printable characters without surrounding spaces"
             )));

@@ -70,7 +70,7 @@ use crate::openapi::{
 };
 use crate::pagination::Page;
 use crate::wire::{
-    check_id, check_text, parse_money, parse_time, BudgetBody, EntryBody, PeriodBody,
+    check_id, check_text, parse_money, parse_time, wholes, BudgetBody, EntryBody, PeriodBody, Whole,
 };
 use crate::AppState;
 
@@ -98,7 +98,7 @@ pub(crate) struct CreateBody {
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*\S[^\x00-\x1f\x7f-\x9f]*$"
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
     )]
     name: String,
     #[serde(deserialize_with = "tally_events::strict::object_only")]
@@ -116,7 +116,7 @@ pub(crate) struct CreateBody {
     /// distinct (default `[50, 80, 100]`).
     #[serde(default)]
     #[schema(max_items = 10, value_type = Option<Vec<crate::openapi::ThresholdDoc>>)]
-    thresholds_percent: Option<Vec<u32>>,
+    thresholds_percent: Option<Vec<Whole>>,
     /// Default `hard`.
     #[serde(default)]
     #[schema(value_type = Option<EnforcementDoc>)]
@@ -146,7 +146,7 @@ pub(crate) struct PatchBody {
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = r"^[^\x00-\x1f\x7f-\x9f]*\S[^\x00-\x1f\x7f-\x9f]*$"
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
     )]
     #[serde(default)]
     name: Option<String>,
@@ -155,7 +155,7 @@ pub(crate) struct PatchBody {
     limit_usd: Option<serde_json::Value>,
     #[serde(default)]
     #[schema(max_items = 10, value_type = Option<Vec<crate::openapi::ThresholdDoc>>)]
-    thresholds_percent: Option<Vec<u32>>,
+    thresholds_percent: Option<Vec<Whole>>,
     #[serde(default)]
     #[schema(value_type = Option<EnforcementDoc>)]
     enforcement: Option<String>,
@@ -188,16 +188,16 @@ pub(crate) struct CheckBody {
     #[schema(value_type = Option<IdDoc>)]
     org_id: Option<String>,
     #[serde(default)]
-    #[schema(max_length = 256)]
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     agent_id: Option<String>,
     #[serde(default)]
-    #[schema(max_length = 256)]
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     session_id: Option<String>,
     #[serde(default)]
-    #[schema(max_length = 256)]
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     user_id: Option<String>,
     #[serde(default)]
-    #[schema(max_length = 256)]
+    #[schema(pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     model: Option<String>,
 }
 
@@ -217,6 +217,19 @@ fn parse_enforcement(s: &str) -> Result<Enforcement, ApiError> {
 }
 
 fn check_thresholds(t: &[u32]) -> Result<Vec<u32>, ApiError> {
+    // The list as given is bounded too (the document says at most 10
+    // items): eleven entries with a repeat are refused, not deduplicated.
+    if t.len() > tally_budget::MAX_THRESHOLDS {
+        return Err(ApiError::field(
+            "too_many_thresholds",
+            "thresholds_percent",
+            format!(
+                "{} thresholds given; at most {} are allowed",
+                t.len(),
+                tally_budget::MAX_THRESHOLDS
+            ),
+        ));
+    }
     validate_thresholds(t)
         .map_err(|e| ApiError::field(e.code(), "thresholds_percent", e.to_string()))
 }
@@ -298,9 +311,10 @@ pub(crate) async fn create(
         .map_err(|e| ApiError::field(e.code(), "timezone", e.to_string()))?;
     let limit_usd = parse_money("limit_usd", &body.limit_usd)?;
     let thresholds = check_thresholds(
-        body.thresholds_percent
+        &body
+            .thresholds_percent
             .as_deref()
-            .unwrap_or(&DEFAULT_THRESHOLDS),
+            .map_or_else(|| DEFAULT_THRESHOLDS.to_vec(), wholes),
     )?;
     let enforcement = match &body.enforcement {
         Some(e) => parse_enforcement(e)?,
@@ -523,7 +537,7 @@ pub(crate) async fn patch(
             None => None,
         },
         thresholds: match &body.thresholds_percent {
-            Some(t) => Some(check_thresholds(t)?),
+            Some(t) => Some(check_thresholds(&wholes(t))?),
             None => None,
         },
         enforcement: match &body.enforcement {
@@ -586,7 +600,7 @@ pub(crate) struct EntriesBody {
     path = "/v1/budgets/{id}/entries",
     tag = "budgets",
     summary = "A budget's ledger entries, newest first",
-    params(("id" = IdDoc, Path, description = "the budget's id"), PageQuery),
+    params(("id" = IdDoc, Path, description = "the budget's id"), crate::openapi::UuidPageQuery),
     responses(
         (status = 200, description = "one page of entries", body = EntriesBody),
         (status = 404, description = "`budget_not_found`"),
@@ -743,4 +757,23 @@ pub(crate) async fn check(
         budgets: details,
         next_cursor,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn thresholds_are_bounded_as_given() {
+        assert_eq!(check_thresholds(&[80, 50, 80]).unwrap(), vec![50, 80]);
+        let eleven = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10];
+        assert_eq!(
+            check_thresholds(&eleven).unwrap_err().code(),
+            "too_many_thresholds"
+        );
+        assert_eq!(
+            check_thresholds(&[0]).unwrap_err().code(),
+            "invalid_threshold"
+        );
+    }
 }

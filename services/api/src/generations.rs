@@ -26,7 +26,7 @@ use tally_money::Usd;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiPath, Params};
-use crate::openapi::{BasisDoc, PageQuery, UsdDoc};
+use crate::openapi::{BasisDoc, UsdDoc, UuidPageQuery};
 use crate::pagination::{bad_cursor, Page};
 use crate::wire::{basis_str, check_generation_id, EntryBody};
 use crate::AppState;
@@ -83,8 +83,8 @@ pub(crate) struct GenerationBody {
     tag = "generations",
     summary = "A generation's costs, basis, state and (a page of) its ledger entries",
     params(
-        ("generation_id" = String, Path, min_length = 1, max_length = 256, description = "OpenRouter's generation id"),
-        PageQuery,
+        ("generation_id" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", description = "OpenRouter's generation id"),
+        UuidPageQuery,
     ),
     responses(
         (status = 200, description = "the generation", body = GenerationBody),

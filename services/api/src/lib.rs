@@ -81,6 +81,10 @@
 //! * **Strict input.** Unknown body fields and query parameters are refused
 //!   (422 naming them), so a typo never silently changes a request; bodies
 //!   are limited to [`BODY_LIMIT`] bytes by default.
+//!   Nested objects are never read from arrays (serde would read `[..]`
+//!   positionally). A whole number may be written `80.0` as well as `80`:
+//!   JSON Schema's `integer`, which the OpenAPI document states, admits
+//!   both.
 //! * **One table declares every route's access.** [`routes`] lists each
 //!   `/v1` method and path with the [`Access`] it needs; the router is
 //!   built from it alone, so a route cannot exist without a declared role,

@@ -59,7 +59,7 @@ pub const MONEY_PATTERN: &str = r"^-?[0-9]+(\.[0-9]+)?$";
 
 /// A non-negative amount the API accepts: at most 10 integer digits and
 /// 28 fractional ones (within ±10^10 at scale 28; money crate rules).
-pub const AMOUNT_INPUT_PATTERN: &str = r"^[0-9]{1,10}(\.[0-9]{1,28})?$";
+pub const AMOUNT_INPUT_PATTERN: &str = r"^(0|[1-9][0-9]{0,9})(\.[0-9]{1,28})?$";
 
 /// Organisation, budget and agent ids.
 pub const ID_PATTERN: &str = r"^[A-Za-z0-9_-]{1,64}$";
@@ -326,6 +326,10 @@ pub(crate) fn build(ops: Vec<(DocOp, Access)>, public: Vec<DocOp>) -> OpenApi {
         (UsdAmountDoc::name(), UsdAmountDoc::schema()),
         (ThresholdDoc::name(), ThresholdDoc::schema()),
         (TimezoneDoc::name(), TimezoneDoc::schema()),
+        (ModelIdDoc::name(), ModelIdDoc::schema()),
+        (ServerToolDoc::name(), ServerToolDoc::schema()),
+        (ByokProviderDoc::name(), ByokProviderDoc::schema()),
+        (ByokListDoc::name(), ByokListDoc::schema()),
         (BoolTextDoc::name(), BoolTextDoc::schema()),
         (RoleDoc::name(), RoleDoc::schema()),
     ] {
@@ -362,7 +366,7 @@ pub(crate) fn build(ops: Vec<(DocOp, Access)>, public: Vec<DocOp>) -> OpenApi {
     for (name, schema) in schemas {
         components.schemas.insert(name, schema);
     }
-    OpenApiBuilder::new()
+    let api = OpenApiBuilder::new()
         .info(
             InfoBuilder::new()
                 .title("tally")
@@ -378,7 +382,80 @@ pub(crate) fn build(ops: Vec<(DocOp, Access)>, public: Vec<DocOp>) -> OpenApi {
         )
         .paths(paths)
         .components(Some(components))
-        .build()
+        .build();
+    text_rules(api)
+}
+
+/// What every JSON string of a body obeys (the strict JSON reading the
+/// bus uses too): no C0 control character other than tab, line feed and
+/// carriage return. Fields checked further (names, scope values, ids,
+/// cursors) carry their own stricter pattern.
+pub const TEXT_PATTERN: &str = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f]*$";
+
+/// Adds [`TEXT_PATTERN`] to every JSON string schema without a pattern,
+/// format or enumeration (in the components, the parameters and the JSON
+/// request bodies; not in text/html or text/plain answers, which are
+/// documents), and makes an optional request body (`Option<T>`) a body
+/// that may be left out instead of one that may be `null`.
+fn text_rules(api: OpenApi) -> OpenApi {
+    fn strings(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(m) => {
+                let is_string = match m.get("type") {
+                    Some(serde_json::Value::String(t)) => t == "string",
+                    Some(serde_json::Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+                    _ => false,
+                };
+                let free = !["pattern", "format", "enum", "const"]
+                    .iter()
+                    .any(|k| m.contains_key(*k));
+                if is_string && free {
+                    m.insert("pattern".into(), TEXT_PATTERN.into());
+                }
+                m.values_mut().for_each(strings);
+            }
+            serde_json::Value::Array(a) => a.iter_mut().for_each(strings),
+            _ => {}
+        }
+    }
+    let Ok(mut v) = serde_json::to_value(&api) else {
+        return api;
+    };
+    if let Some(schemas) = v.pointer_mut("/components/schemas") {
+        strings(schemas);
+    }
+    if let Some(serde_json::Value::Object(paths)) = v.get_mut("paths") {
+        for item in paths.values_mut() {
+            let Some(item) = item.as_object_mut() else {
+                continue;
+            };
+            for op in item.values_mut() {
+                if let Some(params) = op.get_mut("parameters") {
+                    strings(params);
+                }
+                let Some(body) = op.get_mut("requestBody") else {
+                    continue;
+                };
+                let mut optional = false;
+                if let Some(schema) = body.pointer_mut("/content/application~1json/schema") {
+                    let inner = schema
+                        .get("oneOf")
+                        .and_then(|o| o.as_array())
+                        .filter(|o| o.len() == 2 && o[0] == serde_json::json!({"type": "null"}))
+                        .map(|o| o[1].clone());
+                    if let Some(inner) = inner {
+                        *schema = inner;
+                        optional = true;
+                    }
+                    strings(schema);
+                }
+                if optional {
+                    body["required"] = false.into();
+                }
+            }
+        }
+    }
+    serde_json::from_value(v).unwrap_or(api)
 }
 
 static DOCUMENT: OnceLock<Vec<u8>> = OnceLock::new();
@@ -453,6 +530,24 @@ string_schema!(
 );
 
 string_schema!(
+    /// A model id of a routing profile.
+    ModelIdDoc,
+    "ModelId",
+    r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+    "openai/gpt-4o",
+    "a model id: 1 to 256 printable characters, not blank"
+);
+
+string_schema!(
+    /// A server tool name.
+    ServerToolDoc,
+    "ServerTool",
+    r"^[A-Za-z0-9_:.-]{1,64}$",
+    "web_search",
+    "a server tool name"
+);
+
+string_schema!(
     /// An organisation, budget or agent id.
     IdDoc,
     "Id",
@@ -490,13 +585,29 @@ pub(crate) enum EnforcementDoc {
 #[schema(as = Scope)]
 #[allow(dead_code)]
 pub(crate) struct ScopeDoc {
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     agent_id: Option<String>,
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     session_id: Option<String>,
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     user_id: Option<String>,
-    #[schema(min_length = 1, max_length = 256)]
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*$"
+    )]
     model: Option<String>,
 }
 
@@ -539,6 +650,45 @@ pub(crate) enum EntryKindDoc {
 pub(crate) enum BoolTextDoc {
     True,
     False,
+}
+
+/// A BYOK provider name: 1 to 64 characters, no surrounding spaces, no
+/// control characters.
+pub(crate) struct ByokProviderDoc;
+impl PartialSchema for ByokProviderDoc {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .min_length(Some(1))
+            .max_length(Some(64))
+            .pattern(Some(
+                r"^[^\s\x00-\x1f\x7f-\x9f]([^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f])?$",
+            ))
+            .examples([serde_json::json!("anthropic")])
+            .into()
+    }
+}
+impl ToSchema for ByokProviderDoc {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ByokProvider")
+    }
+}
+
+/// BYOK provider names: at most 32, no repeats.
+pub(crate) struct ByokListDoc;
+impl PartialSchema for ByokListDoc {
+    fn schema() -> RefOr<Schema> {
+        utoipa::openapi::schema::ArrayBuilder::new()
+            .items(RefOr::Ref(Ref::from_schema_name(ByokProviderDoc::name())))
+            .max_items(Some(32))
+            .unique_items(true)
+            .into()
+    }
+}
+impl ToSchema for ByokListDoc {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("ByokProviders")
+    }
 }
 
 /// A threshold: percent of the limit.
@@ -596,7 +746,22 @@ pub(crate) struct OrgQuery {
 #[allow(dead_code)]
 pub(crate) struct PageQuery {
     /// `next_cursor` of the previous page (empty: the first page).
-    #[param(max_length = 1024)]
+    #[param(max_length = 1024, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
+    cursor: Option<String>,
+    /// Page size, 1 to 1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// A page of a list whose cursor is an entry id.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)]
+pub(crate) struct UuidPageQuery {
+    /// `next_cursor` of the previous page (empty: the first page).
+    #[param(
+        pattern = r"^$|^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+    )]
     cursor: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -772,7 +937,7 @@ pub(crate) struct RoutingInputDoc {
     #[schema(value_type = Option<IdDoc>)]
     org_id: Option<String>,
     /// Fallback models, tried in order (at most 32).
-    #[schema(max_items = 32)]
+    #[schema(max_items = 32, value_type = Option<Vec<ModelIdDoc>>)]
     models: Option<Vec<String>>,
     provider: Option<ProviderPrefsDoc>,
     #[schema(value_type = Option<CapacityDoc>)]
@@ -780,14 +945,14 @@ pub(crate) struct RoutingInputDoc {
     /// OpenRouter presets applied before the request's (at most 32).
     #[schema(max_items = 32)]
     presets: Option<Vec<String>>,
-    /// Server tools the agent may use, each `^[A-Za-z0-9_:.-]{1,64}$` (at most 32).
-    #[schema(max_items = 32)]
+    /// Server tools the agent may use (at most 32).
+    #[schema(max_items = 32, value_type = Option<Vec<ServerToolDoc>>)]
     server_tools: Option<Vec<String>>,
-    /// BYOK providers for this profile (default: the connection's; at most 32).
-    #[schema(max_items = 32)]
+    /// BYOK providers for this profile (default: the connection's; at most 32, no repeats).
+    #[schema(value_type = Option<ByokListDoc>)]
     byok_providers: Option<Vec<String>>,
     /// Output token cap when the request gives none.
-    #[schema(minimum = 1)]
+    #[schema(minimum = 1, maximum = 4294967295_u64, value_type = Option<u64>)]
     max_output_tokens: Option<u32>,
 }
 

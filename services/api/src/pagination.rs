@@ -16,7 +16,7 @@ pub const DEFAULT_PAGE: i64 = 100;
 pub const MAX_PAGE: i64 = 1000;
 
 /// Longest cursor accepted, in bytes.
-const MAX_CURSOR_BYTES: usize = 1024;
+const MAX_CURSOR_CHARS: usize = 1024;
 
 /// A page request: `limit` and the raw `cursor` (`None` for the first page).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +43,7 @@ impl Page {
         };
         let cursor = match params.get("cursor") {
             None | Some("") => None,
-            Some(c) if c.len() > MAX_CURSOR_BYTES || c.chars().any(char::is_control) => {
+            Some(c) if c.chars().count() > MAX_CURSOR_CHARS || c.chars().any(char::is_control) => {
                 return Err(bad_cursor())
             }
             Some(c) => Some(c.to_owned()),

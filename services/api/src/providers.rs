@@ -136,6 +136,7 @@ pub(crate) struct ConnectBody {
     api_key: String,
     /// Providers whose own keys the organisation has added to OpenRouter (BYOK).
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::ByokListDoc>)]
     byok_providers: Option<Vec<String>>,
     #[serde(default)]
     #[schema(value_type = Option<IdDoc>)]
@@ -252,8 +253,10 @@ pub(crate) async fn disconnect(
 #[schema(as = OAuthStartRequest)]
 pub(crate) struct StartBody {
     #[serde(default)]
+    #[schema(value_type = Option<crate::openapi::ByokListDoc>)]
     byok_providers: Option<Vec<String>>,
     #[serde(default)]
+    #[schema(value_type = Option<IdDoc>)]
     org_id: Option<String>,
 }
 
@@ -294,7 +297,7 @@ fn optional_body<T: Default + serde::de::DeserializeOwned>(
     path = "/v1/providers/openrouter/oauth/start",
     tag = "providers",
     summary = "Start connecting OpenRouter with OAuth (PKCE)",
-    request_body(content = Option<StartBody>, description = "optional; an empty body is the same as `{}`"),
+    request_body(content = Option<StartBody>, description = "optional: an empty body (without Content-Type) is the same as `{}`"),
     responses(
         (status = 200, description = "where to send the admin's browser", body = OAuthStartDoc),
         (status = 422, description = "`invalid_byok_providers`, `invalid_id`"),
@@ -470,7 +473,7 @@ fn provider_failure_page(e: &ProviderError) -> Response {
     tag = "providers",
     summary = "Where OpenRouter sends the admin's browser back (authorised by the single-use state, no key)",
     params(
-        ("state" = Option<String>, Query, description = "the state tally issued with the authorize URL"),
+        ("state" = String, Query, min_length = 1, description = "the state tally issued with the authorize URL"),
         ("code" = Option<String>, Query, description = "OpenRouter's authorization code"),
         ("error" = Option<String>, Query, description = "set by OpenRouter when access was not granted"),
     ),

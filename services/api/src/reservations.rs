@@ -42,7 +42,7 @@ pub(crate) struct ListQuery {
     #[param(value_type = Option<ReservationStateDoc>)]
     state: Option<String>,
     /// `next_cursor` of the previous page.
-    #[param(max_length = 256)]
+    #[param(max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     cursor: Option<String>,
     /// Page size, 1 to 1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
@@ -175,7 +175,7 @@ pub(crate) async fn list(
     };
     let cursor = params.get("cursor").filter(|c| !c.is_empty());
     if let Some(c) = cursor {
-        if c.len() > tally_store::reservations::MAX_REQUEST_ID_LEN
+        if c.chars().count() > tally_store::reservations::MAX_REQUEST_ID_LEN
             || c.chars().any(char::is_control)
         {
             return Err(ApiError::invalid(
@@ -213,7 +213,7 @@ pub(crate) async fn list(
     path = "/v1/reservations/{request_id}",
     tag = "reservations",
     summary = "One reservation",
-    params(("request_id" = String, Path, min_length = 1, max_length = 256, description = "the generation.requested request id")),
+    params(("request_id" = String, Path, min_length = 1, max_length = 256, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$", description = "the generation.requested request id")),
     responses(
         (status = 200, description = "the reservation", body = ReservationBody),
         (status = 404, description = "`reservation_not_found`"),
@@ -226,13 +226,13 @@ pub(crate) async fn get(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<ReservationBody>, ApiError> {
     if id.is_empty()
-        || id.len() > tally_store::reservations::MAX_REQUEST_ID_LEN
+        || id.chars().count() > tally_store::reservations::MAX_REQUEST_ID_LEN
         || id.chars().any(char::is_control)
     {
         return Err(ApiError::field(
             "invalid_id",
             "request_id",
-            "request_id must be 1 to 256 bytes without control characters",
+            "request_id must be 1 to 256 characters without control characters",
         ));
     }
     let not_found = || {

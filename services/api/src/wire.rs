@@ -177,6 +177,55 @@ impl From<EntryRow> for EntryBody {
     }
 }
 
+/// A whole number a client may spell `80` or `80.0`: JSON Schema's
+/// `integer` (what the OpenAPI document says) admits both, serde's `u32`
+/// only the first. A fraction, a negative or a number past `u32` is
+/// refused (422 naming the field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Whole(pub u32);
+
+impl<'de> serde::Deserialize<'de> for Whole {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Whole, D::Error> {
+        use serde::de::{Error, Unexpected, Visitor};
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = Whole;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a whole number from 0 to 4294967295")
+            }
+
+            fn visit_u64<E: Error>(self, v: u64) -> Result<Whole, E> {
+                u32::try_from(v)
+                    .map(Whole)
+                    .map_err(|_| E::invalid_value(Unexpected::Unsigned(v), &self))
+            }
+
+            fn visit_i64<E: Error>(self, v: i64) -> Result<Whole, E> {
+                u64::try_from(v)
+                    .map_err(|_| E::invalid_value(Unexpected::Signed(v), &self))
+                    .and_then(|v| self.visit_u64(v))
+            }
+
+            fn visit_f64<E: Error>(self, v: f64) -> Result<Whole, E> {
+                if v.fract() == 0.0 && (0.0..=f64::from(u32::MAX)).contains(&v) {
+                    // In range and whole: the cast is exact.
+                    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                    Ok(Whole(v as u32))
+                } else {
+                    Err(E::invalid_value(Unexpected::Float(v), &self))
+                }
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// The values of a list of [`Whole`]s.
+pub(crate) fn wholes(list: &[Whole]) -> Vec<u32> {
+    list.iter().map(|w| w.0).collect()
+}
+
 /// The wire spelling of a basis.
 pub(crate) fn basis_str(b: Option<Basis>) -> Option<&'static str> {
     b.map(|b| b.as_str())
@@ -206,16 +255,17 @@ pub(crate) fn check_id(field: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
-/// Checks a generation id: 1 to 256 bytes, no control characters.
+/// Checks a generation id: 1 to 256 characters (as the document's
+/// `maxLength` counts them), no control characters.
 pub(crate) fn check_generation_id(value: &str) -> Result<(), ApiError> {
     if value.is_empty()
-        || value.len() > MAX_GENERATION_ID_LEN
+        || value.chars().count() > MAX_GENERATION_ID_LEN
         || value.chars().any(char::is_control)
     {
         Err(ApiError::field(
             "invalid_id",
             "generation_id",
-            "generation_id must be 1 to 256 bytes without control characters",
+            "generation_id must be 1 to 256 characters without control characters",
         ))
     } else {
         Ok(())
@@ -335,6 +385,24 @@ mod tests {
         assert_eq!(body.remaining_usd, Usd::new(75, 2));
         assert_eq!(body.available_usd, Usd::new(25, 2));
         assert!(!body.exhausted);
+    }
+
+    #[test]
+    fn whole_numbers_may_be_written_with_a_zero_fraction() {
+        let w: Vec<Whole> = serde_json::from_value(json!([80, 80.0, 0, 4294967295_u64])).unwrap();
+        assert_eq!(wholes(&w), vec![80, 80, 0, 4_294_967_295]);
+        for bad in [
+            json!(80.5),
+            json!(-1),
+            json!(-1.0),
+            json!(4294967296_u64),
+            json!("80"),
+        ] {
+            assert!(
+                serde_json::from_value::<Whole>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]
