@@ -34,7 +34,7 @@ use uuid::Uuid;
 use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Params};
-use crate::openapi::{IdDoc, OrgQuery, PageQuery};
+use crate::openapi::{IdDoc, OrgQuery, UuidPageQuery};
 use crate::pagination::{bad_cursor, Page};
 use crate::AppState;
 
@@ -351,7 +351,7 @@ pub(crate) async fn create(
     path = "/v1/webhooks",
     tag = "webhooks",
     summary = "The organisation's webhooks, oldest first (never a secret)",
-    params(OrgQuery, PageQuery),
+    params(OrgQuery, UuidPageQuery),
     responses(
         (status = 200, description = "one page of webhooks", body = ListBody),
         (status = 404, description = "`org_not_found`"),
@@ -435,7 +435,7 @@ pub(crate) async fn delete(
     path = "/v1/webhooks/{id}/deliveries",
     tag = "webhooks",
     summary = "A webhook's deliveries, newest first: state, attempts, last answer",
-    params(("id" = String, Path, description = "the webhook's id (a UUID)"), PageQuery),
+    params(("id" = String, Path, description = "the webhook's id (a UUID)"), UuidPageQuery),
     responses(
         (status = 200, description = "one page of deliveries", body = DeliveriesBody),
         (status = 404, description = "`webhook_not_found`"),
