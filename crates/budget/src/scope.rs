@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::BudgetError;
 
-/// Longest value a scope field may have, in bytes.
+/// Longest value a scope field may have, in characters.
 pub const MAX_SCOPE_VALUE_LEN: usize = 256;
 
 /// Which generations of its organisation a budget counts. Every field that is
@@ -96,7 +96,8 @@ impl Scope {
     }
 
     /// Checks that each set field is a value a generation can carry: not
-    /// empty, at most [`MAX_SCOPE_VALUE_LEN`] bytes, no control characters,
+    /// empty, at most [`MAX_SCOPE_VALUE_LEN`] characters (as the API
+    /// document counts them), no control characters,
     /// no leading or trailing white space.
     pub fn validate(&self) -> Result<(), BudgetError> {
         let fields = [
@@ -109,8 +110,8 @@ impl Scope {
             let Some(v) = value else { continue };
             let reason = if v.is_empty() {
                 "must not be empty (leave it out to match any value)"
-            } else if v.len() > MAX_SCOPE_VALUE_LEN {
-                "is longer than 256 bytes"
+            } else if v.chars().count() > MAX_SCOPE_VALUE_LEN {
+                "is longer than 256 characters"
             } else if v.chars().any(char::is_control) {
                 "contains control characters"
             } else if v.trim() != v {

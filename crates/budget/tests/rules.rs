@@ -478,6 +478,17 @@ fn scope_validation() {
     let long = "x".repeat(257);
     let ok_long = "x".repeat(256);
     assert_eq!(scope(Some(&ok_long), None, None, None).validate(), Ok(()));
+    // Characters, not bytes: 256 two-byte characters fit, 257 do not.
+    let ok_wide = "é".repeat(256);
+    assert_eq!(scope(None, Some(&ok_wide), None, None).validate(), Ok(()));
+    let wide = "é".repeat(257);
+    assert_eq!(
+        scope(None, Some(&wide), None, None)
+            .validate()
+            .unwrap_err()
+            .code(),
+        "invalid_scope"
+    );
     let cases = [
         (scope(Some(""), None, None, None), "agent_id"),
         (scope(None, Some(&long), None, None), "session_id"),
