@@ -118,6 +118,47 @@ impl Harness {
             .0)
     }
 
+    /// Every message of `stream` matching `filter` (all of them for `""`),
+    /// read from the start: its subject, its body as JSON (`Null` if it is
+    /// not JSON) and, for a dead letter, its reason header.
+    pub async fn read_stream(
+        &self,
+        stream: tally_bus::StreamKind,
+        filter: &str,
+    ) -> anyhow::Result<Vec<(String, serde_json::Value, Option<String>)>> {
+        let mut out = Vec::new();
+        if self.bus.stream_last_sequence(stream).await? == 0 {
+            return Ok(out);
+        }
+        let c = self.bus.replay_consumer(stream, filter).await?;
+        loop {
+            let batch = c.fetch(500, Duration::from_millis(300)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for d in batch {
+                let reason = d
+                    .headers()
+                    .and_then(|h| h.get(tally_bus::HEADER_DEAD_LETTER_REASON))
+                    .map(|v| v.to_string());
+                let json = serde_json::from_slice(d.payload()).unwrap_or(serde_json::Value::Null);
+                out.push((d.subject().to_owned(), json, reason));
+                d.ack().await?;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Waits until the projector's outbox is published (at most 30 s).
+    pub async fn outbox_flushed(&self) -> anyhow::Result<()> {
+        self.wait_for(
+            "the outbox to be published",
+            Duration::from_secs(30),
+            || async { Ok(self.store.outbox_backlog().await? == 0) },
+        )
+        .await
+    }
+
     /// Waits until `f` returns true (polling), or fails after `timeout`.
     pub async fn wait_for<F, Fut>(
         &self,

@@ -11,45 +11,6 @@ use tally_tests::{budget, reconciled, unresolved, usd, Completed, Harness};
 
 const ORG: &str = "acme";
 
-/// Reads every message of a stream (from the start) as JSON values.
-async fn read_stream(
-    h: &Harness,
-    stream: StreamKind,
-    filter: &str,
-) -> anyhow::Result<Vec<(String, serde_json::Value, Option<String>)>> {
-    let last = h.bus.stream_last_sequence(stream).await?;
-    let mut out = Vec::new();
-    if last == 0 {
-        return Ok(out);
-    }
-    let c = h.bus.replay_consumer(stream, filter).await?;
-    loop {
-        let batch = c.fetch(500, Duration::from_millis(300)).await?;
-        if batch.is_empty() {
-            break;
-        }
-        for d in batch {
-            let reason = d
-                .headers()
-                .and_then(|h| h.get("Tally-Dead-Letter-Reason"))
-                .map(|v| v.to_string());
-            let json = serde_json::from_slice(d.payload()).unwrap_or(serde_json::Value::Null);
-            out.push((d.subject().to_owned(), json, reason));
-            d.ack().await?;
-        }
-    }
-    Ok(out)
-}
-
-async fn outbox_flushed(h: &Harness) -> anyhow::Result<()> {
-    h.wait_for(
-        "the outbox to be published",
-        Duration::from_secs(30),
-        || async { Ok(h.store.outbox_backlog().await? == 0) },
-    )
-    .await
-}
-
 #[tokio::test]
 async fn costs_of_seventeen_significant_digits_sum_to_the_last_digit() -> anyhow::Result<()> {
     let h = Harness::start().await?;
@@ -283,8 +244,8 @@ async fn thresholds_alert_exactly_once_per_budget_period_and_threshold() -> anyh
     )
     .await?;
     h.drained().await?;
-    outbox_flushed(&h).await?;
-    let alerts = read_stream(&h, StreamKind::Alerts, "").await?;
+    h.outbox_flushed().await?;
+    let alerts = h.read_stream(StreamKind::Alerts, "").await?;
     let mut thresholds: Vec<u64> = alerts
         .iter()
         .map(|(s, v, _)| {
@@ -413,7 +374,9 @@ async fn bad_messages_are_dead_lettered_and_the_batch_around_them_commits() -> a
     let p = h.spawn_projector(100);
     h.drained().await?;
     assert_eq!(h.spent(&b.id).await?, usd("0.6"));
-    let dead = read_stream(&h, StreamKind::DeadLetter, "tally.deadletter.projector").await?;
+    let dead = h
+        .read_stream(StreamKind::DeadLetter, "tally.deadletter.projector")
+        .await?;
     let mut reasons: Vec<String> = dead.iter().filter_map(|d| d.2.clone()).collect();
     reasons.sort();
     assert_eq!(
@@ -486,8 +449,8 @@ async fn ledger_posted_events_rebuild_every_balance() -> anyhow::Result<()> {
         }
     }
     h.drained().await?;
-    outbox_flushed(&h).await?;
-    let posted = read_stream(&h, StreamKind::Ledger, "").await?;
+    h.outbox_flushed().await?;
+    let posted = h.read_stream(StreamKind::Ledger, "").await?;
     let mut rebuilt = Usd::ZERO;
     for (_, ev, _) in &posted {
         assert_eq!(ev["type"], "tally.ledger.posted.v1");
