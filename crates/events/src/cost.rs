@@ -13,10 +13,13 @@
 //! * **Giving up is an event.** [`CostUnresolved`] makes "we will never know"
 //!   explicit: the estimate stands and the generation is flagged, instead of
 //!   waiting forever for an answer that will not come.
-//! * **The arithmetic is not re-checked here.** Whether `actual = total +
-//!   upstream` depends on OpenRouter's BYOK semantics, which the reconciler
-//!   owns; the wire contract only guarantees that each figure is an exact,
-//!   non-negative amount.
+//! * **The sum is checked at the edge.** A reconciled event whose
+//!   `actual_cost_usd` is not `total_cost_usd` (plus
+//!   `upstream_inference_cost_usd` when `is_byok`, a missing upstream part
+//!   counting as zero) is refused (`invalid_data` at `data.actual_cost_usd`):
+//!   the three figures travel side by side so the sum can be audited, and a
+//!   consumer must never have to choose which of two disagreeing figures to
+//!   book.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -69,7 +72,33 @@ impl Payload for CostReconciled {
             self.upstream_inference_cost_usd.as_ref(),
         )?;
         check::range("data.attempts", self.attempts, 1, u32::MAX)?;
-        Ok(())
+        self.check_sum()
+    }
+}
+
+impl CostReconciled {
+    /// What `actual_cost_usd` must be: `total_cost_usd`, plus the upstream
+    /// part when BYOK (money rule 8, owned by `tally-openrouter`).
+    pub fn expected_actual(&self) -> Option<Usd> {
+        match (self.is_byok, self.upstream_inference_cost_usd) {
+            (true, Some(upstream)) => self.total_cost_usd.try_add(upstream).ok(),
+            _ => Some(self.total_cost_usd),
+        }
+    }
+
+    fn check_sum(&self) -> Result<(), EventError> {
+        if self.expected_actual() == Some(self.actual_cost_usd) {
+            return Ok(());
+        }
+        let rule = if self.is_byok {
+            "total_cost_usd + upstream_inference_cost_usd"
+        } else {
+            "total_cost_usd (not BYOK)"
+        };
+        Err(EventError::data(
+            "data.actual_cost_usd",
+            format!("{} is not {rule}", self.actual_cost_usd),
+        ))
     }
 }
 
