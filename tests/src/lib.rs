@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use tally_bus::{Bus, BusConfig};
 use tally_events::{
-    CloudEvent, CostReconciled, CostUnresolved, EventType, GenerationCompleted, GenerationStatus,
-    Usage,
+    Attribution, CloudEvent, CostReconciled, CostUnresolved, EventType, GenerationCompleted,
+    GenerationStatus, Usage,
 };
 use tally_money::Usd;
 use tally_store::ledger::PostingOptions;
@@ -24,6 +24,30 @@ use tokio::sync::watch;
 
 pub mod pg;
 pub mod procs;
+
+/// A test's own NATS server and a bus on it with tally's streams and
+/// consumers in place: what every test of a bus consumer starts from.
+pub struct BusHarness {
+    /// The test's own NATS server (stopped when dropped).
+    pub nats: NatsServer,
+    /// Bus connected to `nats`, topology created.
+    pub bus: Bus,
+}
+
+impl BusHarness {
+    /// Starts NATS and creates the topology; messages not acknowledged
+    /// within `ack_wait` are delivered again.
+    pub async fn start(ack_wait: Duration) -> anyhow::Result<BusHarness> {
+        let nats = NatsServer::start().await?;
+        let bus = Bus::connect(&BusConfig {
+            ack_wait,
+            ..BusConfig::new(nats.url())
+        })
+        .await?;
+        bus.ensure_topology().await?;
+        Ok(BusHarness { nats, bus })
+    }
+}
 
 /// Real NATS + Postgres for one test.
 pub struct Harness {
@@ -40,18 +64,10 @@ pub struct Harness {
 impl Harness {
     /// Starts NATS, creates the database, migrates, creates the streams.
     pub async fn start() -> anyhow::Result<Harness> {
-        let nats = NatsServer::start().await?;
-        let db = TestDb::create().await?;
-        let store = Store::connect(db.url(), 8).await?;
-        store.migrate().await?;
         // A short ack wait: a crashed projector's in-flight messages come
         // back in seconds, not a minute.
-        let bus = Bus::connect(&BusConfig {
-            ack_wait: Duration::from_secs(5),
-            ..BusConfig::new(nats.url())
-        })
-        .await?;
-        bus.ensure_topology().await?;
+        let BusHarness { nats, bus } = BusHarness::start(Duration::from_secs(5)).await?;
+        let (db, store) = tally_testkit::TestDb::migrated(8).await?;
         Ok(Harness {
             nats,
             db,
@@ -279,6 +295,15 @@ impl Running {
     }
 }
 
+/// The HTTP API with `state`, served in this process on a free port until
+/// the test ends; its base URL (`http://127.0.0.1:<port>`).
+pub async fn serve_api(state: tally_api::AppState) -> anyhow::Result<String> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let base = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(tally_api::serve(listener, state, std::future::pending()));
+    Ok(base)
+}
+
 /// Parses a decimal literal (test helper).
 pub fn usd(s: &str) -> Usd {
     Usd::from_str(s).expect("decimal literal")
@@ -318,17 +343,18 @@ pub struct Completed {
 impl Completed {
     /// A completed generation of `org` at `completed_at` with neither cost.
     pub fn new(generation_id: &str, org: &str, completed_at: &str) -> Completed {
+        Completed::at(generation_id, org, at(completed_at))
+    }
+
+    /// [`Completed::new`] at an instant rather than a text.
+    pub fn at(generation_id: &str, org: &str, completed_at: DateTime<Utc>) -> Completed {
         Completed {
             id: format!("completed-{generation_id}"),
             data: GenerationCompleted {
                 generation_id: generation_id.into(),
-                org_id: org.into(),
-                agent_id: None,
-                session_id: None,
-                user_id: None,
-                model: "openai/gpt-4o-mini".into(),
+                attribution: Attribution::new(org, "openai/gpt-4o-mini"),
                 provider: Some("OpenAI".into()),
-                completed_at: at(completed_at),
+                completed_at,
                 usage: Usage {
                     prompt_tokens: 100,
                     completion_tokens: 20,
@@ -360,13 +386,13 @@ impl Completed {
 
     /// Sets the agent.
     pub fn agent(mut self, v: &str) -> Self {
-        self.data.agent_id = Some(v.into());
+        self.data.attribution.agent_id = Some(v.into());
         self
     }
 
     /// Sets the model.
     pub fn model(mut self, v: &str) -> Self {
-        self.data.model = v.into();
+        self.data.attribution.model = v.into();
         self
     }
 
@@ -378,7 +404,8 @@ impl Completed {
 
     /// The CloudEvent.
     pub fn event(&self) -> CloudEvent<GenerationCompleted> {
-        let subject = EventType::GenerationCompleted.subject("tally", &self.data.org_id, None);
+        let subject =
+            EventType::GenerationCompleted.subject("tally", &self.data.attribution.org_id, None);
         CloudEvent::new(
             self.id.clone(),
             "tests",
@@ -386,6 +413,29 @@ impl Completed {
             self.data.completed_at,
             self.data.clone(),
         )
+    }
+}
+
+/// Publishes `c` until the bus takes it, for up to a minute, every
+/// `retry_every`: while a NATS node dies or restarts, publishes fail ("no
+/// stream found") or time out, and a producer retries with the same message
+/// id, which JetStream keeps one copy of.
+pub async fn publish_retrying(
+    bus: &Bus,
+    c: &Completed,
+    retry_every: Duration,
+) -> anyhow::Result<()> {
+    let ev = c.event();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        match bus.publish(&ev.subject, &ev.id, ev.to_json().into()).await {
+            Ok(()) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                eprintln!("publish retry after: {e}");
+                tokio::time::sleep(retry_every).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }
 

@@ -122,4 +122,5 @@ pub use period::{
     ensure_supported_instant, parse_timezone, period_containing, period_starting_at, Period,
     PeriodKind, TOTAL_END, TOTAL_START,
 };
-pub use scope::{GenerationFacts, Scope, MAX_SCOPE_VALUE_LEN};
+pub use scope::{Scope, MAX_SCOPE_VALUE_LEN};
+pub use tally_events::Attribution;

@@ -3,6 +3,7 @@
 //! holds).
 
 use serde::{Deserialize, Serialize};
+use tally_events::Attribution;
 
 use crate::BudgetError;
 
@@ -34,21 +35,6 @@ pub struct Scope {
     pub model: Option<String>,
 }
 
-/// The facts of one generation that decide which budgets count it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct GenerationFacts<'a> {
-    /// The organisation the generation belongs to.
-    pub org_id: &'a str,
-    /// The agent that requested it, if any.
-    pub agent_id: Option<&'a str>,
-    /// The session it belongs to, if any.
-    pub session_id: Option<&'a str>,
-    /// The end user it was made for, if any.
-    pub user_id: Option<&'a str>,
-    /// The model that actually served it.
-    pub model: &'a str,
-}
-
 impl Scope {
     /// Whether the scope counts the generation: every set field equals the
     /// generation's (byte for byte); an unset field matches anything, including
@@ -58,22 +44,29 @@ impl Scope {
     /// The organisation is not part of the scope: budgets belong to one
     /// organisation and the caller compares it (or uses
     /// [`applies_to`](Scope::applies_to)).
-    pub fn matches(&self, g: &GenerationFacts<'_>) -> bool {
+    pub fn matches(&self, g: &Attribution) -> bool {
+        self.matches_served_by(g, &g.model)
+    }
+
+    /// [`matches`](Scope::matches) for the generation `g` if `model` served
+    /// it: a hold counts in the budgets of its requested model and of every
+    /// fallback model, before anyone knows which one will serve.
+    pub fn matches_served_by(&self, g: &Attribution, model: &str) -> bool {
         fn field(want: &Option<String>, have: Option<&str>) -> bool {
             match want {
                 None => true,
                 Some(w) => have == Some(w.as_str()),
             }
         }
-        field(&self.agent_id, g.agent_id)
-            && field(&self.session_id, g.session_id)
-            && field(&self.user_id, g.user_id)
-            && field(&self.model, Some(g.model))
+        field(&self.agent_id, g.agent_id.as_deref())
+            && field(&self.session_id, g.session_id.as_deref())
+            && field(&self.user_id, g.user_id.as_deref())
+            && field(&self.model, Some(model))
     }
 
     /// Whether a budget of organisation `budget_org_id` with this scope counts
     /// the generation: same organisation and [`matches`](Scope::matches).
-    pub fn applies_to(&self, budget_org_id: &str, g: &GenerationFacts<'_>) -> bool {
+    pub fn applies_to(&self, budget_org_id: &str, g: &Attribution) -> bool {
         budget_org_id == g.org_id && self.matches(g)
     }
 

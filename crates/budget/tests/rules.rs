@@ -8,8 +8,8 @@ use serde::de::value::{Error as DeError, MapDeserializer, StrDeserializer};
 use serde::de::IntoDeserializer;
 use serde::Deserialize;
 use tally_budget::{
-    is_exhausted, thresholds_crossed, validate_limit, validate_thresholds, BudgetError,
-    Enforcement, GenerationFacts, PeriodKind, Scope, DEFAULT_THRESHOLDS, MAX_THRESHOLDS,
+    is_exhausted, thresholds_crossed, validate_limit, validate_thresholds, Attribution,
+    BudgetError, Enforcement, PeriodKind, Scope, DEFAULT_THRESHOLDS, MAX_THRESHOLDS,
 };
 use tally_money::MoneyError;
 use tally_money::Usd;
@@ -367,27 +367,26 @@ fn scope(
     }
 }
 
-const G: GenerationFacts<'static> = GenerationFacts {
-    org_id: "org-1",
-    agent_id: Some("agent-a"),
-    session_id: Some("sess-1"),
-    user_id: Some("user-9"),
-    model: "openai/gpt-4o",
-};
-
-const G_BARE: GenerationFacts<'static> = GenerationFacts {
-    org_id: "org-1",
-    agent_id: None,
-    session_id: None,
-    user_id: None,
-    model: "anthropic/claude-sonnet-4",
-};
+fn attribution(
+    agent: Option<&str>,
+    session: Option<&str>,
+    user: Option<&str>,
+    model: &str,
+) -> Attribution {
+    Attribution {
+        org_id: "org-1".into(),
+        agent_id: agent.map(str::to_owned),
+        session_id: session.map(str::to_owned),
+        user_id: user.map(str::to_owned),
+        model: model.into(),
+    }
+}
 
 #[test]
 fn scope_matching_table() {
     #[rustfmt::skip]
     let rows = [
-        // scope, matches G, matches G_BARE
+        // scope, matches g, matches g_bare
         (scope(None, None, None, None), true, true),
         (scope(Some("agent-a"), None, None, None), true, false),
         (scope(Some("agent-b"), None, None, None), false, false),
@@ -410,13 +409,26 @@ fn scope_matching_table() {
         (scope(Some("agent-a"), None, None, Some("openai/gpt-4o")), true, false),
         (scope(Some(""), None, None, None), false, false), // "" is not "unset"
     ];
+    let g = attribution(
+        Some("agent-a"),
+        Some("sess-1"),
+        Some("user-9"),
+        "openai/gpt-4o",
+    );
+    let g_bare = attribution(None, None, None, "anthropic/claude-sonnet-4");
     for (s, m, m_bare) in rows {
-        assert_eq!(s.matches(&G), m, "{s:?} vs G");
-        assert_eq!(s.matches(&G_BARE), m_bare, "{s:?} vs G_BARE");
+        assert_eq!(s.matches(&g), m, "{s:?} vs g");
+        assert_eq!(s.matches(&g_bare), m_bare, "{s:?} vs g_bare");
         // The organisation is checked by applies_to, not by matches.
-        assert_eq!(s.applies_to("org-1", &G), m);
-        assert!(!s.applies_to("org-2", &G));
-        assert!(!s.applies_to("org-1 ", &G));
+        assert_eq!(s.applies_to("org-1", &g), m);
+        assert!(!s.applies_to("org-2", &g));
+        assert!(!s.applies_to("org-1 ", &g));
+        // A hold counts where any of its models would: served_by decides
+        // by the model given, not the attribution's own.
+        assert_eq!(
+            s.matches_served_by(&g_bare, "openai/gpt-4o"),
+            s.matches(&attribution(None, None, None, "openai/gpt-4o"))
+        );
     }
 }
 
@@ -453,12 +465,12 @@ proptest! {
         let narrow = Scope { agent_id: name(n[0]), session_id: name(n[1]), user_id: name(n[2]), model: name(n[3]) };
         let gv: Vec<Option<String>> = g.iter().map(|&v| name(v)).collect();
         let model = gv[3].clone().unwrap_or_else(|| "v0".into());
-        let facts = GenerationFacts {
-            org_id: "o",
-            agent_id: gv[0].as_deref(),
-            session_id: gv[1].as_deref(),
-            user_id: gv[2].as_deref(),
-            model: &model,
+        let facts = Attribution {
+            org_id: "o".into(),
+            agent_id: gv[0].clone(),
+            session_id: gv[1].clone(),
+            user_id: gv[2].clone(),
+            model,
         };
         if wide.is_wider_or_equal(&narrow) && narrow.matches(&facts) {
             prop_assert!(wide.matches(&facts));

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tally_money::Usd;
 
 use crate::check::{self, wire_enum};
+use crate::Attribution;
 use crate::{EventError, EventType, Payload};
 
 wire_enum! {
@@ -178,20 +179,24 @@ impl<'de> Deserialize<'de> for Input {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MaxPrice {
-    /// Highest acceptable prompt price.
+    /// Highest acceptable prompt price, USD per million tokens (wire
+    /// `prompt`).
     #[serde(
+        rename = "prompt",
         default,
         with = "tally_money::serde_cost::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub prompt: Option<Usd>,
-    /// Highest acceptable completion price.
+    pub prompt_usd_per_mtok: Option<Usd>,
+    /// Highest acceptable completion price, USD per million tokens (wire
+    /// `completion`).
     #[serde(
+        rename = "completion",
         default,
         with = "tally_money::serde_cost::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub completion: Option<Usd>,
+    pub completion_usd_per_mtok: Option<Usd>,
 }
 
 /// OpenRouter `provider` preferences.
@@ -254,19 +259,10 @@ pub struct Routing {
 pub struct GenerationRequested {
     /// The requester's id; the worker's idempotency key (id pattern).
     pub request_id: String,
-    /// The org that pays.
-    pub org_id: String,
-    /// Budget scope: agent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_id: Option<String>,
-    /// Budget scope: session (also sent to OpenRouter to group its logs).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    /// Budget scope: end user (sent to OpenRouter as `user`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    /// OpenRouter model slug.
-    pub model: String,
+    /// Who pays and which budgets count it; `model` is the OpenRouter
+    /// model slug requested.
+    #[serde(flatten)]
+    pub attribution: Attribution,
     /// Fallback models, tried in order.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub models: Option<Vec<String>>,
@@ -303,16 +299,12 @@ impl Payload for GenerationRequested {
     const TYPE: EventType = EventType::GenerationRequested;
 
     fn org_id(&self) -> &str {
-        &self.org_id
+        &self.attribution.org_id
     }
 
     fn validate(&self) -> Result<(), EventError> {
         check::id("data.request_id", &self.request_id)?;
-        check::id("data.org_id", &self.org_id)?;
-        check::opt_reference("data.agent_id", self.agent_id.as_deref())?;
-        check::opt_reference("data.session_id", self.session_id.as_deref())?;
-        check::opt_reference("data.user_id", self.user_id.as_deref())?;
-        check::reference("data.model", &self.model)?;
+        self.attribution.validate()?;
         check::opt_list("data.models", self.models.as_deref())?;
         match &self.input {
             Input::Text(text) if text.is_empty() => {
@@ -336,10 +328,13 @@ impl Payload for GenerationRequested {
                 check::opt_list("data.routing.provider.only", p.only.as_deref())?;
                 check::opt_list("data.routing.provider.ignore", p.ignore.as_deref())?;
                 if let Some(m) = &p.max_price {
-                    check::opt_cost("data.routing.provider.max_price.prompt", m.prompt.as_ref())?;
+                    check::opt_cost(
+                        "data.routing.provider.max_price.prompt",
+                        m.prompt_usd_per_mtok.as_ref(),
+                    )?;
                     check::opt_cost(
                         "data.routing.provider.max_price.completion",
-                        m.completion.as_ref(),
+                        m.completion_usd_per_mtok.as_ref(),
                     )?;
                 }
             }
@@ -443,19 +438,10 @@ pub struct Usage {
 pub struct GenerationCompleted {
     /// OpenRouter's generation id (`X-Generation-Id`).
     pub generation_id: String,
-    /// The org that pays.
-    pub org_id: String,
-    /// Budget scope: agent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_id: Option<String>,
-    /// Budget scope: session.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    /// Budget scope: end user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    /// The model that actually served it.
-    pub model: String,
+    /// Who pays and which budgets count it; `model` is the model that
+    /// actually served it.
+    #[serde(flatten)]
+    pub attribution: Attribution,
     /// Upstream provider name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provider: Option<String>,
@@ -494,16 +480,12 @@ impl Payload for GenerationCompleted {
     const TYPE: EventType = EventType::GenerationCompleted;
 
     fn org_id(&self) -> &str {
-        &self.org_id
+        &self.attribution.org_id
     }
 
     fn validate(&self) -> Result<(), EventError> {
         check::reference("data.generation_id", &self.generation_id)?;
-        check::id("data.org_id", &self.org_id)?;
-        check::opt_reference("data.agent_id", self.agent_id.as_deref())?;
-        check::opt_reference("data.session_id", self.session_id.as_deref())?;
-        check::opt_reference("data.user_id", self.user_id.as_deref())?;
-        check::reference("data.model", &self.model)?;
+        self.attribution.validate()?;
         check::opt_reference("data.provider", self.provider.as_deref())?;
         check::event_time("data.completed_at", &self.completed_at)?;
         check::opt_cost("data.actual_cost_usd", self.actual_cost_usd.as_ref())?;
@@ -524,23 +506,13 @@ impl Payload for GenerationCompleted {
 pub struct GenerationFailed {
     /// The request that failed.
     pub request_id: String,
-    /// The request's org.
-    pub org_id: String,
     /// OpenRouter's generation id if one was assigned (JSON `null`, required,
     /// otherwise).
     #[serde(deserialize_with = "check::required_nullable")]
     pub generation_id: Option<String>,
-    /// Budget scope: agent.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub agent_id: Option<String>,
-    /// Budget scope: session.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub session_id: Option<String>,
-    /// Budget scope: end user.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub user_id: Option<String>,
-    /// The requested model.
-    pub model: String,
+    /// The request's org, budget scopes and requested model.
+    #[serde(flatten)]
+    pub attribution: Attribution,
     /// Machine-readable snake_case reason, e.g. `upstream_rate_limited`.
     pub reason: String,
     /// Human-readable explanation.
@@ -556,17 +528,13 @@ impl Payload for GenerationFailed {
     const TYPE: EventType = EventType::GenerationFailed;
 
     fn org_id(&self) -> &str {
-        &self.org_id
+        &self.attribution.org_id
     }
 
     fn validate(&self) -> Result<(), EventError> {
         check::id("data.request_id", &self.request_id)?;
-        check::id("data.org_id", &self.org_id)?;
+        self.attribution.validate()?;
         check::opt_reference("data.generation_id", self.generation_id.as_deref())?;
-        check::opt_reference("data.agent_id", self.agent_id.as_deref())?;
-        check::opt_reference("data.session_id", self.session_id.as_deref())?;
-        check::opt_reference("data.user_id", self.user_id.as_deref())?;
-        check::reference("data.model", &self.model)?;
         check::code("data.reason", &self.reason)?;
         Ok(())
     }

@@ -54,11 +54,19 @@
 //!   `[2020-01-01T00:00:00Z, now + 1 day]` (`time_out_of_range`), leap
 //!   seconds and sub-microsecond digits are normalised so the budget and
 //!   `/v1/spend` agree on the period of every instant.
+//! * **One attribution type, flattened.** The organisation, agent,
+//!   session, user and model of a generation are one [`Attribution`],
+//!   `#[serde(flatten)]`ed into the generation events: the wire keeps flat
+//!   `data` properties, and every consumer passes the value on whole
+//!   instead of copying five fields. Unknown fields are still refused: the
+//!   outer struct keeps `deny_unknown_fields` and refuses whatever neither
+//!   it nor the attribution consumed (tested in `tests/decode.rs`).
 //! * **Strict, versioned payloads.** Unknown fields are refused, matching
 //!   the schemas' `additionalProperties: false`; a new field is a new
 //!   version, so producers and consumers never silently disagree about what
 //!   an event says.
 
+pub mod attribution;
 pub mod budget;
 mod check;
 pub mod cost;
@@ -71,6 +79,7 @@ pub mod ledger;
 pub mod strict;
 pub mod time;
 
+pub use attribution::Attribution;
 pub use budget::ThresholdCrossed;
 pub use check::is_valid_id;
 pub use cost::{CostReconciled, CostUnresolved};

@@ -141,7 +141,7 @@ fn unknown_and_wrong_types() {
     assert_eq!(err.code(), "wrong_type");
     let ok =
         decode_as::<GenerationCompleted>("tally", "tally.generation.completed.acme", &b).unwrap();
-    assert_eq!(ok.data.org_id, "acme");
+    assert_eq!(ok.data.attribution.org_id, "acme");
 }
 
 /// Changes a valid event into an invalid one.
@@ -186,6 +186,31 @@ fn errors_name_the_field() {
             "time",
         ),
         (|d| d["source"] = json!(null), "invalid_envelope", "source"),
+        // The attribution is flattened into `data`: its fields are still
+        // named by their own path, and a field neither the event nor the
+        // attribution knows is still refused.
+        (
+            |d| d["data"]["agent"] = json!("a1"),
+            "invalid_data",
+            "data.agent",
+        ),
+        (
+            |d| d["data"]["agent_id"] = json!(7),
+            "invalid_data",
+            "data.agent_id",
+        ),
+        (
+            |d| {
+                d["data"].as_object_mut().unwrap().remove("model");
+            },
+            "invalid_data",
+            "data.model",
+        ),
+        (
+            |d| d["data"]["org_id"] = json!("a b"),
+            "invalid_id",
+            "data.org_id",
+        ),
     ];
     for (mutate, want_code, want_field) in cases {
         let mut doc = completed();
@@ -432,7 +457,13 @@ fn optional_objects_are_never_read_positionally() {
     }
     let ok: Routing =
         serde_json::from_value(json!({"provider": {"max_price": {"prompt": "0.000001"}}})).unwrap();
-    assert!(ok.provider.unwrap().max_price.unwrap().prompt.is_some());
+    assert!(ok
+        .provider
+        .unwrap()
+        .max_price
+        .unwrap()
+        .prompt_usd_per_mtok
+        .is_some());
     let none: Routing = serde_json::from_value(json!({"provider": null})).unwrap();
     assert!(none.provider.is_none());
     let absent: Routing = serde_json::from_value(json!({})).unwrap();
@@ -480,4 +511,41 @@ fn a_completed_event_without_status_is_completed_but_a_wrong_status_is_refused()
         )),
         "invalid_data"
     );
+}
+
+#[test]
+fn a_reconciled_cost_must_add_up() {
+    let byok = example("tally.cost.reconciled.v1", "byok.json");
+    let subject = "tally.cost.reconciled.org_B-2";
+    let refused = |doc: &Value| -> Option<(String, Option<String>)> {
+        decode("tally", subject, &body(doc))
+            .err()
+            .map(|e| (e.code().to_owned(), e.field().map(str::to_owned)))
+    };
+    let at_actual = Some((
+        "invalid_data".to_owned(),
+        Some("data.actual_cost_usd".into()),
+    ));
+    assert_eq!(refused(&byok), None, "the example adds up");
+
+    // BYOK: actual = total + upstream, to the last digit.
+    let mut doc = byok.clone();
+    doc["data"]["actual_cost_usd"] = json!("0.0020999999999999999999");
+    assert_eq!(refused(&doc), at_actual);
+    doc["data"]["actual_cost_usd"] = json!("0.0001");
+    assert_eq!(refused(&doc), at_actual, "the fee alone is not the cost");
+
+    // BYOK without an upstream figure: the fee is all that is known.
+    doc = byok.clone();
+    doc["data"]["upstream_inference_cost_usd"] = json!(null);
+    assert_eq!(refused(&doc), at_actual);
+    doc["data"]["actual_cost_usd"] = json!("0.0001");
+    assert_eq!(refused(&doc), None);
+
+    // Not BYOK: actual = total; an upstream figure is already inside it.
+    doc = byok.clone();
+    doc["data"]["is_byok"] = json!(false);
+    assert_eq!(refused(&doc), at_actual);
+    doc["data"]["actual_cost_usd"] = json!("0.0001");
+    assert_eq!(refused(&doc), None);
 }

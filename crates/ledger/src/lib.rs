@@ -60,6 +60,7 @@
 //!   database, including property tests over every order of facts.
 
 use chrono::{DateTime, Utc};
+use tally_events::Attribution;
 use tally_money::Usd;
 
 pub use tally_events::{Basis, EntryKind};
@@ -109,16 +110,8 @@ impl CostState {
 /// belongs. Fixed by the first completed event.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placement {
-    /// Organisation.
-    pub org_id: String,
-    /// Agent scope, if any.
-    pub agent_id: Option<String>,
-    /// Session scope, if any.
-    pub session_id: Option<String>,
-    /// User scope, if any.
-    pub user_id: Option<String>,
-    /// Model that served the generation.
-    pub model: String,
+    /// Organisation, budget scopes and the model that served it.
+    pub attribution: Attribution,
     /// Event time: decides the budget period.
     pub completed_at: DateTime<Utc>,
 }
@@ -280,11 +273,10 @@ mod tests {
     fn completed(estimate: Option<&str>, actual: Option<&str>) -> Fact {
         Fact::Completed {
             placement: Placement {
-                org_id: "acme".into(),
-                agent_id: Some("a1".into()),
-                session_id: None,
-                user_id: None,
-                model: "openai/gpt-4o-mini".into(),
+                attribution: Attribution {
+                    agent_id: Some("a1".into()),
+                    ..Attribution::new("acme", "openai/gpt-4o-mini")
+                },
                 completed_at: DateTime::parse_from_rfc3339("2026-11-25T10:00:00Z")
                     .unwrap()
                     .with_timezone(&Utc),

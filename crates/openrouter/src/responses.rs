@@ -93,23 +93,27 @@ impl ProviderRouting {
     }
 }
 
-/// `provider.max_price`: ceilings in USD per million tokens.
+/// `provider.max_price`: ceilings in USD per million tokens (`_per_mtok`),
+/// where a catalog [`Pricing`](crate::models::Pricing) is USD per token: the
+/// field names carry the unit so the two are never compared as they stand.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MaxPriceUsd {
     /// Highest prompt price.
     #[serde(
+        rename = "prompt",
         default,
         with = "tally_money::json_number::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub prompt: Option<Usd>,
+    pub prompt_usd_per_mtok: Option<Usd>,
     /// Highest completion price.
     #[serde(
+        rename = "completion",
         default,
         with = "tally_money::json_number::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub completion: Option<Usd>,
+    pub completion_usd_per_mtok: Option<Usd>,
 }
 
 /// One input message.
@@ -259,6 +263,20 @@ pub struct ResponsesReply {
     pub aborted: bool,
     /// An error message the reply or stream carried.
     pub error: Option<String>,
+}
+
+impl ResponsesReply {
+    /// The reply, if it names its generation (header or body); a reply
+    /// without a generation id cannot be reconciled, so it is malformed.
+    pub(crate) fn with_generation_id(self) -> Result<ResponsesReply, OpenRouterError> {
+        if self.generation_id.is_empty() {
+            return Err(OpenRouterError::malformed(
+                200,
+                "no X-Generation-Id header and no id in the body",
+            ));
+        }
+        Ok(self)
+    }
 }
 
 /// Why a generation request produced no reply.
@@ -571,13 +589,7 @@ impl ResponsesReply {
             ..ResponsesReply::default()
         };
         apply_response(&mut reply, w, 200)?;
-        if reply.generation_id.is_empty() {
-            return Err(OpenRouterError::malformed(
-                200,
-                "no X-Generation-Id header and no id in the body",
-            ));
-        }
-        Ok(reply)
+        reply.with_generation_id()
     }
 }
 
@@ -958,8 +970,8 @@ mod tests {
         let mut r = ResponsesRequest::new("m", "hi");
         r.provider = Some(ProviderRouting {
             max_price: Some(MaxPriceUsd {
-                prompt: Some(usd!("0.15")),
-                completion: None,
+                prompt_usd_per_mtok: Some(usd!("0.15")),
+                completion_usd_per_mtok: None,
             }),
             sort: Some("price".into()),
             ..ProviderRouting::default()

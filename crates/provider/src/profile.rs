@@ -210,8 +210,8 @@ fn narrow_provider(
     }
     p.max_price = match (&base.max_price, &req.max_price) {
         (Some(a), Some(b)) => Some(MaxPrice {
-            prompt: min_opt(a.prompt, b.prompt),
-            completion: min_opt(a.completion, b.completion),
+            prompt_usd_per_mtok: min_opt(a.prompt_usd_per_mtok, b.prompt_usd_per_mtok),
+            completion_usd_per_mtok: min_opt(a.completion_usd_per_mtok, b.completion_usd_per_mtok),
         }),
         (a, b) => a.clone().or_else(|| b.clone()),
     };
@@ -332,7 +332,7 @@ mod tests {
                 p.allow_fallbacks = Some(false);
                 p.data_collection = Some(DataCollection::Deny);
                 p.zdr = Some(true);
-                p.max_price = Some(MaxPrice { prompt: Some("2".parse().unwrap()), completion: Some("4".parse().unwrap()) });
+                p.max_price = Some(MaxPrice { prompt_usd_per_mtok: Some("2".parse().unwrap()), completion_usd_per_mtok: Some("4".parse().unwrap()) });
             })),
             models: Some(s(&["openai/gpt-4o-mini"])),
             byok_providers: Some(s(&["Anthropic"])),
@@ -348,7 +348,7 @@ mod tests {
                 p.data_collection = Some(DataCollection::Allow);
                 p.zdr = Some(false);
                 p.sort = Some(Sort::Price);
-                p.max_price = Some(MaxPrice { prompt: Some("1".parse().unwrap()), completion: Some("9".parse().unwrap()) });
+                p.max_price = Some(MaxPrice { prompt_usd_per_mtok: Some("1".parse().unwrap()), completion_usd_per_mtok: Some("9".parse().unwrap()) });
             })),
             capacity: None,
         };
@@ -386,7 +386,7 @@ mod tests {
                            && p.data_collection == Some(DataCollection::Deny)
                            && p.zdr == Some(true)
                            && p.sort == Some(Sort::Price)
-                           && p.max_price == Some(MaxPrice { prompt: Some("1".parse().unwrap()), completion: Some("4".parse().unwrap()) })
+                           && p.max_price == Some(MaxPrice { prompt_usd_per_mtok: Some("1".parse().unwrap()), completion_usd_per_mtok: Some("4".parse().unwrap()) })
                            && e.byok == s(&["Anthropic"])
                            && e.models == Some(s(&["openai/gpt-4o-mini"]))
                            && e.max_output_tokens == Some(256)

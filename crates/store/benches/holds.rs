@@ -35,6 +35,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tally_events::Attribution;
 
 use chrono::Utc;
 use tally_budget::{Enforcement, PeriodKind, Scope};
@@ -78,11 +79,10 @@ use tally_money::usd;
 fn hold_request(id: &str) -> HoldRequest {
     HoldRequest {
         request_id: id.to_owned(),
-        org_id: ORG.into(),
-        agent_id: Some("hot".into()),
-        session_id: None,
-        user_id: None,
-        model: "openai/gpt-4o-mini".into(),
+        attribution: Attribution {
+            agent_id: Some("hot".into()),
+            ..Attribution::new(ORG, "openai/gpt-4o-mini")
+        },
         fallback_models: Vec::new(),
         amount_usd: Some(usd!(HOLD)),
         max_output_tokens: 4096,
@@ -96,11 +96,10 @@ fn completed(request_id: &str) -> FactInput {
         org_id: ORG.into(),
         fact: Fact::Completed {
             placement: Placement {
-                org_id: ORG.into(),
-                agent_id: Some("hot".into()),
-                session_id: None,
-                user_id: None,
-                model: "openai/gpt-4o-mini".into(),
+                attribution: Attribution {
+                    agent_id: Some("hot".into()),
+                    ..Attribution::new(ORG, "openai/gpt-4o-mini")
+                },
                 completed_at: Utc::now(),
             },
             estimate: None,
@@ -399,9 +398,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     rt.block_on(async {
-        let db = TestDb::create().await?;
-        let store = Store::connect(db.url(), 32).await?;
-        store.migrate().await?;
+        let (_db, store) = TestDb::migrated(32).await?;
         store.create_org(ORG, Some("bench")).await?;
         println!(
             "holds bench: {} requesters, {} s per case, hold {HOLD} USD, actual {ACTUAL} USD, one hot hard budget",

@@ -26,7 +26,9 @@ use tally_ledger::{Basis, EntryKind, Placement};
 use tally_money::Usd;
 use uuid::Uuid;
 
-use crate::posting::{budgets_matching, post, split, Posting, PostingOptions};
+use crate::posting::{
+    attribution_from_row, budgets_matching, post, split, Posting, PostingOptions,
+};
 use crate::{org_lock_key, Store, StoreError};
 
 /// A stored budget.
@@ -279,11 +281,7 @@ impl Store {
         let mut postings = Vec::with_capacity(rows.len());
         for r in &rows {
             let placement = Placement {
-                org_id: r.try_get("org_id")?,
-                agent_id: r.try_get("agent_id")?,
-                session_id: r.try_get("session_id")?,
-                user_id: r.try_get("user_id")?,
-                model: r.try_get::<Option<String>, _>("model")?.unwrap_or_default(),
+                attribution: attribution_from_row(r)?,
                 completed_at: r.try_get("completed_at")?,
             };
             if budgets_matching(this, &placement).next().is_none() {

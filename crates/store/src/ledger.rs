@@ -28,7 +28,7 @@ use tally_money::Usd;
 use uuid::Uuid;
 
 use crate::budgets;
-use crate::posting::{plan_postings, post, Plan, PlanInput};
+use crate::posting::{attribution_from_row, plan_postings, post, Plan, PlanInput};
 pub use crate::posting::{PostedEntry, PostingOptions, MAX_ENTRIES_PER_MESSAGE};
 use crate::reservations::{settle_in_tx, SettleCandidate, SettledHold};
 use crate::{Store, StoreError};
@@ -162,13 +162,7 @@ async fn apply_in_tx(
         let completed_at: Option<DateTime<Utc>> = row.try_get("completed_at")?;
         let placement = match completed_at {
             Some(completed_at) => Some(Placement {
-                org_id: row.try_get("org_id")?,
-                agent_id: row.try_get("agent_id")?,
-                session_id: row.try_get("session_id")?,
-                user_id: row.try_get("user_id")?,
-                model: row
-                    .try_get::<Option<String>, _>("model")?
-                    .unwrap_or_default(),
+                attribution: attribution_from_row(&row)?,
                 completed_at,
             }),
             None => None,
@@ -380,10 +374,11 @@ impl GenColumns {
         let net = slot.gen.net_debit();
         self.ids.push(id.to_owned());
         self.org.push(slot.org_id.clone());
-        self.agent.push(p.and_then(|p| p.agent_id.clone()));
-        self.session.push(p.and_then(|p| p.session_id.clone()));
-        self.user.push(p.and_then(|p| p.user_id.clone()));
-        self.model.push(p.map(|p| p.model.clone()));
+        let a = p.map(|p| &p.attribution);
+        self.agent.push(a.and_then(|a| a.agent_id.clone()));
+        self.session.push(a.and_then(|a| a.session_id.clone()));
+        self.user.push(a.and_then(|a| a.user_id.clone()));
+        self.model.push(a.map(|a| a.model.clone()));
         self.provider
             .push(slot.details.as_ref().and_then(|d| d.provider.clone()));
         self.status

@@ -32,8 +32,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row, Transaction};
-use tally_budget::{period_containing, thresholds_crossed, GenerationFacts, Period};
-use tally_events::{CloudEvent, EventType, LedgerEntry, LedgerPosted, ThresholdCrossed};
+use tally_budget::{period_containing, thresholds_crossed, Period};
+use tally_events::{
+    Attribution, CloudEvent, EventType, LedgerEntry, LedgerPosted, ThresholdCrossed,
+};
 use tally_ledger::{entry_needed, Basis, EntryKind, Generation, Placement};
 use tally_money::Usd;
 use uuid::Uuid;
@@ -114,22 +116,28 @@ pub(crate) fn split(basis: Basis, amount: Usd) -> (Usd, Usd) {
     }
 }
 
+/// The attribution stored on a `generations` row (columns `org_id`,
+/// `agent_id`, `session_id`, `user_id`, `model`); a row booked before its
+/// completed event has no model yet and reads as `""`, which no model scope
+/// matches.
+pub(crate) fn attribution_from_row(r: &sqlx::postgres::PgRow) -> Result<Attribution, StoreError> {
+    Ok(Attribution {
+        org_id: r.try_get("org_id")?,
+        agent_id: r.try_get("agent_id")?,
+        session_id: r.try_get("session_id")?,
+        user_id: r.try_get("user_id")?,
+        model: r.try_get::<Option<String>, _>("model")?.unwrap_or_default(),
+    })
+}
+
 /// The budgets a generation counts in: same organisation, scope matches,
 /// and not archived before the generation completed.
 pub(crate) fn budgets_matching<'a>(
     budgets: &'a [Arc<Budget>],
     p: &'a Placement,
 ) -> impl Iterator<Item = &'a Arc<Budget>> + 'a {
-    let facts = GenerationFacts {
-        org_id: &p.org_id,
-        agent_id: p.agent_id.as_deref(),
-        session_id: p.session_id.as_deref(),
-        user_id: p.user_id.as_deref(),
-        model: &p.model,
-    };
     budgets.iter().filter(move |b| {
-        b.org_id == p.org_id
-            && b.scope.matches(&facts)
+        b.scope.applies_to(&b.org_id, &p.attribution)
             && b.archived_at.is_none_or(|at| p.completed_at < at)
     })
 }
@@ -184,7 +192,7 @@ pub(crate) fn plan_postings(
             continue;
         };
         by_basis
-            .entry((basis.as_str(), placement.model.as_str()))
+            .entry((basis.as_str(), placement.attribution.model.as_str()))
             .or_insert((basis, Usd::ZERO))
             .1
             .try_add_assign(amount)?;
@@ -583,11 +591,10 @@ mod tests {
     fn generation(agent: &str, estimate: Option<&str>, actual: Option<&str>) -> Generation {
         Generation {
             placement: Some(Placement {
-                org_id: "acme".into(),
-                agent_id: Some(agent.into()),
-                session_id: None,
-                user_id: None,
-                model: "m".into(),
+                attribution: Attribution {
+                    agent_id: Some(agent.into()),
+                    ..Attribution::new("acme", "m")
+                },
                 completed_at: at(15),
             }),
             estimate: estimate.map(|e| usd!(e)),

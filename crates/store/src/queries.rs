@@ -32,7 +32,8 @@
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
-use tally_budget::{period_containing, GenerationFacts, Period};
+use tally_budget::{period_containing, Period};
+use tally_events::Attribution;
 use tally_ledger::{Basis, CostState, EntryKind};
 use tally_money::Usd;
 use uuid::Uuid;
@@ -183,19 +184,11 @@ pub struct SpendRow {
     pub generations: i64,
 }
 
-/// The scope a budget check asks about. A field left `None` is unknown:
-/// budgets that set it do not match (see the module's `# Decisions`).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct CheckScope {
-    /// Agent, if known.
-    pub agent_id: Option<String>,
-    /// Session, if known.
-    pub session_id: Option<String>,
-    /// End user, if known.
-    pub user_id: Option<String>,
-    /// Model, if known.
-    pub model: Option<String>,
-}
+/// The scope a budget check asks about: the four scope fields of a
+/// [`Scope`](tally_budget::Scope), read differently. A field left `None` is
+/// unknown, so budgets that set it do not match (see the module's
+/// `# Decisions`); in a budget's scope `None` means "any".
+pub type CheckScope = tally_budget::Scope;
 
 const ENTRY_COLUMNS: &str = "entry_id, budget_id, generation_id, kind, basis, amount_usd, \
                              period_start, period_end, posted_at, batch_id";
@@ -540,14 +533,14 @@ impl Store {
         scope: &CheckScope,
         now: DateTime<Utc>,
     ) -> Result<Vec<(Budget, PeriodTotals, Period)>, StoreError> {
-        let facts = GenerationFacts {
-            org_id,
-            agent_id: scope.agent_id.as_deref(),
-            session_id: scope.session_id.as_deref(),
-            user_id: scope.user_id.as_deref(),
+        let facts = Attribution {
+            org_id: org_id.to_owned(),
+            agent_id: scope.agent_id.clone(),
+            session_id: scope.session_id.clone(),
+            user_id: scope.user_id.clone(),
             // An unknown model: no model-scoped budget may match. Scope
             // values are never empty, so "" matches no set model.
-            model: scope.model.as_deref().unwrap_or(""),
+            model: scope.model.clone().unwrap_or_default(),
         };
         // The pure rule decides (so the API and the projector can never
         // disagree); an organisation has few budgets.

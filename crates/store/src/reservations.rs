@@ -72,7 +72,8 @@ use backon::Retryable;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
-use tally_budget::{period_containing, Enforcement, GenerationFacts};
+use tally_budget::{period_containing, Enforcement};
+use tally_events::Attribution;
 use tally_money::Usd;
 use tokio::sync::{mpsc, oneshot};
 
@@ -144,16 +145,8 @@ impl Refusal {
 pub struct HoldRequest {
     /// The `generation.requested` request id (1 to 256 bytes).
     pub request_id: String,
-    /// Organisation.
-    pub org_id: String,
-    /// Agent scope, if any.
-    pub agent_id: Option<String>,
-    /// Session scope, if any.
-    pub session_id: Option<String>,
-    /// End user, if any.
-    pub user_id: Option<String>,
-    /// The requested model.
-    pub model: String,
+    /// Organisation, budget scopes and the requested model.
+    pub attribution: Attribution,
     /// Fallback models (a budget scoped to any of them matches too).
     pub fallback_models: Vec<String>,
     /// Worst-case cost; `None` when a needed price is dynamic or unknown.
@@ -179,10 +172,10 @@ impl HoldRequest {
                 "must be 1 to 256 bytes without control characters",
             ));
         }
-        if !tally_events::is_valid_id(&self.org_id) {
+        if !tally_events::is_valid_id(&self.attribution.org_id) {
             return Err(invalid("org_id", "must match ^[A-Za-z0-9_-]{1,64}$"));
         }
-        if self.model.is_empty() {
+        if self.attribution.model.is_empty() {
             return Err(invalid("model", "must not be empty"));
         }
         if self.amount_usd.is_some_and(|a| a < Usd::ZERO) {
@@ -674,7 +667,7 @@ impl HoldBatch {
                 let revivable = existing.state == ReservationState::Released
                     && existing.generation_id.is_none()
                     && existing.release_reason.as_deref() == Some("expired")
-                    && existing.org_id == r.org_id;
+                    && existing.org_id == r.attribution.org_id;
                 if !revivable {
                     decisions.push(Some(Decision::Existing(Box::new(existing.clone()))));
                     matching.push(Vec::new());
@@ -794,7 +787,7 @@ impl HoldBatch {
                         Refusal::UnpricedModel => format!(
                             "model {} has a dynamic or unknown price and hard budget {} ({}) \
                              does not allow unpriced models; OpenRouter was not called",
-                            r.model, budget.name, budget.id
+                            r.attribution.model, budget.name, budget.id
                         ),
                     };
                     out_rows.push(
@@ -918,9 +911,10 @@ impl Store {
         let mut tx = self.pool().begin().await?;
         // The crate's lock order: organisations (shared), the reservation
         // rows, the period rows (the contended ones, as late as possible).
-        crate::lock_orgs_shared(&mut tx, reqs.iter().map(|r| r.org_id.as_str())).await?;
+        crate::lock_orgs_shared(&mut tx, reqs.iter().map(|r| r.attribution.org_id.as_str()))
+            .await?;
         let mut known = load_known(&mut tx, reqs).await?;
-        let mut orgs: Vec<String> = reqs.iter().map(|r| r.org_id.clone()).collect();
+        let mut orgs: Vec<String> = reqs.iter().map(|r| r.attribution.org_id.clone()).collect();
         orgs.sort();
         orgs.dedup();
         let all_budgets = budgets::load_for_orgs(&mut tx, &orgs).await?;
@@ -1175,19 +1169,12 @@ fn matching_budgets(
     budgets
         .iter()
         .filter(|b| {
-            b.org_id == r.org_id
+            let a = &r.attribution;
+            b.org_id == a.org_id
                 && b.archived_at.is_none_or(|at| now < at)
-                && std::iter::once(&r.model)
+                && std::iter::once(&a.model)
                     .chain(&r.fallback_models)
-                    .any(|model| {
-                        b.scope.matches(&GenerationFacts {
-                            org_id: &r.org_id,
-                            agent_id: r.agent_id.as_deref(),
-                            session_id: r.session_id.as_deref(),
-                            user_id: r.user_id.as_deref(),
-                            model,
-                        })
-                    })
+                    .any(|model| b.scope.matches_served_by(a, model))
         })
         .cloned()
         .collect()
@@ -1219,11 +1206,12 @@ impl ReservationColumns {
         refusal: Option<(&'static str, String, &String)>,
     ) {
         self.request_id.push(r.request_id.clone());
-        self.org_id.push(r.org_id.clone());
-        self.agent_id.push(r.agent_id.clone());
-        self.session_id.push(r.session_id.clone());
-        self.user_id.push(r.user_id.clone());
-        self.model.push(r.model.clone());
+        let a = &r.attribution;
+        self.org_id.push(a.org_id.clone());
+        self.agent_id.push(a.agent_id.clone());
+        self.session_id.push(a.session_id.clone());
+        self.user_id.push(a.user_id.clone());
+        self.model.push(a.model.clone());
         self.amount.push(r.amount_usd);
         self.max_output.push(i64::from(r.max_output_tokens));
         self.state.push(state);
@@ -1556,11 +1544,10 @@ mod tests {
     fn request(id: &str, amount: Option<&str>) -> HoldRequest {
         HoldRequest {
             request_id: id.into(),
-            org_id: "acme".into(),
-            agent_id: Some("a".into()),
-            session_id: None,
-            user_id: None,
-            model: "m".into(),
+            attribution: Attribution {
+                agent_id: Some("a".into()),
+                ..Attribution::new("acme", "m")
+            },
             fallback_models: Vec::new(),
             amount_usd: amount.map(|a| usd!(a)),
             max_output_tokens: 100,

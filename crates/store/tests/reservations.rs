@@ -5,6 +5,7 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use tally_events::Attribution;
 
 use chrono::Utc;
 use tally_budget::{Enforcement, PeriodKind, Scope};
@@ -21,9 +22,7 @@ const ORG: &str = "acme";
 use tally_money::usd;
 
 async fn store() -> anyhow::Result<(TestDb, Store)> {
-    let db = TestDb::create().await?;
-    let store = Store::connect(db.url(), 24).await?;
-    store.migrate().await?;
+    let (db, store) = tally_testkit::TestDb::migrated(24).await?;
     Ok((db, store))
 }
 
@@ -48,11 +47,10 @@ async fn create(store: &Store, b: NewBudget) -> anyhow::Result<Budget> {
 fn hold(id: &str, amount: Option<&str>) -> HoldRequest {
     HoldRequest {
         request_id: id.into(),
-        org_id: ORG.into(),
-        agent_id: Some("agent-1".into()),
-        session_id: None,
-        user_id: None,
-        model: "openai/gpt-4o-mini".into(),
+        attribution: Attribution {
+            agent_id: Some("agent-1".into()),
+            ..Attribution::new(ORG, "openai/gpt-4o-mini")
+        },
         fallback_models: Vec::new(),
         amount_usd: amount.map(|a| usd!(a)),
         max_output_tokens: 4096,
@@ -66,11 +64,10 @@ fn completed(request_id: &str, generation_id: &str, actual: &str) -> FactInput {
         org_id: ORG.into(),
         fact: Fact::Completed {
             placement: Placement {
-                org_id: ORG.into(),
-                agent_id: Some("agent-1".into()),
-                session_id: None,
-                user_id: None,
-                model: "openai/gpt-4o-mini".into(),
+                attribution: Attribution {
+                    agent_id: Some("agent-1".into()),
+                    ..Attribution::new(ORG, "openai/gpt-4o-mini")
+                },
                 completed_at: Utc::now(),
             },
             estimate: None,

@@ -3,11 +3,12 @@
 //! projector's own transaction (no NATS needed here).
 
 use std::time::Duration;
+use tally_events::Attribution;
 
 use chrono::{DateTime, TimeZone, Utc};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tally_api::{serve, AppState};
+use tally_api::AppState;
 use tally_ledger::{Fact, Placement};
 use tally_store::ledger::{CompletedDetails, FactInput, PostingOptions};
 use tally_store::Store;
@@ -25,9 +26,7 @@ struct Api {
 
 impl Api {
     async fn start() -> anyhow::Result<Api> {
-        let db = TestDb::create().await?;
-        let store = Store::from_pool(db.pool());
-        store.migrate().await?;
+        let (db, store) = tally_testkit::TestDb::migrated(10).await?;
         let org = TestOrg::create(&db.pool(), ORG).await?;
         Api::serve_store(
             store,
@@ -47,11 +46,9 @@ impl Api {
     ) -> anyhow::Result<Api> {
         let state = AppState::new(store.clone(), Registry::new(), "tally".into())?
             .with_request_timeout(timeout);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(serve(listener, state, std::future::pending()));
+        let base = tally_tests::serve_api(state).await?;
         Ok(Api {
-            base: format!("http://{addr}"),
+            base,
             http: tally_testkit::authed_client(key)?,
             store,
             _db: db,
@@ -145,11 +142,11 @@ impl Gen<'_> {
             org_id: ORG.to_owned(),
             fact: Fact::Completed {
                 placement: Placement {
-                    org_id: ORG.to_owned(),
-                    agent_id: self.agent.map(str::to_owned),
-                    session_id: None,
-                    user_id: self.user.map(str::to_owned),
-                    model: self.model.to_owned(),
+                    attribution: Attribution {
+                        agent_id: self.agent.map(str::to_owned),
+                        user_id: self.user.map(str::to_owned),
+                        ..Attribution::new(ORG, self.model)
+                    },
                     completed_at: self.at,
                 },
                 estimate: self.estimate.map(|e| usd!(e)),
@@ -1000,11 +997,10 @@ fn sqlx_pool(url: &str) -> anyhow::Result<sqlx::PgPool> {
 fn hold_request(id: &str, agent: &str, amount: &str) -> tally_store::HoldRequest {
     tally_store::HoldRequest {
         request_id: id.into(),
-        org_id: ORG.into(),
-        agent_id: Some(agent.into()),
-        session_id: None,
-        user_id: None,
-        model: "openai/gpt-4o-mini".into(),
+        attribution: Attribution {
+            agent_id: Some(agent.into()),
+            ..Attribution::new(ORG, "openai/gpt-4o-mini")
+        },
         fallback_models: Vec::new(),
         amount_usd: Some(usd!(amount)),
         max_output_tokens: 4096,

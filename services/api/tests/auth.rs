@@ -4,11 +4,12 @@
 //! instances.
 
 use std::time::{Duration, Instant};
+use tally_events::Attribution;
 
 use chrono::{Datelike, TimeZone, Utc};
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use tally_api::{serve, Access, AppState, RouteSpec};
+use tally_api::{Access, AppState, RouteSpec};
 use tally_ledger::{Fact, Placement};
 use tally_store::ledger::{CompletedDetails, FactInput, PostingOptions};
 use tally_store::{Role, Store};
@@ -66,17 +67,13 @@ async fn serve_instance(
             keyring: Some(keyring),
             allow_private: false,
         });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(serve(listener, state, std::future::pending()));
-    Ok(format!("http://{addr}"))
+    let base = tally_tests::serve_api(state).await?;
+    Ok(base)
 }
 
 impl Env {
     async fn start() -> anyhow::Result<Env> {
-        let db = TestDb::create().await?;
-        let store = Store::from_pool(db.pool());
-        store.migrate().await?;
+        let (db, store) = tally_testkit::TestDb::migrated(10).await?;
         let a = TestOrg::create(&db.pool(), A).await?;
         let b = TestOrg::create(&db.pool(), B).await?;
         let revoked = store.create_key(A, Role::Admin, Some("old")).await?;
@@ -166,11 +163,7 @@ impl Env {
     async fn reservation_of_a(&self, id: &str) {
         let hold = tally_store::HoldRequest {
             request_id: id.to_owned(),
-            org_id: A.to_owned(),
-            agent_id: None,
-            session_id: None,
-            user_id: None,
-            model: "m".into(),
+            attribution: Attribution::new(A, "m"),
             fallback_models: Vec::new(),
             amount_usd: Some("0.5".parse().unwrap()),
             max_output_tokens: 100,
@@ -185,11 +178,7 @@ impl Env {
             org_id: A.to_owned(),
             fact: Fact::Completed {
                 placement: Placement {
-                    org_id: A.to_owned(),
-                    agent_id: None,
-                    session_id: None,
-                    user_id: None,
-                    model: "m".into(),
+                    attribution: Attribution::new(A, "m"),
                     completed_at: Utc::now(),
                 },
                 estimate: None,
@@ -927,9 +916,7 @@ async fn the_operator_names_the_organisation() -> anyhow::Result<()> {
 
     // Without an operator token configured, nothing is the operator.
     let state = AppState::new(env.store.clone(), Registry::new(), "tally".into())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    tokio::spawn(serve(listener, state, std::future::pending()));
+    let base = tally_tests::serve_api(state).await?;
     let (s, _, v) = send(
         &base,
         op,

@@ -534,18 +534,14 @@ fn completed_fact(ev: CloudEvent<GenerationCompleted>) -> FactInput {
         }),
         fact: Fact::Completed {
             placement: Placement {
-                org_id: g.org_id.clone(),
-                agent_id: g.agent_id.clone(),
-                session_id: g.session_id.clone(),
-                user_id: g.user_id.clone(),
-                model: g.model.clone(),
+                attribution: g.attribution.clone(),
                 completed_at: g.completed_at,
             },
             estimate: g.estimated_cost_usd,
             actual: g.actual_cost_usd,
         },
         generation_id: g.generation_id,
-        org_id: g.org_id,
+        org_id: g.attribution.org_id,
     }
 }
 

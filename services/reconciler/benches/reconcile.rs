@@ -43,7 +43,9 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use tally_bus::{Bus, BusConfig, ConsumerName};
-use tally_events::{AnyEvent, CloudEvent, GenerationCompleted, GenerationStatus, Usage};
+use tally_events::{
+    AnyEvent, Attribution, CloudEvent, GenerationCompleted, GenerationStatus, Usage,
+};
 use tally_openrouter::{ClientConfig, OpenRouterClient};
 use tally_reconciler::{Metrics, Reconciler, ReconcilerConfig};
 use tally_sim::{Fraction, SimConfig, Simulator};
@@ -121,11 +123,7 @@ fn sim_config() -> SimConfig {
 fn completed(id: &str, at: DateTime<Utc>) -> CloudEvent<GenerationCompleted> {
     let data = GenerationCompleted {
         generation_id: id.to_owned(),
-        org_id: "bench".to_owned(),
-        agent_id: None,
-        session_id: None,
-        user_id: None,
-        model: "openai/gpt-4o-mini".to_owned(),
+        attribution: Attribution::new("bench", "openai/gpt-4o-mini"),
         provider: None,
         completed_at: at,
         usage: Usage {

@@ -412,7 +412,7 @@ async fn decide(shared: &Shared, d: &Delivery, mut shutdown: watch::Receiver<boo
     }
     let client = match &shared.providers {
         None => shared.client.clone(),
-        Some(p) => match p.get(&g.org_id).await {
+        Some(p) => match p.get(&g.attribution.org_id).await {
             Ok(org) => match &org.client {
                 Some(c) => c.clone(),
                 None => {
@@ -444,7 +444,7 @@ async fn decide(shared: &Shared, d: &Delivery, mut shutdown: watch::Receiver<boo
             },
             Err(e) => {
                 drop(permit);
-                tracing::warn!(org_id = %g.org_id, code = e.code(), error = %e, "organisation's provider key unavailable; retrying");
+                tracing::warn!(org_id = %g.attribution.org_id, code = e.code(), error = %e, "organisation's provider key unavailable; retrying");
                 return Settle::Nak(Some(schedule::KEY_PROBLEM_DELAY.min(cfg.max_delay)));
             }
         },
@@ -522,14 +522,14 @@ async fn decide(shared: &Shared, d: &Delivery, mut shutdown: watch::Receiver<boo
                 if schedule::needs_first_lookup(age, next, cfg.deadline, cfg.min_window) {
                     shared
                         .first_lookups
-                        .record(&g.generation_id, &g.org_id, now, metrics)
+                        .record(&g.generation_id, &g.attribution.org_id, now, metrics)
                         .await;
                 }
                 return Settle::Nak(Some(next));
             }
             let first = shared
                 .first_lookups
-                .record(&g.generation_id, &g.org_id, now, metrics)
+                .record(&g.generation_id, &g.attribution.org_id, now, metrics)
                 .await;
             let patience = Patience {
                 deadline: cfg.deadline,
@@ -612,7 +612,13 @@ async fn reconciled(
     let now = Utc::now();
     // Parsed replies always have an exact sum (the client refuses the
     // others as malformed); should one not, ask again later, never round.
-    let data = match cost_reconciled(&g.generation_id, &g.org_id, stats, attempts, now) {
+    let data = match cost_reconciled(
+        &g.generation_id,
+        &g.attribution.org_id,
+        stats,
+        attempts,
+        now,
+    ) {
         Ok(d) => d,
         Err(e) => {
             tracing::warn!(generation_id = %g.generation_id, code = e.code(), "actual cost cannot be exact: {e}");
@@ -671,7 +677,7 @@ async fn unresolved(
     let g = &event.data;
     let data = CostUnresolved {
         generation_id: g.generation_id.clone(),
-        org_id: g.org_id.clone(),
+        org_id: g.attribution.org_id.clone(),
         reason: reason.to_owned(),
         attempts,
         last_status,
@@ -685,7 +691,7 @@ async fn unresolved(
     shared.metrics.unresolved.with_label_values(&[reason]).inc();
     tracing::warn!(
         generation_id = %g.generation_id,
-        org_id = %g.org_id,
+        org_id = %g.attribution.org_id,
         reason,
         ?last_status,
         attempts,

@@ -22,7 +22,9 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use rand::{rngs::StdRng, Rng, SeedableRng};
-use tally_events::{CloudEvent, EventType, GenerationCompleted, GenerationStatus, Usage};
+use tally_events::{
+    Attribution, CloudEvent, EventType, GenerationCompleted, GenerationStatus, Usage,
+};
 use tally_money::Usd;
 use tokio::sync::watch;
 
@@ -200,11 +202,13 @@ impl Generator {
         let completion_tokens = self.rng.random_range(10..1500);
         let data = GenerationCompleted {
             generation_id: id.clone(),
-            org_id: self.args.org.clone(),
-            agent_id: Some(agent),
-            session_id: Some(format!("sess-{}-{}", self.run_id, i / 10)),
-            user_id: Some(format!("user-{}", i % 7)),
-            model: model.clone(),
+            attribution: Attribution {
+                org_id: self.args.org.clone(),
+                agent_id: Some(agent),
+                session_id: Some(format!("sess-{}-{}", self.run_id, i / 10)),
+                user_id: Some(format!("user-{}", i % 7)),
+                model: model.clone(),
+            },
             provider: None,
             completed_at: Utc::now(),
             usage: Usage {

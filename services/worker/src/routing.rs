@@ -278,8 +278,8 @@ pub fn compile(input: &RoutingInput<'_>) -> Result<CompiledRouting, RoutingError
             }
             Preset::MaxPrice(v) => {
                 p.max_price = Some(MaxPriceUsd {
-                    prompt: Some(v),
-                    completion: Some(v),
+                    prompt_usd_per_mtok: Some(v),
+                    completion_usd_per_mtok: Some(v),
                 })
             }
         }
@@ -310,8 +310,8 @@ pub fn compile(input: &RoutingInput<'_>) -> Result<CompiledRouting, RoutingError
         }
         if let Some(m) = &e.max_price {
             p.max_price = Some(MaxPriceUsd {
-                prompt: m.prompt,
-                completion: m.completion,
+                prompt_usd_per_mtok: m.prompt_usd_per_mtok,
+                completion_usd_per_mtok: m.completion_usd_per_mtok,
             });
         }
     }
@@ -484,9 +484,9 @@ mod tests {
             case("strict-json", presets(&["strict-json"]), Some(TOOLS_JSON)).ok(prov(|p| p.require_parameters = Some(true))),
             case("strict-json unsatisfiable", presets(&["strict-json"]), Some(REASONING)).err("preset_unsatisfiable"),
             case("max-price", presets(&["max-price:2.5"]), Some(BARE))
-                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt: Some(usd!("2.5")), completion: Some(usd!("2.5")) }))),
+                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(usd!("2.5")), completion_usd_per_mtok: Some(usd!("2.5")) }))),
             case("max-price with =", presets(&["max-price=0"]), Some(BARE))
-                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt: Some(usd!("0")), completion: Some(usd!("0")) }))),
+                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(usd!("0")), completion_usd_per_mtok: Some(usd!("0")) }))),
             case("max-price negative", presets(&["max-price:-1"]), Some(BARE)).err("invalid_preset"),
             case("max-price without value", presets(&["max-price"]), Some(BARE)).err("invalid_preset"),
             case("max-price not a number", presets(&["max-price:cheap"]), Some(BARE)).err("invalid_preset"),
@@ -494,7 +494,7 @@ mod tests {
             case("presets apply in order: last sort wins", presets(&["cheapest-with-tools", "lowest-latency"]), Some(TOOLS_JSON))
                 .ok(prov(|p| { p.require_parameters = Some(true); p.sort = Some("latency".into()); })),
             case("presets combine", presets(&["zdr-only", "no-data-collection", "max-price:1"]), Some(BARE))
-                .ok(prov(|p| { p.zdr = Some(true); p.data_collection = Some("deny".into()); p.max_price = Some(MaxPriceUsd { prompt: Some(usd!("1")), completion: Some(usd!("1")) }); })),
+                .ok(prov(|p| { p.zdr = Some(true); p.data_collection = Some("deny".into()); p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(usd!("1")), completion_usd_per_mtok: Some(usd!("1")) }); })),
             case(
                 "explicit fields override presets",
                 Routing {
@@ -503,7 +503,7 @@ mod tests {
                         e.sort = Some(Sort::Throughput);
                         e.zdr = Some(false);
                         e.data_collection = Some(DataCollection::Allow);
-                        e.max_price = Some(MaxPrice { prompt: Some("1".parse().unwrap()), completion: None });
+                        e.max_price = Some(MaxPrice { prompt_usd_per_mtok: Some("1".parse().unwrap()), completion_usd_per_mtok: None });
                     })),
                     capacity: None,
                 },
@@ -514,7 +514,7 @@ mod tests {
                 p.sort = Some("throughput".into());
                 p.zdr = Some(false);
                 p.data_collection = Some("allow".into());
-                p.max_price = Some(MaxPriceUsd { prompt: Some(usd!("1")), completion: None });
+                p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(usd!("1")), completion_usd_per_mtok: None });
             })),
             case(
                 "explicit lists pass through",

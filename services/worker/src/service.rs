@@ -230,299 +230,336 @@ fn backoff(cfg: &WorkerConfig, delivered: i64) -> Duration {
         .min(cfg.max_backoff)
 }
 
+/// Why the handling of a request stops before its generation completes.
+enum Stop {
+    /// Settle the message as it stands (acked, or redelivered later).
+    Settle(Settle),
+    /// The request fails: its failure and result are published.
+    Fail(Failure),
+    /// An earlier delivery got OpenRouter's headers: the generation exists,
+    /// so it is booked as interrupted and never run again.
+    Generated {
+        generation_id: String,
+        worst_case: Option<Usd>,
+    },
+}
+
+impl From<Failure> for Stop {
+    fn from(f: Failure) -> Stop {
+        Stop::Fail(f)
+    }
+}
+
+impl Failure {
+    /// A failure that sending the same request again cannot cure.
+    fn refused(reason: impl Into<Cow<'static, str>>, message: impl Into<String>) -> Failure {
+        Failure {
+            reason: reason.into(),
+            message: message.into(),
+            retryable: false,
+        }
+    }
+}
+
+/// The organisation's OpenRouter side of one request: its client (key),
+/// its catalog and its BYOK providers.
+struct Provider {
+    client: OpenRouterClient,
+    catalog: Catalog,
+    byok: Vec<String>,
+}
+
 async fn process(s: &Shared, delivery: &Delivery) -> Settle {
-    let prefix = &s.cfg.prefix;
-    let event = match tally_events::decode_as::<GenerationRequested>(
-        prefix,
+    let mut req = match decode_request(s, delivery).await {
+        Ok(req) => req,
+        Err(settle) => return settle,
+    };
+    match handle_request(s, delivery, &mut req).await {
+        Ok(settle) | Err(Stop::Settle(settle)) => settle,
+        Err(Stop::Fail(f)) => fail(s, &req, None, f).await,
+        Err(Stop::Generated {
+            generation_id,
+            worst_case,
+        }) => interrupted(s, &req, &generation_id, worst_case).await,
+    }
+}
+
+/// The steps of one request, in order; any of them may stop it.
+async fn handle_request(
+    s: &Shared,
+    delivery: &Delivery,
+    req: &mut GenerationRequested,
+) -> Result<Settle, Stop> {
+    check_reply_subject(&s.cfg.prefix, req)?;
+    let provider = org_provider(s, delivery, req).await?;
+    check_models(&provider.catalog, req)?;
+    let compiled = compile_routing(s, req, &provider)?;
+    let max_output_tokens = output_cap(s, req, &provider.catalog);
+    let worst_case = take_hold(s, delivery, req, &provider.catalog, max_output_tokens).await?;
+    let body = responses_request(s, req, compiled, max_output_tokens);
+    generate(s, delivery, req, &provider, &body, worst_case).await
+}
+
+/// The request in the message; a message that is none is dead-lettered and
+/// settled.
+async fn decode_request(s: &Shared, delivery: &Delivery) -> Result<GenerationRequested, Settle> {
+    let e = match tally_events::decode_as::<GenerationRequested>(
+        &s.cfg.prefix,
         delivery.subject(),
         delivery.payload(),
     ) {
-        Ok(e) => e,
-        Err(e) => {
-            s.metrics.requests.with_label_values(&["dead_letter"]).inc();
-            return match s
-                .bus
-                .dead_letter(
-                    DEAD_LETTER_SERVICE,
-                    delivery,
-                    &DeadLetterReason::new(e.code(), e.to_string()),
-                )
-                .await
-            {
-                Ok(()) => Settle::Ack,
-                Err(err) => {
-                    s.metrics.bus_errors.with_label_values(&[err.code()]).inc();
-                    Settle::Nak(PUBLISH_RETRY_DELAY)
-                }
-            };
-        }
+        Ok(event) => return Ok(event.data),
+        Err(e) => e,
     };
-    let mut req = event.data;
+    s.metrics.requests.with_label_values(&["dead_letter"]).inc();
+    let reason = DeadLetterReason::new(e.code(), e.to_string());
+    Err(
+        match s
+            .bus
+            .dead_letter(DEAD_LETTER_SERVICE, delivery, &reason)
+            .await
+        {
+            Ok(()) => Settle::Ack,
+            Err(err) => {
+                s.metrics.bus_errors.with_label_values(&[err.code()]).inc();
+                Settle::Nak(PUBLISH_RETRY_DELAY)
+            }
+        },
+    )
+}
 
-    // A reply subject inside tally's own namespace would let a requester
-    // publish into tally's streams through the worker (the result body
-    // would land on, say, a completed-event subject and be dead-lettered or
-    // worse): refuse the request; its result goes to the org's result
-    // subject instead (see `publish_result`).
-    if let Some(subject) = req
+/// A reply subject inside tally's own namespace would let a requester
+/// publish into tally's streams through the worker (the result body would
+/// land on, say, a completed-event subject): the request is refused and its
+/// result goes to the org's result subject instead (see `publish_result`).
+fn check_reply_subject(prefix: &str, req: &GenerationRequested) -> Result<(), Failure> {
+    let Some(subject) = req
         .reply_subject
         .as_deref()
         .filter(|r| is_tally_subject(prefix, r))
-    {
-        return fail(
-            s,
-            &req,
-            None,
-            Failure {
-                reason: "reply_subject_forbidden".into(),
-                message: format!(
-                    "reply_subject {:?} is inside tally's own subjects ({prefix}.>); \
-                     use a subject outside them, such as an _INBOX",
-                    tally_events::strict::excerpt(subject)
-                ),
-                retryable: false,
-            },
-        )
-        .await;
-    }
-
-    // The organisation's own provider: its key, catalog, BYOK providers and
-    // routing profile (without `providers`: the fixed client and catalog).
-    let (client, catalog, byok) = match &s.providers {
-        None => (
-            s.client.clone(),
-            s.catalog.clone(),
-            s.cfg
-                .byok
-                .for_request(&req.org_id, req.agent_id.as_deref())
-                .to_vec(),
+    else {
+        return Ok(());
+    };
+    Err(Failure::refused(
+        "reply_subject_forbidden",
+        format!(
+            "reply_subject {:?} is inside tally's own subjects ({prefix}.>); \
+             use a subject outside them, such as an _INBOX",
+            tally_events::strict::excerpt(subject)
         ),
-        Some(p) => {
-            let org = match p.get(&req.org_id).await {
-                Ok(org) => org,
-                Err(e) if delivery.delivered() < s.cfg.max_attempts => {
-                    s.metrics.retries.with_label_values(&[e.code()]).inc();
-                    tracing::warn!(error = %e, org_id = req.org_id, "organisation's provider unavailable; retrying");
-                    return Settle::Nak(backoff(&s.cfg, delivery.delivered()));
-                }
-                Err(e) => {
-                    return fail(
-                        s,
-                        &req,
-                        None,
-                        Failure {
-                            reason: "provider_unavailable".into(),
-                            message: e.to_string(),
-                            retryable: true,
-                        },
-                    )
-                    .await
-                }
+    ))
+}
+
+/// Redelivery later while attempts remain (the retry counted under `code`),
+/// else `failure`.
+fn retry_or(s: &Shared, delivery: &Delivery, code: &str, failure: Failure) -> Stop {
+    if delivery.delivered() < s.cfg.max_attempts {
+        s.metrics.retries.with_label_values(&[code]).inc();
+        Stop::Settle(Settle::Nak(backoff(&s.cfg, delivery.delivered())))
+    } else {
+        Stop::Fail(failure)
+    }
+}
+
+/// The organisation's own provider: its key, catalog, BYOK providers and
+/// routing profile, merged into `req` (without `providers`: the fixed
+/// client and catalog).
+async fn org_provider(
+    s: &Shared,
+    delivery: &Delivery,
+    req: &mut GenerationRequested,
+) -> Result<Provider, Stop> {
+    let a = &req.attribution;
+    let Some(providers) = &s.providers else {
+        let byok = s.cfg.byok.for_request(&a.org_id, a.agent_id.as_deref());
+        return Ok(Provider {
+            client: s.client.clone(),
+            catalog: s.catalog.clone(),
+            byok: byok.to_vec(),
+        });
+    };
+    let org = match providers.get(&a.org_id).await {
+        Ok(org) => org,
+        Err(e) => {
+            tracing::warn!(error = %e, org_id = a.org_id, "organisation's provider unavailable");
+            let failure = Failure {
+                reason: "provider_unavailable".into(),
+                message: e.to_string(),
+                retryable: true,
             };
-            let Some(client) = org.client.clone() else {
-                return fail(
-                    s,
-                    &req,
-                    None,
-                    Failure {
-                        reason: "provider_not_connected".into(),
-                        message: format!(
-                            "organisation {:?} has not connected OpenRouter; OpenRouter was not called",
-                            req.org_id
-                        ),
-                        retryable: false,
-                    },
-                )
-                .await;
-            };
-            let eff = match tally_provider::profile::effective(
-                org.profile(req.agent_id.as_deref()),
-                &org.byok_providers,
-                req.routing.as_ref(),
-                req.models.as_deref(),
-                req.server_tools.as_deref(),
-                req.max_output_tokens,
-            ) {
-                Ok(e) => e,
-                Err(e) => {
-                    return fail(
-                        s,
-                        &req,
-                        None,
-                        Failure {
-                            reason: e.code().into(),
-                            message: e.to_string(),
-                            retryable: false,
-                        },
-                    )
-                    .await
-                }
-            };
-            req.routing = Some(eff.routing);
-            req.models = eff.models;
-            req.server_tools = eff.server_tools;
-            req.max_output_tokens = eff.max_output_tokens;
-            let catalog = if org.catalog_synced {
-                Catalog::from_models(
-                    crate::CatalogConfig::default(),
-                    org.models.values().cloned().collect(),
-                )
-            } else {
-                Catalog::new(crate::CatalogConfig::default())
-            };
-            (client, catalog, eff.byok)
+            return Err(retry_or(s, delivery, e.code(), failure));
         }
     };
+    let Some(client) = org.client.clone() else {
+        return Err(Failure::refused(
+            "provider_not_connected",
+            format!(
+                "organisation {:?} has not connected OpenRouter; OpenRouter was not called",
+                a.org_id
+            ),
+        )
+        .into());
+    };
+    let eff = tally_provider::profile::effective(
+        org.profile(a.agent_id.as_deref()),
+        &org.byok_providers,
+        req.routing.as_ref(),
+        req.models.as_deref(),
+        req.server_tools.as_deref(),
+        req.max_output_tokens,
+    )
+    .map_err(|e| Failure::refused(e.code(), e.to_string()))?;
+    req.routing = Some(eff.routing);
+    req.models = eff.models;
+    req.server_tools = eff.server_tools;
+    req.max_output_tokens = eff.max_output_tokens;
+    let catalog = if org.catalog_synced {
+        Catalog::from_models(
+            crate::CatalogConfig::default(),
+            org.models.values().cloned().collect(),
+        )
+    } else {
+        Catalog::new(crate::CatalogConfig::default())
+    };
+    Ok(Provider {
+        client,
+        catalog,
+        byok: eff.byok,
+    })
+}
 
-    // Validation: the model (and fallbacks) must be known when a catalog is.
-    if catalog.is_loaded() {
-        let mut models = vec![req.model.as_str()];
-        models.extend(req.models.iter().flatten().map(String::as_str));
-        if let Some(unknown) = models.into_iter().find(|m| catalog.model(m).is_none()) {
-            return fail(
-                s,
-                &req,
-                None,
-                Failure {
-                    reason: "unknown_model".into(),
-                    message: format!("model {unknown:?} is not in OpenRouter's catalog"),
-                    retryable: false,
-                },
-            )
-            .await;
-        }
+/// The model and its fallbacks must be known when a catalog is.
+fn check_models(catalog: &Catalog, req: &GenerationRequested) -> Result<(), Failure> {
+    if !catalog.is_loaded() {
+        return Ok(());
     }
-    let caps = catalog.capabilities(&req.model);
-    let compiled = match routing::compile(&RoutingInput {
-        model: &req.model,
+    let mut models = std::iter::once(req.attribution.model.as_str())
+        .chain(req.models.iter().flatten().map(String::as_str));
+    match models.find(|m| catalog.model(m).is_none()) {
+        None => Ok(()),
+        Some(unknown) => Err(Failure::refused(
+            "unknown_model",
+            format!("model {unknown:?} is not in OpenRouter's catalog"),
+        )),
+    }
+}
+
+/// OpenRouter's model list and provider preferences for the request.
+fn compile_routing(
+    s: &Shared,
+    req: &GenerationRequested,
+    provider: &Provider,
+) -> Result<routing::CompiledRouting, Failure> {
+    let caps = provider.catalog.capabilities(&req.attribution.model);
+    routing::compile(&RoutingInput {
+        model: &req.attribution.model,
         fallback_models: req.models.as_deref(),
         routing: req.routing.as_ref(),
         capabilities: caps.as_ref(),
-        byok: &byok,
+        byok: &provider.byok,
         target: s.cfg.target,
-    }) {
-        Ok(c) => c,
-        Err(e) => {
-            return fail(
-                s,
-                &req,
-                None,
-                Failure {
-                    reason: e.code().into(),
-                    message: e.to_string(),
-                    retryable: false,
-                },
-            )
-            .await
-        }
-    };
+    })
+    .map_err(|e| Failure::refused(e.code(), e.to_string()))
+}
 
-    // The hold: the request's worst case against every matching budget,
-    // and the claim that keeps it from running twice.
+/// The output token cap sent upstream (and held as the worst case).
+fn output_cap(s: &Shared, req: &GenerationRequested, catalog: &Catalog) -> u32 {
     let model_max = catalog
-        .model(&req.model)
+        .model(&req.attribution.model)
         .and_then(|m| m.max_completion_tokens);
-    let max_output_tokens = resolve_max_output_tokens(
+    resolve_max_output_tokens(
         req.max_output_tokens,
         None,
         model_max,
         s.cfg.default_max_output_tokens,
-    );
-    let mut worst: Option<Usd> = None;
-    if let Some(res) = &s.reservations {
-        let mut models = vec![req.model.clone()];
-        models.extend(req.models.iter().flatten().cloned());
-        let input = worst_case_input(&req, max_output_tokens);
-        let catalog_models: Vec<_> = models.iter().map(|m| catalog.model(m)).collect();
-        worst = worst_case_of(catalog_models.iter().map(Option::as_ref), &input);
-        let hold = HoldRequest {
-            request_id: req.request_id.clone(),
-            org_id: req.org_id.clone(),
-            agent_id: req.agent_id.clone(),
-            session_id: req.session_id.clone(),
-            user_id: req.user_id.clone(),
-            model: req.model.clone(),
-            fallback_models: models[1..].to_vec(),
-            amount_usd: worst,
-            max_output_tokens,
-            ttl: s.cfg.reservation_ttl,
-        };
-        match res.hold(hold).await {
-            Ok(HoldOutcome::Held(_)) => {
-                s.metrics.holds.with_label_values(&["held"]).inc();
+    )
+}
+
+/// The hold: the request's worst case against every matching budget, and
+/// the claim that keeps it from running twice. Returns the worst case held
+/// (`None` without reservations, or when a price is unknown or dynamic).
+async fn take_hold(
+    s: &Shared,
+    delivery: &Delivery,
+    req: &GenerationRequested,
+    catalog: &Catalog,
+    max_output_tokens: u32,
+) -> Result<Option<Usd>, Stop> {
+    let Some(res) = &s.reservations else {
+        return Ok(None);
+    };
+    let mut models = vec![req.attribution.model.clone()];
+    models.extend(req.models.iter().flatten().cloned());
+    let input = worst_case_input(req, max_output_tokens);
+    let catalog_models: Vec<_> = models.iter().map(|m| catalog.model(m)).collect();
+    let worst = worst_case_of(catalog_models.iter().map(Option::as_ref), &input);
+    let hold = HoldRequest {
+        request_id: req.request_id.clone(),
+        attribution: req.attribution.clone(),
+        fallback_models: models[1..].to_vec(),
+        amount_usd: worst,
+        max_output_tokens,
+        ttl: s.cfg.reservation_ttl,
+    };
+    let outcome = match res.hold(hold).await {
+        Ok(outcome) => outcome,
+        Err(e) => {
+            tracing::warn!(error = %e, request_id = req.request_id, "taking the budget hold failed");
+            let failure = Failure {
+                reason: "reservation_unavailable".into(),
+                message: format!("the budget hold could not be taken: {e}"),
+                retryable: true,
+            };
+            return Err(retry_or(s, delivery, e.code(), failure));
+        }
+    };
+    let holds = &s.metrics.holds;
+    match outcome {
+        HoldOutcome::Held(_) => {
+            holds.with_label_values(&["held"]).inc();
+            Ok(worst)
+        }
+        HoldOutcome::Refused { reservation, now } => {
+            let reason = reservation
+                .failure_reason
+                .unwrap_or_else(|| "budget_exhausted".to_owned());
+            if now {
+                holds.with_label_values(&["refused"]).inc();
+                s.metrics
+                    .hold_refusals
+                    .with_label_values(&[refusal_label(&reason)])
+                    .inc();
             }
-            Ok(HoldOutcome::Refused { reservation, now }) => {
-                let reason = reservation
-                    .failure_reason
-                    .unwrap_or_else(|| "budget_exhausted".to_owned());
-                if now {
-                    s.metrics.holds.with_label_values(&["refused"]).inc();
-                    s.metrics
-                        .hold_refusals
-                        .with_label_values(&[refusal_label(&reason)])
-                        .inc();
-                }
-                return fail(
-                    s,
-                    &req,
-                    None,
-                    Failure {
-                        reason: reason.into(),
-                        message: reservation.failure_message.unwrap_or_default(),
-                        retryable: false,
-                    },
-                )
-                .await;
-            }
-            Ok(HoldOutcome::Generated(r)) => {
-                // An earlier delivery got OpenRouter's headers: the
-                // generation exists. Never run it again.
-                s.metrics.holds.with_label_values(&["generated"]).inc();
-                let id = r.generation_id.clone().unwrap_or_default();
-                return interrupted(s, &req, &id, r.amount_usd).await;
-            }
-            Ok(HoldOutcome::Failed(r)) => {
-                s.metrics.holds.with_label_values(&["failed"]).inc();
-                return fail(
-                    s,
-                    &req,
-                    None,
-                    Failure {
-                        reason: r
-                            .failure_reason
-                            .unwrap_or_else(|| "request_failed".to_owned())
-                            .into(),
-                        message: r.failure_message.unwrap_or_default(),
-                        retryable: false,
-                    },
-                )
-                .await;
-            }
-            Err(e) => {
-                if delivery.delivered() < s.cfg.max_attempts {
-                    s.metrics.retries.with_label_values(&[e.code()]).inc();
-                    tracing::warn!(error = %e, request_id = req.request_id, "taking the budget hold failed; retrying");
-                    return Settle::Nak(backoff(&s.cfg, delivery.delivered()));
-                }
-                return fail(
-                    s,
-                    &req,
-                    None,
-                    Failure {
-                        reason: "reservation_unavailable".into(),
-                        message: format!("the budget hold could not be taken: {e}"),
-                        retryable: true,
-                    },
-                )
-                .await;
-            }
+            let message = reservation.failure_message.unwrap_or_default();
+            Err(Failure::refused(reason, message).into())
+        }
+        HoldOutcome::Generated(r) => {
+            holds.with_label_values(&["generated"]).inc();
+            Err(Stop::Generated {
+                generation_id: r.generation_id.unwrap_or_default(),
+                worst_case: r.amount_usd,
+            })
+        }
+        HoldOutcome::Failed(r) => {
+            holds.with_label_values(&["failed"]).inc();
+            let reason = r
+                .failure_reason
+                .unwrap_or_else(|| "request_failed".to_owned());
+            Err(Failure::refused(reason, r.failure_message.unwrap_or_default()).into())
         }
     }
+}
 
-    // The generation.
+/// The Responses API request for `req`.
+fn responses_request(
+    s: &Shared,
+    req: &GenerationRequested,
+    compiled: routing::CompiledRouting,
+    max_output_tokens: u32,
+) -> ResponsesRequest {
     let openrouter = s.cfg.target == Target::OpenRouter;
-    let body = ResponsesRequest {
-        model: req.model.clone(),
+    ResponsesRequest {
+        model: req.attribution.model.clone(),
         models: compiled.models,
         input: match &req.input {
             Input::Text(t) => ResponsesInput::Text(t.clone()),
@@ -540,27 +577,42 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
         max_output_tokens: Some(max_output_tokens),
         stream: req.stream,
         provider: compiled.provider,
-        session_id: req.session_id.clone(),
-        user: req.user_id.clone(),
+        session_id: req.attribution.session_id.clone(),
+        user: req.attribution.user_id.clone(),
         tools: req
             .server_tools
             .as_ref()
             .filter(|t| openrouter && !t.is_empty())
             .map(|t| t.iter().map(|k| ServerTool { kind: k.clone() }).collect()),
-    };
+    }
+}
+
+/// The generation, with the hold's heartbeat, and what follows from its
+/// outcome.
+async fn generate(
+    s: &Shared,
+    delivery: &Delivery,
+    req: &GenerationRequested,
+    provider: &Provider,
+    body: &ResponsesRequest,
+    worst_case: Option<Usd>,
+) -> Result<Settle, Stop> {
     let started = Instant::now();
-    let outcome =
-        with_hold_heartbeat(s, &req.request_id, run_generation(s, &client, &req, &body)).await;
+    let generation = run_generation(s, &provider.client, req, body);
+    let outcome = with_hold_heartbeat(s, &req.request_id, generation).await;
     s.metrics
         .openrouter_seconds
         .observe(started.elapsed().as_secs_f64());
     match outcome {
-        Ok(reply) => complete(s, &req, &catalog, reply).await,
+        Ok(reply) => Ok(complete(s, req, &provider.catalog, reply).await),
         // The generation exists (its headers came) but its body was lost:
         // never run it again; the reconciler finds its cost.
         Err((e, Some(generation_id))) => {
             tracing::warn!(error = %e, request_id = req.request_id, generation_id, "generation body lost after its headers");
-            interrupted(s, &req, &generation_id, worst).await
+            Err(Stop::Generated {
+                generation_id,
+                worst_case,
+            })
         }
         Err((e, None)) if e.is_retryable() && delivery.delivered() < s.cfg.max_attempts => {
             s.metrics.retries.with_label_values(&[e.code()]).inc();
@@ -568,22 +620,14 @@ async fn process(s: &Shared, delivery: &Delivery) -> Settle {
                 .retry_after()
                 .unwrap_or_else(|| backoff(&s.cfg, delivery.delivered()));
             tracing::info!(error = %e, request_id = req.request_id, wait_ms = wait.as_millis() as u64, "retryable OpenRouter error; retrying later");
-            Settle::Nak(wait)
+            Ok(Settle::Nak(wait))
         }
-        Err((e, None)) => {
-            let retryable = e.is_retryable();
-            fail(
-                s,
-                &req,
-                None,
-                Failure {
-                    reason: failure_reason(&e).into(),
-                    message: e.to_string(),
-                    retryable,
-                },
-            )
-            .await
+        Err((e, None)) => Err(Failure {
+            reason: failure_reason(&e).into(),
+            retryable: e.is_retryable(),
+            message: e.to_string(),
         }
+        .into()),
     }
 }
 
@@ -654,7 +698,8 @@ async fn publish_result(s: &Shared, req: &GenerationRequested, result: Generatio
         }
         None => {
             let ev = CloudEvent::new_on_bus(&s.cfg.prefix, id, SOURCE, Utc::now(), result);
-            let subject = EventType::GenerationResult.subject(&s.cfg.prefix, &req.org_id, None);
+            let subject =
+                EventType::GenerationResult.subject(&s.cfg.prefix, &req.attribution.org_id, None);
             publish(s, &ev, &subject).await
         }
     }
@@ -684,12 +729,8 @@ async fn fail(
     let now = Utc::now();
     let failed = GenerationFailed {
         request_id: req.request_id.clone(),
-        org_id: req.org_id.clone(),
+        attribution: req.attribution.clone(),
         generation_id: generation_id.clone(),
-        agent_id: req.agent_id.clone(),
-        session_id: req.session_id.clone(),
-        user_id: req.user_id.clone(),
-        model: req.model.clone(),
         reason: f.reason.to_string(),
         message: f.message.clone(),
         retryable: f.retryable,
@@ -708,7 +749,7 @@ async fn fail(
     }
     let result = GenerationResult {
         request_id: req.request_id.clone(),
-        org_id: req.org_id.clone(),
+        org_id: req.attribution.org_id.clone(),
         generation_id,
         status: ResultStatus::Failed,
         output_text: None,
@@ -880,11 +921,7 @@ async fn interrupted(
     let now = Utc::now();
     let completed = GenerationCompleted {
         generation_id: generation_id.to_owned(),
-        org_id: req.org_id.clone(),
-        agent_id: req.agent_id.clone(),
-        session_id: req.session_id.clone(),
-        user_id: req.user_id.clone(),
-        model: req.model.clone(),
+        attribution: req.attribution.clone(),
         provider: None,
         completed_at: now,
         usage: Usage::default(),
@@ -900,7 +937,7 @@ async fn interrupted(
     }
     let result = GenerationResult {
         request_id: req.request_id.clone(),
-        org_id: req.org_id.clone(),
+        org_id: req.attribution.org_id.clone(),
         generation_id: Some(generation_id.to_owned()),
         status: ResultStatus::Cancelled,
         output_text: None,
@@ -961,7 +998,10 @@ async fn complete(
 ) -> Settle {
     let now = Utc::now();
     let status = status_of(&reply);
-    let model = reply.model.clone().unwrap_or_else(|| req.model.clone());
+    let model = reply
+        .model
+        .clone()
+        .unwrap_or_else(|| req.attribution.model.clone());
     let searches_asked = req
         .server_tools
         .iter()
@@ -1000,7 +1040,7 @@ async fn complete(
     };
     let pricing = catalog
         .pricing(&model)
-        .or_else(|| catalog.pricing(&req.model));
+        .or_else(|| catalog.pricing(&req.attribution.model));
     let estimated = pricing.and_then(|p| estimate(&p, &est_input));
     let actual = reply.usage.as_ref().and_then(|u| u.actual_cost());
     let is_byok = reply.usage.as_ref().is_some_and(|u| u.is_byok);
@@ -1011,11 +1051,7 @@ async fn complete(
         .and_then(|u| u.upstream_inference_cost);
     let completed = GenerationCompleted {
         generation_id: reply.generation_id.clone(),
-        org_id: req.org_id.clone(),
-        agent_id: req.agent_id.clone(),
-        session_id: req.session_id.clone(),
-        user_id: req.user_id.clone(),
-        model,
+        attribution: req.attribution.served_by(model),
         provider: reply.provider.clone(),
         completed_at: now,
         usage,
@@ -1050,7 +1086,7 @@ async fn complete(
     };
     let result = GenerationResult {
         request_id: req.request_id.clone(),
-        org_id: req.org_id.clone(),
+        org_id: req.attribution.org_id.clone(),
         generation_id: Some(reply.generation_id.clone()),
         status: result_status,
         output_text: (!reply.output_text.is_empty()).then(|| reply.output_text.clone()),

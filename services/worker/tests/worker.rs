@@ -11,9 +11,10 @@ use std::{
 
 use chrono::Utc;
 use futures::StreamExt as _;
-use tally_bus::{Bus, BusConfig, Consumer, StreamKind};
+use tally_bus::{Bus, Consumer, StreamKind};
 use tally_events::{
-    AnyEvent, Capacity, CloudEvent, GenerationRequested, GenerationStatus, Input, Payload, Routing,
+    AnyEvent, Attribution, Capacity, CloudEvent, GenerationRequested, GenerationStatus, Input,
+    Payload, Routing,
 };
 use tally_money::Usd;
 use tally_openrouter::{ClientConfig, OpenRouterClient};
@@ -44,13 +45,8 @@ impl Env {
     }
 
     async fn start_with_ack_wait(sim_cfg: SimConfig, ack_wait: Duration) -> anyhow::Result<Env> {
-        let nats = NatsServer::start().await?;
-        let bus = Bus::connect(&BusConfig {
-            ack_wait,
-            ..BusConfig::new(nats.url())
-        })
-        .await?;
-        bus.ensure_topology().await?;
+        let tally_tests::BusHarness { nats, bus } =
+            tally_tests::BusHarness::start(ack_wait).await?;
         let sim = Simulator::start(sim_cfg).await?;
         let client =
             OpenRouterClient::new(ClientConfig::new(sim.base_url()).with_api_key("sk-or-test"))?;
@@ -112,11 +108,12 @@ fn fast() -> WorkerConfig {
 fn request(id: &str, model: &str, stream: bool) -> GenerationRequested {
     GenerationRequested {
         request_id: id.to_owned(),
-        org_id: ORG.to_owned(),
-        agent_id: Some("agent-1".into()),
-        session_id: Some("sess-1".into()),
-        user_id: Some("user-1".into()),
-        model: model.to_owned(),
+        attribution: Attribution {
+            agent_id: Some("agent-1".into()),
+            session_id: Some("sess-1".into()),
+            user_id: Some("user-1".into()),
+            ..Attribution::new(ORG, model)
+        },
         models: None,
         input: Input::Text("What is 2+2?".into()),
         instructions: None,
@@ -200,7 +197,7 @@ async fn non_streaming_cost_is_captured_exactly_and_the_result_answers() -> anyh
     assert_eq!(c.actual_cost_usd, Some(usd!("0.00000525")));
     assert_eq!(c.estimated_cost_usd, Some(usd!("0.00000525")));
     assert_eq!((c.usage.prompt_tokens, c.usage.completion_tokens), (3, 8));
-    assert_eq!(c.agent_id.as_deref(), Some("agent-1"));
+    assert_eq!(c.attribution.agent_id.as_deref(), Some("agent-1"));
     assert_eq!(c.provider.as_deref(), Some("OpenAI"));
     let g = env.sim.simulator().generation(&c.generation_id).unwrap();
     assert_eq!(g.actual_cost(), usd!("0.00000525"));
@@ -321,9 +318,7 @@ async fn aborted_stream_completes_with_null_cost_then_the_reconciler_finds_it() 
 }
 
 async fn store() -> anyhow::Result<(tally_testkit::TestDb, tally_store::Store)> {
-    let db = tally_testkit::TestDb::create().await?;
-    let store = tally_store::Store::connect(db.url(), 16).await?;
-    store.migrate().await?;
+    let (db, store) = tally_testkit::TestDb::migrated(16).await?;
     Ok((db, store))
 }
 
@@ -505,11 +500,12 @@ async fn a_redelivered_request_with_a_generation_id_is_not_run_again() -> anyhow
     // headers, then died.
     let hold = tally_store::HoldRequest {
         request_id: "again-1".into(),
-        org_id: ORG.into(),
-        agent_id: Some("agent-1".into()),
-        session_id: Some("sess-1".into()),
-        user_id: Some("user-1".into()),
-        model: "openai/gpt-4o-mini".into(),
+        attribution: Attribution {
+            agent_id: Some("agent-1".into()),
+            session_id: Some("sess-1".into()),
+            user_id: Some("user-1".into()),
+            ..Attribution::new(ORG, "openai/gpt-4o-mini")
+        },
         fallback_models: Vec::new(),
         amount_usd: Some(usd!(MINI_WORST_CASE)),
         max_output_tokens: 8,
@@ -730,9 +726,7 @@ async fn each_organisation_runs_on_its_own_connection() -> anyhow::Result<()> {
     use std::collections::HashMap;
     use tally_sim::KeySpec;
     let env = Env::start(SimConfig::ephemeral()).await?;
-    let db = tally_testkit::TestDb::create().await?;
-    let store = tally_store::Store::connect(db.url(), 4).await?;
-    store.migrate().await?;
+    let (_db, store) = tally_testkit::TestDb::migrated(4).await?;
     let kek = tally_secrets::generate_key_setting("k1");
     let keyring = Arc::new(tally_secrets::Keyring::from_settings(Some(&kek), None)?);
     let base = OpenRouterClient::new(ClientConfig::new(env.sim.base_url()))?;
@@ -782,7 +776,7 @@ async fn each_organisation_runs_on_its_own_connection() -> anyhow::Result<()> {
         for i in 0..n {
             let id = format!("{org}-{i}");
             let mut r = request(&id, "openai/gpt-4o-mini", i % 2 == 0);
-            r.org_id = org.to_owned();
+            r.attribution.org_id = org.to_owned();
             if org == "globex" && i == 2 {
                 r.server_tools = Some(vec!["web_search".into()]);
             }

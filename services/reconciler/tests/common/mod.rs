@@ -5,17 +5,12 @@
 #![allow(dead_code)]
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use tally_bus::{Bus, BusConfig, Consumer, StreamKind};
-use tally_events::{
-    AnyEvent, CloudEvent, CostReconciled, CostUnresolved, GenerationCompleted, GenerationStatus,
-    Usage,
-};
-use tally_money::Usd;
+use tally_bus::{Bus, Consumer, StreamKind};
+use tally_events::{AnyEvent, CloudEvent, CostReconciled, CostUnresolved, GenerationCompleted};
 use tally_openrouter::{ClientConfig, OpenRouterClient};
 use tally_reconciler::{Metrics, Reconciler, ReconcilerConfig};
 use tally_sim::{RunningSim, SimConfig, Simulator};
@@ -38,9 +33,8 @@ impl Env {
     /// NATS with the topology, and a simulator with `sim_cfg`.
     pub async fn start(sim_cfg: SimConfig) -> anyhow::Result<Env> {
         init_logs();
-        let nats = NatsServer::start().await?;
-        let bus = Bus::connect(&BusConfig::new(nats.url())).await?;
-        bus.ensure_topology().await?;
+        let tally_tests::BusHarness { nats, bus } =
+            tally_tests::BusHarness::start(tally_bus::ACK_WAIT).await?;
         let sim = Simulator::start(sim_cfg).await?;
         Ok(Env { nats, bus, sim })
     }
@@ -217,44 +211,16 @@ impl CostReader {
     }
 }
 
-/// A decimal from its text.
-pub fn d(s: &str) -> Usd {
-    Usd::from_str(s).expect("decimal literal")
-}
-
-/// A completed event without an actual cost, completed at `completed_at`.
+/// A completed event of agent `agent-1` without an actual cost (estimate
+/// 0.0001 USD), completed at `completed_at`.
 pub fn completed(
     generation_id: &str,
     completed_at: DateTime<Utc>,
 ) -> CloudEvent<GenerationCompleted> {
-    let data = GenerationCompleted {
-        generation_id: generation_id.to_owned(),
-        org_id: ORG.to_owned(),
-        agent_id: Some("agent-1".to_owned()),
-        session_id: None,
-        user_id: None,
-        model: "openai/gpt-4o-mini".to_owned(),
-        provider: Some("OpenAI".to_owned()),
-        completed_at,
-        usage: Usage {
-            prompt_tokens: 118,
-            completion_tokens: 41,
-            ..Usage::default()
-        },
-        is_byok: false,
-        actual_cost_usd: None,
-        estimated_cost_usd: Some(d("0.0001")),
-        status: GenerationStatus::Completed,
-        request_id: None,
-        upstream_inference_cost_usd: None,
-    };
-    CloudEvent::new_on_bus(
-        "tally",
-        format!("completed-{generation_id}"),
-        "/tests/producer",
-        completed_at,
-        data,
-    )
+    tally_tests::Completed::at(generation_id, ORG, completed_at)
+        .agent("agent-1")
+        .estimate("0.0001")
+        .event()
 }
 
 /// Test configuration: short delays so tests stay fast.
@@ -273,9 +239,7 @@ pub fn fast_config() -> ReconcilerConfig {
 
 /// A fresh, migrated database of the test's own.
 pub async fn store() -> anyhow::Result<(TestDb, Store)> {
-    let db = TestDb::create().await?;
-    let store = Store::connect(db.url(), 8).await?;
-    store.migrate().await?;
+    let (db, store) = tally_testkit::TestDb::migrated(8).await?;
     Ok((db, store))
 }
 

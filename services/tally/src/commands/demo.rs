@@ -10,6 +10,7 @@
 
 use std::io::Write;
 use std::time::{Duration, Instant};
+use tally_events::Attribution;
 
 use anyhow::{bail, Context};
 use futures::StreamExt;
@@ -345,11 +346,13 @@ impl Producer {
                 let request_id = format!("req-{run}-{i}");
                 let data = tally_events::GenerationRequested {
                     request_id: request_id.clone(),
-                    org_id: org.clone(),
-                    agent_id: Some(AGENTS[(i % 3) as usize].into()),
-                    session_id: Some(format!("sess-{run}-{}", i / 10)),
-                    user_id: Some(format!("user-{}", i % 7)),
-                    model: MODELS[(i % 5 % 2) as usize].into(),
+                    attribution: Attribution {
+                        org_id: org.clone(),
+                        agent_id: Some(AGENTS[(i % 3) as usize].into()),
+                        session_id: Some(format!("sess-{run}-{}", i / 10)),
+                        user_id: Some(format!("user-{}", i % 7)),
+                        model: MODELS[(i % 5 % 2) as usize].into(),
+                    },
                     models: None,
                     input: tally_events::Input::Text(format!(
                         "Summarise finding #{i} for the weekly report in three sentences."
@@ -471,13 +474,18 @@ async fn create_budgets(
     Ok(out)
 }
 
-async fn budget_spent(http: &reqwest::Client, api: &str, id: &str) -> anyhow::Result<Usd> {
-    let v: Value = http
+/// `GET /v1/budgets/{id}`, as JSON.
+async fn get_budget(http: &reqwest::Client, api: &str, id: &str) -> anyhow::Result<Value> {
+    Ok(http
         .get(format!("{api}/v1/budgets/{id}"))
         .send()
         .await?
         .json()
-        .await?;
+        .await?)
+}
+
+async fn budget_spent(http: &reqwest::Client, api: &str, id: &str) -> anyhow::Result<Usd> {
+    let v = get_budget(http, api, id).await?;
     Ok(tally_money::parse_decimal_str(
         v["current_period"]["spent_usd"].as_str().unwrap_or("0"),
     )?)
@@ -497,12 +505,7 @@ async fn summary(
         "budget", "spent USD", "actual part", "estimated part", "limit"
     );
     for (id, name) in budgets {
-        let v: Value = http
-            .get(format!("{api}/v1/budgets/{id}"))
-            .send()
-            .await?
-            .json()
-            .await?;
+        let v = get_budget(http, api, id).await?;
         let p = &v["current_period"];
         println!(
             "  {:<28} {:>24} {:>24} {:>24} {:>10}",
