@@ -9,37 +9,16 @@ use std::time::Duration;
 use tally_bus::{Bus, BusConfig, ConsumerName};
 use tally_money::Usd;
 use tally_store::ledger::PostingOptions;
-use tally_store::Store;
-use tally_testkit::{NatsCluster, TestDb};
-use tally_tests::{budget, usd, Completed};
+use tally_testkit::NatsCluster;
+use tally_tests::{budget, publish_retrying, usd, Completed};
 use tokio::sync::watch;
 
 const ORG: &str = "acme";
 
-async fn publish_retrying(bus: &Bus, c: &Completed) -> anyhow::Result<()> {
-    let ev = c.event();
-    // While a node dies, the streams it led elect a new leader (seconds);
-    // publishes in between fail ("no stream found") or time out. A producer
-    // retries with the same message id, and JetStream keeps one copy.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match bus.publish(&ev.subject, &ev.id, ev.to_json().into()).await {
-            Ok(()) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                eprintln!("publish retry after: {e}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
-}
-
 #[tokio::test]
 async fn a_broker_node_dies_mid_stream_and_the_ledger_stays_exact() -> anyhow::Result<()> {
     let mut cluster = NatsCluster::start(3).await?;
-    let db = TestDb::create().await?;
-    let store = Store::connect(db.url(), 8).await?;
-    store.migrate().await?;
+    let (_db, store) = tally_testkit::TestDb::migrated(8).await?;
     let bus = Bus::connect(&BusConfig {
         replicas: 3,
         ack_wait: Duration::from_secs(5),
@@ -87,7 +66,7 @@ async fn a_broker_node_dies_mid_stream_and_the_ledger_stays_exact() -> anyhow::R
         let cost = format!("0.000{:017}", 98765432109876543u64 + i);
         expected = expected.try_add(usd(&cost)).unwrap();
         let c = Completed::new(&format!("g{i}"), ORG, "2026-11-25T10:00:00Z").actual(&cost);
-        publish_retrying(&bus, &c).await?;
+        publish_retrying(&bus, &c, Duration::from_millis(250)).await?;
     }
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);

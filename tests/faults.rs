@@ -32,7 +32,7 @@ use tally_store::Store;
 use tally_testkit::{free_port, NatsServer};
 use tally_tests::pg::PrivatePostgres;
 use tally_tests::procs::{tally_output, wait_http, TallyProcess, TEST_SECRETS_KEY};
-use tally_tests::{budget, Completed};
+use tally_tests::{budget, publish_retrying, Completed};
 
 const ORG: &str = "acme";
 /// Generations published.
@@ -131,23 +131,6 @@ async fn receive(
 /// The cost of generation `i`: many significant digits, all distinct.
 fn cost(i: u64) -> Usd {
     tally_tests::usd(&format!("0.000{:017}", 12345678901234567u64 + i * 7919))
-}
-
-async fn publish_retrying(bus: &Bus, c: &Completed) -> anyhow::Result<()> {
-    let ev = c.event();
-    // While NATS restarts, publishes fail or time out; a producer retries
-    // with the same message id and JetStream keeps one copy.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        match bus.publish(&ev.subject, &ev.id, ev.to_json().into()).await {
-            Ok(()) => return Ok(()),
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                let _ = e;
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,7 +310,7 @@ async fn tally_survives_crashes_restarts_and_garbage_with_an_exact_ledger() -> a
                 if i % 3 != 0 {
                     c = c.actual(&cost(i).to_string());
                 }
-                publish_retrying(&producer, &c).await?;
+                publish_retrying(&producer, &c, Duration::from_millis(200)).await?;
                 published.fetch_add(1, Ordering::SeqCst);
             }
             anyhow::Ok(())

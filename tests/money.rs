@@ -17,6 +17,7 @@
 use serde_json::Value;
 use tally_bus::StreamKind;
 use tally_money::{to_decimal_string, Usd};
+use tally_testkit::decimal_text::{add, exact_plain_of, js_string};
 use tally_tests::{budget, Completed, Harness};
 
 const ORG: &str = "acme";
@@ -30,10 +31,8 @@ async fn api(h: &Harness) -> anyhow::Result<(String, reqwest::Client)> {
         tally_telemetry::Registry::new(),
         "tally".into(),
     )?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(tally_api::serve(listener, state, std::future::pending()));
-    Ok((format!("http://{addr}"), org.member_client()?))
+    let base = tally_tests::serve_api(state).await?;
+    Ok((base, org.member_client()?))
 }
 
 async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
@@ -42,91 +41,6 @@ async fn get(http: &reqwest::Client, url: &str) -> anyhow::Result<Value> {
     let body: Value = resp.json().await?;
     anyhow::ensure!(status.is_success(), "GET {url}: {status} {body}");
     Ok(body)
-}
-
-/// The shortest round-trip digits of `x` and its decimal exponent. Rust's
-/// shortest digits are the digits JavaScript prints; `f64` only makes the
-/// literal text here, the expected value comes from the text.
-fn shortest(x: f64) -> (String, i32) {
-    let s = format!("{x:e}");
-    let (m, e) = s.split_once('e').unwrap();
-    (m.replace('.', ""), e.parse().unwrap())
-}
-
-/// `String(x)` in JavaScript, for `x > 0`.
-fn js_string(x: f64) -> String {
-    let (digits, exp) = shortest(x);
-    let k = digits.len() as i32;
-    let n = exp + 1;
-    if k <= n && n <= 21 {
-        format!("{digits}{}", "0".repeat((n - k) as usize))
-    } else if 0 < n && n <= 21 {
-        format!("{}.{}", &digits[..n as usize], &digits[n as usize..])
-    } else if -6 < n && n <= 0 {
-        format!("0.{}{digits}", "0".repeat((-n) as usize))
-    } else {
-        let e = n - 1;
-        let mantissa = if k == 1 {
-            digits.clone()
-        } else {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        };
-        format!("{mantissa}e{}{}", if e < 0 { '-' } else { '+' }, e.abs())
-    }
-}
-
-/// The exact plain decimal a shortest-digits text denotes.
-fn exact_plain(x: f64) -> String {
-    let (digits, exp) = shortest(x);
-    let digits = digits.trim_end_matches('0');
-    let point = exp + 1;
-    let k = digits.len() as i32;
-    if point >= k {
-        format!("{digits}{}", "0".repeat((point - k) as usize))
-    } else if point > 0 {
-        format!(
-            "{}.{}",
-            &digits[..point as usize],
-            &digits[point as usize..]
-        )
-    } else {
-        format!("0.{}{digits}", "0".repeat((-point) as usize))
-    }
-}
-
-/// Schoolbook addition of non-negative plain decimals: an exact sum that
-/// shares no code with `tally-money`.
-fn add_decimal(a: &str, b: &str) -> String {
-    let split = |s: &str| match s.split_once('.') {
-        Some((i, f)) => (i.to_owned(), f.to_owned()),
-        None => (s.to_owned(), String::new()),
-    };
-    let ((ai, af), (bi, bf)) = (split(a), split(b));
-    let fl = af.len().max(bf.len());
-    let il = ai.len().max(bi.len());
-    let x = format!("{ai:0>il$}{af:0<fl$}");
-    let y = format!("{bi:0>il$}{bf:0<fl$}");
-    let mut out = Vec::new();
-    let mut carry = 0u8;
-    for (p, q) in x.bytes().rev().zip(y.bytes().rev()) {
-        let s = (p - b'0') + (q - b'0') + carry;
-        out.push(b'0' + s % 10);
-        carry = s / 10;
-    }
-    if carry > 0 {
-        out.push(b'0' + carry);
-    }
-    out.reverse();
-    let all = String::from_utf8(out).unwrap();
-    let (int, frac) = all.split_at(all.len() - fl);
-    let int = match int.trim_start_matches('0') {
-        "" => "0",
-        i => i,
-    };
-    match frac.trim_end_matches('0') {
-        "" => int.to_owned(),
-        f => format!("{int}.{f}"),
-    }
 }
 
 /// xorshift64: deterministic randomness without a dependency.
@@ -215,7 +129,7 @@ async fn javascript_doubles_go_through_client_events_ledger_and_api_unchanged() 
     for i in 0..n {
         let x = rng.cost();
         let literal = js_string(x);
-        let exact = exact_plain(x);
+        let exact = exact_plain_of(x);
         // OpenRouter's reply, through the client's own parser.
         let body = format!(r#"{{"data":{{"id":"g-{i}","total_cost":{literal},"is_byok":false}}}}"#);
         let stats = tally_openrouter::GenerationStats::from_reply_body(body.as_bytes())
@@ -225,7 +139,7 @@ async fn javascript_doubles_go_through_client_events_ledger_and_api_unchanged() 
         let mut ev = Completed::new(&format!("g-{i}"), ORG, "2026-11-25T10:00:00Z");
         ev.data.actual_cost_usd = Some(actual);
         published.push(ev.event());
-        expected = add_decimal(&expected, &exact);
+        expected = add(&expected, &exact);
         if i % (n / 20).max(1) == 0 {
             samples.push((format!("g-{i}"), exact));
         }

@@ -12,6 +12,7 @@ use proptest::prelude::*;
 use tally_money::{
     parse_decimal_str, parse_json_number, to_decimal_string, MoneyError, Usd, MAX_SCALE,
 };
+use tally_testkit::decimal_text::{add, exact_plain, js_string, python_repr, shortest};
 
 /// Amounts tally holds: up to 10 integer digits and up to 28 fractional ones.
 fn amount() -> impl Strategy<Value = Usd> {
@@ -19,73 +20,6 @@ fn amount() -> impl Strategy<Value = Usd> {
         let bound = 10i128.pow(10 + scale);
         (-bound..=bound).prop_map(move |m| Usd::from_parts(m, scale).unwrap())
     })
-}
-
-/// The shortest round-trip digits of `x` and its decimal exponent:
-/// `x = d.ddd… × 10^exp`.
-fn shortest(x: f64) -> (String, i32) {
-    let s = format!("{x:e}");
-    let (m, e) = s.split_once('e').unwrap();
-    (m.replace('.', ""), e.parse().unwrap())
-}
-
-/// `String(x)` in JavaScript (ECMAScript Number::toString) for `x > 0`.
-pub fn js_string(x: f64) -> String {
-    let (digits, exp) = shortest(x);
-    let k = digits.len() as i32;
-    let n = exp + 1; // x = 0.ddd × 10^n
-    if k <= n && n <= 21 {
-        format!("{digits}{}", "0".repeat((n - k) as usize))
-    } else if 0 < n && n <= 21 {
-        format!("{}.{}", &digits[..n as usize], &digits[n as usize..])
-    } else if -6 < n && n <= 0 {
-        format!("0.{}{digits}", "0".repeat((-n) as usize))
-    } else {
-        let e = n - 1;
-        let sign = if e < 0 { '-' } else { '+' };
-        let mantissa = if k == 1 {
-            digits.clone()
-        } else {
-            format!("{}.{}", &digits[..1], &digits[1..])
-        };
-        format!("{mantissa}e{sign}{}", e.abs())
-    }
-}
-
-/// Python's `repr(x)` (what `1.4999999999999999e-05` looks like): exponent
-/// form below 1e-4 and from 1e16, at least two exponent digits.
-fn python_repr(x: f64) -> String {
-    let (digits, exp) = shortest(x);
-    if (-4..16).contains(&exp) {
-        return js_string(x);
-    }
-    let mantissa = if digits.len() == 1 {
-        digits.clone()
-    } else {
-        format!("{}.{}", &digits[..1], &digits[1..])
-    };
-    let sign = if exp < 0 { '-' } else { '+' };
-    format!("{mantissa}e{sign}{:02}", exp.abs())
-}
-
-/// The exact plain decimal denoted by `digits × 10^(exp - len + 1)`,
-/// computed on the text alone.
-fn exact_plain(digits: &str, exp: i32) -> String {
-    let digits = digits.trim_end_matches('0');
-    let digits = if digits.is_empty() { "0" } else { digits };
-    let point = exp + 1; // digits before the decimal point
-    let k = digits.len() as i32;
-    if point >= k {
-        format!("{digits}{}", "0".repeat((point - k) as usize))
-    } else if point > 0 {
-        format!(
-            "{}.{}",
-            &digits[..point as usize],
-            &digits[point as usize..]
-        )
-    } else {
-        format!("0.{}{digits}", "0".repeat((-point) as usize))
-    }
 }
 
 /// Doubles across the cost range: 1e-12 up to 1e10, every exponent equally
@@ -101,44 +35,6 @@ fn double_in(exponents: std::ops::Range<i32>) -> impl Strategy<Value = f64> {
         let x = m * 10f64.powi(e);
         x.clamp(1e-12, 9.999_999_999_999_998e9)
     })
-}
-
-/// Schoolbook addition of non-negative plain decimal strings: an
-/// independent exact sum.
-fn add_decimal(a: &str, b: &str) -> String {
-    let split = |s: &str| -> (String, String) {
-        match s.split_once('.') {
-            Some((i, f)) => (i.to_owned(), f.to_owned()),
-            None => (s.to_owned(), String::new()),
-        }
-    };
-    let (ai, af) = split(a);
-    let (bi, bf) = split(b);
-    let fl = af.len().max(bf.len());
-    let il = ai.len().max(bi.len());
-    let a_all = format!("{ai:0>il$}{af:0<fl$}");
-    let b_all = format!("{bi:0>il$}{bf:0<fl$}");
-    let mut out = Vec::with_capacity(il + fl + 1);
-    let mut carry = 0u8;
-    for (x, y) in a_all.bytes().rev().zip(b_all.bytes().rev()) {
-        let s = (x - b'0') + (y - b'0') + carry;
-        out.push(b'0' + s % 10);
-        carry = s / 10;
-    }
-    if carry > 0 {
-        out.push(b'0' + carry);
-    }
-    out.reverse();
-    let all = String::from_utf8(out).unwrap();
-    let (int, frac) = all.split_at(all.len() - fl);
-    let int = int.trim_start_matches('0');
-    let int = if int.is_empty() { "0" } else { int };
-    let frac = frac.trim_end_matches('0');
-    if frac.is_empty() {
-        int.to_owned()
-    } else {
-        format!("{int}.{frac}")
-    }
 }
 
 #[test]
@@ -160,9 +56,9 @@ fn the_renderings_match_javascript_and_python() {
         exact_plain("14999999999999999", -5),
         "0.000014999999999999999"
     );
-    assert_eq!(add_decimal("0.5", "99.75"), "100.25");
+    assert_eq!(add("0.5", "99.75"), "100.25");
     assert_eq!(
-        add_decimal("0.0000000000009999999999999999", "0"),
+        add("0.0000000000009999999999999999", "0"),
         "0.0000000000009999999999999999"
     );
 }
@@ -261,7 +157,7 @@ proptest! {
             let (digits, exp) = shortest(*x);
             let text = exact_plain(&digits, exp);
             total = total.try_add(parse_json_number(&js_string(*x)).unwrap()).unwrap();
-            independent = add_decimal(&independent, &text);
+            independent = add(&independent, &text);
         }
         prop_assert_eq!(to_decimal_string(&total), independent);
     }

@@ -24,9 +24,7 @@ struct Env {
 
 impl Env {
     async fn start() -> anyhow::Result<Env> {
-        let db = TestDb::create().await?;
-        let store = Store::connect(db.url(), 4).await?;
-        store.migrate().await?;
+        let (db, store) = tally_testkit::TestDb::migrated(4).await?;
         let sim = Simulator::start(SimConfig::ephemeral()).await?;
         Ok(Env {
             _db: db,

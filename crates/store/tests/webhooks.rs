@@ -19,9 +19,7 @@ const ORG: &str = "acme";
 const OTHER: &str = "globex";
 
 async fn store() -> anyhow::Result<(TestDb, Store)> {
-    let db = TestDb::create().await?;
-    let store = Store::connect(db.url(), 16).await?;
-    store.migrate().await?;
+    let (db, store) = tally_testkit::TestDb::migrated(16).await?;
     TestOrg::create(&db.pool(), ORG).await?;
     TestOrg::create(&db.pool(), OTHER).await?;
     Ok((db, store))

@@ -43,6 +43,7 @@
 //! # }
 //! ```
 
+pub mod decimal_text;
 pub mod secrets;
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -532,6 +533,16 @@ impl TestDb {
             url,
             pool,
         })
+    }
+
+    /// A fresh database with tally's schema, and a store of at most
+    /// `max_connections` connections on it: the start of every test that
+    /// needs Postgres.
+    pub async fn migrated(max_connections: u32) -> anyhow::Result<(TestDb, tally_store::Store)> {
+        let db = TestDb::create().await?;
+        let store = tally_store::Store::connect(db.url(), max_connections).await?;
+        store.migrate().await?;
+        Ok((db, store))
     }
 
     /// The connection URL of this database.

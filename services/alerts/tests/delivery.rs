@@ -94,9 +94,7 @@ struct Env {
 impl Env {
     async fn start() -> anyhow::Result<Env> {
         let nats = NatsServer::start().await?;
-        let db = TestDb::create().await?;
-        let store = Store::connect(db.url(), 8).await?;
-        store.migrate().await?;
+        let (db, store) = tally_testkit::TestDb::migrated(8).await?;
         TestOrg::create(&db.pool(), ORG).await?;
         let bus = Bus::connect(&BusConfig::new(nats.url())).await?;
         bus.ensure_topology().await?;

@@ -21,9 +21,8 @@ use axum::http::{Request, StatusCode};
 use tally_api::auth::Caller;
 use tally_api::AppState;
 use tally_store::tenancy::Role;
-use tally_store::Store;
 use tally_telemetry::Registry;
-use tally_testkit::{TestDb, TestOrg};
+use tally_testkit::TestOrg;
 use tower::ServiceExt as _;
 
 const ORG: &str = "bench";
@@ -85,9 +84,7 @@ async fn main() -> anyhow::Result<()> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20_000);
-    let db = TestDb::create().await?;
-    let store = Store::connect(db.url(), 8).await?;
-    store.migrate().await?;
+    let (db, store) = tally_testkit::TestDb::migrated(8).await?;
     let org = TestOrg::create(&db.pool(), ORG).await?;
     let state = AppState::new(store.clone(), Registry::new(), "tally".into())?;
     let authed = tally_api::router(state.clone());

@@ -9,22 +9,17 @@
 
 use reqwest::StatusCode;
 use serde_json::Value;
-use tally_api::{serve, AppState};
-use tally_store::Store;
+use tally_api::AppState;
 use tally_telemetry::Registry;
 use tally_testkit::TestDb;
 
 const SNAPSHOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
 
 async fn start() -> anyhow::Result<(String, TestDb)> {
-    let db = TestDb::create().await?;
-    let store = Store::from_pool(db.pool());
-    store.migrate().await?;
+    let (db, store) = tally_testkit::TestDb::migrated(10).await?;
     let state = AppState::new(store, Registry::new(), "tally".into())?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(serve(listener, state, std::future::pending()));
-    Ok((format!("http://{addr}"), db))
+    let base = tally_tests::serve_api(state).await?;
+    Ok((base, db))
 }
 
 /// A concrete URL for a path template (every parameter `x`).

@@ -5,7 +5,7 @@
 
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use tally_api::{serve, AppState, OrgLimits, WebhookSettings};
+use tally_api::{AppState, OrgLimits, WebhookSettings};
 use tally_store::Store;
 use tally_telemetry::Registry;
 use tally_testkit::{TestDb, TestOrg};
@@ -29,17 +29,13 @@ async fn instance(store: &Store, settings: WebhookSettings) -> anyhow::Result<St
             ..OrgLimits::default()
         })
         .with_webhooks(settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(serve(listener, state, std::future::pending()));
-    Ok(format!("http://{addr}"))
+    let base = tally_tests::serve_api(state).await?;
+    Ok(base)
 }
 
 impl Env {
     async fn start() -> anyhow::Result<Env> {
-        let db = TestDb::create().await?;
-        let store = Store::from_pool(db.pool());
-        store.migrate().await?;
+        let (db, store) = tally_testkit::TestDb::migrated(10).await?;
         let a = TestOrg::create(&db.pool(), "org-a").await?;
         let b = TestOrg::create(&db.pool(), "org-b").await?;
         let kek = tally_secrets::generate_key_setting("k1");

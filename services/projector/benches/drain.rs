@@ -56,9 +56,7 @@ struct Setup {
 
 async fn setup() -> anyhow::Result<Setup> {
     let nats = NatsServer::start().await?;
-    let db = TestDb::create().await?;
-    let store = Store::connect(db.url(), 8).await?;
-    store.migrate().await?;
+    let (db, store) = tally_testkit::TestDb::migrated(8).await?;
     let bus = Bus::connect(&BusConfig::new(nats.url())).await?;
     bus.ensure_topology().await?;
     // Two budgets per organisation: org-wide and one agent.

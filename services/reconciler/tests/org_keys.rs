@@ -8,22 +8,20 @@ mod common;
 
 use std::sync::Arc;
 use std::time::Duration;
+use tally_money::usd;
 
 use chrono::Utc;
-use common::{completed, d, fast_config, Env};
+use common::{completed, fast_config, Env};
 use secrecy::SecretString;
 use tally_provider::{Connections, OrgProviders};
 use tally_reconciler::{Metrics, Reconciler, ReconcilerConfig};
 use tally_sim::{KeySpec, SimConfig, SimGeneration};
 use tally_store::providers::ConnectedVia;
-use tally_store::Store;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_org_is_looked_up_with_its_own_key() -> anyhow::Result<()> {
     let env = Env::start(SimConfig::ephemeral()).await?;
-    let db = tally_testkit::TestDb::create().await?;
-    let store = Store::connect(db.url(), 4).await?;
-    store.migrate().await?;
+    let (_db, store) = tally_testkit::TestDb::migrated(4).await?;
     let kek = tally_secrets::generate_key_setting("k1");
     let keyring = Arc::new(tally_secrets::Keyring::from_settings(Some(&kek), None)?);
     let base = env.client(None);
@@ -71,9 +69,9 @@ async fn each_org_is_looked_up_with_its_own_key() -> anyhow::Result<()> {
         for i in 0..n {
             let id = format!("gen-{org}-{i}");
             env.sim()
-                .register_generation(SimGeneration::new(&id, d("0.001")));
+                .register_generation(SimGeneration::new(&id, usd!("0.001")));
             let mut ev = completed(&id, now);
-            ev.data.org_id = org.to_owned();
+            ev.data.attribution.org_id = org.to_owned();
             env.publish_completed(&ev).await?;
             ids.push(id);
         }

@@ -5,6 +5,7 @@
 mod common;
 
 use std::time::Duration;
+use tally_money::usd;
 
 use chrono::Utc;
 use common::*;
@@ -26,7 +27,7 @@ async fn events_completed_twenty_minutes_ago_whose_first_lookup_fails_are_all_re
         } else {
             ScriptedReply::ServerError
         };
-        let cost = d("0.00012345678901234567").try_add(Usd::new(i, 12))?;
+        let cost = usd!("0.00012345678901234567").try_add(Usd::new(i, 12))?;
         env.sim()
             .register_generation(SimGeneration::new(&id, cost).script([fault]));
         env.publish_completed(&completed(&id, twenty_ago)).await?;
@@ -81,7 +82,7 @@ async fn a_thousand_events_that_arrive_while_the_reconciler_is_down_are_all_reco
     let mut expected = Usd::ZERO;
     for i in 0..1000 {
         let id = format!("gen-backlog-{i}");
-        let cost = d("0.000001").try_add(Usd::new(i, 10))?;
+        let cost = usd!("0.000001").try_add(Usd::new(i, 10))?;
         expected.try_add_assign(cost)?;
         env.sim().register_generation(SimGeneration::new(&id, cost));
         env.publish_completed(&completed(&id, Utc::now())).await?;

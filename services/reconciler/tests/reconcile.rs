@@ -5,9 +5,10 @@
 mod common;
 
 use std::time::{Duration, Instant};
+use tally_money::usd;
 
 use chrono::Utc;
-use common::{completed, d, fast_config, Env, ORG};
+use common::{completed, fast_config, Env, ORG};
 use tally_bus::{ConsumerName, StreamKind, HEADER_DEAD_LETTER_REASON};
 use tally_reconciler::ReconcilerConfig;
 use tally_sim::{NumberFormat, ScriptedReply, SimConfig, SimGeneration};
@@ -50,16 +51,17 @@ async fn actual_costs_are_exact_to_the_digit_and_byok_adds_upstream() -> anyhow:
     let env = Env::start(SimConfig::ephemeral()).await?;
     // Written as `1.425e-7` on the wire (JavaScript rendering below 1e-6).
     env.sim().register_generation(
-        SimGeneration::new("gen-tiny", d("0.0000001425")).number_format(NumberFormat::Js),
+        SimGeneration::new("gen-tiny", usd!("0.0000001425")).number_format(NumberFormat::Js),
     );
     // 17 significant digits: more than a double keeps.
     env.sim().register_generation(
-        SimGeneration::new("gen-long", d("0.00012345678901234567"))
+        SimGeneration::new("gen-long", usd!("0.00012345678901234567"))
             .number_format(NumberFormat::Plain),
     );
     // BYOK: OpenRouter's fee plus the provider's bill.
     env.sim().register_generation(
-        SimGeneration::new("gen-byok", d("0.0000015")).byok(Some(d("0.00042000000000000001"))),
+        SimGeneration::new("gen-byok", usd!("0.0000015"))
+            .byok(Some(usd!("0.00042000000000000001"))),
     );
     // The simulator really sends these literals.
     let body = raw_get(env.sim.addr(), "/api/v1/generation?id=gen-tiny").await?;
@@ -83,7 +85,7 @@ async fn actual_costs_are_exact_to_the_digit_and_byok_adds_upstream() -> anyhow:
 
     let tiny = costs.reconciled("gen-tiny");
     assert_eq!(tiny.actual_cost_usd.to_string(), "0.0000001425");
-    assert_eq!(tiny.total_cost_usd, d("0.0000001425"));
+    assert_eq!(tiny.total_cost_usd, usd!("0.0000001425"));
     assert!(!tiny.is_byok);
     assert_eq!(tiny.upstream_inference_cost_usd, None);
 
@@ -92,10 +94,10 @@ async fn actual_costs_are_exact_to_the_digit_and_byok_adds_upstream() -> anyhow:
 
     let byok = costs.reconciled("gen-byok");
     assert!(byok.is_byok);
-    assert_eq!(byok.total_cost_usd, d("0.0000015"));
+    assert_eq!(byok.total_cost_usd, usd!("0.0000015"));
     assert_eq!(
         byok.upstream_inference_cost_usd,
-        Some(d("0.00042000000000000001"))
+        Some(usd!("0.00042000000000000001"))
     );
     assert_eq!(byok.actual_cost_usd.to_string(), "0.00042150000000000001");
 
@@ -150,11 +152,11 @@ async fn not_yet_rate_limited_server_errors_and_malformed_replies_all_end_reconc
     ];
     for (id, script) in &cases {
         env.sim()
-            .register_generation(SimGeneration::new(*id, d("0.000285")).script(script.clone()));
+            .register_generation(SimGeneration::new(*id, usd!("0.000285")).script(script.clone()));
     }
     // Stats that appear only 700 ms after completion: 404s on their own.
     env.sim().register_generation(
-        SimGeneration::new("gen-late", d("0.5")).ready_after(Duration::from_millis(700)),
+        SimGeneration::new("gen-late", usd!("0.5")).ready_after(Duration::from_millis(700)),
     );
 
     let running = env.spawn_reconciler(fast_config());
@@ -171,7 +173,7 @@ async fn not_yet_rate_limited_server_errors_and_malformed_replies_all_end_reconc
     costs.wait_settled(&ids, SETTLE).await?;
     for (id, script) in &cases {
         let r = costs.reconciled(id);
-        assert_eq!(r.actual_cost_usd, d("0.000285"), "{id}");
+        assert_eq!(r.actual_cost_usd, usd!("0.000285"), "{id}");
         // One lookup per scripted fault, then the answer.
         assert_eq!(env.sim().calls(id), script.len() as u64 + 1, "{id}");
         assert!(
@@ -180,7 +182,7 @@ async fn not_yet_rate_limited_server_errors_and_malformed_replies_all_end_reconc
             r.attempts
         );
     }
-    assert_eq!(costs.reconciled("gen-late").actual_cost_usd, d("0.5"));
+    assert_eq!(costs.reconciled("gen-late").actual_cost_usd, usd!("0.5"));
     assert!(env.sim().calls("gen-late") >= 2);
 
     // Retry-After (1 s) was honoured: the second lookup came at least 1 s
@@ -211,12 +213,12 @@ async fn a_never_ready_generation_ends_unresolved_without_delaying_the_others() 
 {
     let env = Env::start(SimConfig::ephemeral()).await?;
     env.sim()
-        .register_generation(SimGeneration::new("gen-never", d("1")).never_ready());
+        .register_generation(SimGeneration::new("gen-never", usd!("1")).never_ready());
     env.sim().register_generation(
-        SimGeneration::new("gen-garbled", d("1")).script([ScriptedReply::Malformed; 1000]),
+        SimGeneration::new("gen-garbled", usd!("1")).script([ScriptedReply::Malformed; 1000]),
     );
     env.sim()
-        .register_generation(SimGeneration::new("gen-byok-no-upstream", d("0.001")).byok(None));
+        .register_generation(SimGeneration::new("gen-byok-no-upstream", usd!("0.001")).byok(None));
     let cfg = ReconcilerConfig {
         deadline: Duration::from_secs(3),
         ..fast_config()
@@ -235,7 +237,7 @@ async fn a_never_ready_generation_ends_unresolved_without_delaying_the_others() 
         let at = Utc::now();
         let id = format!("gen-ok-{round}");
         env.sim()
-            .register_generation(SimGeneration::new(&id, d("0.002")));
+            .register_generation(SimGeneration::new(&id, usd!("0.002")));
         env.publish_completed(&completed(&id, at)).await?;
         published_at.insert(id.clone(), at);
         quick.push(id);
@@ -311,7 +313,9 @@ async fn a_restart_midway_loses_no_pending_generation() -> anyhow::Result<()> {
         env.sim().register_generation(
             SimGeneration::new(
                 &id,
-                d("0.0001").try_add(tally_money::Usd::new(i, 10)).unwrap(),
+                usd!("0.0001")
+                    .try_add(tally_money::Usd::new(i, 10))
+                    .unwrap(),
             )
             .ready_after(ready),
         );
@@ -337,7 +341,7 @@ async fn a_restart_midway_loses_no_pending_generation() -> anyhow::Result<()> {
     for (i, id) in ids.iter().enumerate() {
         assert_eq!(
             costs.reconciled(id).actual_cost_usd,
-            d("0.0001")
+            usd!("0.0001")
                 .try_add(tally_money::Usd::new(i as i64, 10))
                 .unwrap()
         );
@@ -355,16 +359,16 @@ async fn a_restart_midway_loses_no_pending_generation() -> anyhow::Result<()> {
 async fn events_that_already_have_a_cost_cause_no_lookup() -> anyhow::Result<()> {
     let env = Env::start(SimConfig::ephemeral()).await?;
     env.sim()
-        .register_generation(SimGeneration::new("gen-missing", d("0.25")));
+        .register_generation(SimGeneration::new("gen-missing", usd!("0.25")));
     let running = env.spawn_reconciler(fast_config());
     let now = Utc::now() - chrono::Duration::seconds(1);
     for i in 0..10 {
         let id = format!("gen-priced-{i}");
         // Registered too, so a lookup would succeed and be visible.
         env.sim()
-            .register_generation(SimGeneration::new(&id, d("0.25")));
+            .register_generation(SimGeneration::new(&id, usd!("0.25")));
         let mut ev = completed(&id, now);
-        ev.data.actual_cost_usd = Some(d("0.25"));
+        ev.data.actual_cost_usd = Some(usd!("0.25"));
         env.publish_completed(&ev).await?;
     }
     env.publish_completed(&completed("gen-missing", now))
@@ -390,7 +394,7 @@ async fn events_that_already_have_a_cost_cause_no_lookup() -> anyhow::Result<()>
 async fn a_malformed_event_is_dead_lettered_and_the_next_is_reconciled() -> anyhow::Result<()> {
     let env = Env::start(SimConfig::ephemeral()).await?;
     env.sim()
-        .register_generation(SimGeneration::new("gen-after", d("0.000001")));
+        .register_generation(SimGeneration::new("gen-after", usd!("0.000001")));
     let running = env.spawn_reconciler(fast_config());
 
     let subject = format!("tally.generation.completed.{ORG}");
@@ -413,7 +417,10 @@ async fn a_malformed_event_is_dead_lettered_and_the_next_is_reconciled() -> anyh
     costs
         .wait_settled(&["gen-after".to_owned()], SETTLE)
         .await?;
-    assert_eq!(costs.reconciled("gen-after").actual_cost_usd, d("0.000001"));
+    assert_eq!(
+        costs.reconciled("gen-after").actual_cost_usd,
+        usd!("0.000001")
+    );
 
     let dead = env
         .bus
@@ -455,7 +462,7 @@ async fn a_malformed_event_is_dead_lettered_and_the_next_is_reconciled() -> anyh
 async fn a_refused_key_never_gives_a_generation_up() -> anyhow::Result<()> {
     let env = Env::start(SimConfig::ephemeral()).await?;
     env.sim()
-        .register_generation(SimGeneration::new("gen-keyless", d("0.01")));
+        .register_generation(SimGeneration::new("gen-keyless", usd!("0.01")));
     let cfg = ReconcilerConfig {
         deadline: Duration::from_millis(500),
         ..fast_config()

@@ -7,8 +7,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use chrono::{SecondsFormat, Utc};
-use common::{dec, get, publish, wait_ready};
+use chrono::Utc;
+use common::{completed_json, dec, get, publish, wait_ready};
 use serde_json::{json, Value};
 use tally_money::Usd;
 use tally_sim::{ScriptedReply, SimConfig, SimGeneration, Simulator};
@@ -35,29 +35,6 @@ fn spawn(
     extra: &[(&str, String)],
 ) -> anyhow::Result<Child> {
     common::spawn(h, sim_url, SETTINGS, args, extra)
-}
-
-/// A completed event as a foreign producer writes it: no status, no
-/// actual cost, an estimate.
-fn completed_json(id: &str, completed_at: chrono::DateTime<Utc>, estimate: &str) -> Value {
-    let t = completed_at.to_rfc3339_opts(SecondsFormat::Micros, true);
-    json!({
-        "specversion": "1.0",
-        "id": format!("completed-{id}"),
-        "source": "/outside/producer",
-        "type": "tally.generation.completed.v1",
-        "time": t,
-        "subject": format!("tally.generation.completed.{ORG}"),
-        "datacontenttype": "application/json",
-        "data": {
-            "generation_id": id,
-            "org_id": ORG,
-            "model": "openai/gpt-4o-mini",
-            "completed_at": t,
-            "usage": {"prompt_tokens": 10, "completion_tokens": 5},
-            "estimated_cost_usd": estimate
-        }
-    })
 }
 
 /// Polls the generation until `pred` holds (or fails after `timeout`).
@@ -150,9 +127,23 @@ async fn late_events_transient_answers_the_sweep_and_the_drift_seen_from_outside
         now,
     );
     for (id, _) in &late {
-        publish(&h, &completed_json(id, twenty_ago, "0.0001")).await?;
+        publish(
+            &h,
+            &completed_json(
+                id,
+                ORG,
+                twenty_ago,
+                (10, 5),
+                &[("estimated_cost_usd", "0.0001")],
+            ),
+        )
+        .await?;
     }
-    publish(&h, &completed_json(slow, now, "0.0001")).await?;
+    publish(
+        &h,
+        &completed_json(slow, ORG, now, (10, 5), &[("estimated_cost_usd", "0.0001")]),
+    )
+    .await?;
 
     for (id, cost) in &late {
         let g = wait_generation(&http, &api, id, Duration::from_secs(30), |g| {

@@ -22,8 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, StatusCode};
-use chrono::{SecondsFormat, Utc};
-use common::{get, publish, wait_ready};
+use chrono::Utc;
+use common::{completed_json, get, publish, wait_ready};
 use futures::StreamExt as _;
 use serde_json::{json, Value};
 use tally_sim::{SimConfig, Simulator};
@@ -81,27 +81,6 @@ async fn serve_receiver(port: u16, state: Arc<Receiver>) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     tokio::spawn(async move { axum::serve(listener, app).await });
     Ok(())
-}
-
-fn completed(id: &str, cost: &str) -> Value {
-    let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-    json!({
-        "specversion": "1.0",
-        "id": format!("completed-{id}"),
-        "source": "/outside/producer",
-        "type": "tally.generation.completed.v1",
-        "time": now,
-        "subject": format!("tally.generation.completed.{ORG}"),
-        "datacontenttype": "application/json",
-        "data": {
-            "generation_id": id,
-            "org_id": ORG,
-            "model": "openai/gpt-4o-mini",
-            "completed_at": now,
-            "usage": {"prompt_tokens": 100, "completion_tokens": 20},
-            "actual_cost_usd": cost
-        }
-    })
 }
 
 /// The venv's Python with the reference library (see `deploy/setup.sh`).
@@ -246,7 +225,17 @@ async fn a_receiver_down_for_two_minutes_gets_every_alert_once_signed() -> anyho
     // small crosses 50 % at 0.5, 80 % and 100 % at 1.0; large 50 % at 1.0,
     // 80 % at 1.75, 100 % at 2.0 — six alerts.
     for i in 0..8 {
-        publish(&h, &completed(&format!("gen-{i}"), "0.25")).await?;
+        publish(
+            &h,
+            &completed_json(
+                &format!("gen-{i}"),
+                ORG,
+                Utc::now(),
+                (100, 20),
+                &[("actual_cost_usd", "0.25")],
+            ),
+        )
+        .await?;
         if i == 3 {
             tokio::time::sleep(DOWN / 2 - started.elapsed().min(DOWN / 2)).await;
             serve_receiver(hook_port, receiver.clone()).await?;

@@ -15,6 +15,39 @@ use tokio::process::{Child, Command};
 /// The key-encryption key every outside test gives tally.
 pub const SECRETS_KEY: &str = "k1:AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
 
+/// A completed event as a foreign producer writes it, raw JSON: org `org`,
+/// model `openai/gpt-4o-mini`, no status, and `costs` (e.g.
+/// `[("actual_cost_usd", "0.25")]`) as the only money fields.
+pub fn completed_json(
+    id: &str,
+    org: &str,
+    completed_at: chrono::DateTime<chrono::Utc>,
+    usage: (u64, u64),
+    costs: &[(&str, &str)],
+) -> Value {
+    let t = completed_at.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let mut data = serde_json::json!({
+        "generation_id": id,
+        "org_id": org,
+        "model": "openai/gpt-4o-mini",
+        "completed_at": t,
+        "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1},
+    });
+    for (field, amount) in costs {
+        data[*field] = Value::from(*amount);
+    }
+    serde_json::json!({
+        "specversion": "1.0",
+        "id": format!("completed-{id}"),
+        "source": "/outside/producer",
+        "type": "tally.generation.completed.v1",
+        "time": t,
+        "subject": format!("tally.generation.completed.{org}"),
+        "datacontenttype": "application/json",
+        "data": data,
+    })
+}
+
 /// `tally` with a clean environment: only the harness's NATS and Postgres
 /// (and `RUST_LOG=warn`), then `settings`.
 pub fn bare(h: &Harness, settings: &[(&str, &str)]) -> Command {
