@@ -124,13 +124,7 @@ pub fn chat_reply_from_body(
     if !failed {
         reply.status = Some("completed".to_owned());
     }
-    if reply.generation_id.is_empty() {
-        return Err(OpenRouterError::malformed(
-            200,
-            "no X-Generation-Id header and no id in the body",
-        ));
-    }
-    Ok(reply)
+    reply.with_generation_id()
 }
 
 /// Folds the chunks of a chat-completions stream into a reply.

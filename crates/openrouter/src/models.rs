@@ -75,6 +75,24 @@ pub struct Pricing {
     pub web_search: Price,
 }
 
+impl Pricing {
+    /// The prices `price` gives for each catalog key (`"prompt"`,
+    /// `"completion"`, `"request"`, `"input_cache_read"`,
+    /// `"input_cache_write"`, `"internal_reasoning"`, `"web_search"`), as
+    /// OpenRouter's `/models` and tally's stored catalog name them.
+    pub fn from_keys(mut price: impl FnMut(&str) -> Price) -> Pricing {
+        Pricing {
+            prompt: price("prompt"),
+            completion: price("completion"),
+            request: price("request"),
+            input_cache_read: price("input_cache_read"),
+            input_cache_write: price("input_cache_write"),
+            internal_reasoning: price("internal_reasoning"),
+            web_search: price("web_search"),
+        }
+    }
+}
+
 /// One price.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Price {
@@ -178,15 +196,7 @@ fn parse_model(raw: &RawValue) -> Option<ModelInfo> {
             Price::Unknown
         })
     };
-    let pricing = Pricing {
-        prompt: price("prompt"),
-        completion: price("completion"),
-        request: price("request"),
-        input_cache_read: price("input_cache_read"),
-        input_cache_write: price("input_cache_write"),
-        internal_reasoning: price("internal_reasoning"),
-        web_search: price("web_search"),
-    };
+    let pricing = Pricing::from_keys(price);
     let supported_parameters = match w.supported_parameters {
         Some(Value::Array(items)) => items
             .into_iter()

@@ -354,7 +354,7 @@ fn route(
     documented: openapi::Documented,
 ) -> Route {
     let (mut doc, handler) = openapi::take_one(documented);
-    let method = method_name(&method);
+    let method = metrics::method_label(&method);
     assert!(
         doc.method == method && doc.path == path,
         "route table row {method} {path} is documented as {} {}",
@@ -370,17 +370,6 @@ fn route(
         },
         handler,
         doc,
-    }
-}
-
-fn method_name(m: &Method) -> &'static str {
-    match *m {
-        Method::GET => "GET",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::PATCH => "PATCH",
-        Method::DELETE => "DELETE",
-        _ => "OTHER",
     }
 }
 

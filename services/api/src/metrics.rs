@@ -127,7 +127,9 @@ pub(crate) async fn record_route(req: Request, next: Next) -> Response {
     resp
 }
 
-fn method_label(m: &Method) -> &'static str {
+/// The `method` label of a request (and the method of a route table row):
+/// one of seven names or `other`, so the label stays bounded.
+pub(crate) fn method_label(m: &Method) -> &'static str {
     match *m {
         Method::GET => "GET",
         Method::POST => "POST",

@@ -407,11 +407,12 @@ mod tests {
 
     #[test]
     fn ids() {
-        assert!(check_id("org_id", "acme-1_x").is_ok());
-        assert!(check_id("org_id", "").is_err());
-        assert!(check_id("org_id", "a.b").is_err());
-        assert!(check_id("org_id", &"a".repeat(65)).is_err());
-        assert!(check_generation_id("gen-123").is_ok());
-        assert!(check_generation_id("a\nb").is_err());
+        let code = |r: Result<(), ApiError>| r.map_err(|e| e.code());
+        assert_eq!(code(check_id("org_id", "acme-1_x")), Ok(()));
+        assert_eq!(code(check_id("org_id", "")), Err("invalid_id"));
+        assert_eq!(code(check_id("org_id", "a.b")), Err("invalid_id"));
+        assert_eq!(code(check_id("org_id", &"a".repeat(65))), Err("invalid_id"));
+        assert_eq!(code(check_generation_id("gen-123")), Ok(()));
+        assert_eq!(code(check_generation_id("a\nb")), Err("invalid_id"));
     }
 }

@@ -17,5 +17,8 @@ async fn main() -> std::io::Result<()> {
         "OpenRouter simulator: base URL http://{}/api/v1",
         cli.sim.addr
     );
-    tally_sim::run(cli.sim).await
+    tally_sim::run(cli.sim, async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
 }

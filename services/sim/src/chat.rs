@@ -20,7 +20,7 @@ use serde_json::{json, Value};
 use crate::{
     reply,
     responses::{
-        chat_usage, plan, render, stream_reply, with_generation_id, Ending, Planned,
+        chat_usage, plan_and_wait, render, stream_reply, with_generation_id, Ending, Planned,
         MID_STREAM_ERROR_MESSAGE,
     },
     Simulator,
@@ -43,8 +43,9 @@ pub(crate) async fn post_chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return reply::error(StatusCode::BAD_REQUEST, "body is not JSON", None);
+    let body = match reply::json_body(&body) {
+        Ok(body) => body,
+        Err(resp) => return resp,
     };
     let stream = body["stream"].as_bool().unwrap_or(false);
     let input = body["messages"]
@@ -57,14 +58,10 @@ pub(crate) async fn post_chat_completions(
     let max = body["max_tokens"]
         .as_u64()
         .or_else(|| body["max_completion_tokens"].as_u64());
-    let g = match plan(&sim, &headers, &body, &input, max, stream) {
+    let g = match plan_and_wait(&sim, &headers, &body, &input, max, stream).await {
         Ok(g) => g,
         Err(resp) => return resp,
     };
-    let latency = sim.shared.cfg.gen_latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
     if !stream {
         let v = json!({
             "id": g.id, "provider": g.provider, "model": g.model,

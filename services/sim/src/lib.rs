@@ -306,8 +306,11 @@ impl Drop for RunningSim {
 }
 
 /// Runs the simulator as `tally sim openrouter` does: listens on
-/// `args.addr` until Ctrl-C (or SIGTERM on Unix).
-pub async fn run(args: SimArgs) -> io::Result<()> {
+/// `args.addr` until `shutdown` completes (the binary's Ctrl-C or SIGTERM).
+pub async fn run(
+    args: SimArgs,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
     let cfg = SimConfig::from(args);
     let listener = TcpListener::bind(cfg.addr).await?;
     tracing::info!(
@@ -317,27 +320,6 @@ pub async fn run(args: SimArgs) -> io::Result<()> {
         listener.local_addr()?
     );
     Simulator::new(cfg)
-        .serve_with_shutdown(listener, shutdown_signal())
+        .serve_with_shutdown(listener, shutdown)
         .await
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

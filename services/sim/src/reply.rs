@@ -17,6 +17,13 @@ pub(crate) fn error(status: StatusCode, message: &str, error_type: Option<&str>)
     json(status, serde_json::json!({ "error": error }).to_string())
 }
 
+/// The request body as JSON, or the 400 OpenRouter answers when it is not.
+#[allow(clippy::result_large_err)]
+pub(crate) fn json_body(body: &[u8]) -> Result<serde_json::Value, Response> {
+    serde_json::from_slice(body)
+        .map_err(|_| error(StatusCode::BAD_REQUEST, "body is not JSON", None))
+}
+
 /// A reply with a JSON body given as text (so numbers keep their exact digits).
 pub(crate) fn json(status: StatusCode, body: String) -> Response {
     (

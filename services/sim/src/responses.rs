@@ -268,6 +268,25 @@ fn byok_fee(upstream: Usd) -> Usd {
     crate::number::scaled(upstream, 5, 100)
 }
 
+/// [`plan`], then the configured generation latency: how both generation
+/// endpoints start.
+#[allow(clippy::result_large_err)]
+pub(crate) async fn plan_and_wait(
+    sim: &Simulator,
+    headers: &HeaderMap,
+    body: &Value,
+    input: &str,
+    max_tokens: Option<u64>,
+    stream: bool,
+) -> Result<Planned, Response> {
+    let g = plan(sim, headers, body, input, max_tokens, stream)?;
+    let latency = sim.shared.cfg.gen_latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    Ok(g)
+}
+
 /// Validates and plans a generation request; `Err` is the reply to send
 /// (built once per refused request, so its size does not matter).
 /// `input` is the prompt text, `max_tokens` the output cap.
@@ -679,8 +698,9 @@ pub(crate) async fn post_responses(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return reply::error(StatusCode::BAD_REQUEST, "body is not JSON", None);
+    let body = match reply::json_body(&body) {
+        Ok(body) => body,
+        Err(resp) => return resp,
     };
     let stream = body["stream"].as_bool().unwrap_or(false);
     let mut input = text_of(&body["input"]);
@@ -688,21 +708,11 @@ pub(crate) async fn post_responses(
         input.push('\n');
         input.push_str(i);
     }
-    let g = match plan(
-        &sim,
-        &headers,
-        &body,
-        &input,
-        body["max_output_tokens"].as_u64(),
-        stream,
-    ) {
+    let max = body["max_output_tokens"].as_u64();
+    let g = match plan_and_wait(&sim, &headers, &body, &input, max, stream).await {
         Ok(g) => g,
         Err(resp) => return resp,
     };
-    let latency = sim.shared.cfg.gen_latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
     tracing::debug!(
         id = g.id,
         model = g.model,

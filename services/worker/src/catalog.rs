@@ -348,15 +348,7 @@ fn read_file(path: &Path) -> Result<(Vec<ModelInfo>, DateTime<Utc>), CatalogErro
                     .and_then(|t| Price::parse(t).ok())
                     .unwrap_or(Price::Unknown)
             };
-            let pricing = Pricing {
-                prompt: price("prompt"),
-                completion: price("completion"),
-                request: price("request"),
-                input_cache_read: price("input_cache_read"),
-                input_cache_write: price("input_cache_write"),
-                internal_reasoning: price("internal_reasoning"),
-                web_search: price("web_search"),
-            };
+            let pricing = Pricing::from_keys(price);
             ModelInfo {
                 id: m.id,
                 name: m.name,

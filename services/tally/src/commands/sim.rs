@@ -22,9 +22,12 @@ pub async fn sim(cfg: &Config, cmd: SimCommand) -> anyhow::Result<()> {
                 args.addr
             );
             let addr = args.addr;
-            tally_sim::run(args)
-                .await
-                .with_context(|| format!("serving the simulator on {addr} (TALLY_SIM_ADDR)"))?;
+            let mut stop = super::shutdown_signal();
+            tally_sim::run(args, async move {
+                let _ = stop.changed().await;
+            })
+            .await
+            .with_context(|| format!("serving the simulator on {addr} (TALLY_SIM_ADDR)"))?;
             Ok(())
         }
         SimCommand::Load(args) => {
