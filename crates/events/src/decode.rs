@@ -34,6 +34,13 @@
 //!   checked first with precise errors, then `data` is deserialised with
 //!   `serde_path_to_error` so a failure names its exact path; money errors
 //!   are recovered as typed [`tally_money::MoneyError`]s.
+//! * **The path tracker only for refusals.** A valid payload is read
+//!   without the tracker (it cost a third of a decode: 12.7 µs against
+//!   8.0 µs for a completed event); only a payload that fails is read
+//!   again with it. A flattened [`Attribution`](crate::Attribution) is read
+//!   from serde's own buffer, out of the tracker's sight, so a refusal at
+//!   `data` itself is tried once more on the attribution alone to name its
+//!   field.
 
 use serde::de::DeserializeOwned;
 use serde_json::{Map, Value};
@@ -285,7 +292,7 @@ fn finish<T: Payload>(
 /// Deserialises `data`, turning serde's error into one that names the field.
 ///
 /// The common case, a valid payload, is read without tracking paths (the
-/// tracker costs about a fifth of a decode); only a refused payload is read
+/// tracker costs about a third of a decode); only a refused payload is read
 /// again with the tracker, to name its field.
 fn deserialize_data<T: DeserializeOwned>(data: &Value) -> Result<T, EventError> {
     if let Ok(data) = T::deserialize(data) {

@@ -1,4 +1,13 @@
 //! The pull loop and the handling of one generation request.
+//!
+//! A request goes through named steps, in order (`handle_request`): decode,
+//! reply-subject check, the organisation's provider, model check, routing,
+//! output cap, the budget hold, the OpenRouter request, the generation.
+//! Each step may stop the request with a `Stop`: settle the message as it
+//! stands (retry later), fail the request (its failure and result are
+//! published, its hold released), or book a generation that already exists
+//! as interrupted. Retry-or-fail is decided in one place (`retry_or`): a
+//! request is redelivered while attempts remain, then fails as retryable.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
