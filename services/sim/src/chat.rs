@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use crate::{
     reply,
     responses::{
-        chat_usage, plan_and_wait, render, stream_reply, with_generation_id, Ending, Planned,
-        MID_STREAM_ERROR_MESSAGE,
+        chat_usage, generation_latency, plan, render, stream_reply, with_generation_id, Ending,
+        Planned, MID_STREAM_ERROR_MESSAGE,
     },
     Simulator,
 };
@@ -58,10 +58,11 @@ pub(crate) async fn post_chat_completions(
     let max = body["max_tokens"]
         .as_u64()
         .or_else(|| body["max_completion_tokens"].as_u64());
-    let g = match plan_and_wait(&sim, &headers, &body, &input, max, stream).await {
+    let g = match plan(&sim, &headers, &body, &input, max, stream) {
         Ok(g) => g,
         Err(resp) => return resp,
     };
+    generation_latency(&sim).await;
     if !stream {
         let v = json!({
             "id": g.id, "provider": g.provider, "model": g.model,

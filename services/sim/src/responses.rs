@@ -268,23 +268,13 @@ fn byok_fee(upstream: Usd) -> Usd {
     crate::number::scaled(upstream, 5, 100)
 }
 
-/// [`plan`], then the configured generation latency: how both generation
-/// endpoints start.
-#[allow(clippy::result_large_err)]
-pub(crate) async fn plan_and_wait(
-    sim: &Simulator,
-    headers: &HeaderMap,
-    body: &Value,
-    input: &str,
-    max_tokens: Option<u64>,
-    stream: bool,
-) -> Result<Planned, Response> {
-    let g = plan(sim, headers, body, input, max_tokens, stream)?;
+/// Waits the configured generation latency: how long both generation
+/// endpoints take before they answer a planned request.
+pub(crate) async fn generation_latency(sim: &Simulator) {
     let latency = sim.shared.cfg.gen_latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
-    Ok(g)
 }
 
 /// Validates and plans a generation request; `Err` is the reply to send
@@ -709,10 +699,11 @@ pub(crate) async fn post_responses(
         input.push_str(i);
     }
     let max = body["max_output_tokens"].as_u64();
-    let g = match plan_and_wait(&sim, &headers, &body, &input, max, stream).await {
+    let g = match plan(&sim, &headers, &body, &input, max, stream) {
         Ok(g) => g,
         Err(resp) => return resp,
     };
+    generation_latency(&sim).await;
     tracing::debug!(
         id = g.id,
         model = g.model,

@@ -44,23 +44,22 @@ async fn run(h: &Harness, sim_url: &str, args: &[&str]) -> anyhow::Result<Value>
 /// A `generation.requested` event as a requester writes it.
 fn requested(request_id: &str, agent: &str) -> Value {
     let now = Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true);
-    json!({
-        "specversion": "1.0",
-        "id": format!("requested-{request_id}"),
-        "source": "/outside/requester",
-        "type": "tally.generation.requested.v1",
-        "time": now,
-        "subject": format!("tally.generation.requested.{ORG}"),
-        "datacontenttype": "application/json",
-        "data": {
-            "request_id": request_id,
-            "org_id": ORG,
-            "agent_id": agent,
-            "model": MODEL,
-            "input": "Say hello to the budget.",
-            "requested_at": now
-        }
-    })
+    let data = json!({
+        "request_id": request_id,
+        "org_id": ORG,
+        "agent_id": agent,
+        "model": MODEL,
+        "input": "Say hello to the budget.",
+        "requested_at": now
+    });
+    common::event_json(
+        "generation.requested",
+        &format!("requested-{request_id}"),
+        "/outside/requester",
+        ORG,
+        &now,
+        data,
+    )
 }
 
 struct Deployment {

@@ -36,13 +36,26 @@ pub fn completed_json(
     for (field, amount) in costs {
         data[*field] = Value::from(*amount);
     }
+    event_json(
+        "generation.completed",
+        &format!("completed-{id}"),
+        "/outside/producer",
+        org,
+        &t,
+        data,
+    )
+}
+
+/// A CloudEvent of type `tally.<kind>.v1` on `tally.<kind>.<org>`, raw
+/// JSON, as an outside producer writes it.
+pub fn event_json(kind: &str, id: &str, source: &str, org: &str, time: &str, data: Value) -> Value {
     serde_json::json!({
         "specversion": "1.0",
-        "id": format!("completed-{id}"),
-        "source": "/outside/producer",
-        "type": "tally.generation.completed.v1",
-        "time": t,
-        "subject": format!("tally.generation.completed.{org}"),
+        "id": id,
+        "source": source,
+        "type": format!("tally.{kind}.v1"),
+        "time": time,
+        "subject": format!("tally.{kind}.{org}"),
         "datacontenttype": "application/json",
         "data": data,
     })
