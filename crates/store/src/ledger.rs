@@ -7,7 +7,7 @@
 //! all in one transaction, with set-based SQL (one statement per table, not
 //! one per message).
 //!
-//! What to post is planned and written by [`crate::posting`], the one path
+//! What to post is planned and written by `crate::posting`, the one path
 //! that also books recorded generations into a new budget, so a budget
 //! created late and a replayed ledger agree.
 //!

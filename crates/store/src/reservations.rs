@@ -1443,7 +1443,7 @@ pub struct HoldBatcher {
 /// the same hot period rows, so a second batch in flight only waits on the
 /// first's row lock while splitting the waiting requests into two smaller
 /// commits (measured with 16 requesters on one hot budget: one in flight
-/// with [`GATHER_YIELDS`] gathered full batches of 16 and took 1.6–1.9 k
+/// with `GATHER_YIELDS` gathered full batches of 16 and took 1.6–1.9 k
 /// holds/s on a loaded machine; two in flight gathered ~8 and took
 /// 1.2 k/s; three, ~4 and 1.1 k/s).
 pub const HOLD_BATCHES_IN_FLIGHT: usize = 1;
