@@ -525,6 +525,9 @@ pub fn decode(
 
 fn completed_fact(ev: CloudEvent<GenerationCompleted>) -> FactInput {
     let g = ev.data;
+    // One clone of the org id for the fact's key; the attribution itself
+    // moves into the placement.
+    let org_id = g.attribution.org_id.clone();
     FactInput {
         details: Some(CompletedDetails {
             provider: g.provider.clone(),
@@ -534,14 +537,14 @@ fn completed_fact(ev: CloudEvent<GenerationCompleted>) -> FactInput {
         }),
         fact: Fact::Completed {
             placement: Placement {
-                attribution: g.attribution.clone(),
+                attribution: g.attribution,
                 completed_at: g.completed_at,
             },
             estimate: g.estimated_cost_usd,
             actual: g.actual_cost_usd,
         },
         generation_id: g.generation_id,
-        org_id: g.attribution.org_id,
+        org_id,
     }
 }
 
