@@ -408,10 +408,13 @@ impl Connections {
 
     /// The connection's status (never the key).
     pub async fn status(&self, org_id: &str) -> Result<ConnectionStatus, ProviderError> {
-        let Some(c) = self.store.connection(org_id, OPENROUTER).await? else {
+        let Some((c, count)) = self
+            .store
+            .connection_with_model_count(org_id, OPENROUTER)
+            .await?
+        else {
             return Ok(ConnectionStatus::disconnected());
         };
-        let count = self.store.models(org_id, OPENROUTER).await?.len();
         Ok(ConnectionStatus {
             connected: true,
             connected_via: Some(c.via.as_str()),

@@ -342,6 +342,33 @@ impl Store {
         row.as_ref().map(connection_from).transpose()
     }
 
+    /// A connection and the size of its catalog, read in one statement so
+    /// both come from the same snapshot: a status read while a discovery
+    /// commits shows either the old catalog with its old sync time or the
+    /// new one with the new time, never one of each.
+    pub async fn connection_with_model_count(
+        &self,
+        org_id: &str,
+        provider: &str,
+    ) -> Result<Option<(Connection, usize)>, StoreError> {
+        let row = sqlx::query(&format!(
+            "SELECT {CONNECTION_COLUMNS}, \
+                 (SELECT count(*) FROM provider_models m \
+                  WHERE m.org_id = c.org_id AND m.provider = c.provider) AS model_count \
+             FROM provider_connections c WHERE org_id = $1 AND provider = $2"
+        ))
+        .bind(org_id)
+        .bind(provider)
+        .fetch_optional(self.pool())
+        .await?;
+        let Some(r) = row else { return Ok(None) };
+        let count: i64 = r.try_get("model_count")?;
+        Ok(Some((
+            connection_from(&r)?,
+            usize::try_from(count).unwrap_or(0),
+        )))
+    }
+
     /// Every connection (for rotation and the periodic model sync).
     pub async fn connections(&self) -> Result<Vec<Connection>, StoreError> {
         let rows = sqlx::query(&format!(
