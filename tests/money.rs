@@ -135,7 +135,7 @@ async fn javascript_doubles_go_through_client_events_ledger_and_api_unchanged() 
         let stats = tally_openrouter::GenerationStats::from_reply_body(body.as_bytes())
             .map_err(|e| anyhow::anyhow!("{literal}: {e}"))?;
         let actual = stats.actual_cost()?;
-        assert_eq!(to_decimal_string(&actual), exact, "{literal}");
+        assert_eq!(actual.to_string(), exact, "{literal}");
         let mut ev = Completed::new(&format!("g-{i}"), ORG, "2026-11-25T10:00:00Z");
         ev.data.actual_cost_usd = Some(actual);
         published.push(ev.event());

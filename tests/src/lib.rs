@@ -16,7 +16,7 @@ use tally_events::{
     Attribution, CloudEvent, CostReconciled, CostUnresolved, EventType, GenerationCompleted,
     GenerationStatus, Usage,
 };
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use tally_store::ledger::PostingOptions;
 use tally_store::{NewBudget, Store};
 use tally_testkit::{NatsServer, TestDb};
@@ -309,6 +309,11 @@ pub fn usd(s: &str) -> Usd {
     Usd::from_str(s).expect("decimal literal")
 }
 
+/// Parses a non-negative decimal literal as a cost (test helper).
+pub fn cost(s: &str) -> Cost {
+    Cost::from_str(s).expect("cost literal")
+}
+
 /// Parses an RFC 3339 time (test helper).
 pub fn at(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s)
@@ -324,7 +329,7 @@ pub fn budget(org: &str, name: &str, limit: &str) -> NewBudget {
         scope: Default::default(),
         period: tally_budget::PeriodKind::Total,
         timezone: "UTC".into(),
-        limit_usd: usd(limit),
+        limit_usd: cost(limit),
         thresholds: vec![50, 80, 100],
         enforcement: tally_budget::Enforcement::Hard,
         allow_unpriced_models: false,
@@ -374,13 +379,13 @@ impl Completed {
 
     /// Sets the actual cost.
     pub fn actual(mut self, v: &str) -> Self {
-        self.data.actual_cost_usd = Some(usd(v));
+        self.data.actual_cost_usd = Some(cost(v));
         self
     }
 
     /// Sets the estimate.
     pub fn estimate(mut self, v: &str) -> Self {
-        self.data.estimated_cost_usd = Some(usd(v));
+        self.data.estimated_cost_usd = Some(cost(v));
         self
     }
 
@@ -450,8 +455,8 @@ pub fn reconciled(generation_id: &str, org: &str, actual: &str) -> CloudEvent<Co
         CostReconciled {
             generation_id: generation_id.into(),
             org_id: org.into(),
-            actual_cost_usd: usd(actual),
-            total_cost_usd: usd(actual),
+            actual_cost_usd: cost(actual),
+            total_cost_usd: cost(actual),
             upstream_inference_cost_usd: None,
             is_byok: false,
             attempts: 1,

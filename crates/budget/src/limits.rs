@@ -6,7 +6,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 
 use crate::BudgetError;
 
@@ -48,7 +48,7 @@ impl Enforcement {
     /// Whether a budget with this enforcement refuses a new generation, given
     /// its limit and the spend of the current period: hard and
     /// [`is_exhausted`].
-    pub fn blocks(self, limit: Usd, spent: Usd) -> bool {
+    pub fn blocks(self, limit: Cost, spent: Usd) -> bool {
         self == Enforcement::Hard && is_exhausted(limit, spent)
     }
 }
@@ -71,17 +71,17 @@ impl FromStr for Enforcement {
     }
 }
 
-/// Checks a budget limit: a valid cost (`>= 0`; range and precision hold
-/// for every [`Usd`], see [`tally_money::ensure_cost`]). Zero is valid: see the crate docs.
-pub fn validate_limit(limit: Usd) -> Result<Usd, BudgetError> {
-    tally_money::ensure_cost(limit).map_err(BudgetError::InvalidLimit)
+/// Checks a budget limit: a valid [`Cost`] (`>= 0`; range and precision
+/// hold for every [`Usd`]). Zero is valid: see the crate docs.
+pub fn validate_limit(limit: Usd) -> Result<Cost, BudgetError> {
+    Cost::new(limit).map_err(BudgetError::InvalidLimit)
 }
 
 /// Whether a budget's limit is used up: `spent >= limit`. A new generation is
 /// allowed only while `spent < limit`, so hard budgets block from the moment
 /// the spend reaches the limit, and a zero limit blocks from the start.
-pub fn is_exhausted(limit: Usd, spent: Usd) -> bool {
-    spent >= limit
+pub fn is_exhausted(limit: Cost, spent: Usd) -> bool {
+    spent >= limit.usd()
 }
 
 /// Validates alert thresholds (percent of the limit): each in `1..=1000`,
@@ -116,7 +116,7 @@ pub fn validate_thresholds(t: &[u32]) -> Result<Vec<u32>, BudgetError> {
 /// * The comparison is exact: `limit * pct / 100` is never rounded, even
 ///   where the level needs more digits than a `Usd` holds
 ///   ([`Usd::cmp_percent_of`]).
-/// * A limit of 0 (or below): every threshold is crossed by the step that
+/// * A limit of 0: every threshold is crossed by the step that
 ///   makes the spend positive (`before <= 0 < after`), since any positive
 ///   spend is an infinite percentage of zero.
 ///
@@ -124,8 +124,9 @@ pub fn validate_thresholds(t: &[u32]) -> Result<Vec<u32>, BudgetError> {
 /// falls below a level and rises again crosses it again here. "Once per
 /// period" is the store's job: it records each `(budget, period, threshold)`
 /// alert at most once.
-pub fn thresholds_crossed(thresholds: &[u32], limit: Usd, before: Usd, after: Usd) -> Vec<u32> {
-    let mut crossed: Vec<u32> = if limit <= Usd::ZERO {
+pub fn thresholds_crossed(thresholds: &[u32], limit: Cost, before: Usd, after: Usd) -> Vec<u32> {
+    let limit = limit.usd();
+    let mut crossed: Vec<u32> = if limit.is_zero() {
         if before <= Usd::ZERO && after > Usd::ZERO {
             thresholds.to_vec()
         } else {
@@ -154,7 +155,7 @@ mod tests {
     fn thresholds_compare_exactly_past_28_digits() {
         // 333 % of a 28-digit limit needs 31 digits:
         // 332999999.9999999999999999999667.
-        let limit: Usd = "99999999.99999999999999999999".parse().unwrap();
+        let limit: Cost = "99999999.99999999999999999999".parse().unwrap();
         let below: Usd = "332999999.99999999999999999996".parse().unwrap();
         let above: Usd = "332999999.99999999999999999997".parse().unwrap();
         assert_eq!(thresholds_crossed(&[333], limit, below, above), vec![333]);

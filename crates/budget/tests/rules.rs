@@ -12,9 +12,9 @@ use tally_budget::{
     BudgetError, Enforcement, PeriodKind, Scope, DEFAULT_THRESHOLDS, MAX_THRESHOLDS,
 };
 use tally_money::MoneyError;
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 
-use tally_money::usd;
+use tally_money::{cost, usd};
 
 // ---------------------------------------------------------------------------
 // Thresholds
@@ -92,7 +92,7 @@ fn thresholds_crossed_table() {
     ];
     for &(limit, before, after, expected) in rows {
         assert_eq!(
-            thresholds_crossed(&t, usd!(limit), usd!(before), usd!(after)),
+            thresholds_crossed(&t, cost!(limit), usd!(before), usd!(after)),
             expected.to_vec(),
             "limit {limit}, {before} -> {after}"
         );
@@ -103,27 +103,27 @@ fn thresholds_crossed_table() {
 fn thresholds_crossed_above_100_percent() {
     let t = [100, 150, 1000];
     assert_eq!(
-        thresholds_crossed(&t, usd!("2"), usd!("1"), usd!("3")),
+        thresholds_crossed(&t, cost!("2"), usd!("1"), usd!("3")),
         vec![100, 150]
     );
     assert_eq!(
-        thresholds_crossed(&t, usd!("2"), usd!("3"), usd!("20")),
+        thresholds_crossed(&t, cost!("2"), usd!("3"), usd!("20")),
         vec![1000]
     );
     assert_eq!(
-        thresholds_crossed(&t, usd!("2"), usd!("3"), usd!("19.99")),
+        thresholds_crossed(&t, cost!("2"), usd!("3"), usd!("19.99")),
         Vec::<u32>::new()
     );
     // 1000 % of the largest limit lies beyond every amount: never reached.
     assert_eq!(
-        thresholds_crossed(&[1000], Usd::MAX, usd!("0"), Usd::MAX),
+        thresholds_crossed(&[1000], Cost::MAX, usd!("0"), Usd::MAX),
         Vec::<u32>::new()
     );
     assert_eq!(
-        thresholds_crossed(&[100], Usd::MAX, usd!("0"), Usd::MAX),
+        thresholds_crossed(&[100], Cost::MAX, usd!("0"), Usd::MAX),
         vec![100]
     );
-    let limit = usd!("99999999.99999999999999999999");
+    let limit = cost!("99999999.99999999999999999999");
     // 1000 % of it is 999999999.9999999999999999999 exactly.
     assert_eq!(
         thresholds_crossed(
@@ -177,11 +177,11 @@ fn thresholds_crossed_above_100_percent() {
 #[test]
 fn thresholds_crossed_output_is_sorted_and_unique() {
     assert_eq!(
-        thresholds_crossed(&[100, 50, 80, 50], usd!("10"), usd!("0"), usd!("10")),
+        thresholds_crossed(&[100, 50, 80, 50], cost!("10"), usd!("0"), usd!("10")),
         vec![50, 80, 100]
     );
     assert_eq!(
-        thresholds_crossed(&[], usd!("10"), usd!("0"), usd!("10")),
+        thresholds_crossed(&[], cost!("10"), usd!("0"), usd!("10")),
         Vec::<u32>::new()
     );
 }
@@ -193,15 +193,15 @@ fn thresholds_crossed_output_is_sorted_and_unique() {
 fn down_and_up_crosses_again_in_the_pure_function() {
     let t = DEFAULT_THRESHOLDS;
     assert_eq!(
-        thresholds_crossed(&t, usd!("10"), usd!("4"), usd!("6")),
+        thresholds_crossed(&t, cost!("10"), usd!("4"), usd!("6")),
         vec![50]
     );
     assert_eq!(
-        thresholds_crossed(&t, usd!("10"), usd!("6"), usd!("4")),
+        thresholds_crossed(&t, cost!("10"), usd!("6"), usd!("4")),
         Vec::<u32>::new()
     );
     assert_eq!(
-        thresholds_crossed(&t, usd!("10"), usd!("4"), usd!("6")),
+        thresholds_crossed(&t, cost!("10"), usd!("4"), usd!("6")),
         vec![50]
     );
 }
@@ -212,33 +212,36 @@ fn zero_limit_crosses_everything_on_first_positive_spend() {
     let all = vec![50, 80, 100];
     let none: Vec<u32> = vec![];
     assert_eq!(
-        thresholds_crossed(&t, usd!("0"), usd!("0"), usd!("0.00000000000000000001")),
-        all
-    );
-    assert_eq!(thresholds_crossed(&t, usd!("0"), usd!("0"), usd!("5")), all);
-    assert_eq!(
-        thresholds_crossed(&t, usd!("0"), usd!("-1"), usd!("1")),
+        thresholds_crossed(&t, cost!("0"), usd!("0"), usd!("0.00000000000000000001")),
         all
     );
     assert_eq!(
-        thresholds_crossed(&t, usd!("0"), usd!("0"), usd!("0")),
+        thresholds_crossed(&t, cost!("0"), usd!("0"), usd!("5")),
+        all
+    );
+    assert_eq!(
+        thresholds_crossed(&t, cost!("0"), usd!("-1"), usd!("1")),
+        all
+    );
+    assert_eq!(
+        thresholds_crossed(&t, cost!("0"), usd!("0"), usd!("0")),
         none
     );
     assert_eq!(
-        thresholds_crossed(&t, usd!("0"), usd!("-1"), usd!("0")),
+        thresholds_crossed(&t, cost!("0"), usd!("-1"), usd!("0")),
         none
     );
     // Already positive: crossed before, not again.
     assert_eq!(
-        thresholds_crossed(&t, usd!("0"), usd!("1"), usd!("2")),
+        thresholds_crossed(&t, cost!("0"), usd!("1"), usd!("2")),
         none
     );
     assert_eq!(
-        thresholds_crossed(&t, usd!("0"), usd!("2"), usd!("0")),
+        thresholds_crossed(&t, cost!("0"), usd!("2"), usd!("0")),
         none
     );
     assert_eq!(
-        thresholds_crossed(&t, usd!("0.000"), usd!("0"), usd!("1")),
+        thresholds_crossed(&t, cost!("0.000"), usd!("0"), usd!("1")),
         all
     );
 }
@@ -254,7 +257,7 @@ proptest! {
         thresholds in proptest::collection::vec(1u32..=1000, 0..10),
     ) {
         xs.sort_unstable();
-        let limit = Usd::new(limit, scale);
+        let limit = Cost::new(Usd::new(limit, scale)).unwrap();
         let [a, b, c] = [xs[0], xs[1], xs[2]].map(|x| Usd::new(x, scale));
         let ab = thresholds_crossed(&thresholds, limit, a, b);
         let bc = thresholds_crossed(&thresholds, limit, b, c);
@@ -271,7 +274,7 @@ proptest! {
             let expected = if limit.is_zero() {
                 a <= Usd::ZERO && c > Usd::ZERO
             } else {
-                let level = limit.units() * i128::from(pct);
+                let level = limit.usd().units() * i128::from(pct);
                 a.units() * 100 < level && level <= c.units() * 100
             };
             prop_assert_eq!(crossed, expected, "pct {} limit {} {} -> {}", pct, limit, a, c);
@@ -285,12 +288,12 @@ proptest! {
 
 #[test]
 fn validate_limit_accepts_costs_only() {
-    assert_eq!(validate_limit(usd!("0")), Ok(Usd::ZERO));
-    assert_eq!(validate_limit(usd!("10.50")), Ok(usd!("10.5")));
+    assert_eq!(validate_limit(usd!("0")), Ok(Cost::ZERO));
+    assert_eq!(validate_limit(usd!("10.50")), Ok(cost!("10.5")));
     assert_eq!(validate_limit(usd!("10.50")).unwrap().to_string(), "10.5");
     assert_eq!(
         validate_limit(usd!("99999999.99999999999999999999")),
-        Ok(usd!("99999999.99999999999999999999"))
+        Ok(cost!("99999999.99999999999999999999"))
     );
     // Range and precision are the parser's (every `Usd` holds them); the
     // sign is the limit's own rule.
@@ -337,15 +340,15 @@ fn exhaustion_and_enforcement() {
     ];
     for (limit, spent, exhausted) in rows {
         assert_eq!(
-            is_exhausted(usd!(limit), usd!(spent)),
+            is_exhausted(cost!(limit), usd!(spent)),
             exhausted,
             "{limit} / {spent}"
         );
         assert_eq!(
-            Enforcement::Hard.blocks(usd!(limit), usd!(spent)),
+            Enforcement::Hard.blocks(cost!(limit), usd!(spent)),
             exhausted
         );
-        assert!(!Enforcement::Soft.blocks(usd!(limit), usd!(spent)));
+        assert!(!Enforcement::Soft.blocks(cost!(limit), usd!(spent)));
     }
 }
 

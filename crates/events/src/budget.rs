@@ -18,7 +18,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tally_money::Usd;
+use tally_money::Cost;
 
 use crate::check;
 use crate::{EventError, EventType, Payload};
@@ -39,11 +39,9 @@ pub struct ThresholdCrossed {
     /// The threshold crossed, in percent of the limit (1..=1000).
     pub threshold_percent: u32,
     /// The budget's limit for the period.
-    #[serde(with = "tally_money::serde_cost")]
-    pub limit_usd: Usd,
+    pub limit_usd: Cost,
     /// Spend in the period after the crossing debit.
-    #[serde(with = "tally_money::serde_cost")]
-    pub spent_usd: Usd,
+    pub spent_usd: Cost,
     /// Start of the period (inclusive).
     #[serde(with = "check::rfc3339")]
     pub period_start: DateTime<Utc>,
@@ -74,8 +72,6 @@ impl Payload for ThresholdCrossed {
         check::id("data.org_id", &self.org_id)?;
         check::reference("data.budget_name", &self.budget_name)?;
         check::range("data.threshold_percent", self.threshold_percent, 1, 1000)?;
-        check::cost("data.limit_usd", &self.limit_usd)?;
-        check::cost("data.spent_usd", &self.spent_usd)?;
         if self.period_start >= self.period_end {
             return Err(EventError::data(
                 "data.period_end",

@@ -129,10 +129,6 @@ pub(crate) fn cost(field: &str, value: &Usd) -> Result<(), EventError> {
         })
 }
 
-pub(crate) fn opt_cost(field: &str, value: Option<&Usd>) -> Result<(), EventError> {
-    value.map_or(Ok(()), |v| cost(field, v))
-}
-
 pub(crate) fn amount(field: &str, value: &Usd) -> Result<(), EventError> {
     tally_money::ensure_amount(*value)
         .map(|_| ())

@@ -23,7 +23,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tally_money::Usd;
+use tally_money::Cost;
 
 use crate::check;
 use crate::{EventError, EventType, Payload};
@@ -37,15 +37,13 @@ pub struct CostReconciled {
     /// The org that pays.
     pub org_id: String,
     /// The total actual cost (`total_cost_usd` + upstream cost when BYOK).
-    #[serde(with = "tally_money::serde_cost")]
-    pub actual_cost_usd: Usd,
+    pub actual_cost_usd: Cost,
     /// OpenRouter's `total_cost`.
-    #[serde(with = "tally_money::serde_cost")]
-    pub total_cost_usd: Usd,
+    pub total_cost_usd: Cost,
     /// OpenRouter's `upstream_inference_cost` (BYOK); JSON `null`, required,
     /// when absent.
-    #[serde(with = "tally_money::serde_cost::opt")]
-    pub upstream_inference_cost_usd: Option<Usd>,
+    #[serde(deserialize_with = "Option::deserialize")]
+    pub upstream_inference_cost_usd: Option<Cost>,
     /// Whether the org's own provider key served it.
     pub is_byok: bool,
     /// Lookups it took (≥ 1).
@@ -65,12 +63,6 @@ impl Payload for CostReconciled {
     fn validate(&self) -> Result<(), EventError> {
         check::reference("data.generation_id", &self.generation_id)?;
         check::id("data.org_id", &self.org_id)?;
-        check::cost("data.actual_cost_usd", &self.actual_cost_usd)?;
-        check::cost("data.total_cost_usd", &self.total_cost_usd)?;
-        check::opt_cost(
-            "data.upstream_inference_cost_usd",
-            self.upstream_inference_cost_usd.as_ref(),
-        )?;
         check::range("data.attempts", self.attempts, 1, u32::MAX)?;
         self.check_sum()
     }
@@ -79,7 +71,7 @@ impl Payload for CostReconciled {
 impl CostReconciled {
     /// What `actual_cost_usd` must be: `total_cost_usd`, plus the upstream
     /// part when BYOK (money rule 8, owned by `tally-openrouter`).
-    pub fn expected_actual(&self) -> Option<Usd> {
+    pub fn expected_actual(&self) -> Option<Cost> {
         match (self.is_byok, self.upstream_inference_cost_usd) {
             (true, Some(upstream)) => self.total_cost_usd.try_add(upstream).ok(),
             _ => Some(self.total_cost_usd),

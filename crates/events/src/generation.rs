@@ -28,7 +28,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tally_money::Usd;
+use tally_money::Cost;
 
 use crate::check::{self, wire_enum};
 use crate::Attribution;
@@ -181,22 +181,16 @@ impl<'de> Deserialize<'de> for Input {
 pub struct MaxPrice {
     /// Highest acceptable prompt price, USD per million tokens (wire
     /// `prompt`).
-    #[serde(
-        rename = "prompt",
-        default,
-        with = "tally_money::serde_cost::opt",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub prompt_usd_per_mtok: Option<Usd>,
+    #[serde(rename = "prompt", default, skip_serializing_if = "Option::is_none")]
+    pub prompt_usd_per_mtok: Option<Cost>,
     /// Highest acceptable completion price, USD per million tokens (wire
     /// `completion`).
     #[serde(
         rename = "completion",
         default,
-        with = "tally_money::serde_cost::opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub completion_usd_per_mtok: Option<Usd>,
+    pub completion_usd_per_mtok: Option<Cost>,
 }
 
 /// OpenRouter `provider` preferences.
@@ -327,16 +321,6 @@ impl Payload for GenerationRequested {
                 check::opt_list("data.routing.provider.order", p.order.as_deref())?;
                 check::opt_list("data.routing.provider.only", p.only.as_deref())?;
                 check::opt_list("data.routing.provider.ignore", p.ignore.as_deref())?;
-                if let Some(m) = &p.max_price {
-                    check::opt_cost(
-                        "data.routing.provider.max_price.prompt",
-                        m.prompt_usd_per_mtok.as_ref(),
-                    )?;
-                    check::opt_cost(
-                        "data.routing.provider.max_price.completion",
-                        m.completion_usd_per_mtok.as_ref(),
-                    )?;
-                }
             }
         }
         check::opt_list("data.server_tools", self.server_tools.as_deref())?;
@@ -455,11 +439,11 @@ pub struct GenerationCompleted {
     #[serde(default)]
     pub is_byok: bool,
     /// `usage.cost` (+ upstream inference cost when BYOK); `None` when missing.
-    #[serde(default, with = "tally_money::serde_cost::opt")]
-    pub actual_cost_usd: Option<Usd>,
+    #[serde(default)]
+    pub actual_cost_usd: Option<Cost>,
     /// The producer's estimate from the price catalog.
-    #[serde(default, with = "tally_money::serde_cost::opt")]
-    pub estimated_cost_usd: Option<Usd>,
+    #[serde(default)]
+    pub estimated_cost_usd: Option<Cost>,
     /// How it ended; `completed` when the producer does not say (most
     /// producers know nothing of statuses).
     #[serde(default)]
@@ -468,12 +452,8 @@ pub struct GenerationCompleted {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
     /// What the upstream provider billed directly (BYOK), when known.
-    #[serde(
-        default,
-        with = "tally_money::serde_cost::opt",
-        skip_serializing_if = "Option::is_none"
-    )]
-    pub upstream_inference_cost_usd: Option<Usd>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_inference_cost_usd: Option<Cost>,
 }
 
 impl Payload for GenerationCompleted {
@@ -488,13 +468,7 @@ impl Payload for GenerationCompleted {
         self.attribution.validate()?;
         check::opt_reference("data.provider", self.provider.as_deref())?;
         check::event_time("data.completed_at", &self.completed_at)?;
-        check::opt_cost("data.actual_cost_usd", self.actual_cost_usd.as_ref())?;
-        check::opt_cost("data.estimated_cost_usd", self.estimated_cost_usd.as_ref())?;
         check::opt_id("data.request_id", self.request_id.as_deref())?;
-        check::opt_cost(
-            "data.upstream_inference_cost_usd",
-            self.upstream_inference_cost_usd.as_ref(),
-        )?;
         Ok(())
     }
 }

@@ -22,7 +22,7 @@ use jsonschema::Validator;
 use proptest::prelude::*;
 use serde_json::{json, Value};
 use tally_events::*;
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 
 const PREFIX: &str = "tally";
 
@@ -496,7 +496,7 @@ fn t(s: &str) -> DateTime<Utc> {
     DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc)
 }
 
-use tally_money::usd;
+use tally_money::{cost, usd};
 
 /// Encodes `event`, checks it against its schema and decodes it back.
 fn through_the_wire<T: Payload + Clone + PartialEq + std::fmt::Debug>(
@@ -532,8 +532,8 @@ fn events_built_in_rust_satisfy_their_schemas() {
             ..Usage::default()
         },
         is_byok: false,
-        actual_cost_usd: Some(usd!("0.00012345678901234567")),
-        estimated_cost_usd: Some(Usd::new(1500, 2)), // 15.00: written as "15"
+        actual_cost_usd: Some(cost!("0.00012345678901234567")),
+        estimated_cost_usd: Some(Cost::new(Usd::new(1500, 2)).unwrap()), // 15.00: written as "15"
         status: GenerationStatus::Cancelled,
         request_id: None,
         upstream_inference_cost_usd: None,
@@ -562,7 +562,7 @@ fn events_built_in_rust_satisfy_their_schemas() {
                 sort: Some(Sort::Throughput),
                 data_collection: Some(DataCollection::Allow),
                 max_price: Some(MaxPrice {
-                    prompt_usd_per_mtok: Some(usd!("1")),
+                    prompt_usd_per_mtok: Some(cost!("1")),
                     completion_usd_per_mtok: None,
                 }),
                 ..ProviderPrefs::default()
@@ -615,8 +615,8 @@ fn events_built_in_rust_satisfy_their_schemas() {
         org_id: "acme".into(),
         budget_name: "Monthly".into(),
         threshold_percent: 100,
-        limit_usd: usd!("10"),
-        spent_usd: usd!("10.00000000000000000001"),
+        limit_usd: cost!("10"),
+        spent_usd: cost!("10.00000000000000000001"),
         period_start: t("2025-05-01T00:00:00Z"),
         period_end: t("2025-06-01T00:00:00Z"),
         generation_id: "gen-1".into(),
@@ -629,9 +629,9 @@ fn events_built_in_rust_satisfy_their_schemas() {
     let reconciled = CostReconciled {
         generation_id: "gen-1".into(),
         org_id: "acme".into(),
-        actual_cost_usd: usd!("0.0021"),
-        total_cost_usd: usd!("0.0001"),
-        upstream_inference_cost_usd: Some(usd!("0.002")),
+        actual_cost_usd: cost!("0.0021"),
+        total_cost_usd: cost!("0.0001"),
+        upstream_inference_cost_usd: Some(cost!("0.002")),
         is_byok: true,
         attempts: 1,
         reconciled_at: now,

@@ -61,7 +61,7 @@
 
 use chrono::{DateTime, Utc};
 use tally_events::Attribution;
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 
 pub use tally_events::{Basis, EntryKind};
 
@@ -124,14 +124,14 @@ pub enum Fact {
         /// Where the generation belongs.
         placement: Placement,
         /// The producer's estimate.
-        estimate: Option<Usd>,
+        estimate: Option<Cost>,
         /// The actual cost, when the producer had it (`usage.cost`).
-        actual: Option<Usd>,
+        actual: Option<Cost>,
     },
     /// From `tally.cost.reconciled.v1`.
     Reconciled {
         /// The actual cost (BYOK already included).
-        actual: Usd,
+        actual: Cost,
     },
     /// From `tally.cost.unresolved.v1`.
     Unresolved {
@@ -151,9 +151,9 @@ pub enum Applied {
     /// The known actual stands; any other part of the fact was applied.
     ConflictingActual {
         /// The actual cost that stands.
-        kept: Usd,
+        kept: Cost,
         /// The actual cost that was refused.
-        refused: Usd,
+        refused: Cost,
     },
 }
 
@@ -163,9 +163,9 @@ pub struct Generation {
     /// Set once the completed event arrived.
     pub placement: Option<Placement>,
     /// The producer's estimate, from the first completed event.
-    pub estimate: Option<Usd>,
+    pub estimate: Option<Cost>,
     /// The actual cost, from whichever fact brought it first.
-    pub actual: Option<Usd>,
+    pub actual: Option<Cost>,
     /// Why the reconciler gave up, if it did.
     pub unresolved_reason: Option<String>,
 }
@@ -207,7 +207,7 @@ impl Generation {
         }
     }
 
-    fn learn_actual(&mut self, actual: Usd) -> Applied {
+    fn learn_actual(&mut self, actual: Cost) -> Applied {
         match self.actual {
             None => {
                 self.actual = Some(actual);
@@ -224,12 +224,12 @@ impl Generation {
     /// The net debit every matching budget must carry for this generation,
     /// and its basis. `None` while the generation is not booked (no completed
     /// event yet).
-    pub fn net_debit(&self) -> Option<(Usd, Basis)> {
+    pub fn net_debit(&self) -> Option<(Cost, Basis)> {
         self.placement.as_ref()?;
         Some(match (self.actual, self.estimate) {
             (Some(a), _) => (a, Basis::Actual),
             (None, Some(e)) => (e, Basis::Estimate),
-            (None, None) => (Usd::ZERO, Basis::None),
+            (None, None) => (Cost::ZERO, Basis::None),
         })
     }
 
@@ -251,12 +251,15 @@ impl Generation {
 /// A budget that carries nothing yet gets a debit of the full net debit
 /// (even zero, so that every booked generation is visible in every matching
 /// budget's journal); one that carries an amount gets an adjustment for the
-/// difference, if any. The difference is exact; it fails (`amount_overflow`)
-/// only if it leaves [`Usd`]'s range, which two costs (both `>= 0`) never do.
+/// difference, if any. `booked` is what the budget's entries for the
+/// generation sum to (signed, as adjustments are); the difference is exact
+/// and fails (`amount_overflow`) only if it leaves [`Usd`]'s range, which a
+/// cost minus a sum of the same generation's entries never does.
 pub fn entry_needed(
     booked: Option<Usd>,
-    net: Usd,
+    net: Cost,
 ) -> Result<Option<(EntryKind, Usd)>, tally_money::MoneyError> {
+    let net = net.usd();
     Ok(match booked {
         None => Some((EntryKind::Debit, net)),
         Some(b) if b == net => None,
@@ -268,7 +271,7 @@ pub fn entry_needed(
 mod tests {
     use super::*;
 
-    use tally_money::usd;
+    use tally_money::{cost, usd};
 
     fn completed(estimate: Option<&str>, actual: Option<&str>) -> Fact {
         Fact::Completed {
@@ -281,8 +284,8 @@ mod tests {
                     .unwrap()
                     .with_timezone(&Utc),
             },
-            estimate: estimate.map(|e| usd!(e)),
-            actual: actual.map(|a| usd!(a)),
+            estimate: estimate.map(|e| cost!(e)),
+            actual: actual.map(|a| cost!(a)),
         }
     }
 
@@ -299,7 +302,7 @@ mod tests {
         let g = fold(&[completed(Some("0.0002"), Some("0.00012345678901234567"))]);
         assert_eq!(
             g.net_debit(),
-            Some((usd!("0.00012345678901234567"), Basis::Actual))
+            Some((cost!("0.00012345678901234567"), Basis::Actual))
         );
         assert_eq!(g.state(), CostState::Settled);
     }
@@ -307,17 +310,17 @@ mod tests {
     #[test]
     fn estimate_stands_in_until_the_actual_arrives() {
         let mut g = fold(&[completed(Some("0.0002"), None)]);
-        assert_eq!(g.net_debit(), Some((usd!("0.0002"), Basis::Estimate)));
+        assert_eq!(g.net_debit(), Some((cost!("0.0002"), Basis::Estimate)));
         assert_eq!(g.state(), CostState::Provisional);
         assert_eq!(
             g.apply(&Fact::Reconciled {
-                actual: usd!("0.00015")
+                actual: cost!("0.00015")
             }),
             Applied::Changed
         );
-        assert_eq!(g.net_debit(), Some((usd!("0.00015"), Basis::Actual)));
+        assert_eq!(g.net_debit(), Some((cost!("0.00015"), Basis::Actual)));
         assert_eq!(
-            entry_needed(Some(usd!("0.0002")), usd!("0.00015")),
+            entry_needed(Some(usd!("0.0002")), cost!("0.00015")),
             Ok(Some((EntryKind::Adjustment, usd!("-0.00005"))))
         );
     }
@@ -325,12 +328,12 @@ mod tests {
     #[test]
     fn reconciled_before_completed_waits_then_books_the_actual() {
         let mut g = fold(&[Fact::Reconciled {
-            actual: usd!("1.5"),
+            actual: cost!("1.5"),
         }]);
         assert_eq!(g.net_debit(), None);
         assert_eq!(g.state(), CostState::Pending);
         g.apply(&completed(Some("2"), None));
-        assert_eq!(g.net_debit(), Some((usd!("1.5"), Basis::Actual)));
+        assert_eq!(g.net_debit(), Some((cost!("1.5"), Basis::Actual)));
     }
 
     #[test]
@@ -342,9 +345,9 @@ mod tests {
             },
         ]);
         assert_eq!(g.state(), CostState::Unresolved);
-        assert_eq!(g.net_debit(), Some((usd!("0.3"), Basis::Estimate)));
+        assert_eq!(g.net_debit(), Some((cost!("0.3"), Basis::Estimate)));
         g.apply(&Fact::Reconciled {
-            actual: usd!("0.25"),
+            actual: cost!("0.25"),
         });
         assert_eq!(g.state(), CostState::Settled);
     }
@@ -352,10 +355,10 @@ mod tests {
     #[test]
     fn nothing_known_is_unpriced_at_zero() {
         let g = fold(&[completed(None, None)]);
-        assert_eq!(g.net_debit(), Some((Usd::ZERO, Basis::None)));
+        assert_eq!(g.net_debit(), Some((Cost::ZERO, Basis::None)));
         assert_eq!(g.state(), CostState::Unpriced);
         assert_eq!(
-            entry_needed(None, Usd::ZERO),
+            entry_needed(None, Cost::ZERO),
             Ok(Some((EntryKind::Debit, Usd::ZERO)))
         );
     }
@@ -365,18 +368,18 @@ mod tests {
         let mut g = fold(&[completed(None, Some("0.1"))]);
         assert_eq!(
             g.apply(&Fact::Reconciled {
-                actual: usd!("0.2")
+                actual: cost!("0.2")
             }),
             Applied::ConflictingActual {
-                kept: usd!("0.1"),
-                refused: usd!("0.2")
+                kept: cost!("0.1"),
+                refused: cost!("0.2")
             }
         );
-        assert_eq!(g.net_debit(), Some((usd!("0.1"), Basis::Actual)));
+        assert_eq!(g.net_debit(), Some((cost!("0.1"), Basis::Actual)));
         // Same value with another scale is the same money, not a conflict.
         assert_eq!(
             g.apply(&Fact::Reconciled {
-                actual: usd!("0.100")
+                actual: cost!("0.100")
             }),
             Applied::Duplicate
         );
@@ -387,8 +390,8 @@ mod tests {
         let mut g = fold(&[completed(Some("1"), None)]);
         assert_eq!(g.apply(&completed(Some("1"), None)), Applied::Duplicate);
         assert_eq!(g.apply(&completed(Some("9"), None)), Applied::Duplicate);
-        assert_eq!(g.estimate, Some(usd!("1")));
-        assert_eq!(entry_needed(Some(usd!("1")), usd!("1")), Ok(None));
+        assert_eq!(g.estimate, Some(cost!("1")));
+        assert_eq!(entry_needed(Some(usd!("1")), cost!("1")), Ok(None));
     }
 
     mod any_order {
@@ -406,7 +409,7 @@ mod tests {
                 any::<bool>(),
             )
                 .prop_map(|(e, a, actual_in_event, reconciled, unresolved)| {
-                    let to = |x: u64| Usd::new(x as i64, 17);
+                    let to = |x: u64| Cost::new(Usd::new(x as i64, 17)).unwrap();
                     let mut out = vec![Fact::Completed {
                         placement: match completed(None, None) {
                             Fact::Completed { placement, .. } => placement,
@@ -458,12 +461,12 @@ mod tests {
                     if let Some((net, _)) = g.net_debit() {
                         if let Some((kind, amount)) = entry_needed(booked, net).unwrap() {
                             entries.push((kind, amount));
-                            booked = Some(net);
+                            booked = Some(net.usd());
                         }
                     }
                 }
                 let sum = Usd::try_sum(entries.iter().map(|(_, a)| *a)).unwrap();
-                prop_assert_eq!(Some(sum), g.net_debit().map(|(n, _)| n));
+                prop_assert_eq!(Some(sum), g.net_debit().map(|(n, _)| n.usd()));
                 prop_assert!(entries.iter().filter(|(k, _)| *k == EntryKind::Debit).count() == 1);
                 prop_assert!(entries.iter().filter(|(k, _)| *k == EntryKind::Adjustment).count() <= 1);
             }

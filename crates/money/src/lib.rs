@@ -42,8 +42,8 @@
 //!   `try_sum` return [`MoneyError::Overflow`] (`amount_overflow`) past the
 //!   range. There is no rounding operation at all.
 //! * Costs (what a generation cost, what a budget allows) are never
-//!   negative; only ledger adjustments may be ([`ensure_cost`],
-//!   [`serde_cost`]).
+//!   negative: they are [`Cost`]s, valid by construction; only ledger
+//!   adjustments, true-ups and remainders are signed [`Usd`]s.
 //!
 //! # Decisions
 //!
@@ -75,11 +75,17 @@
 //!   is *rejected*, not rounded: rounding money silently is the one thing
 //!   this crate exists to prevent. The same holds for sums: no operator
 //!   `+` exists (it would have to panic or wrap); every sum is a `try_`.
-//! * **One type, the sign checked at the edges.** Costs and signed amounts
-//!   are both `Usd`; [`ensure_cost`] and the [`serde_cost`] helpers refuse a
-//!   negative cost where one enters, and Postgres `CHECK` constraints guard
-//!   the stored costs. One type keeps every sum (debits and adjustments
-//!   together) free of conversions.
+//! * **Two types: [`Cost`] and [`Usd`].** What something cost (a
+//!   generation, a price, a budget's limit or spend) is a [`Cost`], which
+//!   cannot be negative: it is checked once where it is built (parsed,
+//!   decoded from JSON or Postgres) and never again. Signed amounts (a
+//!   true-up, a remainder, a ledger adjustment) are [`Usd`]. A cost turns
+//!   into an amount for free ([`Cost::usd`]); the other way is a check
+//!   ([`Cost::new`]). Sums of costs stay costs; the difference of two
+//!   costs is an amount ([`Cost::minus`]). The older helpers
+//!   ([`ensure_cost`], [`serde_cost`]) remain for `Usd` fields whose sign
+//!   a contract states separately, and Postgres `CHECK` constraints guard
+//!   the stored costs.
 //! * **Postgres through its own binary format.** sqlx's `rust_decimal`
 //!   decoding cannot hold more than 28 digits; decoding `NUMERIC` ourselves
 //!   keeps `SUM()` results and stored totals exact on the way out, and the
@@ -90,12 +96,26 @@
 //!   serde helpers therefore *refuse* JSON numbers where tally's contract
 //!   says string ([`serde_usd`]).
 
+mod cost;
 mod usd;
 
 #[cfg(feature = "sqlx")]
 mod pg;
 
+pub use cost::Cost;
 pub use usd::{Usd, SCALE};
+
+/// A [`Cost`] from a decimal literal written in code: `cost!("0.000123")`.
+/// Panics naming the text if it is not a non-negative amount, so it is for
+/// literals only.
+#[macro_export]
+macro_rules! cost {
+    ($text:expr) => {{
+        let text: &str = $text;
+        <$crate::Cost as ::core::str::FromStr>::from_str(text)
+            .unwrap_or_else(|e| panic!("cost!({text:?}) is not a cost: {e}"))
+    }};
+}
 
 /// A [`Usd`] from a decimal literal written in code (tests, fixtures,
 /// benchmarks): `usd!("0.000123")`. Panics naming the text if it is not an
@@ -480,6 +500,28 @@ pub mod json_number {
             return Err(crate::MoneyError::Syntax(text.to_owned()));
         }
         parse_json_number(text)
+    }
+
+    /// Parses a raw JSON value that must be a non-negative number.
+    pub fn cost_from_raw(raw: &RawValue) -> Result<crate::Cost, crate::MoneyError> {
+        crate::Cost::new(from_raw(raw)?)
+    }
+
+    /// `Option<Cost>`: a non-negative JSON number or `null`.
+    pub mod cost_opt {
+        use super::*;
+        use crate::Cost;
+
+        /// Reads a non-negative JSON number literal exactly, or `null`.
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Cost>, D::Error> {
+            let amount = super::opt::deserialize(d)?;
+            amount.map(Cost::new).transpose().map_err(D::Error::custom)
+        }
+
+        /// Writes a JSON number or `null`.
+        pub fn serialize<S: Serializer>(value: &Option<Cost>, s: S) -> Result<S::Ok, S::Error> {
+            super::opt::serialize(&value.map(Cost::usd), s)
+        }
     }
 
     /// `Option<Usd>`: a JSON number or `null`.

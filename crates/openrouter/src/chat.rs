@@ -189,7 +189,7 @@ mod tests {
     use super::*;
     use crate::sse::SseParser;
 
-    use tally_money::usd;
+    use tally_money::cost;
 
     #[test]
     fn the_chat_completion_example_parses_with_every_cost_field() {
@@ -199,18 +199,18 @@ mod tests {
         assert_eq!(r.output_text, "Four.");
         assert_eq!(r.status.as_deref(), Some("completed"));
         let u = r.usage.unwrap();
-        assert_eq!(u.cost, Some(usd!("0.00012345678901234567")));
+        assert_eq!(u.cost, Some(cost!("0.00012345678901234567")));
         assert_eq!(
             u.upstream_inference_cost,
-            Some(usd!("0.00012345678901234567"))
+            Some(cost!("0.00012345678901234567"))
         );
-        assert_eq!(u.upstream_inference_input_cost, Some(usd!("0.0000987654")));
+        assert_eq!(u.upstream_inference_input_cost, Some(cost!("0.0000987654")));
         assert_eq!(
             u.upstream_inference_output_cost,
-            Some(usd!("0.00002469138901234567"))
+            Some(cost!("0.00002469138901234567"))
         );
         assert_eq!(u.cached_tokens, Some(64));
-        assert_eq!(u.actual_cost(), Some(usd!("0.00012345678901234567")));
+        assert_eq!(u.actual_cost(), Some(cost!("0.00012345678901234567")));
     }
 
     #[test]
@@ -225,7 +225,7 @@ mod tests {
         let r = acc.finish().unwrap();
         assert!(!r.aborted);
         assert_eq!(r.output_text, "Four.");
-        assert_eq!(r.usage.unwrap().cost, Some(usd!("0.00012345678901234567")));
+        assert_eq!(r.usage.unwrap().cost, Some(cost!("0.00012345678901234567")));
     }
 
     #[test]

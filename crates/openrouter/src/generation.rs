@@ -27,7 +27,7 @@
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{value::RawValue, Value};
-use tally_money::Usd;
+use tally_money::Cost;
 
 use crate::{client::OpenRouterClient, error::OpenRouterError};
 
@@ -40,11 +40,11 @@ pub struct GenerationStats {
     /// OpenRouter's generation id (`gen-…`).
     pub id: String,
     /// What OpenRouter charged, USD. For BYOK generations only OpenRouter's fee.
-    pub total_cost: Usd,
+    pub total_cost: Cost,
     /// The `usage` figure (USD), when sent.
-    pub usage: Option<Usd>,
+    pub usage: Option<Cost>,
     /// What the upstream provider billed directly (USD); filled for BYOK.
-    pub upstream_inference_cost: Option<Usd>,
+    pub upstream_inference_cost: Option<Cost>,
     /// Whether the generation ran on the customer's own provider key.
     pub is_byok: bool,
     /// Whether the generation was cancelled (an interrupted stream), when sent.
@@ -75,9 +75,9 @@ impl GenerationStats {
     /// to tell that case apart.
     ///
     /// The sum is exact; replies are refused when parsed if it would leave
-    /// [`Usd`]'s range, so this fails (`amount_overflow`) only for stats
+    /// [`Cost::MAX`], so this fails (`amount_overflow`) only for stats
     /// built by hand.
-    pub fn actual_cost(&self) -> Result<Usd, tally_money::MoneyError> {
+    pub fn actual_cost(&self) -> Result<Cost, tally_money::MoneyError> {
         match (self.is_byok, self.upstream_inference_cost) {
             (true, Some(upstream)) => self.total_cost.try_add(upstream),
             _ => Ok(self.total_cost),
@@ -193,13 +193,12 @@ pub(crate) fn cost(
     field: &str,
     raw: Option<&RawValue>,
     status: u16,
-) -> Result<Option<Usd>, OpenRouterError> {
+) -> Result<Option<Cost>, OpenRouterError> {
     let Some(raw) = raw else { return Ok(None) };
     if raw.get() == "null" {
         return Ok(None);
     }
-    tally_money::json_number::from_raw(raw)
-        .and_then(tally_money::ensure_cost)
+    tally_money::json_number::cost_from_raw(raw)
         .map(Some)
         .map_err(|e| {
             OpenRouterError::malformed(
@@ -258,9 +257,9 @@ mod tests {
     #[test]
     fn minimal_reply() {
         let s = GenerationStats::from_reply_body(&body(r#"{"id":"g","total_cost":0}"#)).unwrap();
-        assert_eq!(s.total_cost, Usd::ZERO);
+        assert_eq!(s.total_cost, Cost::ZERO);
         assert!(!s.is_byok);
-        assert_eq!(s.actual_cost().unwrap(), Usd::ZERO);
+        assert_eq!(s.actual_cost().unwrap(), Cost::ZERO);
         assert_eq!(s.usage, None);
     }
 

@@ -18,7 +18,7 @@ use chrono::{DateTime, Datelike, Duration, TimeZone, Utc};
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use tally_money::Usd;
+use tally_money::Cost;
 
 use crate::{client::OpenRouterClient, error::OpenRouterError, generation::cost};
 
@@ -73,9 +73,9 @@ impl UsageWindow {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowUsage {
     /// What OpenRouter charged (for BYOK generations only its fee), USD.
-    pub usage: Usd,
+    pub usage: Cost,
     /// What upstream providers billed BYOK generations directly, USD.
-    pub byok_usage: Usd,
+    pub byok_usage: Cost,
 }
 
 /// The calling key's usage, as `GET /key` reports it.
@@ -178,8 +178,8 @@ mod tests {
         assert_eq!(k.daily.usage.to_string(), "0.00012345678901234567");
         assert_eq!(k.weekly.usage.to_string(), "0.0000001425");
         assert_eq!(k.daily.byok_usage.to_string(), "0.5");
-        assert_eq!(k.weekly.byok_usage, Usd::ZERO);
-        assert_eq!(k.monthly.byok_usage, Usd::ZERO);
+        assert_eq!(k.weekly.byok_usage, Cost::ZERO);
+        assert_eq!(k.monthly.byok_usage, Cost::ZERO);
         let e = KeyUsage::parse(br#"{"data":{"usage_daily":"1"}}"#, 200).unwrap_err();
         assert_eq!(e.code(), "malformed_reply");
         let e =

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use reqwest::Method;
 use serde::Deserialize;
 use serde_json::{value::RawValue, Value};
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 
 use crate::{client::OpenRouterClient, error::OpenRouterError};
 
@@ -102,7 +102,7 @@ pub enum Price {
     /// `"-1"`: decided per request, not known in advance.
     Dynamic,
     /// A fixed price in USD per unit (may be zero).
-    PerUnit(Usd),
+    PerUnit(Cost),
 }
 
 impl Price {
@@ -113,11 +113,11 @@ impl Price {
         if value == -Usd::ONE {
             return Ok(Price::Dynamic);
         }
-        tally_money::ensure_cost(value).map(Price::PerUnit)
+        Cost::new(value).map(Price::PerUnit)
     }
 
     /// The fixed price, if there is one.
-    pub fn per_unit(&self) -> Option<Usd> {
+    pub fn per_unit(&self) -> Option<Cost> {
         match self {
             Price::PerUnit(p) => Some(*p),
             Price::Unknown | Price::Dynamic => None,
@@ -258,19 +258,19 @@ impl OpenRouterClient {
 mod tests {
     use super::*;
 
-    use tally_money::usd;
+    use tally_money::cost;
 
     #[test]
     fn prices_parse_exactly() {
         assert_eq!(Price::parse("-1").unwrap(), Price::Dynamic);
-        assert_eq!(Price::parse("0").unwrap(), Price::PerUnit(Usd::ZERO));
+        assert_eq!(Price::parse("0").unwrap(), Price::PerUnit(Cost::ZERO));
         assert_eq!(
             Price::parse("0.00000015").unwrap(),
-            Price::PerUnit(usd!("0.00000015"))
+            Price::PerUnit(cost!("0.00000015"))
         );
         assert_eq!(
             Price::parse("1.5e-7").unwrap(),
-            Price::PerUnit(usd!("0.00000015"))
+            Price::PerUnit(cost!("0.00000015"))
         );
         assert_eq!(Price::parse("-0.5").unwrap_err().code(), "negative_amount");
         assert_eq!(Price::parse("free").unwrap_err().code(), "invalid_amount");
@@ -291,7 +291,7 @@ mod tests {
         assert_eq!(models.len(), 2);
         let a = &models[0];
         assert_eq!(a.pricing.prompt, Price::Unknown);
-        assert_eq!(a.pricing.completion, Price::PerUnit(usd!("0.000002")));
+        assert_eq!(a.pricing.completion, Price::PerUnit(cost!("0.000002")));
         assert_eq!(a.pricing.request, Price::Unknown);
         assert_eq!(a.pricing.web_search, Price::Unknown);
         assert_eq!(a.supported_parameters, vec!["tools".to_owned()]);

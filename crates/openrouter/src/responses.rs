@@ -39,7 +39,7 @@ use std::time::Duration;
 use reqwest::{header::HeaderMap, Method};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 
 use crate::{
     client::OpenRouterClient,
@@ -102,18 +102,18 @@ pub struct MaxPriceUsd {
     #[serde(
         rename = "prompt",
         default,
-        with = "tally_money::json_number::opt",
+        with = "tally_money::json_number::cost_opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub prompt_usd_per_mtok: Option<Usd>,
+    pub prompt_usd_per_mtok: Option<Cost>,
     /// Highest completion price.
     #[serde(
         rename = "completion",
         default,
-        with = "tally_money::json_number::opt",
+        with = "tally_money::json_number::cost_opt",
         skip_serializing_if = "Option::is_none"
     )]
-    pub completion_usd_per_mtok: Option<Usd>,
+    pub completion_usd_per_mtok: Option<Cost>,
 }
 
 /// One input message.
@@ -213,30 +213,30 @@ pub struct ResponseUsage {
     pub web_search_requests: Option<u64>,
     /// `usage.cost` (USD; for BYOK only OpenRouter's fee); `None` when null
     /// or absent.
-    pub cost: Option<Usd>,
+    pub cost: Option<Cost>,
     /// Whether the org's own provider key served it.
     pub is_byok: bool,
     /// `cost_details.upstream_inference_cost` (USD): what the upstream
     /// provider billed (for BYOK, billed to the organisation's own key).
-    pub upstream_inference_cost: Option<Usd>,
+    pub upstream_inference_cost: Option<Cost>,
     /// Its prompt part: `cost_details.upstream_inference_input_cost`
     /// (Responses API) or `upstream_inference_prompt_cost` (chat).
-    pub upstream_inference_input_cost: Option<Usd>,
+    pub upstream_inference_input_cost: Option<Cost>,
     /// Its completion part: `cost_details.upstream_inference_output_cost`
     /// (Responses API) or `upstream_inference_completions_cost` (chat).
-    pub upstream_inference_output_cost: Option<Usd>,
+    pub upstream_inference_output_cost: Option<Cost>,
 }
 
 impl ResponseUsage {
     /// What the generation really cost ([money rule 8](crate#money-rules)): `cost`, plus
     /// `upstream_inference_cost` for BYOK. `None` when `cost` is missing, or
     /// for BYOK when the upstream cost is missing. The sum is exact (a reply
-    /// whose sum would leave [`Usd`]'s range is refused when parsed; for
+    /// whose sum would leave [`Cost::MAX`] is refused when parsed; for
     /// hand-built usage it gives `None`, never a rounded figure).
-    pub fn actual_cost(&self) -> Option<Usd> {
+    pub fn actual_cost(&self) -> Option<Cost> {
         let cost = self.cost?;
         if self.is_byok {
-            cost.checked_add(self.upstream_inference_cost?)
+            cost.try_add(self.upstream_inference_cost?).ok()
         } else {
             Some(cost)
         }
@@ -427,6 +427,8 @@ pub(crate) struct WireUsage {
 }
 
 impl WireUsage {
+    /// The reply's usage, its costs checked once here, naming the field
+    /// that is not a cost.
     pub(crate) fn into_usage(self) -> Result<ResponseUsage, String> {
         let details = self.cost_details.unwrap_or_default();
         let input_part = details
@@ -435,21 +437,14 @@ impl WireUsage {
         let output_part = details
             .upstream_inference_output_cost
             .or(details.upstream_inference_completions_cost);
-        for (name, v) in [
-            ("cost", self.cost),
-            (
-                "cost_details.upstream_inference_cost",
-                details.upstream_inference_cost,
-            ),
-            ("cost_details.upstream_inference_input_cost", input_part),
-            ("cost_details.upstream_inference_output_cost", output_part),
-        ] {
-            if let Some(v) = v {
-                tally_money::ensure_cost(v).map_err(|e| format!("usage.{name}: {e}"))?;
-            }
-        }
-        let upstream = details.upstream_inference_cost;
-        if let (Some(true), Some(c), Some(u)) = (self.is_byok, self.cost, upstream) {
+        let cost = wire_cost("cost", self.cost)?;
+        let upstream = wire_cost(
+            "cost_details.upstream_inference_cost",
+            details.upstream_inference_cost,
+        )?;
+        let input_part = wire_cost("cost_details.upstream_inference_input_cost", input_part)?;
+        let output_part = wire_cost("cost_details.upstream_inference_output_cost", output_part)?;
+        if let (Some(true), Some(c), Some(u)) = (self.is_byok, cost, upstream) {
             c.try_add(u).map_err(|e| {
                 format!("usage.cost + usage.cost_details.upstream_inference_cost: {e}")
             })?;
@@ -468,13 +463,21 @@ impl WireUsage {
             web_search_requests: self
                 .server_tool_use_details
                 .and_then(|t| t.web_search_requests),
-            cost: self.cost,
+            cost,
             is_byok: self.is_byok.unwrap_or(false),
-            upstream_inference_cost: details.upstream_inference_cost,
+            upstream_inference_cost: upstream,
             upstream_inference_input_cost: input_part,
             upstream_inference_output_cost: output_part,
         })
     }
+}
+
+/// A wire amount as a cost, or the field it came in and why not.
+fn wire_cost(name: &str, amount: Option<Usd>) -> Result<Option<Cost>, String> {
+    amount
+        .map(Cost::new)
+        .transpose()
+        .map_err(|e| format!("usage.{name}: {e}"))
 }
 
 #[derive(Deserialize, Default)]
@@ -820,7 +823,7 @@ async fn read_limited(
 mod tests {
     use super::*;
 
-    use tally_money::usd;
+    use tally_money::cost;
 
     #[test]
     fn the_responses_fixture_parses_exactly() {
@@ -836,10 +839,10 @@ mod tests {
         assert_eq!(u.cache_write_tokens, Some(0));
         assert_eq!(u.reasoning_tokens, Some(12));
         assert_eq!(u.web_search_requests, Some(0));
-        assert_eq!(u.cost, Some(usd!("0.0001234")));
-        assert_eq!(u.upstream_inference_cost, Some(usd!("0.0001234")));
+        assert_eq!(u.cost, Some(cost!("0.0001234")));
+        assert_eq!(u.upstream_inference_cost, Some(cost!("0.0001234")));
         assert!(!u.is_byok);
-        assert_eq!(u.actual_cost(), Some(usd!("0.0001234")));
+        assert_eq!(u.actual_cost(), Some(cost!("0.0001234")));
         // Without the header, the body id stands in.
         let r = ResponsesReply::from_body("", body).unwrap();
         assert_eq!(r.generation_id, "resp-1732531500-Lk9sQ2wE4rTy6uIo8pAs");
@@ -860,22 +863,22 @@ mod tests {
         assert!(usage.contains("prompt_tokens"));
         assert_eq!(u.input_tokens, 118);
         assert_eq!(u.cached_tokens, Some(64));
-        assert_eq!(u.cost, Some(usd!("0.00012345678901234567")));
+        assert_eq!(u.cost, Some(cost!("0.00012345678901234567")));
     }
 
     #[test]
     fn byok_actual_cost_needs_both_halves() {
         let mut u = ResponseUsage {
-            cost: Some(usd!("0.00001")),
+            cost: Some(cost!("0.00001")),
             is_byok: true,
-            upstream_inference_cost: Some(usd!("0.0002")),
+            upstream_inference_cost: Some(cost!("0.0002")),
             ..ResponseUsage::default()
         };
-        assert_eq!(u.actual_cost(), Some(usd!("0.00021")));
+        assert_eq!(u.actual_cost(), Some(cost!("0.00021")));
         u.upstream_inference_cost = None;
         assert_eq!(u.actual_cost(), None);
         u.is_byok = false;
-        assert_eq!(u.actual_cost(), Some(usd!("0.00001")));
+        assert_eq!(u.actual_cost(), Some(cost!("0.00001")));
         u.cost = None;
         assert_eq!(u.actual_cost(), None);
     }
@@ -924,7 +927,7 @@ mod tests {
         assert!(!r.aborted);
         assert_eq!(r.generation_id, "gen-h");
         assert_eq!(r.output_text, "Four.");
-        assert_eq!(r.usage.unwrap().cost, Some(usd!("0.0000001425")));
+        assert_eq!(r.usage.unwrap().cost, Some(cost!("0.0000001425")));
 
         assert_eq!(
             StreamAccumulator::new("").finish().unwrap_err().code(),
@@ -970,7 +973,7 @@ mod tests {
         let mut r = ResponsesRequest::new("m", "hi");
         r.provider = Some(ProviderRouting {
             max_price: Some(MaxPriceUsd {
-                prompt_usd_per_mtok: Some(usd!("0.15")),
+                prompt_usd_per_mtok: Some(cost!("0.15")),
                 completion_usd_per_mtok: None,
             }),
             sort: Some("price".into()),

@@ -1,7 +1,7 @@
 //! The wire examples (copies of `shared/openrouter/*.json`) parse into the
 //! exact values they carry.
 
-use tally_money::Usd;
+use tally_money::{cost, Cost};
 use tally_openrouter::{GenerationStats, ModelInfo, Price};
 
 use tally_money::usd;
@@ -12,7 +12,7 @@ fn generation_json() {
     assert_eq!(s.id, "gen-1732531200-Xa81bQ0sPfTz4kLmN2vR");
     assert_eq!(s.total_cost, usd!("0.00012345678901234567"));
     assert_eq!(s.total_cost.to_string(), "0.00012345678901234567");
-    assert_eq!(s.usage, Some(usd!("0.00012345678901234567")));
+    assert_eq!(s.usage, Some(cost!("0.00012345678901234567")));
     assert_eq!(s.upstream_inference_cost, None);
     assert!(!s.is_byok);
     assert!(!s.missing_upstream_cost());
@@ -39,7 +39,7 @@ fn generation_byok_json() {
     assert!(s.is_byok);
     // 1.425e-7 on the wire, exactly.
     assert_eq!(s.total_cost, usd!("0.0000001425"));
-    assert_eq!(s.upstream_inference_cost, Some(usd!("0.00000285")));
+    assert_eq!(s.upstream_inference_cost, Some(cost!("0.00000285")));
     // Money rule 8: fee + upstream.
     assert_eq!(s.actual_cost().unwrap(), usd!("0.0000029925"));
     assert_eq!(s.provider_name.as_deref(), Some("Anthropic"));
@@ -68,24 +68,24 @@ fn models_json() {
 
     let mini = &models[0];
     assert_eq!(mini.context_length, Some(128_000));
-    assert_eq!(mini.pricing.prompt, Price::PerUnit(usd!("0.00000015")));
-    assert_eq!(mini.pricing.completion, Price::PerUnit(usd!("0.0000006")));
-    assert_eq!(mini.pricing.request, Price::PerUnit(Usd::ZERO));
+    assert_eq!(mini.pricing.prompt, Price::PerUnit(cost!("0.00000015")));
+    assert_eq!(mini.pricing.completion, Price::PerUnit(cost!("0.0000006")));
+    assert_eq!(mini.pricing.request, Price::PerUnit(Cost::ZERO));
     assert_eq!(
         mini.pricing.input_cache_read,
-        Price::PerUnit(usd!("0.000000075"))
+        Price::PerUnit(cost!("0.000000075"))
     );
     assert_eq!(mini.pricing.input_cache_write, Price::Unknown);
-    assert_eq!(mini.pricing.web_search, Price::PerUnit(Usd::ZERO));
+    assert_eq!(mini.pricing.web_search, Price::PerUnit(Cost::ZERO));
     assert!(mini.supports("tools"));
     assert!(!mini.supports("reasoning"));
 
     let r1 = &models[1];
     assert_eq!(
         r1.pricing.input_cache_write,
-        Price::PerUnit(usd!("0.0000005"))
+        Price::PerUnit(cost!("0.0000005"))
     );
-    assert_eq!(r1.pricing.internal_reasoning, Price::PerUnit(Usd::ZERO));
+    assert_eq!(r1.pricing.internal_reasoning, Price::PerUnit(Cost::ZERO));
     assert!(r1.supports("reasoning"));
 
     let auto = &models[2];

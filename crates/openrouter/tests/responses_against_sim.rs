@@ -7,7 +7,7 @@ use std::time::Duration;
 use tally_openrouter::{ClientConfig, OpenRouterClient, ResponsesRequest};
 use tally_sim::{Fraction, NumberFormat, RunningSim, SimConfig, Simulator};
 
-use tally_money::usd;
+use tally_money::{cost, usd};
 
 async fn start(cfg: SimConfig) -> RunningSim {
     Simulator::start(cfg).await.expect("simulator starts")
@@ -40,8 +40,8 @@ async fn non_streaming_usage_is_exact() {
     let u = r.usage.unwrap();
     assert_eq!((u.input_tokens, u.output_tokens), (3, 8));
     // 3 × 0.00000015 + 8 × 0.0000006, sent as 5.25e-6.
-    assert_eq!(u.cost, Some(usd!("0.00000525")));
-    assert_eq!(u.actual_cost(), Some(usd!("0.00000525")));
+    assert_eq!(u.cost, Some(cost!("0.00000525")));
+    assert_eq!(u.actual_cost(), Some(cost!("0.00000525")));
     let g = sim.simulator().generation(&r.generation_id).unwrap();
     assert_eq!(g.actual_cost(), usd!("0.00000525"));
 }
@@ -59,7 +59,7 @@ async fn streaming_usage_comes_from_the_final_event() {
     assert_eq!(u.cached_tokens, Some(20));
     assert_eq!(u.reasoning_tokens, Some(2));
     // 20 × 0.0000004 + 20 × 0.0000001 + 8 × 0.000002 = 0.000008 + 0.000002 + 0.000016
-    assert_eq!(u.cost, Some(usd!("0.000026")));
+    assert_eq!(u.cost, Some(cost!("0.000026")));
     assert_eq!(r.model.as_deref(), Some("deepseek/deepseek-r1"));
     assert_eq!(r.output_text.split(' ').count(), 8);
 }
@@ -78,9 +78,9 @@ async fn byok_and_missing_costs() {
         .usage
         .unwrap();
     assert!(u.is_byok);
-    assert_eq!(u.upstream_inference_cost, Some(usd!("0.00000525")));
-    assert_eq!(u.cost, Some(usd!("0.0000002625")));
-    assert_eq!(u.actual_cost(), Some(usd!("0.0000055125")));
+    assert_eq!(u.upstream_inference_cost, Some(cost!("0.00000525")));
+    assert_eq!(u.cost, Some(cost!("0.0000002625")));
+    assert_eq!(u.actual_cost(), Some(cost!("0.0000055125")));
 
     let sim = start(SimConfig {
         gen_missing_cost_rate: Fraction::ONE,

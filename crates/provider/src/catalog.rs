@@ -15,7 +15,7 @@
 //!   estimate is made from it.
 
 use serde::Serialize;
-use tally_money::Usd;
+use tally_money::Cost;
 use tally_openrouter::{ModelInfo, Price, Pricing};
 use tally_store::providers::{StoredModel, StoredPrice, StoredPricing};
 
@@ -115,7 +115,7 @@ impl CapabilityProfile {
 
 fn wire_price(p: &StoredPrice) -> Option<String> {
     match p {
-        StoredPrice::PerUnit(d) => Some(tally_money::to_decimal_string(d)),
+        StoredPrice::PerUnit(d) => Some(d.to_string()),
         StoredPrice::Unknown | StoredPrice::Dynamic => None,
     }
 }
@@ -187,7 +187,7 @@ pub fn has_dynamic_price(m: &StoredModel) -> bool {
 }
 
 /// The exact value of a price, if fixed.
-pub fn fixed(p: &StoredPrice) -> Option<Usd> {
+pub fn fixed(p: &StoredPrice) -> Option<Cost> {
     match p {
         StoredPrice::PerUnit(d) => Some(*d),
         _ => None,

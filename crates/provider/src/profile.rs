@@ -27,6 +27,7 @@
 
 use serde::{Deserialize, Serialize};
 use tally_events::{Capacity, DataCollection, MaxPrice, ProviderPrefs, Routing};
+use tally_money::Cost;
 
 /// A routing profile as stored and written (`deny_unknown_fields`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -218,7 +219,7 @@ fn narrow_provider(
     Some(p)
 }
 
-fn min_opt(a: Option<tally_money::Usd>, b: Option<tally_money::Usd>) -> Option<tally_money::Usd> {
+fn min_opt(a: Option<Cost>, b: Option<Cost>) -> Option<Cost> {
     match (a, b) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),

@@ -74,7 +74,7 @@ fn args() -> Args {
     a
 }
 
-use tally_money::usd;
+use tally_money::{cost, usd};
 
 fn hold_request(id: &str) -> HoldRequest {
     HoldRequest {
@@ -84,7 +84,7 @@ fn hold_request(id: &str) -> HoldRequest {
             ..Attribution::new(ORG, "openai/gpt-4o-mini")
         },
         fallback_models: Vec::new(),
-        amount_usd: Some(usd!(HOLD)),
+        amount_usd: Some(cost!(HOLD)),
         max_output_tokens: 4096,
         ttl: Duration::from_secs(600),
     }
@@ -103,7 +103,7 @@ fn completed(request_id: &str) -> FactInput {
                 completed_at: Utc::now(),
             },
             estimate: None,
-            actual: Some(usd!(ACTUAL)),
+            actual: Some(cost!(ACTUAL)),
         },
         details: Some(CompletedDetails {
             provider: None,
@@ -142,7 +142,7 @@ async fn tally_case(store: &Store, case: &str, limit: &str, a: &Args) -> anyhow:
                 },
                 period: PeriodKind::Monthly,
                 timezone: "UTC".into(),
-                limit_usd: usd!(limit),
+                limit_usd: cost!(limit),
                 thresholds: vec![],
                 enforcement: Enforcement::Hard,
                 allow_unpriced_models: false,

@@ -19,11 +19,10 @@ use chrono_tz::Tz;
 use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 use tally_budget::{
-    parse_timezone, period_containing, validate_limit, validate_thresholds, Enforcement,
-    PeriodKind, Scope,
+    parse_timezone, period_containing, validate_thresholds, Enforcement, PeriodKind, Scope,
 };
 use tally_ledger::{Basis, EntryKind, Placement};
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use uuid::Uuid;
 
 use crate::posting::{
@@ -49,7 +48,7 @@ pub struct Budget {
     /// The parsed time zone.
     pub tz: Tz,
     /// Spending limit per period.
-    pub limit_usd: Usd,
+    pub limit_usd: Cost,
     /// Alert thresholds in percent of the limit, ascending.
     pub thresholds: Vec<u32>,
     /// Hard budgets block new generations when exhausted; soft ones only alert.
@@ -79,7 +78,7 @@ pub struct NewBudget {
     /// IANA time zone name.
     pub timezone: String,
     /// Limit per period.
-    pub limit_usd: Usd,
+    pub limit_usd: Cost,
     /// Thresholds in percent.
     pub thresholds: Vec<u32>,
     /// Enforcement.
@@ -94,7 +93,7 @@ pub struct BudgetPatch {
     /// New name.
     pub name: Option<String>,
     /// New limit.
-    pub limit_usd: Option<Usd>,
+    pub limit_usd: Option<Cost>,
     /// New thresholds.
     pub thresholds: Option<Vec<u32>>,
     /// New enforcement.
@@ -125,8 +124,6 @@ impl NewBudget {
         }
         validate_name(&self.name)?;
         parse_timezone(&self.timezone).map_err(|e| invalid("timezone", e.to_string()))?;
-        self.limit_usd =
-            validate_limit(self.limit_usd).map_err(|e| invalid("limit_usd", e.to_string()))?;
         self.thresholds = validate_thresholds(&self.thresholds)
             .map_err(|e| invalid("thresholds_percent", e.to_string()))?;
         for (field, v) in [
@@ -381,10 +378,7 @@ impl Store {
         if let Some(name) = &patch.name {
             validate_name(name)?;
         }
-        let limit = match patch.limit_usd {
-            Some(l) => Some(validate_limit(l).map_err(|e| invalid("limit_usd", e.to_string()))?),
-            None => None,
-        };
+        let limit = patch.limit_usd;
         let thresholds = match &patch.thresholds {
             Some(t) => Some(
                 validate_thresholds(t)

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, TimeZone, Utc};
 use tally_budget::{Enforcement, PeriodKind, Scope};
-use tally_money::usd;
+use tally_money::cost;
 
 use crate::budgets::Budget;
 
@@ -33,7 +33,7 @@ pub(crate) fn budget(
         period: PeriodKind::Monthly,
         timezone: "UTC".into(),
         tz: chrono_tz::UTC,
-        limit_usd: usd!(limit),
+        limit_usd: cost!(limit),
         thresholds: vec![50, 100],
         enforcement,
         allow_unpriced_models: false,

@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row, Transaction};
 use tally_ledger::{Applied, Basis, Fact, Generation, Placement};
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use uuid::Uuid;
 
 use crate::budgets;
@@ -72,9 +72,9 @@ pub enum FactOutcome {
     /// letters with reason `conflicting_actual_cost`.
     ConflictingActual {
         /// The actual that stands.
-        kept: Usd,
+        kept: Cost,
         /// The actual that was refused.
-        refused: Usd,
+        refused: Cost,
     },
     /// The generation is recorded under another organisation; nothing was
     /// applied (dead letter `generation_org_mismatch`).
@@ -323,7 +323,7 @@ async fn apply_in_tx(
         let debited = slots
             .get(&f.generation_id)
             .and_then(|s| s.gen.net_debit())
-            .map_or(Usd::ZERO, |(d, _)| d);
+            .map_or(Usd::ZERO, |(d, _)| d.usd());
         candidates.push(SettleCandidate {
             request_id: request_id.clone(),
             org_id: f.org_id.clone(),
@@ -360,10 +360,10 @@ struct GenColumns {
     status: Vec<Option<String>>,
     byok: Vec<bool>,
     completed_at: Vec<Option<DateTime<Utc>>>,
-    estimate: Vec<Option<Usd>>,
-    actual: Vec<Option<Usd>>,
+    estimate: Vec<Option<Cost>>,
+    actual: Vec<Option<Cost>>,
     unresolved: Vec<Option<String>>,
-    debited: Vec<Option<Usd>>,
+    debited: Vec<Option<Cost>>,
     basis: Vec<Option<String>>,
     state: Vec<String>,
 }

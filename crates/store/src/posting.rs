@@ -37,7 +37,7 @@ use tally_events::{
     Attribution, CloudEvent, EventType, LedgerEntry, LedgerPosted, ThresholdCrossed,
 };
 use tally_ledger::{entry_needed, Basis, EntryKind, Generation, Placement};
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use uuid::Uuid;
 
 use crate::budgets::Budget;
@@ -196,7 +196,7 @@ pub(crate) fn plan_postings(
             .or_insert((basis, Usd::ZERO))
             .1
             .try_add_assign(amount)?;
-        let (mut d_actual, mut d_estimate) = split(basis, net);
+        let (mut d_actual, mut d_estimate) = split(basis, net.usd());
         if let Some((old_amount, old_basis)) = i.booked {
             let (oa, oe) = split(old_basis, old_amount);
             d_actual = d_actual.try_sub(oa)?;
@@ -271,8 +271,8 @@ pub(crate) fn period_deltas(
 }
 
 /// A threshold crossed by one entry: the entry, the threshold, the total
-/// after it.
-pub(crate) type Crossing<'a> = (&'a Posting, u32, Usd);
+/// after it (a crossing is upward to a positive total, so a cost).
+pub(crate) type Crossing<'a> = (&'a Posting, u32, Cost);
 
 /// Step 3 (pure): walks each period's entries in order from its total
 /// before the batch (`before`), so an alert names the generation that
@@ -289,7 +289,7 @@ pub(crate) fn crossings<'a>(
         let was = *total;
         total.try_add_assign(p.amount)?;
         for t in thresholds_crossed(&p.budget.thresholds, p.budget.limit_usd, was, *total) {
-            out.push((p, t, *total));
+            out.push((p, t, Cost::new(*total)?));
         }
     }
     Ok(out)
@@ -583,7 +583,7 @@ mod tests {
     //! database.
 
     use tally_budget::Enforcement::Soft;
-    use tally_money::usd;
+    use tally_money::{cost, usd};
 
     use super::*;
     use crate::fixtures::{at, budget};
@@ -597,8 +597,8 @@ mod tests {
                 },
                 completed_at: at(15),
             }),
-            estimate: estimate.map(|e| usd!(e)),
-            actual: actual.map(|a| usd!(a)),
+            estimate: estimate.map(|e| cost!(e)),
+            actual: actual.map(|a| cost!(a)),
             unresolved_reason: None,
         }
     }
@@ -725,10 +725,10 @@ mod tests {
         let start = plan.postings[0].period.start;
         let before = HashMap::from([(("b".to_owned(), start), usd!("4"))]);
         let crossed = crossings(&plan.postings, before).unwrap();
-        let got: Vec<(&str, u32, Usd)> = crossed
+        let got: Vec<(&str, u32, Cost)> = crossed
             .iter()
             .map(|(p, t, total)| (p.generation_id.as_str(), *t, *total))
             .collect();
-        assert_eq!(got, [("g1", 50, usd!("6")), ("g2", 100, usd!("11"))]);
+        assert_eq!(got, [("g1", 50, cost!("6")), ("g2", 100, cost!("11"))]);
     }
 }

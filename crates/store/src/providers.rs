@@ -22,7 +22,7 @@
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
 use sqlx::Row;
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use tally_secrets::Sealed;
 
 use crate::{Store, StoreError};
@@ -173,7 +173,7 @@ pub enum StoredPrice {
     /// Decided per request.
     Dynamic,
     /// USD per unit.
-    PerUnit(Usd),
+    PerUnit(Cost),
 }
 
 impl StoredPrice {
@@ -181,7 +181,7 @@ impl StoredPrice {
         match self {
             StoredPrice::Unknown => None,
             StoredPrice::Dynamic => Some(-Usd::ONE),
-            StoredPrice::PerUnit(d) => Some(d),
+            StoredPrice::PerUnit(d) => Some(d.usd()),
         }
     }
 
@@ -189,7 +189,9 @@ impl StoredPrice {
         match v {
             None => StoredPrice::Unknown,
             Some(d) if d == -Usd::ONE => StoredPrice::Dynamic,
-            Some(d) => StoredPrice::PerUnit(d.normalize()),
+            // Only -1 (dynamic) may be negative; any other negative
+            // value is not a price, as in the catalog reader.
+            Some(d) => Cost::new(d).map_or(StoredPrice::Unknown, StoredPrice::PerUnit),
         }
     }
 }

@@ -35,7 +35,7 @@ use sqlx::Row;
 use tally_budget::{period_containing, Period};
 use tally_events::Attribution;
 use tally_ledger::{Basis, CostState, EntryKind};
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use uuid::Uuid;
 
 use crate::budgets::Budget;
@@ -104,11 +104,11 @@ pub struct GenerationView {
     /// Event time (`None` while pending).
     pub completed_at: Option<DateTime<Utc>>,
     /// The producer's estimate.
-    pub estimated_cost_usd: Option<Usd>,
+    pub estimated_cost_usd: Option<Cost>,
     /// The actual cost, once known.
-    pub actual_cost_usd: Option<Usd>,
+    pub actual_cost_usd: Option<Cost>,
     /// What every matching budget carries (`None` while pending).
-    pub debited_usd: Option<Usd>,
+    pub debited_usd: Option<Cost>,
     /// How `debited_usd` was determined (`None` while pending).
     pub basis: Option<Basis>,
     /// Accounting state.

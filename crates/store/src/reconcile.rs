@@ -24,7 +24,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::Row;
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 
 use crate::{Store, StoreError};
 
@@ -52,7 +52,7 @@ pub struct SweepCandidate {
     /// When it completed.
     pub completed_at: DateTime<Utc>,
     /// The producer's estimate, if any.
-    pub estimated_cost_usd: Option<Usd>,
+    pub estimated_cost_usd: Option<Cost>,
     /// Its accounting state (`provisional`, `unresolved`, `unpriced`).
     pub state: String,
     /// Earlier sweep lookups of it.

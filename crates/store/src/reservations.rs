@@ -74,7 +74,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{Postgres, Row, Transaction};
 use tally_budget::{period_containing, Enforcement};
 use tally_events::Attribution;
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::budgets::{self, Budget};
@@ -150,7 +150,7 @@ pub struct HoldRequest {
     /// Fallback models (a budget scoped to any of them matches too).
     pub fallback_models: Vec<String>,
     /// Worst-case cost; `None` when a needed price is dynamic or unknown.
-    pub amount_usd: Option<Usd>,
+    pub amount_usd: Option<Cost>,
     /// The output token cap sent upstream (recorded for inspection).
     pub max_output_tokens: u32,
     /// How long the hold stands without a heartbeat.
@@ -178,9 +178,6 @@ impl HoldRequest {
         if self.attribution.model.is_empty() {
             return Err(invalid("model", "must not be empty"));
         }
-        if self.amount_usd.is_some_and(|a| a < Usd::ZERO) {
-            return Err(invalid("amount_usd", "must not be negative"));
-        }
         if self.ttl.is_zero() {
             return Err(invalid("ttl", "must be positive"));
         }
@@ -198,7 +195,7 @@ pub struct Hold {
     /// End of that period.
     pub period_end: DateTime<Utc>,
     /// Amount held (zero for an unpriced request a budget allows).
-    pub amount_usd: Usd,
+    pub amount_usd: Cost,
 }
 
 /// A stored reservation.
@@ -217,7 +214,7 @@ pub struct Reservation {
     /// Requested model.
     pub model: String,
     /// Worst case held per budget (`None`: unpriced).
-    pub amount_usd: Option<Usd>,
+    pub amount_usd: Option<Cost>,
     /// Output token cap sent upstream.
     pub max_output_tokens: u32,
     /// State.
@@ -574,7 +571,7 @@ fn releases(holds: &[Hold]) -> Result<BTreeMap<(String, DateTime<Utc>), Usd>, St
     for h in holds {
         out.entry((h.budget_id.clone(), h.period_start))
             .or_default()
-            .try_add_assign(h.amount_usd.neg())?;
+            .try_add_assign(h.amount_usd.usd().neg())?;
     }
     Ok(out)
 }
@@ -715,14 +712,14 @@ impl HoldBatch {
                         refusal = Some((Refusal::UnpricedModel, b.clone()));
                         break;
                     }
-                    None => Usd::ZERO,
+                    None => Cost::ZERO,
                 };
                 if b.enforcement == Enforcement::Hard {
                     let total = spent
                         .checked_add(held)
-                        .and_then(|t| t.checked_add(amount))
+                        .and_then(|t| t.checked_add(amount.usd()))
                         .ok_or_else(|| StoreError::Corrupt("held total overflows".into()))?;
-                    if total > b.limit_usd {
+                    if total > b.limit_usd.usd() {
                         refusal = Some((Refusal::BudgetExhausted, b.clone()));
                         break;
                     }
@@ -740,12 +737,12 @@ impl HoldBatch {
                     for h in &holds {
                         let key = (h.budget_id.clone(), h.period_start);
                         if let Some(v) = spent_held.get_mut(&key) {
-                            v.1.try_add_assign(h.amount_usd)?;
+                            v.1.try_add_assign(h.amount_usd.usd())?;
                         }
                         deltas
                             .entry(key)
                             .or_default()
-                            .try_add_assign(h.amount_usd)?;
+                            .try_add_assign(h.amount_usd.usd())?;
                     }
                     Decision::Hold(holds)
                 }
@@ -1212,7 +1209,7 @@ impl ReservationColumns {
         self.session_id.push(a.session_id.clone());
         self.user_id.push(a.user_id.clone());
         self.model.push(a.model.clone());
-        self.amount.push(r.amount_usd);
+        self.amount.push(r.amount_usd.map(Cost::usd));
         self.max_output.push(i64::from(r.max_output_tokens));
         self.state.push(state);
         self.ttl_ms.push(ttl_ms);
@@ -1365,7 +1362,7 @@ pub(crate) async fn settle_in_tx(
             let e = released
                 .entry((h.budget_id, h.period_start))
                 .or_insert((h.period_end, Usd::ZERO));
-            e.1.try_add_assign(h.amount_usd.neg())?;
+            e.1.try_add_assign(h.amount_usd.usd().neg())?;
         }
         sqlx::query(
             "UPDATE reservations r SET state = 'settled', settled_at = now(), updated_at = now(), \
@@ -1536,7 +1533,7 @@ mod tests {
     use std::time::Duration;
 
     use tally_budget::Enforcement::{Hard, Soft};
-    use tally_money::usd;
+    use tally_money::{cost, usd};
 
     use super::*;
     use crate::fixtures::{at, budget};
@@ -1549,7 +1546,7 @@ mod tests {
                 ..Attribution::new("acme", "m")
             },
             fallback_models: Vec::new(),
-            amount_usd: amount.map(|a| usd!(a)),
+            amount_usd: amount.map(|a| cost!(a)),
             max_output_tokens: 100,
             ttl: Duration::from_secs(60),
         }

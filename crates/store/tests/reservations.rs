@@ -19,7 +19,7 @@ use tally_testkit::TestDb;
 
 const ORG: &str = "acme";
 
-use tally_money::usd;
+use tally_money::{cost, usd};
 
 async fn store() -> anyhow::Result<(TestDb, Store)> {
     let (db, store) = tally_testkit::TestDb::migrated(24).await?;
@@ -33,7 +33,7 @@ fn budget(name: &str, limit: &str, enforcement: Enforcement) -> NewBudget {
         scope: Scope::default(),
         period: PeriodKind::Monthly,
         timezone: "UTC".into(),
-        limit_usd: usd!(limit),
+        limit_usd: cost!(limit),
         thresholds: vec![50, 80, 100],
         enforcement,
         allow_unpriced_models: false,
@@ -52,7 +52,7 @@ fn hold(id: &str, amount: Option<&str>) -> HoldRequest {
             ..Attribution::new(ORG, "openai/gpt-4o-mini")
         },
         fallback_models: Vec::new(),
-        amount_usd: amount.map(|a| usd!(a)),
+        amount_usd: amount.map(|a| cost!(a)),
         max_output_tokens: 4096,
         ttl: Duration::from_secs(600),
     }
@@ -71,7 +71,7 @@ fn completed(request_id: &str, generation_id: &str, actual: &str) -> FactInput {
                 completed_at: Utc::now(),
             },
             estimate: None,
-            actual: Some(usd!(actual)),
+            actual: Some(cost!(actual)),
         },
         details: Some(CompletedDetails {
             provider: None,
@@ -497,16 +497,15 @@ async fn scope_and_fallbacks_decide_which_budgets_hold() -> anyhow::Result<()> {
     assert_eq!(reservation.refused_by.as_deref(), Some(r1.id.as_str()));
     let _ = other_agent;
     // Input that breaks a rule is refused before any transaction.
-    let mut bad = hold("", Some("1"));
-    assert_eq!(
-        store.take_holds(&[bad.clone()]).await.unwrap_err().code(),
-        "invalid_input"
-    );
-    bad.request_id = "c".into();
-    bad.amount_usd = Some(usd!("-1"));
+    let bad = hold("", Some("1"));
     assert_eq!(
         store.take_holds(&[bad]).await.unwrap_err().code(),
         "invalid_input"
+    );
+    // A negative hold cannot be expressed: the amount is a cost.
+    assert_eq!(
+        "-1".parse::<tally_money::Cost>().unwrap_err().code(),
+        "negative_amount"
     );
     Ok(())
 }

@@ -54,7 +54,7 @@ use tally_budget::{
     parse_timezone, period_starting_at, validate_thresholds, Enforcement, PeriodKind, Scope,
     DEFAULT_THRESHOLDS,
 };
-use tally_money::Usd;
+use tally_money::Cost;
 use tally_store::ledger::PostingOptions;
 use tally_store::queries::CheckScope;
 use tally_store::{Budget, BudgetPatch, NewBudget};
@@ -444,9 +444,8 @@ pub(crate) async fn get(
 #[schema(as = BudgetPeriod)]
 pub(crate) struct PeriodResponse {
     budget_id: String,
-    #[serde(with = "tally_money::serde_usd")]
     #[schema(value_type = UsdDoc)]
-    limit_usd: Usd,
+    limit_usd: Cost,
     current: bool,
     #[serde(flatten)]
     period: PeriodBody,
@@ -654,9 +653,8 @@ pub(crate) struct BudgetStatus {
     scope: Scope,
     #[schema(value_type = EnforcementDoc)]
     enforcement: Enforcement,
-    #[serde(with = "tally_money::serde_usd")]
     #[schema(value_type = UsdDoc)]
-    limit_usd: Usd,
+    limit_usd: Cost,
     blocks: bool,
     period: PeriodBody,
 }

@@ -48,7 +48,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use tally_openrouter::{OpenRouterError, UsageWindow};
 
 use crate::auth::Caller;
@@ -67,17 +67,14 @@ pub struct WindowDrift {
     /// End of the comparison: the instant of the check.
     pub end: DateTime<Utc>,
     /// OpenRouter's `usage_<window>`.
-    #[serde(with = "tally_money::serde_usd")]
     #[schema(value_type = UsdDoc)]
-    pub provider_usage_usd: Usd,
+    pub provider_usage_usd: Cost,
     /// OpenRouter's `byok_usage_<window>`.
-    #[serde(with = "tally_money::serde_usd")]
     #[schema(value_type = UsdDoc)]
-    pub provider_byok_usage_usd: Usd,
+    pub provider_byok_usage_usd: Cost,
     /// Their sum: the actual cost of everything the key ran.
-    #[serde(with = "tally_money::serde_usd")]
     #[schema(value_type = UsdDoc)]
-    pub provider_total_usd: Usd,
+    pub provider_total_usd: Cost,
     /// What tally booked for the generations completed in the window.
     #[serde(with = "tally_money::serde_usd")]
     #[schema(value_type = UsdDoc)]
@@ -167,9 +164,10 @@ pub async fn check(state: &AppState, org_id: &str) -> Result<DriftReport, ApiErr
         let provider = usage.window(w);
         let total = provider
             .usage
-            .checked_add(provider.byok_usage)
-            .ok_or_else(|| ApiError::internal("provider usage overflows"))?;
+            .try_add(provider.byok_usage)
+            .map_err(|_| ApiError::internal("provider usage overflows"))?;
         let drift = total
+            .usd()
             .checked_sub(booked.booked_usd)
             .ok_or_else(|| ApiError::internal("drift overflows"))?;
         {

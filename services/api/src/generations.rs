@@ -21,7 +21,7 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tally_money::Usd;
+use tally_money::Cost;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
@@ -57,15 +57,12 @@ pub(crate) struct GenerationBody {
     status: Option<String>,
     is_byok: bool,
     completed_at: Option<DateTime<Utc>>,
-    #[serde(with = "tally_money::serde_usd::opt")]
     #[schema(value_type = Option<UsdDoc>)]
-    estimated_cost_usd: Option<Usd>,
-    #[serde(with = "tally_money::serde_usd::opt")]
+    estimated_cost_usd: Option<Cost>,
     #[schema(value_type = Option<UsdDoc>)]
-    actual_cost_usd: Option<Usd>,
-    #[serde(with = "tally_money::serde_usd::opt")]
+    actual_cost_usd: Option<Cost>,
     #[schema(value_type = Option<UsdDoc>)]
-    debited_usd: Option<Usd>,
+    debited_usd: Option<Cost>,
     #[schema(value_type = Option<BasisDoc>)]
     basis: Option<&'static str>,
     #[schema(value_type = GenerationStateDoc)]

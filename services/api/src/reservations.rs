@@ -12,7 +12,7 @@ use axum::extract::State;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use tally_store::{Reservation, ReservationState};
 
 use crate::auth::Caller;
@@ -61,9 +61,8 @@ pub(crate) struct HoldBody {
     budget_id: String,
     period_start: DateTime<Utc>,
     period_end: DateTime<Utc>,
-    #[serde(with = "tally_money::serde_usd")]
     #[schema(value_type = UsdDoc)]
-    amount_usd: Usd,
+    amount_usd: Cost,
 }
 
 /// A reservation (the hold of a generation that is running).
@@ -76,9 +75,8 @@ pub(crate) struct ReservationBody {
     session_id: Option<String>,
     user_id: Option<String>,
     model: String,
-    #[serde(with = "tally_money::serde_usd::opt")]
     #[schema(value_type = Option<UsdDoc>)]
-    amount_usd: Option<Usd>,
+    amount_usd: Option<Cost>,
     max_output_tokens: u32,
     #[schema(value_type = ReservationStateDoc)]
     state: &'static str,

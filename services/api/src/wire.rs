@@ -21,7 +21,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 use tally_budget::{is_exhausted, Enforcement, Period, PeriodKind, Scope};
 use tally_ledger::Basis;
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use tally_store::queries::{EntryRow, PeriodTotals};
 use tally_store::Budget;
 
@@ -69,8 +69,9 @@ impl PeriodBody {
     /// The period's figures; `remaining` and `over_by` are exact
     /// differences (an error naming `amount_overflow` if one leaves the
     /// range, never a rounded figure).
-    pub fn new(limit: Usd, period: Period, t: PeriodTotals) -> Result<PeriodBody, ApiError> {
+    pub fn new(limit_cost: Cost, period: Period, t: PeriodTotals) -> Result<PeriodBody, ApiError> {
         let money = |e| ApiError::money_not_exact(&e);
+        let limit = limit_cost.usd();
         Ok(PeriodBody {
             start: period.start,
             end: period.end,
@@ -86,7 +87,7 @@ impl PeriodBody {
                 .map_err(money)?
                 .max(Usd::ZERO),
             generations: t.generations,
-            exhausted: is_exhausted(limit, t.spent_usd),
+            exhausted: is_exhausted(limit_cost, t.spent_usd),
         })
     }
 }
@@ -103,9 +104,8 @@ pub(crate) struct BudgetBody {
     #[schema(value_type = PeriodKindDoc)]
     pub period: PeriodKind,
     pub timezone: String,
-    #[serde(with = "tally_money::serde_usd")]
     #[schema(value_type = UsdDoc)]
-    pub limit_usd: Usd,
+    pub limit_usd: Cost,
     pub thresholds_percent: Vec<u32>,
     #[schema(value_type = EnforcementDoc)]
     pub enforcement: Enforcement,
@@ -318,10 +318,10 @@ pub(crate) fn check_text(field: &str, value: &str) -> Result<(), ApiError> {
 
 /// Parses a money field given as any JSON value: only a decimal string is
 /// accepted; a JSON number is refused with `amount_not_string`.
-pub(crate) fn parse_money(field: &str, value: &serde_json::Value) -> Result<Usd, ApiError> {
+pub(crate) fn parse_money(field: &str, value: &serde_json::Value) -> Result<Cost, ApiError> {
     use tally_money::MoneyError;
     let parsed = match value {
-        serde_json::Value::String(s) => tally_money::parse_cost_str(s),
+        serde_json::Value::String(s) => s.parse::<Cost>(),
         serde_json::Value::Number(_) => Err(MoneyError::NumberNotString),
         other => {
             return Err(ApiError::invalid(
@@ -371,7 +371,7 @@ mod tests {
             spent_actual_usd: Usd::new(15, 1),
             ..Default::default()
         };
-        let body = PeriodBody::new(Usd::ONE, p, t).unwrap();
+        let body = PeriodBody::new(Cost::ONE, p, t).unwrap();
         assert_eq!(body.remaining_usd, Usd::ZERO);
         assert_eq!(body.over_by_usd, Usd::new(5, 1));
         assert_eq!(body.available_usd, Usd::ZERO);
@@ -381,7 +381,7 @@ mod tests {
             reserved_usd: Usd::new(5, 1),
             ..Default::default()
         };
-        let body = PeriodBody::new(Usd::ONE, p, held).unwrap();
+        let body = PeriodBody::new(Cost::ONE, p, held).unwrap();
         assert_eq!(body.remaining_usd, Usd::new(75, 2));
         assert_eq!(body.available_usd, Usd::new(25, 2));
         assert!(!body.exhausted);

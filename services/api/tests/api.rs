@@ -119,7 +119,7 @@ impl Api {
     }
 }
 
-use tally_money::usd;
+use tally_money::cost;
 
 fn at(y: i32, m: u32, d: u32, h: u32) -> DateTime<Utc> {
     Utc.with_ymd_and_hms(y, m, d, h, 0, 0).unwrap()
@@ -149,8 +149,8 @@ impl Gen<'_> {
                     },
                     completed_at: self.at,
                 },
-                estimate: self.estimate.map(|e| usd!(e)),
-                actual: self.actual.map(|a| usd!(a)),
+                estimate: self.estimate.map(|e| cost!(e)),
+                actual: self.actual.map(|a| cost!(a)),
             },
             details: Some(CompletedDetails {
                 provider: Some("openai".into()),
@@ -179,7 +179,7 @@ fn reconciled(id: &str, actual: &str) -> FactInput {
         generation_id: id.to_owned(),
         org_id: ORG.to_owned(),
         fact: Fact::Reconciled {
-            actual: usd!(actual),
+            actual: cost!(actual),
         },
         details: None,
     }
@@ -1002,7 +1002,7 @@ fn hold_request(id: &str, agent: &str, amount: &str) -> tally_store::HoldRequest
             ..Attribution::new(ORG, "openai/gpt-4o-mini")
         },
         fallback_models: Vec::new(),
-        amount_usd: Some(usd!(amount)),
+        amount_usd: Some(cost!(amount)),
         max_output_tokens: 4096,
         ttl: Duration::from_secs(600),
     }

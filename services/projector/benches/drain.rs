@@ -67,7 +67,7 @@ async fn setup() -> anyhow::Result<Setup> {
             scope: Default::default(),
             period: tally_budget::PeriodKind::Monthly,
             timezone: "UTC".into(),
-            limit_usd: Usd::from(1_000_000),
+            limit_usd: tally_money::cost!("1000000"),
             thresholds: vec![50, 80, 100],
             enforcement: tally_budget::Enforcement::Soft,
             allow_unpriced_models: false,

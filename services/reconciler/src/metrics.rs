@@ -17,7 +17,7 @@
 //!   result is converted.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use tally_money::Usd;
+use tally_money::Cost;
 
 /// The `code` values of `tally_reconciler_auth_failures_total`.
 pub const AUTH_FAILURE_CODES: [&str; 3] = ["auth", "payment_required", "invalid_config"];
@@ -222,11 +222,11 @@ impl Metrics {
 
     /// Records `actual / estimate` when the estimate is positive. The ratio
     /// is computed exactly and only then turned into a sample.
-    pub fn observe_drift(&self, actual: Usd, estimate: Option<Usd>) {
-        let Some(estimate) = estimate.filter(|e| *e > Usd::ZERO) else {
+    pub fn observe_drift(&self, actual: Cost, estimate: Option<Cost>) {
+        let Some(estimate) = estimate.filter(|e| e.is_positive()) else {
             return;
         };
-        if let Some(ratio) = actual.ratio_lossy(estimate) {
+        if let Some(ratio) = actual.usd().ratio_lossy(estimate.usd()) {
             self.estimate_drift.observe(ratio);
         }
     }
@@ -265,10 +265,10 @@ mod tests {
     #[test]
     fn drift_is_the_exact_ratio() {
         let m = Metrics::unregistered();
-        let d = |s| Usd::from_str(s).unwrap();
+        let d = |s| Cost::from_str(s).unwrap();
         m.observe_drift(d("0.0003"), Some(d("0.0002")));
         m.observe_drift(d("1"), None);
-        m.observe_drift(d("1"), Some(Usd::ZERO));
+        m.observe_drift(d("1"), Some(Cost::ZERO));
         assert_eq!(m.estimate_drift.get_sample_count(), 1);
         assert_eq!(m.estimate_drift.get_sample_sum(), 1.5);
     }

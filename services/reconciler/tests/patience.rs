@@ -98,7 +98,10 @@ async fn a_thousand_events_that_arrive_while_the_reconciler_is_down_are_all_reco
         "{} unresolved",
         costs.unresolved.len()
     );
-    let got = Usd::try_sum(ids.iter().map(|id| costs.reconciled(id).actual_cost_usd))?;
+    let got = Usd::try_sum(
+        ids.iter()
+            .map(|id| costs.reconciled(id).actual_cost_usd.usd()),
+    )?;
     assert_eq!(got, expected);
     let metrics = running.stop().await?;
     assert_eq!(metrics.reconciled.get(), 1000);

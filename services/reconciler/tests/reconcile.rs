@@ -5,7 +5,7 @@
 mod common;
 
 use std::time::{Duration, Instant};
-use tally_money::usd;
+use tally_money::{cost, usd};
 
 use chrono::Utc;
 use common::{completed, fast_config, Env, ORG};
@@ -97,7 +97,7 @@ async fn actual_costs_are_exact_to_the_digit_and_byok_adds_upstream() -> anyhow:
     assert_eq!(byok.total_cost_usd, usd!("0.0000015"));
     assert_eq!(
         byok.upstream_inference_cost_usd,
-        Some(usd!("0.00042000000000000001"))
+        Some(cost!("0.00042000000000000001"))
     );
     assert_eq!(byok.actual_cost_usd.to_string(), "0.00042150000000000001");
 
@@ -368,7 +368,7 @@ async fn events_that_already_have_a_cost_cause_no_lookup() -> anyhow::Result<()>
         env.sim()
             .register_generation(SimGeneration::new(&id, usd!("0.25")));
         let mut ev = completed(&id, now);
-        ev.data.actual_cost_usd = Some(usd!("0.25"));
+        ev.data.actual_cost_usd = Some(cost!("0.25"));
         env.publish_completed(&ev).await?;
     }
     env.publish_completed(&completed("gen-missing", now))

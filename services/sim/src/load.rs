@@ -25,7 +25,7 @@ use rand::{rngs::StdRng, Rng, SeedableRng};
 use tally_events::{
     Attribution, CloudEvent, EventType, GenerationCompleted, GenerationStatus, Usage,
 };
-use tally_money::Usd;
+use tally_money::{Cost, Usd};
 use tokio::sync::watch;
 
 use crate::{Fraction, GenerationSpec};
@@ -219,8 +219,8 @@ impl Generator {
                 cache_write_tokens: None,
             },
             is_byok: false,
-            actual_cost_usd: (!missing).then_some(true_cost),
-            estimated_cost_usd: Some(estimate),
+            actual_cost_usd: (!missing).then_some(positive(true_cost)),
+            estimated_cost_usd: Some(positive(estimate)),
             status: GenerationStatus::Completed,
             request_id: None,
             upstream_inference_cost_usd: None,
@@ -344,6 +344,12 @@ pub async fn run(
 
 /// `mantissa × 10^(e-16)` for a 17-digit `mantissa`: `d.ddd… × 10^e`,
 /// exact for every `e` in `-12..=9`.
+/// A cost the load generator made up from a positive mantissa (and a
+/// positive drift of it), so never negative.
+fn positive(amount: Usd) -> Cost {
+    Cost::new(amount).unwrap_or(Cost::ZERO)
+}
+
 fn seventeen_digits(mantissa: i64, e: i32) -> Usd {
     let scale = 16 - e;
     if scale >= 0 {

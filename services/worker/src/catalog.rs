@@ -278,7 +278,7 @@ fn price_text(p: &Price) -> Option<String> {
     match p {
         Price::Unknown => None,
         Price::Dynamic => Some("-1".to_owned()),
-        Price::PerUnit(d) => Some(tally_money::to_decimal_string(d)),
+        Price::PerUnit(d) => Some(d.to_string()),
     }
 }
 

@@ -30,7 +30,7 @@
 //!   never reported usage, and replaced by the actual cost when the
 //!   reconciler finds it.
 
-use tally_money::Usd;
+use tally_money::Cost;
 use tally_openrouter::{Price, Pricing};
 
 /// What a generation consumed (or is expected to).
@@ -51,29 +51,29 @@ pub struct EstimateInput {
 }
 
 /// `count × price`; `None` when the price is needed and not fixed.
-fn part(count: u64, price: &Price, fallback: Option<&Price>) -> Option<Usd> {
+fn part(count: u64, price: &Price, fallback: Option<&Price>) -> Option<Cost> {
     if count == 0 {
-        return Some(Usd::ZERO);
+        return Some(Cost::ZERO);
     }
     let price = match (price, fallback) {
         (Price::Unknown, Some(f)) => f,
         (p, _) => p,
     };
-    price.per_unit().and_then(|p| p.checked_mul_int(count))
+    price.per_unit().and_then(|p| p.try_mul_int(count).ok())
 }
 
 /// The exact estimate in USD, or `None` when a needed price is dynamic or
 /// unknown (or the estimate would exceed `Usd`'s range: no estimate rather
 /// than a rounded one).
-pub fn estimate(pricing: &Pricing, input: &EstimateInput) -> Option<Usd> {
+pub fn estimate(pricing: &Pricing, input: &EstimateInput) -> Option<Cost> {
     let uncached = input
         .prompt_tokens
         .saturating_sub(input.cached_tokens)
         .saturating_sub(input.cache_write_tokens);
-    let zero = Price::PerUnit(Usd::ZERO);
+    let zero = Price::PerUnit(Cost::ZERO);
     let request = match pricing.request {
         Price::Dynamic => return None,
-        Price::Unknown => Usd::ZERO,
+        Price::Unknown => Cost::ZERO,
         Price::PerUnit(p) => p,
     };
     let parts = [
@@ -98,7 +98,7 @@ pub fn estimate(pricing: &Pricing, input: &EstimateInput) -> Option<Usd> {
     ];
     parts
         .into_iter()
-        .try_fold(request, |acc, p| acc.checked_add(p))
+        .try_fold(request, |acc, p| acc.try_add(p).ok())
 }
 
 /// A rough token count of `text`: ⌈characters / 4⌉.
@@ -110,7 +110,7 @@ pub fn approx_tokens(text: &str) -> u64 {
 mod tests {
     use super::*;
 
-    use tally_money::usd;
+    use tally_money::cost;
 
     fn p(s: &str) -> Price {
         Price::parse(s).unwrap()
@@ -168,7 +168,7 @@ mod tests {
             ("inconsistent counts", mini, EstimateInput { prompt_tokens: 10, cached_tokens: 20, ..Default::default() }, Some("0.0000015")),
         ];
         for (case, pricing, input, want) in cases {
-            assert_eq!(estimate(&pricing, &input), want.map(|w| usd!(w)), "{case}");
+            assert_eq!(estimate(&pricing, &input), want.map(|w| cost!(w)), "{case}");
         }
     }
 

@@ -7,7 +7,7 @@
 use prometheus::{
     Counter, Gauge, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
 };
-use tally_money::Usd;
+use tally_money::Cost;
 
 /// The worker's metrics.
 #[derive(Debug, Clone)]
@@ -169,8 +169,8 @@ impl Metrics {
     }
 
     /// Adds `amount` to a USD counter (for dashboards only).
-    pub(crate) fn add_usd(counter: &Counter, amount: Option<Usd>) {
-        if let Some(v) = amount.map(Usd::to_f64_lossy) {
+    pub(crate) fn add_usd(counter: &Counter, amount: Option<Cost>) {
+        if let Some(v) = amount.map(|c| c.usd().to_f64_lossy()) {
             counter.inc_by(v);
         }
     }

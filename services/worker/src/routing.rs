@@ -42,7 +42,7 @@
 use std::collections::HashMap;
 
 use tally_events::{Capacity, Routing};
-use tally_money::Usd;
+use tally_money::Cost;
 use tally_openrouter::{MaxPriceUsd, ProviderRouting};
 
 use crate::catalog::Capabilities;
@@ -105,7 +105,7 @@ pub enum Preset {
     /// `strict-json`.
     StrictJson,
     /// `max-price:<usd per million tokens>`.
-    MaxPrice(Usd),
+    MaxPrice(Cost),
 }
 
 impl Preset {
@@ -138,10 +138,9 @@ impl Preset {
                 };
                 let v = tally_money::parse_json_number(value.trim())
                     .map_err(|e| invalid(format!("not an amount: {e}")))?;
-                if v.is_sign_negative() && !v.is_zero() {
-                    return Err(invalid("a price ceiling cannot be negative".to_owned()));
-                }
-                Preset::MaxPrice(v.normalize())
+                let v = Cost::new(v)
+                    .map_err(|_| invalid("a price ceiling cannot be negative".to_owned()))?;
+                Preset::MaxPrice(v)
             }
         })
     }
@@ -385,7 +384,7 @@ mod tests {
 
     use tally_events::{DataCollection, MaxPrice, ProviderPrefs, Sort};
 
-    use tally_money::usd;
+    use tally_money::cost;
 
     const TOOLS_JSON: Capabilities = Capabilities {
         reasoning: false,
@@ -484,9 +483,9 @@ mod tests {
             case("strict-json", presets(&["strict-json"]), Some(TOOLS_JSON)).ok(prov(|p| p.require_parameters = Some(true))),
             case("strict-json unsatisfiable", presets(&["strict-json"]), Some(REASONING)).err("preset_unsatisfiable"),
             case("max-price", presets(&["max-price:2.5"]), Some(BARE))
-                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(usd!("2.5")), completion_usd_per_mtok: Some(usd!("2.5")) }))),
+                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(cost!("2.5")), completion_usd_per_mtok: Some(cost!("2.5")) }))),
             case("max-price with =", presets(&["max-price=0"]), Some(BARE))
-                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(usd!("0")), completion_usd_per_mtok: Some(usd!("0")) }))),
+                .ok(prov(|p| p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(cost!("0")), completion_usd_per_mtok: Some(cost!("0")) }))),
             case("max-price negative", presets(&["max-price:-1"]), Some(BARE)).err("invalid_preset"),
             case("max-price without value", presets(&["max-price"]), Some(BARE)).err("invalid_preset"),
             case("max-price not a number", presets(&["max-price:cheap"]), Some(BARE)).err("invalid_preset"),
@@ -494,7 +493,7 @@ mod tests {
             case("presets apply in order: last sort wins", presets(&["cheapest-with-tools", "lowest-latency"]), Some(TOOLS_JSON))
                 .ok(prov(|p| { p.require_parameters = Some(true); p.sort = Some("latency".into()); })),
             case("presets combine", presets(&["zdr-only", "no-data-collection", "max-price:1"]), Some(BARE))
-                .ok(prov(|p| { p.zdr = Some(true); p.data_collection = Some("deny".into()); p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(usd!("1")), completion_usd_per_mtok: Some(usd!("1")) }); })),
+                .ok(prov(|p| { p.zdr = Some(true); p.data_collection = Some("deny".into()); p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(cost!("1")), completion_usd_per_mtok: Some(cost!("1")) }); })),
             case(
                 "explicit fields override presets",
                 Routing {
@@ -514,7 +513,7 @@ mod tests {
                 p.sort = Some("throughput".into());
                 p.zdr = Some(false);
                 p.data_collection = Some("allow".into());
-                p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(usd!("1")), completion_usd_per_mtok: None });
+                p.max_price = Some(MaxPriceUsd { prompt_usd_per_mtok: Some(cost!("1")), completion_usd_per_mtok: None });
             })),
             case(
                 "explicit lists pass through",

@@ -19,7 +19,7 @@ use tally_events::{
     CloudEvent, EventType, GenerationCompleted, GenerationFailed, GenerationRequested,
     GenerationResult, GenerationStatus, Input, Payload, ResultError, ResultStatus, Usage,
 };
-use tally_money::Usd;
+use tally_money::Cost;
 use tally_openrouter::{
     InputMessage, OpenRouterClient, ResponsesError, ResponsesInput, ResponsesReply,
     ResponsesRequest, ServerTool,
@@ -249,7 +249,7 @@ enum Stop {
     /// so it is booked as interrupted and never run again.
     Generated {
         generation_id: String,
-        worst_case: Option<Usd>,
+        worst_case: Option<Cost>,
     },
 }
 
@@ -493,7 +493,7 @@ async fn take_hold(
     req: &GenerationRequested,
     catalog: &Catalog,
     max_output_tokens: u32,
-) -> Result<Option<Usd>, Stop> {
+) -> Result<Option<Cost>, Stop> {
     let Some(res) = &s.reservations else {
         return Ok(None);
     };
@@ -604,7 +604,7 @@ async fn generate(
     req: &GenerationRequested,
     provider: &Provider,
     body: &ResponsesRequest,
-    worst_case: Option<Usd>,
+    worst_case: Option<Cost>,
 ) -> Result<Settle, Stop> {
     let started = Instant::now();
     let generation = run_generation(s, &provider.client, req, body);
@@ -925,7 +925,7 @@ async fn interrupted(
     s: &Shared,
     req: &GenerationRequested,
     generation_id: &str,
-    worst_case: Option<Usd>,
+    worst_case: Option<Cost>,
 ) -> Settle {
     let now = Utc::now();
     let completed = GenerationCompleted {

@@ -37,7 +37,7 @@
 //!   An unknown request fee or reasoning surcharge counts as zero, as
 //!   OpenRouter bills them.
 
-use tally_money::Usd;
+use tally_money::Cost;
 use tally_openrouter::{ModelInfo, Price, Pricing};
 
 /// Tokens a chat template may add per message (and once per request).
@@ -89,40 +89,48 @@ pub fn resolve_max_output_tokens(
         .unwrap_or(default)
 }
 
-fn fixed(p: &Price) -> Option<Usd> {
+fn fixed(p: &Price) -> Option<Cost> {
     p.per_unit()
 }
 
-fn or_zero(p: &Price) -> Option<Usd> {
+fn or_zero(p: &Price) -> Option<Cost> {
     match p {
-        Price::Unknown => Some(Usd::ZERO),
+        Price::Unknown => Some(Cost::ZERO),
         Price::Dynamic => None,
         Price::PerUnit(d) => Some(*d),
     }
 }
 
 /// The worst case of one model's prices, or `None` when it cannot be bounded.
-pub fn worst_case(pricing: &Pricing, input: &WorstCaseInput) -> Option<Usd> {
+pub fn worst_case(pricing: &Pricing, input: &WorstCaseInput) -> Option<Cost> {
     let prompt = fixed(&pricing.prompt)?;
     let input_price = match pricing.input_cache_write {
         Price::PerUnit(w) => prompt.max(w),
         _ => prompt,
     };
-    let output_price =
-        fixed(&pricing.completion)?.checked_add(or_zero(&pricing.internal_reasoning)?)?;
+    let output_price = fixed(&pricing.completion)?
+        .try_add(or_zero(&pricing.internal_reasoning)?)
+        .ok()?;
     let request = or_zero(&pricing.request)?;
     let searches = input.web_search_tools.saturating_mul(WEB_SEARCHES_PER_TOOL);
     let search = if searches == 0 {
-        Usd::ZERO
+        Cost::ZERO
     } else {
-        fixed(&pricing.web_search)?.checked_mul_int(searches)?
+        fixed(&pricing.web_search)?.try_mul_int(searches).ok()?
     };
     input_price
-        .checked_mul_int(input.input_tokens_bound())?
-        .checked_add(output_price.checked_mul_int(u64::from(input.max_output_tokens))?)?
-        .checked_add(request)?
-        .checked_add(search)
-        .map(|d| d.normalize())
+        .try_mul_int(input.input_tokens_bound())
+        .ok()?
+        .try_add(
+            output_price
+                .try_mul_int(u64::from(input.max_output_tokens))
+                .ok()?,
+        )
+        .ok()?
+        .try_add(request)
+        .ok()?
+        .try_add(search)
+        .ok()
 }
 
 /// The worst case over every model that may serve the request (`None` when
@@ -130,8 +138,8 @@ pub fn worst_case(pricing: &Pricing, input: &WorstCaseInput) -> Option<Usd> {
 pub fn worst_case_of<'a>(
     models: impl IntoIterator<Item = Option<&'a ModelInfo>>,
     input: &WorstCaseInput,
-) -> Option<Usd> {
-    let mut worst: Option<Usd> = None;
+) -> Option<Cost> {
+    let mut worst: Option<Cost> = None;
     for m in models {
         let w = worst_case(&m?.pricing, input)?;
         worst = Some(worst.map_or(w, |x| x.max(w)));
@@ -143,7 +151,7 @@ pub fn worst_case_of<'a>(
 mod tests {
     use super::*;
 
-    use tally_money::usd;
+    use tally_money::cost;
 
     fn p(s: &str) -> Price {
         Price::parse(s).unwrap()
@@ -166,14 +174,14 @@ mod tests {
     fn hand_computed_bounds() {
         let text = WorstCaseInput { input_bytes: 12, messages: 0, max_output_tokens: 8, web_search_tools: 0 };
         // (12 + 16) × 0.00000015 + 8 × 0.0000006 = 0.0000042 + 0.0000048
-        assert_eq!(worst_case(&mini(), &text), Some(usd!("0.000009")));
+        assert_eq!(worst_case(&mini(), &text), Some(cost!("0.000009")));
         // Two messages: (100 + 16 × 3) = 148 input tokens.
         let msgs = WorstCaseInput { input_bytes: 100, messages: 2, max_output_tokens: 0, web_search_tools: 0 };
         assert_eq!(msgs.input_tokens_bound(), 148);
-        assert_eq!(worst_case(&mini(), &msgs), Some(usd!("0.0000222")));
+        assert_eq!(worst_case(&mini(), &msgs), Some(cost!("0.0000222")));
         // Searches: 1 tool × 5 searches × 0.004 = 0.02 on top.
         let search = WorstCaseInput { web_search_tools: 1, ..text };
-        assert_eq!(worst_case(&mini(), &search), Some(usd!("0.020009")));
+        assert_eq!(worst_case(&mini(), &search), Some(cost!("0.020009")));
         // A dearer cache write and a reasoning surcharge raise the bound;
         // a request fee is added once.
         let r1 = Pricing {
@@ -185,7 +193,7 @@ mod tests {
             ..Pricing::default()
         };
         // 28 × 0.0000005 + 8 × 0.000003 + 0.0001 = 0.000014 + 0.000024 + 0.0001
-        assert_eq!(worst_case(&r1, &text), Some(usd!("0.000138")));
+        assert_eq!(worst_case(&r1, &text), Some(cost!("0.000138")));
     }
 
     #[test]

@@ -28,7 +28,7 @@ use tokio::sync::watch;
 const ORG: &str = "acme";
 const WAIT: Duration = Duration::from_secs(20);
 
-use tally_money::usd;
+use tally_money::{cost, usd};
 
 struct Env {
     _nats: NatsServer,
@@ -194,8 +194,8 @@ async fn non_streaming_cost_is_captured_exactly_and_the_result_answers() -> anyh
     let c = completed_of(&reader, "r1").await?;
     assert_eq!(c.status, GenerationStatus::Completed);
     // 3 prompt tokens × 0.00000015 + 8 completion tokens × 0.0000006
-    assert_eq!(c.actual_cost_usd, Some(usd!("0.00000525")));
-    assert_eq!(c.estimated_cost_usd, Some(usd!("0.00000525")));
+    assert_eq!(c.actual_cost_usd, Some(cost!("0.00000525")));
+    assert_eq!(c.estimated_cost_usd, Some(cost!("0.00000525")));
     assert_eq!((c.usage.prompt_tokens, c.usage.completion_tokens), (3, 8));
     assert_eq!(c.attribution.agent_id.as_deref(), Some("agent-1"));
     assert_eq!(c.provider.as_deref(), Some("OpenAI"));
@@ -231,8 +231,8 @@ async fn streaming_cost_with_cache_and_reasoning_and_byok() -> anyhow::Result<()
     let c = completed_of(&reader, "r2").await?;
     assert_eq!(c.status, GenerationStatus::Completed);
     // 20 uncached × 0.0000004 + 20 cached × 0.0000001 + 8 × 0.000002
-    assert_eq!(c.actual_cost_usd, Some(usd!("0.000026")));
-    assert_eq!(c.estimated_cost_usd, Some(usd!("0.000026")));
+    assert_eq!(c.actual_cost_usd, Some(cost!("0.000026")));
+    assert_eq!(c.estimated_cost_usd, Some(cost!("0.000026")));
     assert_eq!(c.usage.cached_tokens, Some(20));
     assert_eq!(c.usage.reasoning_tokens, Some(2));
     drop(env);
@@ -249,8 +249,8 @@ async fn streaming_cost_with_cache_and_reasoning_and_byok() -> anyhow::Result<()
         .await?;
     let c = completed_of(&reader, "r3").await?;
     assert!(c.is_byok);
-    assert_eq!(c.upstream_inference_cost_usd, Some(usd!("0.00000525")));
-    assert_eq!(c.actual_cost_usd, Some(usd!("0.0000055125")));
+    assert_eq!(c.upstream_inference_cost_usd, Some(cost!("0.00000525")));
+    assert_eq!(c.actual_cost_usd, Some(cost!("0.0000055125")));
     Ok(())
 }
 
@@ -271,7 +271,7 @@ async fn aborted_stream_completes_with_null_cost_then_the_reconciler_finds_it() 
     assert_eq!(c.actual_cost_usd, None);
     // ⌈12/4⌉ = 3 prompt tokens, "The simulated answer is " ⌈24/4⌉ = 6
     // completion tokens: 3 × 0.00000015 + 6 × 0.0000006
-    assert_eq!(c.estimated_cost_usd, Some(usd!("0.00000405")));
+    assert_eq!(c.estimated_cost_usd, Some(cost!("0.00000405")));
     assert_eq!(c.usage.prompt_tokens, 0);
     assert!(
         env.sim
@@ -338,7 +338,7 @@ async fn hard_budget(
                 },
                 period: tally_budget::PeriodKind::Total,
                 timezone: "UTC".into(),
-                limit_usd: usd!(limit),
+                limit_usd: cost!(limit),
                 thresholds: vec![100],
                 enforcement: tally_budget::Enforcement::Hard,
                 allow_unpriced_models: false,
@@ -507,7 +507,7 @@ async fn a_redelivered_request_with_a_generation_id_is_not_run_again() -> anyhow
             ..Attribution::new(ORG, "openai/gpt-4o-mini")
         },
         fallback_models: Vec::new(),
-        amount_usd: Some(usd!(MINI_WORST_CASE)),
+        amount_usd: Some(cost!(MINI_WORST_CASE)),
         max_output_tokens: 8,
         ttl: Duration::from_secs(600),
     };
@@ -522,7 +522,7 @@ async fn a_redelivered_request_with_a_generation_id_is_not_run_again() -> anyhow
     let c = completed_of(&reader, "again-1").await?;
     assert_eq!(c.generation_id, "gen-earlier-1");
     assert_eq!(c.actual_cost_usd, None);
-    assert_eq!(c.estimated_cost_usd, Some(usd!(MINI_WORST_CASE)));
+    assert_eq!(c.estimated_cost_usd, Some(cost!(MINI_WORST_CASE)));
     assert_eq!(env.sim.simulator().stats(None).generations_registered, 0);
     Ok(())
 }
