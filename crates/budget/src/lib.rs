@@ -17,7 +17,7 @@
 //!
 //! ```
 //! use chrono::{DateTime, Utc};
-//! use tally_money::Usd;
+//! use tally_money::{cost, Usd};
 //! use tally_budget::{parse_timezone, period_containing, thresholds_crossed, PeriodKind};
 //!
 //! let berlin = parse_timezone("Europe/Berlin").unwrap();
@@ -28,7 +28,7 @@
 //! assert_eq!(day.end.to_rfc3339(), "2024-03-31T22:00:00+00:00");
 //!
 //! // A debit from 4.00 to 8.00 of a 10.00 limit crosses 50 % and 80 %.
-//! let crossed = thresholds_crossed(&[50, 80, 100], Usd::from(10), Usd::from(4), Usd::from(8));
+//! let crossed = thresholds_crossed(&[50, 80, 100], cost!("10"), Usd::from(4), Usd::from(8));
 //! assert_eq!(crossed, vec![50, 80]);
 //! ```
 //!
