@@ -8,8 +8,9 @@
 //! * The field set of every struct is exactly the `data` properties of its
 //!   schema (`#[serde(deny_unknown_fields)]`); optional fields are omitted
 //!   when `None`, required nullable fields are written as `null`.
-//! * Money is [`Usd`] and travels as a decimal string; a JSON number is
-//!   refused (`tally_money::serde_cost`).
+//! * Every cost is a [`Cost`], non-negative by construction, and travels
+//!   as a decimal string; a JSON number or a negative amount is refused
+//!   when the event is read.
 //!
 //! # Decisions
 //!
