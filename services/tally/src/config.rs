@@ -15,6 +15,7 @@
 //!   wrong database is worse than one that refuses to start.
 
 use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::time::Duration;
 
 use clap::Args;
@@ -395,17 +396,69 @@ fn err(env: &'static str, flag: &'static str, reason: impl Into<String>) -> Conf
     }
 }
 
-fn addr(env: &'static str, flag: &'static str, v: &str) -> Result<SocketAddr, ConfigError> {
-    v.parse().map_err(|_| {
-        err(
-            env,
-            flag,
-            format!("{v:?} is not an address like 127.0.0.1:8080"),
-        )
-    })
+/// One setting as its error line names it: the variable and the flag.
+#[derive(Debug, Clone, Copy)]
+struct Setting(&'static str, &'static str);
+
+const SECOND: Duration = Duration::from_secs(1);
+const MINUTE: Duration = Duration::from_secs(60);
+const HOUR: Duration = Duration::from_secs(3600);
+const DAY: Duration = Duration::from_secs(86_400);
+const TENTH: Duration = Duration::from_millis(100);
+
+const fn days(n: u64) -> Duration {
+    Duration::from_secs(n * 86_400)
 }
 
-/// A duration setting within `[min, max]`.
+impl Setting {
+    /// The one-line error for this setting.
+    fn err(self, reason: impl Into<String>) -> ConfigError {
+        err(self.0, self.1, reason)
+    }
+
+    /// A socket address like 127.0.0.1:8080.
+    fn addr(self, v: &str) -> Result<SocketAddr, ConfigError> {
+        v.parse()
+            .map_err(|_| self.err(format!("{v:?} is not an address like 127.0.0.1:8080")))
+    }
+
+    /// true/false, 1/0, yes/no, on/off; empty is false.
+    fn boolean(self, v: &str) -> Result<bool, ConfigError> {
+        match v.trim().to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" | "" => Ok(false),
+            _ => Err(self.err(format!("{v:?} must be true or false"))),
+        }
+    }
+
+    /// A duration within `range`; `example` shows the form in the error line.
+    fn duration(
+        self,
+        v: &str,
+        range: RangeInclusive<Duration>,
+        example: &str,
+    ) -> Result<Duration, ConfigError> {
+        humantime::parse_duration(v)
+            .ok()
+            .filter(|d| range.contains(d))
+            .ok_or_else(|| {
+                self.err(format!(
+                    "{v:?} must be a duration between {} and {}, like {example}",
+                    humantime::format_duration(*range.start()),
+                    humantime::format_duration(*range.end())
+                ))
+            })
+    }
+
+    /// A whole number from 1 to `max`.
+    fn count(self, v: &str, max: u64) -> Result<u64, ConfigError> {
+        v.parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .ok_or_else(|| self.err(format!("{v:?} must be a whole number from 1 to {max}")))
+    }
+}
+
 /// The webhook settings.
 #[derive(Debug, Clone, Copy)]
 pub struct WebhookConfig {
@@ -419,38 +472,6 @@ pub struct WebhookConfig {
     pub retry_cap: Duration,
     /// `TALLY_WEBHOOK_RETRY_HORIZON`.
     pub retry_horizon: Duration,
-}
-
-fn boolean(env: &'static str, flag: &'static str, v: &str) -> Result<bool, ConfigError> {
-    match v.trim().to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" | "on" => Ok(true),
-        "false" | "0" | "no" | "off" | "" => Ok(false),
-        _ => Err(err(env, flag, format!("{v:?} must be true or false"))),
-    }
-}
-
-fn duration_between(
-    env: &'static str,
-    flag: &'static str,
-    v: &str,
-    min: Duration,
-    max: Duration,
-    example: &str,
-) -> Result<Duration, ConfigError> {
-    humantime::parse_duration(v)
-        .ok()
-        .filter(|d| *d >= min && *d <= max)
-        .ok_or_else(|| {
-            err(
-                env,
-                flag,
-                format!(
-                    "{v:?} must be a duration between {} and {}, like {example}",
-                    humantime::format_duration(min),
-                    humantime::format_duration(max)
-                ),
-            )
-        })
 }
 
 impl Settings {
@@ -508,9 +529,11 @@ impl Settings {
                 ));
             }
         }
-        let http_addr = addr("TALLY_HTTP_ADDR", "--http-addr", &self.http_addr)?;
+        let http_addr = Setting("TALLY_HTTP_ADDR", "--http-addr").addr(&self.http_addr)?;
         let metrics_addr = match &self.metrics_addr {
-            Some(m) if !m.is_empty() => Some(addr("TALLY_METRICS_ADDR", "--metrics-addr", m)?),
+            Some(m) if !m.is_empty() => {
+                Some(Setting("TALLY_METRICS_ADDR", "--metrics-addr").addr(m)?)
+            }
             _ => None,
         };
         let p = &self.subject_prefix;
@@ -546,36 +569,18 @@ impl Settings {
                 "must be between 1s and 7 days",
             ));
         }
-        let reconcile_min_window = duration_between(
-            "TALLY_RECONCILE_MIN_WINDOW",
-            "--reconcile-min-window",
-            &self.reconcile_min_window,
-            Duration::from_secs(1),
-            Duration::from_secs(86_400),
-            "2m",
-        )?;
-        let sweep_interval = duration_between(
-            "TALLY_SWEEP_INTERVAL",
-            "--sweep-interval",
+        let reconcile_min_window = Setting("TALLY_RECONCILE_MIN_WINDOW", "--reconcile-min-window")
+            .duration(&self.reconcile_min_window, SECOND..=DAY, "2m")?;
+        let sweep_interval = Setting("TALLY_SWEEP_INTERVAL", "--sweep-interval").duration(
             &self.sweep_interval,
-            Duration::from_secs(1),
-            Duration::from_secs(7 * 86_400),
+            SECOND..=days(7),
             "1h",
         )?;
-        let models_sync_interval = duration_between(
-            "TALLY_MODELS_SYNC_INTERVAL",
-            "--models-sync-interval",
-            &self.models_sync_interval,
-            Duration::from_secs(60),
-            Duration::from_secs(7 * 86_400),
-            "6h",
-        )?;
-        let sweep_horizon = duration_between(
-            "TALLY_SWEEP_HORIZON",
-            "--sweep-horizon",
+        let models_sync_interval = Setting("TALLY_MODELS_SYNC_INTERVAL", "--models-sync-interval")
+            .duration(&self.models_sync_interval, MINUTE..=days(7), "6h")?;
+        let sweep_horizon = Setting("TALLY_SWEEP_HORIZON", "--sweep-horizon").duration(
             &self.sweep_horizon,
-            Duration::from_secs(60),
-            Duration::from_secs(90 * 86_400),
+            MINUTE..=days(90),
             "7d",
         )?;
         let nats_replicas: usize = self
@@ -593,60 +598,33 @@ impl Settings {
                     ),
                 )
             })?;
-        let ack_wait = duration_between(
-            "TALLY_ACK_WAIT",
-            "--ack-wait",
+        let ack_wait = Setting("TALLY_ACK_WAIT", "--ack-wait").duration(
             &self.ack_wait,
-            Duration::from_secs(1),
-            Duration::from_secs(3600),
+            SECOND..=HOUR,
             "60s",
         )?;
-        let reservation_ttl = duration_between(
-            "TALLY_RESERVATION_TTL",
-            "--reservation-ttl",
+        let reservation_ttl = Setting("TALLY_RESERVATION_TTL", "--reservation-ttl").duration(
             &self.reservation_ttl,
-            Duration::from_secs(1),
-            Duration::from_secs(86_400),
+            SECOND..=DAY,
             "10m",
         )?;
         let webhooks = WebhookConfig {
-            allow_private: boolean(
-                "TALLY_WEBHOOK_ALLOW_PRIVATE",
-                "--webhook-allow-private",
-                &self.webhook_allow_private,
-            )?,
-            timeout: duration_between(
-                "TALLY_WEBHOOK_TIMEOUT",
-                "--webhook-timeout",
+            allow_private: Setting("TALLY_WEBHOOK_ALLOW_PRIVATE", "--webhook-allow-private")
+                .boolean(&self.webhook_allow_private)?,
+            timeout: Setting("TALLY_WEBHOOK_TIMEOUT", "--webhook-timeout").duration(
                 &self.webhook_timeout,
-                Duration::from_millis(100),
-                Duration::from_secs(300),
+                TENTH..=Duration::from_secs(300),
                 "10s",
             )?,
-            retry_base: duration_between(
-                "TALLY_WEBHOOK_RETRY_INTERVAL",
-                "--webhook-retry-interval",
-                &self.webhook_retry_interval,
-                Duration::from_millis(100),
-                Duration::from_secs(3600),
-                "5s",
-            )?,
-            retry_cap: duration_between(
+            retry_base: Setting("TALLY_WEBHOOK_RETRY_INTERVAL", "--webhook-retry-interval")
+                .duration(&self.webhook_retry_interval, TENTH..=HOUR, "5s")?,
+            retry_cap: Setting(
                 "TALLY_WEBHOOK_RETRY_MAX_INTERVAL",
                 "--webhook-retry-max-interval",
-                &self.webhook_retry_max_interval,
-                Duration::from_millis(100),
-                Duration::from_secs(86_400),
-                "1h",
-            )?,
-            retry_horizon: duration_between(
-                "TALLY_WEBHOOK_RETRY_HORIZON",
-                "--webhook-retry-horizon",
-                &self.webhook_retry_horizon,
-                Duration::from_secs(1),
-                Duration::from_secs(30 * 86_400),
-                "24h",
-            )?,
+            )
+            .duration(&self.webhook_retry_max_interval, TENTH..=DAY, "1h")?,
+            retry_horizon: Setting("TALLY_WEBHOOK_RETRY_HORIZON", "--webhook-retry-horizon")
+                .duration(&self.webhook_retry_horizon, SECOND..=days(30), "24h")?,
         };
         if webhooks.retry_cap < webhooks.retry_base {
             return Err(err(
@@ -688,86 +666,34 @@ impl Settings {
                     ),
                 )
             })?;
-        let duration =
-            |env: &'static str, flag: &'static str, v: &str, min: Duration, max: Duration| {
-                humantime::parse_duration(v)
-                    .ok()
-                    .filter(|d| *d >= min && *d <= max)
-                    .ok_or_else(|| {
-                        err(
-                            env,
-                            flag,
-                            format!(
-                                "{v:?} must be a duration between {} and {}, like 10s",
-                                humantime::format_duration(min),
-                                humantime::format_duration(max)
-                            ),
-                        )
-                    })
-            };
-        let count = |env: &'static str, flag: &'static str, v: &str, max: u64| {
-            v.parse::<u64>()
-                .ok()
-                .filter(|n| (1..=max).contains(n))
-                .ok_or_else(|| {
-                    err(
-                        env,
-                        flag,
-                        format!("{v:?} must be a whole number from 1 to {max}"),
-                    )
-                })
-        };
-        let ms = Duration::from_millis;
         let http_limits = tally_api::HttpLimits {
-            header_read_timeout: duration(
-                "TALLY_HTTP_HEADER_TIMEOUT",
-                "--http-header-timeout",
-                &self.http_header_timeout,
-                ms(100),
-                Duration::from_secs(600),
-            )?,
-            idle_timeout: duration(
-                "TALLY_HTTP_IDLE_TIMEOUT",
-                "--http-idle-timeout",
+            header_read_timeout: Setting("TALLY_HTTP_HEADER_TIMEOUT", "--http-header-timeout")
+                .duration(&self.http_header_timeout, TENTH..=10 * MINUTE, "10s")?,
+            idle_timeout: Setting("TALLY_HTTP_IDLE_TIMEOUT", "--http-idle-timeout").duration(
                 &self.http_idle_timeout,
-                ms(100),
-                Duration::from_secs(3600),
+                TENTH..=HOUR,
+                "10s",
             )?,
-            request_timeout: duration(
-                "TALLY_HTTP_REQUEST_TIMEOUT",
-                "--http-request-timeout",
-                &self.http_request_timeout,
-                ms(100),
-                Duration::from_secs(3600),
-            )?,
-            body_limit: count(
-                "TALLY_HTTP_BODY_LIMIT",
-                "--http-body-limit",
-                &self.http_body_limit,
-                16 * 1024 * 1024,
-            )? as usize,
-            max_connections: count(
-                "TALLY_HTTP_MAX_CONNECTIONS",
-                "--http-max-connections",
-                &self.http_max_connections,
-                1_000_000,
-            )? as usize,
+            request_timeout: Setting("TALLY_HTTP_REQUEST_TIMEOUT", "--http-request-timeout")
+                .duration(&self.http_request_timeout, TENTH..=HOUR, "10s")?,
+            body_limit: Setting("TALLY_HTTP_BODY_LIMIT", "--http-body-limit")
+                .count(&self.http_body_limit, 16 * 1024 * 1024)? as usize,
+            max_connections: Setting("TALLY_HTTP_MAX_CONNECTIONS", "--http-max-connections")
+                .count(&self.http_max_connections, 1_000_000)?
+                as usize,
         };
-        let per_org = |env, flag, v: &str| count(env, flag, v, 1_000_000).map(|n| n as u32);
+        let per_org = |s: Setting, v: &str| s.count(v, 1_000_000).map(|n| n as u32);
         let org_limits = tally_api::OrgLimits {
             max_budgets: per_org(
-                "TALLY_MAX_BUDGETS_PER_ORG",
-                "--max-budgets-per-org",
+                Setting("TALLY_MAX_BUDGETS_PER_ORG", "--max-budgets-per-org"),
                 &self.max_budgets_per_org,
             )?,
             max_webhooks: per_org(
-                "TALLY_MAX_WEBHOOKS_PER_ORG",
-                "--max-webhooks-per-org",
+                Setting("TALLY_MAX_WEBHOOKS_PER_ORG", "--max-webhooks-per-org"),
                 &self.max_webhooks_per_org,
             )?,
             max_keys: per_org(
-                "TALLY_MAX_KEYS_PER_ORG",
-                "--max-keys-per-org",
+                Setting("TALLY_MAX_KEYS_PER_ORG", "--max-keys-per-org"),
                 &self.max_keys_per_org,
             )?,
         };
