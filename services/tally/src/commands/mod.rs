@@ -247,25 +247,43 @@ pub(crate) async fn worker_service(
     .with_org_providers(providers))
 }
 
+/// What one service command runs on: the bus, a Postgres pool and the
+/// registry its metrics are served from.
+struct Wiring {
+    registry: Registry,
+    bus: Bus,
+    store: Store,
+}
+
+impl Wiring {
+    /// Connects to NATS, then to Postgres with at most `pool` connections,
+    /// then serves the metrics when `TALLY_METRICS_ADDR` is set.
+    async fn connect(cfg: &Config, pool: u32) -> anyhow::Result<Wiring> {
+        let registry = Registry::new();
+        let bus = connect_bus(cfg).await?;
+        let store = connect_store(cfg, pool).await?;
+        serve_metrics(cfg, &registry).await?;
+        Ok(Wiring {
+            registry,
+            bus,
+            store,
+        })
+    }
+}
+
 /// `tally worker`.
 pub async fn worker(cfg: &Config) -> anyhow::Result<()> {
-    let registry = Registry::new();
-    let bus = connect_bus(cfg).await?;
-    let store = connect_store(cfg, 8).await?;
-    serve_metrics(cfg, &registry).await?;
+    let w = Wiring::connect(cfg, 8).await?;
     let shutdown = shutdown_signal();
-    let svc = worker_service(&bus, &store, cfg, &registry, shutdown.clone()).await?;
+    let svc = worker_service(&w.bus, &w.store, cfg, &w.registry, shutdown.clone()).await?;
     svc.run(shutdown).await?;
     Ok(())
 }
 
 /// `tally projector`.
 pub async fn projector(cfg: &Config) -> anyhow::Result<()> {
-    let registry = Registry::new();
-    let bus = connect_bus(cfg).await?;
-    let store = connect_store(cfg, 8).await?;
-    serve_metrics(cfg, &registry).await?;
-    let svc = projector_service(&bus, &store, cfg, &registry)?;
+    let w = Wiring::connect(cfg, 8).await?;
+    let svc = projector_service(&w.bus, &w.store, cfg, &w.registry)?;
     svc.run(shutdown_signal()).await?;
     Ok(())
 }
@@ -303,23 +321,17 @@ pub(crate) fn alerts_service(
 
 /// `tally alerts`.
 pub async fn alerts(cfg: &Config) -> anyhow::Result<()> {
-    let registry = Registry::new();
-    let bus = connect_bus(cfg).await?;
-    let store = connect_store(cfg, 8).await?;
-    serve_metrics(cfg, &registry).await?;
-    let svc = alerts_service(&bus, &store, cfg, &registry)?;
+    let w = Wiring::connect(cfg, 8).await?;
+    let svc = alerts_service(&w.bus, &w.store, cfg, &w.registry)?;
     svc.run(shutdown_signal()).await?;
     Ok(())
 }
 
 /// `tally reconciler`.
 pub async fn reconciler(cfg: &Config) -> anyhow::Result<()> {
-    let registry = Registry::new();
-    let bus = connect_bus(cfg).await?;
-    let store = connect_store(cfg, 4).await?;
-    serve_metrics(cfg, &registry).await?;
+    let w = Wiring::connect(cfg, 4).await?;
     let shutdown = shutdown_signal();
-    let svc = reconciler_service(&bus, &store, cfg, &registry, shutdown.clone())?;
+    let svc = reconciler_service(&w.bus, &w.store, cfg, &w.registry, shutdown.clone())?;
     svc.run(shutdown).await?;
     Ok(())
 }

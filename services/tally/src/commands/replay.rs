@@ -224,14 +224,10 @@ pub async fn compare(
             "budget {} period {}: live spent {} (actual {}), rebuilt {} (actual {})",
             r.try_get::<String, _>("budget_id")?,
             start.to_rfc3339(),
-            r.try_get::<Option<String>, _>("live")?
-                .unwrap_or_else(|| "-".into()),
-            r.try_get::<Option<String>, _>("live_actual")?
-                .unwrap_or_else(|| "-".into()),
-            r.try_get::<Option<String>, _>("rebuilt")?
-                .unwrap_or_else(|| "-".into()),
-            r.try_get::<Option<String>, _>("rebuilt_actual")?
-                .unwrap_or_else(|| "-".into()),
+            or_dash(&r, "live")?,
+            or_dash(&r, "live_actual")?,
+            or_dash(&r, "rebuilt")?,
+            or_dash(&r, "rebuilt_actual")?,
         ));
     }
     let gens = format!(
@@ -247,17 +243,19 @@ pub async fn compare(
         v.generation_differences.push(format!(
             "{}: live {} ({}), rebuilt {} ({})",
             r.try_get::<String, _>("id")?,
-            r.try_get::<Option<String>, _>("live")?
-                .unwrap_or_else(|| "-".into()),
-            r.try_get::<Option<String>, _>("live_state")?
-                .unwrap_or_else(|| "-".into()),
-            r.try_get::<Option<String>, _>("rebuilt")?
-                .unwrap_or_else(|| "-".into()),
-            r.try_get::<Option<String>, _>("rebuilt_state")?
-                .unwrap_or_else(|| "-".into()),
+            or_dash(&r, "live")?,
+            or_dash(&r, "live_state")?,
+            or_dash(&r, "rebuilt")?,
+            or_dash(&r, "rebuilt_state")?,
         ));
     }
     Ok(v)
+}
+
+/// A text column of a comparison row, `-` where that side has no row.
+fn or_dash(r: &sqlx::postgres::PgRow, column: &str) -> Result<String, sqlx::Error> {
+    Ok(r.try_get::<Option<String>, _>(column)?
+        .unwrap_or_else(|| "-".into()))
 }
 
 async fn swap(live: &Store, live_schema: &str, schema: &str) -> anyhow::Result<()> {
