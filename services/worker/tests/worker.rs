@@ -26,6 +26,8 @@ use tally_worker::{
 use tokio::sync::watch;
 
 const ORG: &str = "acme";
+/// The model most requests here ask for.
+const MINI: &str = "openai/gpt-4o-mini";
 const WAIT: Duration = Duration::from_secs(20);
 
 use tally_money::{cost, usd};
@@ -89,6 +91,23 @@ impl Env {
         Ok(())
     }
 
+    /// A fresh environment with one worker that takes no budget holds, and
+    /// a reader of the GENERATIONS stream opened before anything is sent.
+    async fn with_worker(sim_cfg: SimConfig, cfg: WorkerConfig) -> anyhow::Result<(Env, Consumer)> {
+        let mut env = Env::start(sim_cfg).await?;
+        env.spawn_worker(None, cfg);
+        let reader = env.reader().await?;
+        Ok((env, reader))
+    }
+
+    /// Runs `req` through the worker: sends it and waits on `reader` for
+    /// how it ended, `Ok` with its completed event, `Err` with its failed one.
+    async fn run(&self, reader: &Consumer, req: GenerationRequested) -> anyhow::Result<Outcome> {
+        let id = req.request_id.clone();
+        self.request(req).await?;
+        outcome_of(reader, &id).await
+    }
+
     async fn reader(&self) -> anyhow::Result<Consumer> {
         Ok(self
             .bus
@@ -103,6 +122,19 @@ fn fast() -> WorkerConfig {
         max_backoff: Duration::from_millis(500),
         ..WorkerConfig::default()
     }
+}
+
+/// [`fast`], giving up after the third delivery.
+fn three_attempts() -> WorkerConfig {
+    WorkerConfig {
+        max_attempts: 3,
+        ..fast()
+    }
+}
+
+/// [`request`] for [`MINI`].
+fn mini(id: &str, stream: bool) -> GenerationRequested {
+    request(id, MINI, stream)
 }
 
 fn request(id: &str, model: &str, stream: bool) -> GenerationRequested {
@@ -147,34 +179,18 @@ async fn wait_for<T>(
     anyhow::bail!("no matching event within {WAIT:?}")
 }
 
-async fn completed_of(
-    reader: &Consumer,
-    request_id: &str,
-) -> anyhow::Result<tally_events::GenerationCompleted> {
+/// How one request ended: completed or failed.
+type Outcome = Result<tally_events::GenerationCompleted, tally_events::GenerationFailed>;
+
+async fn outcome_of(reader: &Consumer, request_id: &str) -> anyhow::Result<Outcome> {
     wait_for(reader, |ev| match ev {
         AnyEvent::Completed(c) if c.data.request_id.as_deref() == Some(request_id) => {
             assert_eq!(c.id, format!("completed-{}", c.data.generation_id));
-            Some(c.data.clone())
+            Some(Ok(c.data.clone()))
         }
-        AnyEvent::Failed(f) if f.data.request_id == request_id => {
-            panic!("request failed: {:?}", f.data)
-        }
-        _ => None,
-    })
-    .await
-}
-
-async fn failed_of(
-    reader: &Consumer,
-    request_id: &str,
-) -> anyhow::Result<tally_events::GenerationFailed> {
-    wait_for(reader, |ev| match ev {
         AnyEvent::Failed(f) if f.data.request_id == request_id => {
             assert_eq!(f.id, format!("failed-{request_id}"));
-            Some(f.data.clone())
-        }
-        AnyEvent::Completed(c) if c.data.request_id.as_deref() == Some(request_id) => {
-            panic!("request completed: {:?}", c.data)
+            Some(Err(f.data.clone()))
         }
         _ => None,
     })
@@ -183,15 +199,11 @@ async fn failed_of(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn non_streaming_cost_is_captured_exactly_and_the_result_answers() -> anyhow::Result<()> {
-    let mut env = Env::start(SimConfig::ephemeral()).await?;
-    env.spawn_worker(None, fast());
-    let reader = env.reader().await?;
+    let (env, reader) = Env::with_worker(SimConfig::ephemeral(), fast()).await?;
     let mut replies = env.bus.client().subscribe("agent.replies.r1").await?;
-    let mut req = request("r1", "openai/gpt-4o-mini", false);
+    let mut req = mini("r1", false);
     req.reply_subject = Some("agent.replies.r1".into());
-    env.request(req).await?;
-
-    let c = completed_of(&reader, "r1").await?;
+    let c = env.run(&reader, req).await?.unwrap();
     assert_eq!(c.status, GenerationStatus::Completed);
     // 3 prompt tokens × 0.00000015 + 8 completion tokens × 0.0000006
     assert_eq!(c.actual_cost_usd, Some(cost!("0.00000525")));
@@ -222,13 +234,10 @@ async fn non_streaming_cost_is_captured_exactly_and_the_result_answers() -> anyh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn streaming_cost_with_cache_and_reasoning_and_byok() -> anyhow::Result<()> {
-    let mut env = Env::start(SimConfig::ephemeral()).await?;
-    env.spawn_worker(None, fast());
-    let reader = env.reader().await?;
+    let (env, reader) = Env::with_worker(SimConfig::ephemeral(), fast()).await?;
     let mut req = request("r2", "deepseek/deepseek-r1", true);
     req.input = Input::Text("x".repeat(160));
-    env.request(req).await?;
-    let c = completed_of(&reader, "r2").await?;
+    let c = env.run(&reader, req).await?.unwrap();
     assert_eq!(c.status, GenerationStatus::Completed);
     // 20 uncached × 0.0000004 + 20 cached × 0.0000001 + 8 × 0.000002
     assert_eq!(c.actual_cost_usd, Some(cost!("0.000026")));
@@ -238,16 +247,10 @@ async fn streaming_cost_with_cache_and_reasoning_and_byok() -> anyhow::Result<()
     drop(env);
 
     // BYOK: OpenRouter's fee plus the upstream bill.
-    let mut env = Env::start(SimConfig {
-        byok_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await?;
-    env.spawn_worker(None, fast());
-    let reader = env.reader().await?;
-    env.request(request("r3", "openai/gpt-4o-mini", true))
-        .await?;
-    let c = completed_of(&reader, "r3").await?;
+    let mut sim = SimConfig::ephemeral();
+    sim.byok_rate = Fraction::ONE;
+    let (env, reader) = Env::with_worker(sim, fast()).await?;
+    let c = env.run(&reader, mini("r3", true)).await?.unwrap();
     assert!(c.is_byok);
     assert_eq!(c.upstream_inference_cost_usd, Some(cost!("0.00000525")));
     assert_eq!(c.actual_cost_usd, Some(cost!("0.0000055125")));
@@ -257,16 +260,10 @@ async fn streaming_cost_with_cache_and_reasoning_and_byok() -> anyhow::Result<()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn aborted_stream_completes_with_null_cost_then_the_reconciler_finds_it() -> anyhow::Result<()>
 {
-    let mut env = Env::start(SimConfig {
-        gen_abort_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await?;
-    env.spawn_worker(None, fast());
-    let reader = env.reader().await?;
-    env.request(request("r4", "openai/gpt-4o-mini", true))
-        .await?;
-    let c = completed_of(&reader, "r4").await?;
+    let mut sim = SimConfig::ephemeral();
+    sim.gen_abort_rate = Fraction::ONE;
+    let (env, reader) = Env::with_worker(sim, fast()).await?;
+    let c = env.run(&reader, mini("r4", true)).await?.unwrap();
     assert_eq!(c.status, GenerationStatus::Cancelled);
     assert_eq!(c.actual_cost_usd, None);
     // ⌈12/4⌉ = 3 prompt tokens, "The simulated answer is " ⌈24/4⌉ = 6
@@ -282,19 +279,7 @@ async fn aborted_stream_completes_with_null_cost_then_the_reconciler_finds_it() 
     );
 
     // The reconciler finds the actual cost of what was produced.
-    let (stop, shutdown) = watch::channel(false);
-    let rec = tally_reconciler::Reconciler::new(
-        env.bus.clone(),
-        env.client.clone(),
-        tally_reconciler::ReconcilerConfig {
-            first_delay: Duration::from_millis(100),
-            max_delay: Duration::from_millis(500),
-            deadline: Duration::from_secs(60),
-            ..tally_reconciler::ReconcilerConfig::default()
-        },
-        Arc::new(tally_reconciler::Metrics::unregistered()),
-    );
-    let task = tokio::spawn(rec.run(shutdown));
+    let (stop, task) = spawn_reconciler(&env);
     let costs = env.bus.replay_consumer(StreamKind::Costs, "").await?;
     let deadline = Instant::now() + WAIT;
     let mut found = None;
@@ -313,7 +298,7 @@ async fn aborted_stream_completes_with_null_cost_then_the_reconciler_finds_it() 
     // 3 × 0.00000015 + 4 × 0.0000006 (half of the output was produced)
     assert_eq!(r.actual_cost_usd, usd!("0.00000285"));
     stop.send(true)?;
-    task.await??;
+    task.await?;
     Ok(())
 }
 
@@ -356,9 +341,7 @@ async fn an_exhausted_hard_budget_refuses_and_openrouter_is_not_called() -> anyh
     let mut env = Env::start(SimConfig::ephemeral()).await?;
     env.spawn_worker(Some(Reservations::new(store.clone())), fast());
     let reader = env.reader().await?;
-    env.request(request("r5", "openai/gpt-4o-mini", false))
-        .await?;
-    let f = failed_of(&reader, "r5").await?;
+    let f = env.run(&reader, mini("r5", false)).await?.unwrap_err();
     assert_eq!(f.reason, "budget_exhausted");
     assert!(f.message.contains("team-cap"), "{}", f.message);
     assert_eq!(f.generation_id, None);
@@ -369,7 +352,7 @@ async fn an_exhausted_hard_budget_refuses_and_openrouter_is_not_called() -> anyh
     Ok(())
 }
 
-/// The worst case of `request(…, "openai/gpt-4o-mini", …)`: (12 input
+/// The worst case of `mini(…)`: (12 input
 /// bytes + 16) × 0.00000015 + 8 output tokens × 0.0000006.
 const MINI_WORST_CASE: &str = "0.000009";
 
@@ -424,11 +407,7 @@ async fn fifty_parallel_requests_never_pass_a_hard_budget() -> anyhow::Result<()
     });
     let reader = env.reader().await?;
     let ids: Vec<String> = (0..50).map(|i| format!("par-{i}")).collect();
-    futures::future::try_join_all(
-        ids.iter()
-            .map(|id| env.request(request(id, "openai/gpt-4o-mini", false))),
-    )
-    .await?;
+    futures::future::try_join_all(ids.iter().map(|id| env.request(mini(id, false)))).await?;
     let mut completed = 0;
     let mut refused = 0;
     let mut left: std::collections::HashSet<String> = ids.iter().cloned().collect();
@@ -504,7 +483,7 @@ async fn a_redelivered_request_with_a_generation_id_is_not_run_again() -> anyhow
             agent_id: Some("agent-1".into()),
             session_id: Some("sess-1".into()),
             user_id: Some("user-1".into()),
-            ..Attribution::new(ORG, "openai/gpt-4o-mini")
+            ..Attribution::new(ORG, MINI)
         },
         fallback_models: Vec::new(),
         amount_usd: Some(cost!(MINI_WORST_CASE)),
@@ -517,9 +496,7 @@ async fn a_redelivered_request_with_a_generation_id_is_not_run_again() -> anyhow
         .await?;
     env.spawn_worker(Some(Reservations::new(store.clone())), fast());
     let reader = env.reader().await?;
-    env.request(request("again-1", "openai/gpt-4o-mini", false))
-        .await?;
-    let c = completed_of(&reader, "again-1").await?;
+    let c = env.run(&reader, mini("again-1", false)).await?.unwrap();
     assert_eq!(c.generation_id, "gen-earlier-1");
     assert_eq!(c.actual_cost_usd, None);
     assert_eq!(c.estimated_cost_usd, Some(cost!(MINI_WORST_CASE)));
@@ -546,7 +523,7 @@ async fn bad_requests_fail_with_specific_reasons() -> anyhow::Result<()> {
         presets: Some(p.iter().map(|s| s.to_string()).collect()),
         ..Routing::default()
     };
-    let mut fallback = request("bad-fallback", "openai/gpt-4o-mini", false);
+    let mut fallback = mini("bad-fallback", false);
     fallback.models = Some(vec!["nope/never".into()]);
     let cases = [
         (request("bad-model", "nope/nope", false), "unknown_model"),
@@ -607,7 +584,7 @@ async fn bad_requests_fail_with_specific_reasons() -> anyhow::Result<()> {
     assert_eq!(env.sim.simulator().stats(None).generations_registered, 0);
 
     // A request whose subject names another org is dead-lettered.
-    let req = request("wrong-org", "openai/gpt-4o-mini", false);
+    let req = mini("wrong-org", false);
     let ev = CloudEvent::new_on_bus("tally", "requested-wrong-org", "/test", Utc::now(), req);
     env.bus
         .publish(
@@ -633,23 +610,13 @@ async fn bad_requests_fail_with_specific_reasons() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn retryable_errors_are_retried_then_fail_retryable() -> anyhow::Result<()> {
-    let mut env = Env::start(SimConfig {
+    let sim = SimConfig {
         gen_rate_429: Fraction::ONE,
         retry_after: Duration::from_millis(100),
         ..SimConfig::ephemeral()
-    })
-    .await?;
-    env.spawn_worker(
-        None,
-        WorkerConfig {
-            max_attempts: 3,
-            ..fast()
-        },
-    );
-    let reader = env.reader().await?;
-    env.request(request("r7", "openai/gpt-4o-mini", false))
-        .await?;
-    let f = failed_of(&reader, "r7").await?;
+    };
+    let (env, reader) = Env::with_worker(sim, three_attempts()).await?;
+    let f = env.run(&reader, mini("r7", false)).await?.unwrap_err();
     assert_eq!(f.reason, "upstream_rate_limited");
     assert!(f.retryable);
     Ok(())
@@ -673,24 +640,18 @@ async fn a_generation_longer_than_the_ack_wait_runs_once() -> anyhow::Result<()>
         Duration::from_secs(2),
     )
     .await?;
-    env.spawn_worker(
-        None,
-        WorkerConfig {
-            heartbeat: Duration::from_millis(500),
-            ..fast()
-        },
-    );
-    env.spawn_worker(
-        None,
-        WorkerConfig {
-            heartbeat: Duration::from_millis(500),
-            ..fast()
-        },
-    );
+    // Two workers, so a redelivery would find one free.
+    for _ in 0..2 {
+        env.spawn_worker(
+            None,
+            WorkerConfig {
+                heartbeat: Duration::from_millis(500),
+                ..fast()
+            },
+        );
+    }
     let reader = env.reader().await?;
-    env.request(request("slow-1", "openai/gpt-4o-mini", false))
-        .await?;
-    let c = completed_of(&reader, "slow-1").await?;
+    let c = env.run(&reader, mini("slow-1", false)).await?.unwrap();
     assert_eq!(c.status, GenerationStatus::Completed);
     // Past another ack wait: no second generation was started.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -700,15 +661,12 @@ async fn a_generation_longer_than_the_ack_wait_runs_once() -> anyhow::Result<()>
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reply_subject_inside_tally_is_refused_and_nothing_lands_there() -> anyhow::Result<()> {
-    let mut env = Env::start(SimConfig::ephemeral()).await?;
-    env.spawn_worker(None, fast());
-    let reader = env.reader().await?;
+    let (env, reader) = Env::with_worker(SimConfig::ephemeral(), fast()).await?;
     let target = format!("tally.generation.completed.{ORG}");
     let mut spy = env.bus.client().subscribe("tally.>").await?;
-    let mut req = request("r-hostile-reply", "openai/gpt-4o-mini", false);
+    let mut req = mini("r-hostile-reply", false);
     req.reply_subject = Some(target.clone());
-    env.request(req).await?;
-    let f = failed_of(&reader, "r-hostile-reply").await?;
+    let f = env.run(&reader, req).await?.unwrap_err();
     assert_eq!(f.reason, "reply_subject_forbidden");
     assert!(!f.retryable);
     assert_eq!(env.sim.simulator().stats(None).generations_registered, 0);
@@ -775,7 +733,7 @@ async fn each_organisation_runs_on_its_own_connection() -> anyhow::Result<()> {
     for (org, n) in [("acme", 3), ("globex", 3), ("initech", 1)] {
         for i in 0..n {
             let id = format!("{org}-{i}");
-            let mut r = request(&id, "openai/gpt-4o-mini", i % 2 == 0);
+            let mut r = mini(&id, i % 2 == 0);
             r.attribution.org_id = org.to_owned();
             if org == "globex" && i == 2 {
                 r.server_tools = Some(vec!["web_search".into()]);
@@ -784,7 +742,7 @@ async fn each_organisation_runs_on_its_own_connection() -> anyhow::Result<()> {
             asked.push(id);
         }
     }
-    let mut r = request("acme-tools", "openai/gpt-4o-mini", false);
+    let mut r = mini("acme-tools", false);
     r.server_tools = Some(vec!["web_search".into()]);
     env.request(r).await?;
     asked.push("acme-tools".into());
@@ -886,17 +844,11 @@ fn spawn_reconciler(env: &Env) -> (watch::Sender<bool>, tokio::task::JoinHandle<
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn mid_stream_error_completes_errored_once_and_the_reconciler_finds_the_cost_through_502_524_529(
 ) -> anyhow::Result<()> {
-    let mut env = Env::start(SimConfig {
-        gen_mid_stream_error_rate: Fraction::ONE,
-        stats_delay: Duration::from_millis(300),
-        ..SimConfig::ephemeral()
-    })
-    .await?;
-    env.spawn_worker(None, fast());
-    let reader = env.reader().await?;
-    env.request(request("r-mid", "openai/gpt-4o-mini", true))
-        .await?;
-    let c = completed_of(&reader, "r-mid").await?;
+    let mut sim = SimConfig::ephemeral();
+    sim.gen_mid_stream_error_rate = Fraction::ONE;
+    sim.stats_delay = Duration::from_millis(300);
+    let (env, reader) = Env::with_worker(sim, fast()).await?;
+    let c = env.run(&reader, mini("r-mid", true)).await?.unwrap();
     assert_eq!(c.status, GenerationStatus::Errored);
     assert_eq!(c.actual_cost_usd, None);
     assert!(c.estimated_cost_usd.is_some());
@@ -944,20 +896,12 @@ async fn payment_required_fails_at_once_and_gateway_errors_fail_after_retries() 
             _ => cfg.gen_rate_529 = Fraction::ONE,
         }
         cfg.retry_after = Duration::from_millis(100);
-        let mut env = Env::start(cfg).await?;
-        env.spawn_worker(
-            None,
-            WorkerConfig {
-                max_attempts: 3,
-                ..fast()
-            },
-        );
-        let reader = env.reader().await?;
+        let (env, reader) = Env::with_worker(cfg, three_attempts()).await?;
         let started = Instant::now();
-        let id = format!("r-{knob}");
-        env.request(request(&id, "openai/gpt-4o-mini", false))
-            .await?;
-        let f = failed_of(&reader, &id).await?;
+        let f = env
+            .run(&reader, mini(&format!("r-{knob}"), false))
+            .await?
+            .unwrap_err();
         assert_eq!(f.reason, reason, "{knob}");
         assert_eq!(f.retryable, retryable, "{knob}");
         assert_eq!(f.generation_id, None, "{knob}");
