@@ -43,9 +43,7 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use futures::StreamExt as _;
 use tally_bus::{Bus, BusConfig, ConsumerName};
-use tally_events::{
-    AnyEvent, Attribution, CloudEvent, GenerationCompleted, GenerationStatus, Usage,
-};
+use tally_events::{AnyEvent, CloudEvent, GenerationCompleted};
 use tally_openrouter::{ClientConfig, OpenRouterClient};
 use tally_reconciler::{Metrics, Reconciler, ReconcilerConfig};
 use tally_sim::{Fraction, SimConfig, Simulator};
@@ -120,24 +118,11 @@ fn sim_config() -> SimConfig {
     }
 }
 
+/// A completed generation of 100 prompt and 50 completion tokens, cost unknown.
 fn completed(id: &str, at: DateTime<Utc>) -> CloudEvent<GenerationCompleted> {
-    let data = GenerationCompleted {
-        generation_id: id.to_owned(),
-        attribution: Attribution::new("bench", "openai/gpt-4o-mini"),
-        provider: None,
-        completed_at: at,
-        usage: Usage {
-            prompt_tokens: 100,
-            completion_tokens: 50,
-            ..Usage::default()
-        },
-        is_byok: false,
-        actual_cost_usd: None,
-        estimated_cost_usd: None,
-        status: GenerationStatus::Completed,
-        request_id: None,
-        upstream_inference_cost_usd: None,
-    };
+    let mut data = tally_tests::Completed::at(id, "bench", at).data;
+    data.provider = None;
+    data.usage.completion_tokens = 50;
     CloudEvent::new_on_bus("tally", format!("completed-{id}"), "/bench", at, data)
 }
 
