@@ -44,8 +44,7 @@
 use std::str::FromStr;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::Json;
 use chrono::Utc;
 use serde::de::IgnoredAny;
@@ -59,25 +58,21 @@ use tally_store::ledger::PostingOptions;
 use tally_store::queries::CheckScope;
 use tally_store::{Budget, BudgetPatch, NewBudget};
 use utoipa::ToSchema;
-use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{or_not_found, ApiError};
 use crate::extract::{ApiJson, ApiPath, Params};
 use crate::openapi::{
     BoolTextDoc, EnforcementDoc, IdDoc, OrgQuery, PageQuery, PeriodKindDoc, ScopeDoc, UsdAmountDoc,
     UsdDoc,
 };
-use crate::pagination::Page;
+use crate::pagination::{self, Page};
+use crate::respond;
 use crate::wire::{
     check_id, check_text, parse_money, parse_time, wholes, BudgetBody, EntryBody, PeriodBody, Whole,
 };
 use crate::AppState;
 
-/// Default page size of the journal.
-const DEFAULT_ENTRIES_LIMIT: i64 = 100;
-/// Largest page size of the journal.
-const MAX_ENTRIES_LIMIT: i64 = 1000;
 /// Longest budget name, in characters.
 const MAX_NAME_CHARS: usize = 200;
 
@@ -270,10 +265,11 @@ async fn budget_body(state: &AppState, b: Budget) -> Result<BudgetBody, ApiError
 /// if it did not exist.
 async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Budget, ApiError> {
     check_id("id", id)?;
-    let b = state.store.get_budget(id).await.map_err(|e| match e {
-        tally_store::StoreError::NotFound { .. } => ApiError::budget_not_found(id),
-        e => e.into(),
-    })?;
+    let b = state
+        .store
+        .get_budget(id)
+        .await
+        .map_err(or_not_found(|| ApiError::budget_not_found(id)))?;
     if !caller.sees(&b.org_id) {
         return Err(ApiError::budget_not_found(id));
     }
@@ -344,11 +340,7 @@ pub(crate) async fn create(
     let location = format!("/v1/budgets/{}", budget.id);
     let mut body = budget_body(&state, budget).await?;
     body.booked_generations = Some(booked);
-    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    Ok(resp)
+    Ok(respond::created(body, &location))
 }
 
 /// One page of budgets.
@@ -549,10 +541,7 @@ pub(crate) async fn patch(
         .store
         .update_budget(&id, patch)
         .await
-        .map_err(|e| match e {
-            tally_store::StoreError::NotFound { .. } => ApiError::budget_not_found(&id),
-            e => e.into(),
-        })?;
+        .map_err(or_not_found(|| ApiError::budget_not_found(&id)))?;
     tracing::info!(budget_id = %b.id, "budget changed");
     Ok(Json(budget_body(&state, b).await?))
 }
@@ -576,10 +565,11 @@ pub(crate) async fn archive(
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<BudgetBody>, ApiError> {
     load(&state, &caller, &id).await?;
-    let b = state.store.archive_budget(&id).await.map_err(|e| match e {
-        tally_store::StoreError::NotFound { .. } => ApiError::budget_not_found(&id),
-        e => e.into(),
-    })?;
+    let b = state
+        .store
+        .archive_budget(&id)
+        .await
+        .map_err(or_not_found(|| ApiError::budget_not_found(&id)))?;
     tracing::info!(budget_id = %b.id, "budget archived");
     Ok(Json(budget_body(&state, b).await?))
 }
@@ -613,28 +603,8 @@ pub(crate) async fn entries(
     params: Params,
 ) -> Result<Json<EntriesBody>, ApiError> {
     let params = params.only(&["cursor", "limit"])?;
-    let cursor = match params.get("cursor") {
-        None | Some("") => None,
-        Some(c) => Some(Uuid::parse_str(c).map_err(|_| {
-            ApiError::invalid(
-                "cursor",
-                "cursor must be a next_cursor value from a previous page",
-            )
-        })?),
-    };
-    let limit = match params.get("limit") {
-        None => DEFAULT_ENTRIES_LIMIT,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_ENTRIES_LIMIT).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "limit",
-                    format!("limit must be an integer from 1 to {MAX_ENTRIES_LIMIT}"),
-                )
-            })?,
-    };
+    let cursor = pagination::uuid_cursor(&params)?;
+    let limit = pagination::limit(&params)?;
     let b = load(&state, &caller, &id).await?;
     let (rows, next) = state.store.budget_entries(&b.id, cursor, limit).await?;
     Ok(Json(EntriesBody {

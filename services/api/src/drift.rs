@@ -51,10 +51,9 @@ use serde::Serialize;
 use tally_money::{Cost, Usd};
 use tally_openrouter::{OpenRouterError, UsageWindow};
 
-use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::Params;
 use crate::openapi::{OrgQuery, UsdDoc};
+use crate::org_query::ReadOrg;
 use crate::AppState;
 
 /// The drift of one window.
@@ -221,11 +220,8 @@ pub async fn check(state: &AppState, org_id: &str) -> Result<DriftReport, ApiErr
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
-    caller: Caller,
-    params: Params,
+    ReadOrg(org_id): ReadOrg,
 ) -> Result<Json<DriftReport>, ApiError> {
-    let params = params.only(&["org_id"])?;
-    let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
     check(&state, &org_id).await.map(Json)
 }
 

@@ -266,6 +266,18 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// Maps a store error for a lookup by id: any `NotFound` becomes
+/// `not_found()` (the problem naming the id), anything else converts as
+/// usual.
+pub(crate) fn or_not_found(
+    not_found: impl FnOnce() -> ApiError,
+) -> impl FnOnce(StoreError) -> ApiError {
+    move |e| match e {
+        StoreError::NotFound { .. } => not_found(),
+        e => e.into(),
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> ApiError {
         let unavailable = |code, detail: String| {

@@ -24,10 +24,10 @@ use serde::Serialize;
 use tally_money::Cost;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{or_not_found, ApiError};
 use crate::extract::{ApiPath, Params};
 use crate::openapi::{BasisDoc, UsdDoc, UuidPageQuery};
-use crate::pagination::{bad_cursor, Page};
+use crate::pagination::Page;
 use crate::wire::{basis_str, check_generation_id, EntryBody};
 use crate::AppState;
 
@@ -96,10 +96,7 @@ pub(crate) async fn get(
     params: Params,
 ) -> Result<Json<GenerationBody>, ApiError> {
     let page = Page::from_params(&params.only(&["cursor", "limit"])?)?;
-    let after = match &page.cursor {
-        None => None,
-        Some(c) => Some(uuid::Uuid::parse_str(c).map_err(|_| bad_cursor())?),
-    };
+    let after = page.uuid_cursor()?;
     check_generation_id(&id)?;
     let not_found = || {
         ApiError::new(
@@ -115,10 +112,7 @@ pub(crate) async fn get(
         .store
         .generation_page(&id, after, page.limit)
         .await
-        .map_err(|e| match e {
-            tally_store::StoreError::NotFound { .. } => not_found(),
-            e => e.into(),
-        })?;
+        .map_err(or_not_found(not_found))?;
     if !caller.sees(&g.org_id) {
         return Err(not_found());
     }

@@ -13,8 +13,8 @@
 //! organisation is 404 `key_not_found`, as if it did not exist.
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
@@ -25,9 +25,11 @@ use utoipa::ToSchema;
 use uuid::Uuid;
 
 use crate::auth::Caller;
-use crate::error::ApiError;
-use crate::extract::{ApiJson, ApiPath, Params};
+use crate::error::{or_not_found, ApiError};
+use crate::extract::{ApiJson, ApiPath};
 use crate::openapi::{IdDoc, OrgQuery, RoleDoc};
+use crate::org_query::ReadOrg;
+use crate::respond;
 use crate::wire::check_id;
 use crate::AppState;
 
@@ -151,14 +153,9 @@ fn name_error(e: StoreError) -> ApiError {
     }
 }
 
-fn created(body: impl Serialize, location: String) -> Response {
-    let mut resp = (StatusCode::CREATED, Json(body)).into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+/// A key just issued: 201 at the key's URL, never cached.
+fn issued(body: impl Serialize, key_id: Uuid) -> Response {
+    respond::no_store(respond::created(body, &format!("/v1/keys/{key_id}")))
 }
 
 /// `POST /v1/orgs` (operator).
@@ -195,8 +192,7 @@ pub(crate) async fn create_org(
             e => name_error(e),
         })?;
     tracing::info!(org_id = %org.org_id, key_id = %key.info.id, "organisation created");
-    let location = format!("/v1/keys/{}", key.info.id);
-    Ok(created(
+    Ok(issued(
         OrgCreatedBody {
             org_id: org.org_id,
             name: org.name,
@@ -206,7 +202,7 @@ pub(crate) async fn create_org(
             prefix: key.info.prefix.clone(),
             role: Role::Admin.as_str(),
         },
-        location,
+        key.info.id,
     ))
 }
 
@@ -251,8 +247,7 @@ pub(crate) async fn create(
         .await
         .map_err(name_error)?;
     tracing::info!(org_id = %org_id, key_id = %key.info.id, role = %role, "API key issued");
-    let location = format!("/v1/keys/{}", key.info.id);
-    Ok(created(IssuedBody::from(&key), location))
+    Ok(issued(IssuedBody::from(&key), key.info.id))
 }
 
 /// The organisation's keys.
@@ -277,11 +272,8 @@ pub(crate) struct ListBody {
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    caller: Caller,
-    params: Params,
+    ReadOrg(org_id): ReadOrg,
 ) -> Result<Json<ListBody>, ApiError> {
-    let params = params.only(&["org_id"])?;
-    let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
     let keys = state.store.list_keys(&org_id).await?;
     Ok(Json(ListBody {
         keys: keys.into_iter().map(KeyBody::from).collect(),
@@ -317,10 +309,7 @@ pub(crate) async fn revoke(
         .store
         .revoke_key(key_id, caller.org())
         .await
-        .map_err(|e| match e {
-            StoreError::NotFound { .. } => not_found(),
-            e => e.into(),
-        })?;
+        .map_err(or_not_found(not_found))?;
     state.auth.forget(&info.prefix);
     tracing::info!(org_id = %info.org_id, key_id = %info.id, "API key revoked");
     Ok(Json(KeyBody::from(info)))

@@ -61,8 +61,9 @@
 //! Modules: [`auth`] (keys, roles, the caller), [`error`] (problems),
 //! [`openapi`] (the generated OpenAPI 3.1 document),
 //! [`metrics`] (Prometheus), and private modules per resource (budgets,
-//! generations, spend, keys, health, providers, routing, webhooks), the request extractors (extract) and
-//! the response shapes (wire).
+//! generations, spend, keys, health, providers, routing, webhooks), the request extractors (extract,
+//! org_query), the response shapes (wire) and headers (respond), and the
+//! pagination they share.
 //!
 //! # Decisions
 //!
@@ -127,9 +128,11 @@ mod extract;
 mod generations;
 mod health;
 mod keys;
+mod org_query;
 mod pagination;
 mod providers;
 mod reservations;
+mod respond;
 mod routing;
 mod spend;
 mod webhooks;

@@ -7,6 +7,8 @@
 //! documents its order, and keyset cursors (the last key seen) never skip or
 //! repeat an item while the list grows.
 
+use uuid::Uuid;
+
 use crate::error::ApiError;
 use crate::extract::Params;
 
@@ -26,30 +28,54 @@ pub(crate) struct Page {
 }
 
 impl Page {
-    /// Reads `limit` and `cursor` from the query.
+    /// Reads `limit` and `cursor` from the query (the limit checked first).
     pub fn from_params(params: &Params) -> Result<Page, ApiError> {
-        let limit = match params.get("limit") {
-            None => DEFAULT_PAGE,
-            Some(l) => l
-                .parse::<i64>()
-                .ok()
-                .filter(|l| (1..=MAX_PAGE).contains(l))
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        "limit",
-                        format!("limit must be an integer from 1 to {MAX_PAGE}"),
-                    )
-                })?,
-        };
-        let cursor = match params.get("cursor") {
-            None | Some("") => None,
-            Some(c) if c.chars().count() > MAX_CURSOR_CHARS || c.chars().any(char::is_control) => {
-                return Err(bad_cursor())
-            }
-            Some(c) => Some(c.to_owned()),
-        };
+        let limit = limit(params)?;
+        let cursor = cursor(params)?;
         Ok(Page { limit, cursor })
     }
+
+    /// The cursor as the UUID of a keyset list (`None` on the first page).
+    pub fn uuid_cursor(&self) -> Result<Option<Uuid>, ApiError> {
+        self.cursor.as_deref().map(parse_uuid).transpose()
+    }
+}
+
+/// The `limit` of the query: [`DEFAULT_PAGE`] when not given.
+pub(crate) fn limit(params: &Params) -> Result<i64, ApiError> {
+    match params.get("limit") {
+        None => Ok(DEFAULT_PAGE),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=MAX_PAGE).contains(l))
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_PAGE}"),
+                )
+            }),
+    }
+}
+
+/// The raw `cursor` of the query (`None` when absent or empty).
+pub(crate) fn cursor(params: &Params) -> Result<Option<String>, ApiError> {
+    match params.get("cursor") {
+        None | Some("") => Ok(None),
+        Some(c) if c.chars().count() > MAX_CURSOR_CHARS || c.chars().any(char::is_control) => {
+            Err(bad_cursor())
+        }
+        Some(c) => Ok(Some(c.to_owned())),
+    }
+}
+
+/// The `cursor` of the query as a UUID (`None` when absent or empty).
+pub(crate) fn uuid_cursor(params: &Params) -> Result<Option<Uuid>, ApiError> {
+    cursor(params)?.as_deref().map(parse_uuid).transpose()
+}
+
+fn parse_uuid(cursor: &str) -> Result<Uuid, ApiError> {
+    Uuid::parse_str(cursor).map_err(|_| bad_cursor())
 }
 
 /// The refusal of a cursor that no page handed out.

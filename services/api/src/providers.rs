@@ -54,10 +54,12 @@ use tally_store::providers::ConnectedVia;
 
 use crate::auth::Caller;
 use crate::error::ApiError;
-use crate::extract::{decode, ApiJson, Params};
+use crate::extract::{decode, ApiJson};
 use crate::openapi::{
     ConnectionStatusDoc, IdDoc, ModelDoc, ModelsStatusDoc, OAuthStartDoc, OrgQuery,
 };
+use crate::org_query::{ReadOrg, WriteOrg};
+use crate::respond;
 use crate::AppState;
 
 /// The problem of a provider error.
@@ -120,10 +122,7 @@ fn connections(state: &AppState) -> Result<&Connections, ApiError> {
 }
 
 fn no_store(body: impl Serialize) -> Response {
-    let mut resp = Json(body).into_response();
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
+    respond::no_store(Json(body).into_response())
 }
 
 /// An OpenRouter key to store for the organisation.
@@ -202,11 +201,8 @@ pub(crate) async fn connect(
 )]
 pub(crate) async fn status(
     State(state): State<AppState>,
-    caller: Caller,
-    params: Params,
+    ReadOrg(org_id): ReadOrg,
 ) -> Result<Response, ApiError> {
-    let params = params.only(&["org_id"])?;
-    let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
     let status: ConnectionStatus = connections(&state)?
         .status(&org_id)
         .await
@@ -231,11 +227,8 @@ pub(crate) async fn status(
 )]
 pub(crate) async fn disconnect(
     State(state): State<AppState>,
-    caller: Caller,
-    params: Params,
+    WriteOrg(org_id): WriteOrg,
 ) -> Result<Response, ApiError> {
-    let params = params.only(&["org_id"])?;
-    let org_id = caller.write_org(&state.store, params.get("org_id")).await?;
     let c = connections(&state)?;
     if !c.disconnect(&org_id).await.map_err(provider_error)? {
         return Err(ApiError::new(
@@ -340,11 +333,8 @@ pub(crate) async fn oauth_start(
 )]
 pub(crate) async fn sync_models(
     State(state): State<AppState>,
-    caller: Caller,
-    params: Params,
+    WriteOrg(org_id): WriteOrg,
 ) -> Result<Json<ModelsStatus>, ApiError> {
-    let params = params.only(&["org_id"])?;
-    let org_id = caller.write_org(&state.store, params.get("org_id")).await?;
     connections(&state)?
         .sync_models(&org_id)
         .await
@@ -377,11 +367,8 @@ pub(crate) struct ModelsBody {
 )]
 pub(crate) async fn models(
     State(state): State<AppState>,
-    caller: Caller,
-    params: Params,
+    ReadOrg(org_id): ReadOrg,
 ) -> Result<Json<ModelsBody>, ApiError> {
-    let params = params.only(&["org_id"])?;
-    let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
     let (models, synced_at) = connections(&state)?
         .models(&org_id)
         .await

@@ -16,9 +16,10 @@ use tally_money::{Cost, Usd};
 use tally_store::{Reservation, ReservationState};
 
 use crate::auth::Caller;
-use crate::error::ApiError;
+use crate::error::{or_not_found, ApiError};
 use crate::extract::{ApiPath, Params};
 use crate::openapi::{OrgQuery, UsdDoc};
+use crate::pagination;
 use crate::AppState;
 
 /// Where a reservation stands.
@@ -48,11 +49,6 @@ pub(crate) struct ListQuery {
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
 }
-
-/// Default page size.
-const DEFAULT_LIMIT: i64 = 100;
-/// Largest page size.
-const MAX_LIMIT: i64 = 1000;
 
 /// What a reservation holds on one budget period.
 #[derive(Serialize, utoipa::ToSchema)]
@@ -171,33 +167,17 @@ pub(crate) async fn list(
             )
         })?),
     };
-    let cursor = params.get("cursor").filter(|c| !c.is_empty());
-    if let Some(c) = cursor {
-        if c.chars().count() > tally_store::reservations::MAX_REQUEST_ID_LEN
-            || c.chars().any(char::is_control)
-        {
-            return Err(ApiError::invalid(
-                "cursor",
-                "cursor must be a next_cursor value from a previous page",
-            ));
-        }
+    let cursor = pagination::cursor(&params)?;
+    if cursor
+        .as_deref()
+        .is_some_and(|c| c.chars().count() > tally_store::reservations::MAX_REQUEST_ID_LEN)
+    {
+        return Err(pagination::bad_cursor());
     }
-    let limit = match params.get("limit") {
-        None => DEFAULT_LIMIT,
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=MAX_LIMIT).contains(l))
-            .ok_or_else(|| {
-                ApiError::invalid(
-                    "limit",
-                    format!("limit must be an integer from 1 to {MAX_LIMIT}"),
-                )
-            })?,
-    };
+    let limit = pagination::limit(&params)?;
     let (rows, next) = state
         .store
-        .list_reservations(org_id, wanted, cursor, limit)
+        .list_reservations(org_id, wanted, cursor.as_deref(), limit)
         .await?;
     Ok(Json(ListBody {
         reservations: rows.into_iter().map(ReservationBody::from).collect(),
@@ -243,10 +223,11 @@ pub(crate) async fn get(
             ),
         )
     };
-    let r = state.store.reservation(&id).await.map_err(|e| match e {
-        tally_store::StoreError::NotFound { .. } => not_found(),
-        e => e.into(),
-    })?;
+    let r = state
+        .store
+        .reservation(&id)
+        .await
+        .map_err(or_not_found(not_found))?;
     // Another organisation's reservation is 404, as if it did not exist.
     if !caller.sees(&r.org_id) {
         return Err(not_found());

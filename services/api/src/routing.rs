@@ -141,17 +141,25 @@ fn profile_body(bytes: &Bytes) -> Result<(Option<String>, RoutingProfile), ApiEr
     Ok((org, decode(&rest)?))
 }
 
+/// The query (`org_id` only) and the agent id of a request, checked in
+/// that order.
+fn checked(params: Params, agent: Option<&str>) -> Result<Params, ApiError> {
+    let params = params.only(&["org_id"])?;
+    if let Some(a) = agent {
+        check_id("agent_id", a)?;
+    }
+    Ok(params)
+}
+
 async fn put(
     state: AppState,
     caller: Caller,
     params: Params,
     agent: Option<String>,
-    bytes: Bytes,
+    body: Value,
 ) -> Result<Json<Value>, ApiError> {
-    let params = params.only(&["org_id"])?;
-    if let Some(a) = &agent {
-        check_id("agent_id", a)?;
-    }
+    let params = checked(params, agent.as_deref())?;
+    let bytes = Bytes::from(serde_json::to_vec(&body).map_err(ApiError::internal)?);
     let (body_org, profile) = profile_body(&bytes)?;
     if let (Some(b), Some(q)) = (&body_org, params.get("org_id")) {
         if b != q {
@@ -184,10 +192,7 @@ async fn get(
     params: Params,
     agent: Option<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let params = params.only(&["org_id"])?;
-    if let Some(a) = &agent {
-        check_id("agent_id", a)?;
-    }
+    let params = checked(params, agent.as_deref())?;
     let org_id = caller.read_org(&state.store, params.get("org_id")).await?;
     let Some((v, at)) = state
         .store
@@ -207,10 +212,7 @@ async fn delete(
     params: Params,
     agent: Option<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let params = params.only(&["org_id"])?;
-    if let Some(a) = &agent {
-        check_id("agent_id", a)?;
-    }
+    let params = checked(params, agent.as_deref())?;
     let org_id = caller.write_org(&state.store, params.get("org_id")).await?;
     if !state
         .store
@@ -247,8 +249,7 @@ pub(crate) async fn put_default(
     params: Params,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = Bytes::from(serde_json::to_vec(&body).map_err(ApiError::internal)?);
-    put(state, caller, params, None, bytes).await
+    put(state, caller, params, None, body).await
 }
 
 /// `GET /v1/routing` (member).
@@ -314,8 +315,7 @@ pub(crate) async fn put_agent(
     params: Params,
     ApiJson(body): ApiJson<Value>,
 ) -> Result<Json<Value>, ApiError> {
-    let bytes = Bytes::from(serde_json::to_vec(&body).map_err(ApiError::internal)?);
-    put(state, caller, params, Some(agent), bytes).await
+    put(state, caller, params, Some(agent), body).await
 }
 
 /// `GET /v1/agents/{agent_id}/routing` (member).

@@ -21,8 +21,8 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
 use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
@@ -35,7 +35,8 @@ use crate::auth::Caller;
 use crate::error::ApiError;
 use crate::extract::{ApiJson, ApiPath, Params};
 use crate::openapi::{IdDoc, OrgQuery, UuidPageQuery};
-use crate::pagination::{bad_cursor, Page};
+use crate::pagination::Page;
+use crate::respond;
 use crate::AppState;
 
 /// What the API needs to register webhooks.
@@ -263,10 +264,7 @@ fn url_error(e: tally_alerts::AlertsError) -> ApiError {
 
 fn page_cursor(params: &Params) -> Result<(Page, Option<Uuid>), ApiError> {
     let page = Page::from_params(params)?;
-    let cursor = match &page.cursor {
-        None => None,
-        Some(c) => Some(Uuid::parse_str(c).map_err(|_| bad_cursor())?),
-    };
+    let cursor = page.uuid_cursor()?;
     Ok((page, cursor))
 }
 
@@ -328,21 +326,14 @@ pub(crate) async fn create(
         )
         .await?;
     tracing::info!(org_id = %org_id, webhook = %id, "webhook registered");
-    let location = format!("/v1/webhooks/{id}");
-    let mut resp = (
-        StatusCode::CREATED,
-        Json(CreatedBody {
-            webhook: webhook.into(),
-            secret: secret.expose_secret().to_owned(),
-        }),
-    )
-        .into_response();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(resp)
+    let body = CreatedBody {
+        webhook: webhook.into(),
+        secret: secret.expose_secret().to_owned(),
+    };
+    Ok(respond::no_store(respond::created(
+        body,
+        &format!("/v1/webhooks/{id}"),
+    )))
 }
 
 /// `GET /v1/webhooks` (admin).
