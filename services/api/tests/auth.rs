@@ -129,34 +129,41 @@ impl Env {
         send(&self.base, key, method, path, body).await
     }
 
-    /// A webhook of org A, registered through the API.
-    async fn webhook_of_a(&self) -> String {
-        let (s, _, b) = self
-            .send(
-                Some(&self.a.admin_key),
-                Method::POST,
-                "/v1/webhooks",
-                Some(&json!({"url": PUBLIC_HOOK, "events": ["budget.threshold_crossed"]})),
-            )
-            .await;
+    async fn get(&self, key: Option<&str>, path: &str) -> (StatusCode, Value) {
+        get_at(&self.base, key, path).await
+    }
+
+    async fn post(&self, key: Option<&str>, path: &str, body: Value) -> (StatusCode, Value) {
+        post_at(&self.base, key, path, body).await
+    }
+
+    async fn patch(&self, key: Option<&str>, path: &str, body: Value) -> (StatusCode, Value) {
+        let (s, _, v) = self.send(key, Method::PATCH, path, Some(&body)).await;
+        (s, v)
+    }
+
+    async fn delete(&self, key: Option<&str>, path: &str) -> (StatusCode, Value) {
+        let (s, _, v) = self.send(key, Method::DELETE, path, None).await;
+        (s, v)
+    }
+
+    /// Something org A's admin creates through the API: its id.
+    async fn created_by_a(&self, path: &str, body: Value) -> String {
+        let (s, b) = self.post(Some(&self.a.admin_key), path, body).await;
         assert_eq!(s, StatusCode::CREATED, "{b}");
         b["id"].as_str().unwrap().to_owned()
     }
 
+    /// A webhook of org A, registered through the API.
+    async fn webhook_of_a(&self) -> String {
+        let body = json!({"url": PUBLIC_HOOK, "events": ["budget.threshold_crossed"]});
+        self.created_by_a("/v1/webhooks", body).await
+    }
+
     /// A budget of org A, created through the API.
     async fn budget_of_a(&self, name: &str) -> String {
-        let (s, _, b) = self
-            .send(
-                Some(&self.a.admin_key),
-                Method::POST,
-                "/v1/budgets",
-                Some(&json!({
-                    "name": name, "scope": {}, "period": "monthly", "limit_usd": "10"
-                })),
-            )
-            .await;
-        assert_eq!(s, StatusCode::CREATED, "{b}");
-        b["id"].as_str().unwrap().to_owned()
+        let body = json!({"name": name, "scope": {}, "period": "monthly", "limit_usd": "10"});
+        self.created_by_a("/v1/budgets", body).await
     }
 
     /// A generation of org A, booked by the projector's transaction.
@@ -221,6 +228,16 @@ async fn send(
     (status, headers, v)
 }
 
+async fn get_at(base: &str, key: Option<&str>, path: &str) -> (StatusCode, Value) {
+    let (s, _, v) = send(base, key, Method::GET, path, None).await;
+    (s, v)
+}
+
+async fn post_at(base: &str, key: Option<&str>, path: &str, body: Value) -> (StatusCode, Value) {
+    let (s, _, v) = send(base, key, Method::POST, path, Some(&body)).await;
+    (s, v)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Who {
     NoKey,
@@ -256,266 +273,181 @@ enum Foreign {
     OperatorOnly,
 }
 
-/// A concrete request for a route of the table, made on org A's behalf,
-/// with its success status and how another organisation's key is treated.
-/// Every route of the table must be here: a new route fails this test until
-/// it is added.
-async fn request_for(env: &Env, r: &RouteSpec) -> (String, Option<Value>, u16, Foreign) {
+/// A concrete request for a route of the table, made on org A's behalf:
+/// its path and body, its success status and how another organisation's
+/// key is treated.
+struct Case {
+    path: String,
+    body: Option<Value>,
+    ok: u16,
+    foreign: Foreign,
+}
+
+impl Case {
+    fn new(path: impl Into<String>, foreign: Foreign) -> Case {
+        Case {
+            path: path.into(),
+            body: None,
+            ok: 200,
+            foreign,
+        }
+    }
+
+    /// A read about org A: another organisation's key gets 404
+    /// `org_not_found`.
+    fn read(path: impl Into<String>) -> Case {
+        Case::new(path, Foreign::NotFound("org_not_found"))
+    }
+
+    /// A write acting on org A: another organisation's key gets 403
+    /// `org_mismatch`.
+    fn write(path: impl Into<String>) -> Case {
+        Case::new(path, Foreign::Mismatch)
+    }
+
+    /// One of org A's resources by id: another organisation's key gets 404
+    /// `code`.
+    fn resource(path: impl Into<String>, code: &'static str) -> Case {
+        Case::new(path, Foreign::NotFound(code))
+    }
+
+    fn body(mut self, body: Value) -> Case {
+        self.body = Some(body);
+        self
+    }
+
+    fn status(mut self, ok: u16) -> Case {
+        self.ok = ok;
+        self
+    }
+}
+
+/// `path` naming org A in its query.
+fn of_a(path: &str) -> String {
+    format!("{path}?org_id={A}")
+}
+
+/// A request for a new budget of org A, at `suffix` below its URL.
+async fn budget_case(env: &Env, name: &str, suffix: &str) -> Case {
+    let id = env.budget_of_a(name).await;
+    Case::resource(format!("/v1/budgets/{id}{suffix}"), "budget_not_found")
+}
+
+/// A request for a new webhook of org A, at `suffix` below its URL.
+async fn webhook_case(env: &Env, suffix: &str) -> Case {
+    let id = env.webhook_of_a().await;
+    Case::resource(format!("/v1/webhooks/{id}{suffix}"), "webhook_not_found")
+}
+
+/// The request for a route of the table. Every route of the table must be
+/// here: a new route fails this test until it is added.
+async fn request_for(env: &Env, r: &RouteSpec) -> Case {
     let now = Utc::now();
     let month = Utc
         .with_ymd_and_hms(now.year(), now.month(), 1, 0, 0, 0)
         .unwrap()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let new_org = json!({"org_id": format!("new-{}", uuid::Uuid::new_v4().simple())});
+    let budget =
+        json!({"org_id": A, "name": "t", "scope": {}, "period": "monthly", "limit_usd": "1"});
+    let webhook = json!({"url": PUBLIC_HOOK, "events": ["budget.threshold_crossed"], "org_id": A});
+    let routing = json!({"org_id": A, "presets": ["zdr-only"], "server_tools": ["web_search"]});
     match (r.method, r.path) {
-        ("POST", "/v1/orgs") => (
-            "/v1/orgs".into(),
-            Some(json!({"org_id": format!("new-{}", uuid::Uuid::new_v4().simple())})),
-            201,
-            Foreign::OperatorOnly,
-        ),
-        ("POST", "/v1/keys") => (
-            "/v1/keys".into(),
-            Some(json!({"role": "member", "name": "table", "org_id": A})),
-            201,
-            Foreign::Mismatch,
-        ),
-        ("GET", "/v1/keys") => (
-            format!("/v1/keys?org_id={A}"),
-            None,
-            200,
-            Foreign::NotFound("org_not_found"),
-        ),
+        ("POST", "/v1/orgs") => Case::new("/v1/orgs", Foreign::OperatorOnly)
+            .body(new_org)
+            .status(201),
+        ("POST", "/v1/keys") => Case::write("/v1/keys")
+            .body(json!({"role": "member", "name": "table", "org_id": A}))
+            .status(201),
+        ("GET", "/v1/keys") => Case::read(of_a("/v1/keys")),
         ("DELETE", "/v1/keys/{id}") => {
-            let k = env
-                .store
-                .create_key(A, Role::Member, Some("victim"))
-                .await
-                .unwrap();
-            (
-                format!("/v1/keys/{}", k.info.id),
-                None,
-                200,
-                Foreign::NotFound("key_not_found"),
-            )
+            let victim = env.store.create_key(A, Role::Member, Some("victim"));
+            let id = victim.await.unwrap().info.id;
+            Case::resource(format!("/v1/keys/{id}"), "key_not_found")
         }
-        ("POST", "/v1/budgets") => (
-            "/v1/budgets".into(),
-            Some(json!({"org_id": A, "name": "t", "scope": {}, "period": "monthly", "limit_usd": "1"})),
-            201,
-            Foreign::Mismatch,
-        ),
-        ("GET", "/v1/budgets") => (
-            format!("/v1/budgets?org_id={A}"),
-            None,
-            200,
-            Foreign::NotFound("org_not_found"),
-        ),
-        ("POST", "/v1/budgets/check") => (
-            "/v1/budgets/check".into(),
-            Some(json!({"org_id": A, "agent_id": "x"})),
-            200,
-            Foreign::NotFound("org_not_found"),
-        ),
-        ("GET", "/v1/budgets/{id}") => (
-            format!("/v1/budgets/{}", env.budget_of_a("get").await),
-            None,
-            200,
-            Foreign::NotFound("budget_not_found"),
-        ),
-        ("PATCH", "/v1/budgets/{id}") => (
-            format!("/v1/budgets/{}", env.budget_of_a("patch").await),
-            Some(json!({"name": "patched"})),
-            200,
-            Foreign::NotFound("budget_not_found"),
-        ),
-        ("DELETE", "/v1/budgets/{id}") => (
-            format!("/v1/budgets/{}", env.budget_of_a("delete").await),
-            None,
-            200,
-            Foreign::NotFound("budget_not_found"),
-        ),
-        ("GET", "/v1/budgets/{id}/periods/{start}") => (
-            format!("/v1/budgets/{}/periods/{month}", env.budget_of_a("period").await),
-            None,
-            200,
-            Foreign::NotFound("budget_not_found"),
-        ),
-        ("GET", "/v1/budgets/{id}/entries") => (
-            format!("/v1/budgets/{}/entries", env.budget_of_a("entries").await),
-            None,
-            200,
-            Foreign::NotFound("budget_not_found"),
-        ),
+        ("POST", "/v1/budgets") => Case::write("/v1/budgets").body(budget).status(201),
+        ("GET", "/v1/budgets") => Case::read(of_a("/v1/budgets")),
+        ("POST", "/v1/budgets/check") => {
+            Case::read("/v1/budgets/check").body(json!({"org_id": A, "agent_id": "x"}))
+        }
+        ("GET", "/v1/budgets/{id}") => budget_case(env, "get", "").await,
+        ("PATCH", "/v1/budgets/{id}") => budget_case(env, "patch", "")
+            .await
+            .body(json!({"name": "patched"})),
+        ("DELETE", "/v1/budgets/{id}") => budget_case(env, "delete", "").await,
+        ("GET", "/v1/budgets/{id}/periods/{start}") => {
+            budget_case(env, "period", &format!("/periods/{month}")).await
+        }
+        ("GET", "/v1/budgets/{id}/entries") => budget_case(env, "entries", "/entries").await,
         ("GET", "/v1/generations/{generation_id}") => {
             let id = format!("gen-{}", uuid::Uuid::new_v4().simple());
             env.generation_of_a(&id).await;
-            (
-                format!("/v1/generations/{id}"),
-                None,
-                200,
-                Foreign::NotFound("generation_not_found"),
-            )
+            Case::resource(format!("/v1/generations/{id}"), "generation_not_found")
         }
-        ("GET", "/v1/spend") => (
-            format!(
-                "/v1/spend?org_id={A}&from=2026-01-01T00:00:00Z&to=2026-12-31T00:00:00Z&group_by=model"
-            ),
-            None,
-            200,
-            Foreign::NotFound("org_not_found"),
-        ),
+        ("GET", "/v1/spend") => Case::read(format!(
+            "{}&from=2026-01-01T00:00:00Z&to=2026-12-31T00:00:00Z&group_by=model",
+            of_a("/v1/spend")
+        )),
         // This API runs without provider access: reaching the handler is
         // the 503 that says so.
-        ("GET", "/v1/providers/openrouter/drift") => (
-            format!("/v1/providers/openrouter/drift?org_id={A}"),
-            None,
-            503,
-            Foreign::NotFound("org_not_found"),
-        ),
-        ("GET", "/v1/reservations") => (
-            format!("/v1/reservations?org_id={A}"),
-            None,
-            200,
-            Foreign::NotFound("org_not_found"),
-        ),
-        ("PUT", "/v1/providers/openrouter") => (
-            "/v1/providers/openrouter".into(),
-            Some(json!({"api_key": env.provider_key(), "org_id": A})),
-            200,
-            Foreign::Mismatch,
-        ),
-        ("GET", "/v1/providers/openrouter") => (
-            format!("/v1/providers/openrouter?org_id={A}"),
-            None,
-            200,
-            Foreign::NotFound("org_not_found"),
-        ),
+        ("GET", "/v1/providers/openrouter/drift") => {
+            Case::read(of_a("/v1/providers/openrouter/drift")).status(503)
+        }
+        ("GET", "/v1/reservations") => Case::read(of_a("/v1/reservations")),
+        ("PUT", "/v1/providers/openrouter") => Case::write("/v1/providers/openrouter")
+            .body(json!({"api_key": env.provider_key(), "org_id": A})),
+        ("GET", "/v1/providers/openrouter") => Case::read(of_a("/v1/providers/openrouter")),
         ("DELETE", "/v1/providers/openrouter") => {
             env.connect_a().await;
-            (
-                format!("/v1/providers/openrouter?org_id={A}"),
-                None,
-                200,
-                Foreign::Mismatch,
-            )
+            Case::write(of_a("/v1/providers/openrouter"))
         }
-        ("POST", "/v1/providers/openrouter/oauth/start") => (
-            "/v1/providers/openrouter/oauth/start".into(),
-            Some(json!({"org_id": A})),
-            200,
-            Foreign::Mismatch,
-        ),
+        ("POST", "/v1/providers/openrouter/oauth/start") => {
+            Case::write("/v1/providers/openrouter/oauth/start").body(json!({"org_id": A}))
+        }
         // Reached without a bearer key: every caller gets the same page for
         // a state nobody issued (see the loop).
-        ("GET", "/v1/providers/openrouter/oauth/callback") => (
-            "/v1/providers/openrouter/oauth/callback?state=never-issued&code=c".into(),
-            None,
-            400,
-            Foreign::NotFound("oauth_state_unknown"),
-        ),
+        ("GET", "/v1/providers/openrouter/oauth/callback") => Case::resource(
+            "/v1/providers/openrouter/oauth/callback?state=never-issued&code=c",
+            "oauth_state_unknown",
+        )
+        .status(400),
         ("POST", "/v1/providers/openrouter/models/sync") => {
             env.connect_a().await;
-            (
-                format!("/v1/providers/openrouter/models/sync?org_id={A}"),
-                None,
-                200,
-                Foreign::Mismatch,
-            )
+            Case::write(of_a("/v1/providers/openrouter/models/sync"))
         }
-        ("GET", "/v1/providers/openrouter/models") => (
-            format!("/v1/providers/openrouter/models?org_id={A}"),
-            None,
-            200,
-            Foreign::NotFound("org_not_found"),
-        ),
+        ("GET", "/v1/providers/openrouter/models") => {
+            Case::read(of_a("/v1/providers/openrouter/models"))
+        }
         ("GET", "/v1/reservations/{request_id}") => {
             let id = format!("req-{}", uuid::Uuid::new_v4().simple());
             env.reservation_of_a(&id).await;
-            (
-                format!("/v1/reservations/{id}"),
-                None,
-                200,
-                Foreign::NotFound("reservation_not_found"),
-            )
+            Case::resource(format!("/v1/reservations/{id}"), "reservation_not_found")
         }
-        ("PUT", "/v1/routing") => (
-            "/v1/routing".into(),
-            Some(json!({"org_id": A, "presets": ["zdr-only"], "server_tools": ["web_search"]})),
-            200,
-            Foreign::Mismatch,
-        ),
+        ("PUT", "/v1/routing") => Case::write("/v1/routing").body(routing),
         ("GET", "/v1/routing") => {
             env.profile_of_a(None).await;
-            (
-                format!("/v1/routing?org_id={A}"),
-                None,
-                200,
-                Foreign::NotFound("org_not_found"),
-            )
+            Case::read(of_a("/v1/routing"))
         }
         ("DELETE", "/v1/routing") => {
             env.profile_of_a(None).await;
-            (
-                format!("/v1/routing?org_id={A}"),
-                None,
-                200,
-                Foreign::Mismatch,
-            )
+            Case::write(of_a("/v1/routing"))
         }
-        ("PUT", "/v1/agents/{agent_id}/routing") => (
-            "/v1/agents/bot/routing".into(),
-            Some(json!({"org_id": A, "capacity": "shared"})),
-            200,
-            Foreign::Mismatch,
-        ),
+        ("PUT", "/v1/agents/{agent_id}/routing") => {
+            Case::write("/v1/agents/bot/routing").body(json!({"org_id": A, "capacity": "shared"}))
+        }
         ("GET", "/v1/agents/{agent_id}/routing") => {
             env.profile_of_a(Some("bot")).await;
-            (
-                format!("/v1/agents/bot/routing?org_id={A}"),
-                None,
-                200,
-                Foreign::NotFound("org_not_found"),
-            )
+            Case::read(of_a("/v1/agents/bot/routing"))
         }
         ("DELETE", "/v1/agents/{agent_id}/routing") => {
             env.profile_of_a(Some("bot")).await;
-            (
-                format!("/v1/agents/bot/routing?org_id={A}"),
-                None,
-                200,
-                Foreign::Mismatch,
-            )
+            Case::write(of_a("/v1/agents/bot/routing"))
         }
-        ("POST", "/v1/webhooks") => (
-            "/v1/webhooks".into(),
-            Some(json!({"url": PUBLIC_HOOK, "events": ["budget.threshold_crossed"], "org_id": A})),
-            201,
-            Foreign::Mismatch,
-        ),
-        ("GET", "/v1/webhooks") => (
-            format!("/v1/webhooks?org_id={A}"),
-            None,
-            200,
-            Foreign::NotFound("org_not_found"),
-        ),
-        ("GET", "/v1/webhooks/{id}") => (
-            format!("/v1/webhooks/{}", env.webhook_of_a().await),
-            None,
-            200,
-            Foreign::NotFound("webhook_not_found"),
-        ),
-        ("DELETE", "/v1/webhooks/{id}") => (
-            format!("/v1/webhooks/{}", env.webhook_of_a().await),
-            None,
-            200,
-            Foreign::NotFound("webhook_not_found"),
-        ),
-        ("GET", "/v1/webhooks/{id}/deliveries") => (
-            format!("/v1/webhooks/{}/deliveries", env.webhook_of_a().await),
-            None,
-            200,
-            Foreign::NotFound("webhook_not_found"),
-        ),
+        ("POST", "/v1/webhooks") => Case::write("/v1/webhooks").body(webhook).status(201),
+        ("GET", "/v1/webhooks") => Case::read(of_a("/v1/webhooks")),
+        ("GET", "/v1/webhooks/{id}") => webhook_case(env, "").await,
+        ("DELETE", "/v1/webhooks/{id}") => webhook_case(env, "").await,
+        ("GET", "/v1/webhooks/{id}/deliveries") => webhook_case(env, "/deliveries").await,
         (m, p) => panic!("route {m} {p} has no case in the route-table test: add one"),
     }
 }
@@ -544,7 +476,7 @@ async fn every_route_with_every_kind_of_caller() -> anyhow::Result<()> {
             // state nobody issued gets the same 400 page, and nothing is
             // stored.
             for who in EVERYONE {
-                let (path, _, ok, _) = request_for(&env, r).await;
+                let Case { path, ok, .. } = request_for(&env, r).await;
                 let key = match who {
                     Who::NoKey => None,
                     Who::Admin => Some(env.a.admin_key.as_str()),
@@ -564,7 +496,12 @@ async fn every_route_with_every_kind_of_caller() -> anyhow::Result<()> {
             continue;
         }
         for who in EVERYONE {
-            let (path, body, ok, foreign) = request_for(&env, r).await;
+            let Case {
+                path,
+                body,
+                ok,
+                foreign,
+            } = request_for(&env, r).await;
             let key: Option<&str> = match who {
                 Who::NoKey => None,
                 Who::Malformed => Some("sk-or-v1-not-a-tally-key"),
@@ -620,15 +557,13 @@ async fn one_organisation_never_reads_or_changes_another() -> anyhow::Result<()>
     let b = Some(env.b.admin_key.as_str());
 
     // B's reads of its own organisation show nothing of A.
-    let (s, _, list) = env.send(b, Method::GET, "/v1/budgets", None).await;
+    let (s, list) = env.get(b, "/v1/budgets").await;
     assert_eq!(s, StatusCode::OK);
     assert_eq!(list["budgets"], json!([]), "{list}");
-    let (s, _, spend) = env
-        .send(
+    let (s, spend) = env
+        .get(
             b,
-            Method::GET,
             "/v1/spend?from=2020-01-01T00:00:00Z&to=2021-01-01T00:00:00Z&group_by=model",
-            None,
         )
         .await;
     assert_eq!(s, StatusCode::OK, "{spend}");
@@ -638,30 +573,21 @@ async fn one_organisation_never_reads_or_changes_another() -> anyhow::Result<()>
         (now - chrono::TimeDelta::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         (now + chrono::TimeDelta::days(1)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
     );
-    let (_, _, spend) = env
-        .send(
-            b,
-            Method::GET,
-            &format!("/v1/spend?{range}&group_by=model"),
-            None,
-        )
+    let (_, spend) = env
+        .get(b, &format!("/v1/spend?{range}&group_by=model"))
         .await;
     assert_eq!(spend["total"]["generations"], 0, "{spend}");
     assert_eq!(spend["groups"], json!([]), "{spend}");
-    let (_, _, spend_a) = env
-        .send(
+    let (_, spend_a) = env
+        .get(
             Some(&env.a.member_key),
-            Method::GET,
             &format!("/v1/spend?{range}&group_by=model"),
-            None,
         )
         .await;
     assert_eq!(spend_a["total"]["generations"], 1, "{spend_a}");
-    let (_, _, check) = env
-        .send(b, Method::POST, "/v1/budgets/check", Some(&json!({})))
-        .await;
+    let (_, check) = env.post(b, "/v1/budgets/check", json!({})).await;
     assert_eq!(check["budgets"], json!([]), "{check}");
-    let (_, _, keys) = env.send(b, Method::GET, "/v1/keys", None).await;
+    let (_, keys) = env.get(b, "/v1/keys").await;
     let ids: Vec<&str> = keys["keys"]
         .as_array()
         .unwrap()
@@ -680,64 +606,40 @@ async fn one_organisation_never_reads_or_changes_another() -> anyhow::Result<()>
         format!("/v1/keys?org_id={A}"),
         format!("/v1/spend?org_id={A}&{range}&group_by=day"),
     ] {
-        let (s, _, v) = env.send(b, Method::GET, &path, None).await;
+        let (s, v) = env.get(b, &path).await;
         assert_eq!(s, StatusCode::NOT_FOUND, "{path}: {v}");
         assert!(!v.to_string().contains("a's money"), "{v}");
     }
 
     // A's budget cannot be changed, archived or created for with B's key.
-    let (s, _, _) = env
-        .send(
+    let (s, _) = env
+        .patch(
             b,
-            Method::PATCH,
             &format!("/v1/budgets/{a_budget}"),
-            Some(&json!({"limit_usd": "1000000", "enforcement": "soft"})),
+            json!({"limit_usd": "1000000", "enforcement": "soft"}),
         )
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _, _) = env
-        .send(b, Method::DELETE, &format!("/v1/budgets/{a_budget}"), None)
-        .await;
+    let (s, _) = env.delete(b, &format!("/v1/budgets/{a_budget}")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
-    let (s, _, v) = env
-        .send(
-            b,
-            Method::POST,
-            "/v1/budgets",
-            Some(&json!({"org_id": A, "name": "sneaky", "scope": {}, "period": "total", "limit_usd": "0"})),
-        )
-        .await;
+    let (s, v) = env.post(b, "/v1/budgets", json!({"org_id": A, "name": "sneaky", "scope": {}, "period": "total", "limit_usd": "0"})).await;
     assert_problem(s, &v, 403, "org_mismatch", "create for A with B's key");
-    let (s, _, v) = env
-        .send(
-            b,
-            Method::POST,
-            "/v1/keys",
-            Some(&json!({"org_id": A, "role": "admin"})),
-        )
+    let (s, v) = env
+        .post(b, "/v1/keys", json!({"org_id": A, "role": "admin"}))
         .await;
     assert_problem(s, &v, 403, "org_mismatch", "key for A with B's key");
     let a_key = env.a.admin_key_id;
-    let (s, _, _) = env
-        .send(b, Method::DELETE, &format!("/v1/keys/{a_key}"), None)
-        .await;
+    let (s, _) = env.delete(b, &format!("/v1/keys/{a_key}")).await;
     assert_eq!(s, StatusCode::NOT_FOUND);
 
-    let (s, _, got) = env
-        .send(
-            Some(&env.a.admin_key),
-            Method::GET,
-            &format!("/v1/budgets/{a_budget}"),
-            None,
-        )
+    let (s, got) = env
+        .get(Some(&env.a.admin_key), &format!("/v1/budgets/{a_budget}"))
         .await;
     assert_eq!(s, StatusCode::OK, "{got}");
     assert_eq!(got["limit_usd"], "10");
     assert_eq!(got["enforcement"], "hard");
     assert_eq!(got["archived_at"], Value::Null);
-    let (_, _, list) = env
-        .send(Some(&env.a.admin_key), Method::GET, "/v1/budgets", None)
-        .await;
+    let (_, list) = env.get(Some(&env.a.admin_key), "/v1/budgets").await;
     assert_eq!(list["budgets"].as_array().unwrap().len(), 1, "{list}");
     // A's admin key still works: B could not revoke it.
     Ok(())
@@ -769,14 +671,14 @@ async fn keys_are_shown_once_and_revocation_reaches_every_instance() -> anyhow::
 
     // Both instances accept it (and cache the lookup).
     for base in [&env.base, &other_instance] {
-        let (s, _, v) = send(base, Some(&secret), Method::GET, "/v1/budgets", None).await;
+        let (s, v) = get_at(base, Some(&secret), "/v1/budgets").await;
         assert_eq!(s, StatusCode::OK, "{v}");
     }
 
     // Listings never show a secret, but do show use.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
-        let (s, _, list) = env.send(admin, Method::GET, "/v1/keys", None).await;
+        let (s, list) = env.get(admin, "/v1/keys").await;
         assert_eq!(s, StatusCode::OK);
         let text = list.to_string();
         assert!(
@@ -803,36 +705,18 @@ async fn keys_are_shown_once_and_revocation_reaches_every_instance() -> anyhow::
     }
 
     // Keep the other instance's cache warm, revoke through the first one.
-    let (s, _, _) = send(
-        &other_instance,
-        Some(&secret),
-        Method::GET,
-        "/v1/budgets",
-        None,
-    )
-    .await;
+    let (s, _) = get_at(&other_instance, Some(&secret), "/v1/budgets").await;
     assert_eq!(s, StatusCode::OK);
     let revoked_at = Instant::now();
-    let (s, _, v) = env
-        .send(admin, Method::DELETE, &format!("/v1/keys/{id}"), None)
-        .await;
+    let (s, v) = env.delete(admin, &format!("/v1/keys/{id}")).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(v["revoked_at"].is_string(), "{v}");
     // At once on the instance that revoked it.
-    let (s, _, v) = env
-        .send(Some(&secret), Method::GET, "/v1/budgets", None)
-        .await;
+    let (s, v) = env.get(Some(&secret), "/v1/budgets").await;
     assert_problem(s, &v, 401, "invalid_api_key", "revoked, same instance");
     // Within a second on the other one.
     loop {
-        let (s, _, _) = send(
-            &other_instance,
-            Some(&secret),
-            Method::GET,
-            "/v1/budgets",
-            None,
-        )
-        .await;
+        let (s, _) = get_at(&other_instance, Some(&secret), "/v1/budgets").await;
         if s == StatusCode::UNAUTHORIZED {
             break;
         }
@@ -846,22 +730,13 @@ async fn keys_are_shown_once_and_revocation_reaches_every_instance() -> anyhow::
     assert!(revoked_at.elapsed() < Duration::from_secs(1));
 
     // Bad key requests.
-    let (s, _, v) = env
-        .send(
-            admin,
-            Method::POST,
-            "/v1/keys",
-            Some(&json!({"role": "owner"})),
-        )
-        .await;
+    let (s, v) = env.post(admin, "/v1/keys", json!({"role": "owner"})).await;
     assert_eq!(
         (s.as_u16(), v["code"].as_str()),
         (422, Some("invalid_role")),
         "{v}"
     );
-    let (s, _, v) = env
-        .send(admin, Method::DELETE, "/v1/keys/not-a-uuid", None)
-        .await;
+    let (s, v) = env.delete(admin, "/v1/keys/not-a-uuid").await;
     assert_problem(s, &v, 404, "key_not_found", "bad key id");
     Ok(())
 }
@@ -870,61 +745,37 @@ async fn keys_are_shown_once_and_revocation_reaches_every_instance() -> anyhow::
 async fn the_operator_names_the_organisation() -> anyhow::Result<()> {
     let env = Env::start().await?;
     let op = Some(OPERATOR);
-    let (s, _, v) = env.send(op, Method::GET, "/v1/budgets", None).await;
+    let (s, v) = env.get(op, "/v1/budgets").await;
     assert_eq!(
         (s.as_u16(), v["code"].as_str(), v["field"].as_str()),
         (422, Some("missing_field"), Some("org_id")),
         "{v}"
     );
-    let (s, _, v) = env
-        .send(op, Method::GET, "/v1/budgets?org_id=nobody", None)
-        .await;
+    let (s, v) = env.get(op, "/v1/budgets?org_id=nobody").await;
     assert_problem(s, &v, 404, "org_not_found", "operator, unknown org");
-    let (s, _, v) = env
-        .send(
+    let (s, v) = env
+        .post(
             op,
-            Method::POST,
             "/v1/orgs",
-            Some(&json!({"org_id": "fresh", "name": "Fresh Ltd"})),
+            json!({"org_id": "fresh", "name": "Fresh Ltd"}),
         )
         .await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["org_id"], "fresh");
     assert_eq!(v["role"], "admin");
     let key = v["key"].as_str().unwrap().to_owned();
-    let (s, _, v) = env.send(Some(&key), Method::GET, "/v1/keys", None).await;
+    let (s, v) = env.get(Some(&key), "/v1/keys").await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert_eq!(v["keys"][0]["org_id"], "fresh");
-    let (s, _, v) = env
-        .send(
-            op,
-            Method::POST,
-            "/v1/orgs",
-            Some(&json!({"org_id": "fresh"})),
-        )
-        .await;
+    let (s, v) = env.post(op, "/v1/orgs", json!({"org_id": "fresh"})).await;
     assert_problem(s, &v, 409, "org_exists", "duplicate org");
-    let (s, _, v) = env
-        .send(
-            op,
-            Method::POST,
-            "/v1/orgs",
-            Some(&json!({"org_id": "a.b"})),
-        )
-        .await;
+    let (s, v) = env.post(op, "/v1/orgs", json!({"org_id": "a.b"})).await;
     assert_problem(s, &v, 422, "invalid_id", "bad org id");
 
     // Without an operator token configured, nothing is the operator.
     let state = AppState::new(env.store.clone(), Registry::new(), "tally".into())?;
     let base = tally_tests::serve_api(state).await?;
-    let (s, _, v) = send(
-        &base,
-        op,
-        Method::POST,
-        "/v1/orgs",
-        Some(&json!({"org_id": "x"})),
-    )
-    .await;
+    let (s, v) = post_at(&base, op, "/v1/orgs", json!({"org_id": "x"})).await;
     assert_problem(s, &v, 401, "malformed_api_key", "no operator configured");
     Ok(())
 }
