@@ -91,6 +91,15 @@ async fn post(base: &str, key: &str, body: Value) -> (StatusCode, Value) {
     call(base, key, reqwest::Method::POST, "/v1/webhooks", Some(body)).await
 }
 
+async fn get(base: &str, key: &str, path: &str) -> (StatusCode, Value) {
+    call(base, key, reqwest::Method::GET, path, None).await
+}
+
+/// A registration of `url` for ledger postings.
+fn postings_to(url: &str) -> Value {
+    json!({"url": url, "events": ["ledger.posted"]})
+}
+
 fn refused(got: &(StatusCode, Value), status: u16, code: &str, field: &str) {
     assert_eq!(got.0.as_u16(), status, "{}", got.1);
     assert_eq!(got.1["code"], code, "{}", got.1);
@@ -123,222 +132,122 @@ async fn registration_validates_and_shows_the_secret_once() -> anyhow::Result<()
     let id = created["id"].as_str().unwrap().to_owned();
 
     // Never again: not in the webhook, not in the list, not in the table.
-    let (s, one) = call(
-        &env.base,
-        key,
-        reqwest::Method::GET,
-        &format!("/v1/webhooks/{id}"),
-        None,
-    )
-    .await;
+    let (s, one) = get(&env.base, key, &format!("/v1/webhooks/{id}")).await;
     assert_eq!(s, StatusCode::OK);
     assert!(
         one.get("secret").is_none() && !one.to_string().contains(key_b64),
         "{one}"
     );
-    let (_, list) = call(&env.base, key, reqwest::Method::GET, "/v1/webhooks", None).await;
+    let (_, list) = get(&env.base, key, "/v1/webhooks").await;
     assert!(!list.to_string().contains(key_b64), "{list}");
     let rows: Vec<String> = sqlx::query_scalar("SELECT row_to_json(w)::text FROM webhooks w")
         .fetch_all(env.store.pool())
         .await?;
     assert!(rows.iter().all(|r| !r.contains(key_b64)));
 
-    // Every refusal has its own code and names the field.
-    for (body, status, code, field) in [
+    // Every refusal has its own code and names the field: first the
+    // receivers refused by their URL, then the other fields.
+    for (url, code) in [
+        ("ftp://93.184.216.34/x", "webhook_url_scheme"),
+        ("https://u:p@93.184.216.34/x", "webhook_url_credentials"),
+        ("not a url", "webhook_url_invalid"),
         (
-            json!({"url": "ftp://93.184.216.34/x", "events": ["ledger.posted"]}),
-            422,
-            "webhook_url_scheme",
-            "url",
-        ),
-        (
-            json!({"url": "https://u:p@93.184.216.34/x", "events": ["ledger.posted"]}),
-            422,
-            "webhook_url_credentials",
-            "url",
-        ),
-        (
-            json!({"url": "not a url", "events": ["ledger.posted"]}),
-            422,
-            "webhook_url_invalid",
-            "url",
-        ),
-        (
-            json!({"url": format!("https://93.184.216.34/{}", "a".repeat(2100)), "events": ["ledger.posted"]}),
-            422,
+            &format!("https://93.184.216.34/{}", "a".repeat(2100)),
             "webhook_url_too_long",
-            "url",
         ),
+        ("http://127.0.0.1:9/hook", "webhook_target_forbidden"),
+        ("http://10.0.0.7/hook", "webhook_target_forbidden"),
         (
-            json!({"url": "http://127.0.0.1:9/hook", "events": ["ledger.posted"]}),
-            422,
+            "http://169.254.169.254/latest/meta-data/",
             "webhook_target_forbidden",
-            "url",
         ),
+        ("http://[::1]:9/hook", "webhook_target_forbidden"),
+        ("http://100.64.1.1/hook", "webhook_target_forbidden"),
+        ("http://localhost:9/hook", "webhook_target_forbidden"),
         (
-            json!({"url": "http://10.0.0.7/hook", "events": ["ledger.posted"]}),
-            422,
-            "webhook_target_forbidden",
-            "url",
-        ),
-        (
-            json!({"url": "http://169.254.169.254/latest/meta-data/", "events": ["ledger.posted"]}),
-            422,
-            "webhook_target_forbidden",
-            "url",
-        ),
-        (
-            json!({"url": "http://[::1]:9/hook", "events": ["ledger.posted"]}),
-            422,
-            "webhook_target_forbidden",
-            "url",
-        ),
-        (
-            json!({"url": "http://100.64.1.1/hook", "events": ["ledger.posted"]}),
-            422,
-            "webhook_target_forbidden",
-            "url",
-        ),
-        (
-            json!({"url": "http://localhost:9/hook", "events": ["ledger.posted"]}),
-            422,
-            "webhook_target_forbidden",
-            "url",
-        ),
-        (
-            json!({"url": "http://no-such-host.invalid/hook", "events": ["ledger.posted"]}),
-            422,
+            "http://no-such-host.invalid/hook",
             "webhook_host_unresolvable",
-            "url",
         ),
+    ] {
+        let got = post(&env.base, key, postings_to(url)).await;
+        refused(&got, 422, code, "url");
+    }
+    for (body, code, field) in [
         (
             json!({"url": PUBLIC, "events": []}),
-            422,
             "webhook_events_empty",
             "events",
         ),
         (
             json!({"url": PUBLIC, "events": ["budget.alert"]}),
-            422,
             "unknown_webhook_event",
             "events[0]",
         ),
         (
             json!({"url": PUBLIC, "events": ["ledger.posted", "ledger.posted"]}),
-            422,
             "duplicate_webhook_event",
             "events[1]",
         ),
         (
             json!({"url": PUBLIC, "events": ["ledger.posted"], "description": " "}),
-            422,
             "invalid_field",
             "description",
         ),
         (
             json!({"url": PUBLIC, "events": ["ledger.posted"], "secret": "mine"}),
-            422,
             "unknown_field",
             "secret",
         ),
-        (
-            json!({"events": ["ledger.posted"]}),
-            422,
-            "missing_field",
-            "url",
-        ),
+        (json!({"events": ["ledger.posted"]}), "missing_field", "url"),
     ] {
-        let got = post(&env.base, key, body.clone()).await;
-        refused(&got, status, code, field);
+        let got = post(&env.base, key, body).await;
+        refused(&got, 422, code, field);
     }
     // A member may not register.
-    let got = post(
-        &env.base,
-        &env.a.member_key,
-        json!({"url": PUBLIC, "events": ["ledger.posted"]}),
-    )
-    .await;
+    let got = post(&env.base, &env.a.member_key, postings_to(PUBLIC)).await;
     assert_eq!(got.1["code"], "forbidden_role");
 
     // With private targets allowed, a loopback receiver is accepted.
     let (s, local) = post(
         &env.private_base,
         key,
-        json!({"url": "http://127.0.0.1:9/hook", "events": ["ledger.posted"]}),
+        postings_to("http://127.0.0.1:9/hook"),
     )
     .await;
     assert_eq!(s, StatusCode::CREATED, "{local}");
     // Three webhooks is this instance's limit.
-    let (s, _) = post(
-        &env.base,
-        key,
-        json!({"url": PUBLIC, "events": ["ledger.posted"]}),
-    )
-    .await;
+    let (s, _) = post(&env.base, key, postings_to(PUBLIC)).await;
     assert_eq!(s, StatusCode::CREATED);
-    let got = post(
-        &env.base,
-        key,
-        json!({"url": PUBLIC, "events": ["ledger.posted"]}),
-    )
-    .await;
+    let got = post(&env.base, key, postings_to(PUBLIC)).await;
     assert_eq!(got.0, StatusCode::CONFLICT, "{}", got.1);
     assert_eq!(got.1["code"], "limit_exceeded");
     // Without a secrets key nothing is stored.
-    let got = post(
-        &env.nokey_base,
-        &env.b.admin_key,
-        json!({"url": PUBLIC, "events": ["ledger.posted"]}),
-    )
-    .await;
+    let got = post(&env.nokey_base, &env.b.admin_key, postings_to(PUBLIC)).await;
     assert_eq!(got.0, StatusCode::SERVICE_UNAVAILABLE, "{}", got.1);
     assert_eq!(got.1["code"], "secrets_key_missing");
 
     // Pages: oldest first, each once.
-    let (s, p1) = call(
-        &env.base,
-        key,
-        reqwest::Method::GET,
-        "/v1/webhooks?limit=2",
-        None,
-    )
-    .await;
+    let (s, p1) = get(&env.base, key, "/v1/webhooks?limit=2").await;
     assert_eq!(s, StatusCode::OK, "{p1}");
     assert_eq!(p1["webhooks"].as_array().unwrap().len(), 2);
     assert_eq!(p1["webhooks"][0]["id"], id.as_str());
     let cursor = p1["next_cursor"].as_str().unwrap();
-    let (_, p2) = call(
+    let (_, p2) = get(
         &env.base,
         key,
-        reqwest::Method::GET,
         &format!("/v1/webhooks?limit=2&cursor={cursor}"),
-        None,
     )
     .await;
     assert_eq!(p2["webhooks"].as_array().unwrap().len(), 1);
     assert!(p2["next_cursor"].is_null());
-    let got = call(
-        &env.base,
-        key,
-        reqwest::Method::GET,
-        "/v1/webhooks?cursor=nope",
-        None,
-    )
-    .await;
+    let got = get(&env.base, key, "/v1/webhooks?cursor=nope").await;
     refused(&got, 422, "invalid_field", "cursor");
-    let got = call(
-        &env.base,
-        key,
-        reqwest::Method::GET,
-        "/v1/webhooks?limit=0",
-        None,
-    )
-    .await;
+    let got = get(&env.base, key, "/v1/webhooks?limit=0").await;
     refused(&got, 422, "invalid_field", "limit");
 
     // Another organisation sees none of it.
     let b = env.b.admin_key.as_str();
-    let (_, list_b) = call(&env.base, b, reqwest::Method::GET, "/v1/webhooks", None).await;
+    let (_, list_b) = get(&env.base, b, "/v1/webhooks").await;
     assert_eq!(list_b["webhooks"], json!([]));
     for (m, path) in [
         (reqwest::Method::GET, format!("/v1/webhooks/{id}")),
@@ -355,14 +264,7 @@ async fn registration_validates_and_shows_the_secret_once() -> anyhow::Result<()
     }
 
     // The (empty) delivery log, then deletion.
-    let (s, log) = call(
-        &env.base,
-        key,
-        reqwest::Method::GET,
-        &format!("/v1/webhooks/{id}/deliveries"),
-        None,
-    )
-    .await;
+    let (s, log) = get(&env.base, key, &format!("/v1/webhooks/{id}/deliveries")).await;
     assert_eq!(s, StatusCode::OK, "{log}");
     assert_eq!(log, json!({"deliveries": [], "next_cursor": null}));
     let (s, gone) = call(
@@ -375,25 +277,13 @@ async fn registration_validates_and_shows_the_secret_once() -> anyhow::Result<()
     .await;
     assert_eq!(s, StatusCode::OK, "{gone}");
     assert!(gone["deleted_at"].is_string());
-    let (s, v) = call(
-        &env.base,
-        key,
-        reqwest::Method::GET,
-        &format!("/v1/webhooks/{id}"),
-        None,
-    )
-    .await;
+    let (s, v) = get(&env.base, key, &format!("/v1/webhooks/{id}")).await;
     assert_eq!(
         (s, v["code"].as_str()),
         (StatusCode::NOT_FOUND, Some("webhook_not_found"))
     );
     // Deleting frees a place under the limit.
-    let (s, _) = post(
-        &env.base,
-        key,
-        json!({"url": PUBLIC, "events": ["ledger.posted"]}),
-    )
-    .await;
+    let (s, _) = post(&env.base, key, postings_to(PUBLIC)).await;
     assert_eq!(s, StatusCode::CREATED);
     Ok(())
 }
