@@ -21,10 +21,12 @@ use sqlx::{Postgres, Row, Transaction};
 use tally_budget::{
     parse_timezone, period_containing, validate_thresholds, Enforcement, PeriodKind, Scope,
 };
-use tally_ledger::{Basis, EntryKind, Placement};
+use tally_ledger::{EntryKind, Placement};
 use tally_money::{Cost, Usd};
 use uuid::Uuid;
 
+use crate::decode::parse_basis;
+use crate::page::next_cursor;
 use crate::posting::{
     attribution_from_row, budgets_matching, post, split, Posting, PostingOptions,
 };
@@ -285,11 +287,7 @@ impl Store {
                 continue;
             }
             let amount: Usd = r.try_get("debited_usd")?;
-            let basis: String = r.try_get("basis")?;
-            let basis = basis
-                .parse::<Basis>()
-                .ok()
-                .ok_or_else(|| StoreError::Corrupt(format!("generation basis {basis:?}")))?;
+            let basis = parse_basis(r.try_get("basis")?, "generation")?;
             let (d_actual, d_estimate) = split(basis, amount);
             postings.push(Posting {
                 budget: budget.clone(),
@@ -362,12 +360,7 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         let mut budgets = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-        let next = if budgets.len() as i64 > limit {
-            budgets.truncate(limit as usize);
-            budgets.last().map(|b| b.id.clone())
-        } else {
-            None
-        };
+        let next = next_cursor(&mut budgets, limit, |b| b.id.clone());
         Ok((budgets, next))
     }
 

@@ -97,16 +97,19 @@
 //!   the projections beside the live ones and compare them.
 
 pub mod budgets;
+mod decode;
 #[cfg(test)]
 mod fixtures;
 pub mod ledger;
 pub mod outbox;
+mod page;
 mod posting;
 pub mod providers;
 pub mod queries;
 pub mod reconcile;
 pub mod reservations;
 pub mod retry;
+mod sealed;
 pub mod stats;
 pub mod tenancy;
 pub mod webhooks;

@@ -13,12 +13,12 @@
 //! * Several publishers may run: rows are claimed with
 //!   `FOR UPDATE SKIP LOCKED`, so each is handled by one at a time.
 
-use sqlx::{Postgres, Row, Transaction};
+use sqlx::{Postgres, Transaction};
 
 use crate::{Store, StoreError};
 
 /// An event waiting to be published.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, sqlx::FromRow)]
 pub struct OutboxMessage {
     /// Row id.
     pub id: i64,
@@ -78,24 +78,13 @@ impl Store {
     /// rows another publisher holds.
     pub async fn claim_outbox(&self, limit: i64) -> Result<OutboxClaim, StoreError> {
         let mut tx = self.pool().begin().await?;
-        let rows = sqlx::query(
+        let messages = sqlx::query_as(
             "SELECT id, subject, msg_id, payload FROM outbox WHERE published_at IS NULL \
              ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED",
         )
         .bind(limit)
         .fetch_all(&mut *tx)
         .await?;
-        let messages = rows
-            .into_iter()
-            .map(|r| {
-                Ok(OutboxMessage {
-                    id: r.try_get("id")?,
-                    subject: r.try_get("subject")?,
-                    msg_id: r.try_get("msg_id")?,
-                    payload: r.try_get("payload")?,
-                })
-            })
-            .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(OutboxClaim { tx, messages })
     }
 

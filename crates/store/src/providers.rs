@@ -25,6 +25,7 @@ use sqlx::Row;
 use tally_money::{Cost, Usd};
 use tally_secrets::Sealed;
 
+use crate::sealed::{sealed_from, BindSealed};
 use crate::{Store, StoreError};
 
 /// Postgres notification channel of provider configuration changes; the
@@ -236,16 +237,6 @@ pub struct StoredModel {
     pub output_modalities: Vec<String>,
 }
 
-fn sealed_from(r: &PgRow) -> Result<Sealed, StoreError> {
-    Ok(Sealed {
-        kek_id: r.try_get("kek_id")?,
-        wrap_nonce: r.try_get("wrap_nonce")?,
-        wrapped_key: r.try_get("wrapped_key")?,
-        nonce: r.try_get("nonce")?,
-        ciphertext: r.try_get("ciphertext")?,
-    })
-}
-
 fn to_u64(v: Option<i64>) -> Option<u64> {
     v.and_then(|n| u64::try_from(n).ok())
 }
@@ -314,11 +305,7 @@ impl Store {
         .bind(c.limit_remaining_usd)
         .bind(c.is_free_tier)
         .bind(&c.byok_providers)
-        .bind(&c.sealed_key.kek_id)
-        .bind(&c.sealed_key.wrap_nonce)
-        .bind(&c.sealed_key.wrapped_key)
-        .bind(&c.sealed_key.nonce)
-        .bind(&c.sealed_key.ciphertext)
+        .bind_sealed(&c.sealed_key)
         .fetch_one(&mut *tx)
         .await?;
         let conn = connection_from(&row)?;
@@ -445,11 +432,7 @@ impl Store {
         .bind(org_id)
         .bind(provider)
         .bind(version)
-        .bind(&sealed.kek_id)
-        .bind(&sealed.wrap_nonce)
-        .bind(&sealed.wrapped_key)
-        .bind(&sealed.nonce)
-        .bind(&sealed.ciphertext)
+        .bind_sealed(sealed)
         .execute(self.pool())
         .await?
         .rows_affected();
@@ -599,11 +582,7 @@ impl Store {
         .bind(&s.provider)
         .bind(&s.admin_key_id)
         .bind(&s.byok_providers)
-        .bind(&s.sealed_verifier.kek_id)
-        .bind(&s.sealed_verifier.wrap_nonce)
-        .bind(&s.sealed_verifier.wrapped_key)
-        .bind(&s.sealed_verifier.nonce)
-        .bind(&s.sealed_verifier.ciphertext)
+        .bind_sealed(&s.sealed_verifier)
         .bind(s.expires_at)
         .execute(self.pool())
         .await?;
@@ -681,11 +660,7 @@ impl Store {
                  nonce = $5, ciphertext = $6 WHERE state_sha256 = $1",
         )
         .bind(state_sha256)
-        .bind(&sealed.kek_id)
-        .bind(&sealed.wrap_nonce)
-        .bind(&sealed.wrapped_key)
-        .bind(&sealed.nonce)
-        .bind(&sealed.ciphertext)
+        .bind_sealed(sealed)
         .execute(self.pool())
         .await?;
         Ok(())

@@ -31,7 +31,7 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 use tally_budget::{period_containing, Period};
 use tally_events::Attribution;
 use tally_ledger::{Basis, CostState, EntryKind};
@@ -39,10 +39,12 @@ use tally_money::{Cost, Usd};
 use uuid::Uuid;
 
 use crate::budgets::Budget;
+use crate::decode::parse_basis;
+use crate::page::next_cursor;
 use crate::{Store, StoreError};
 
 /// The totals of one budget period.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, sqlx::FromRow)]
 pub struct PeriodTotals {
     /// Everything debited in the period (`actual + estimated`).
     pub spent_usd: Usd,
@@ -54,6 +56,7 @@ pub struct PeriodTotals {
     pub generations: i64,
     /// Held now by reservations of generations still running (see
     /// [`crate::reservations`]).
+    #[sqlx(rename = "held_usd")]
     pub reserved_usd: Usd,
 }
 
@@ -169,10 +172,12 @@ impl GroupBy {
 }
 
 /// The spend of one group.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SpendRow {
     /// The group key (model, agent, user or `YYYY-MM-DD`); `None` for
-    /// generations without the grouped field.
+    /// generations without the grouped field (and for totals over every
+    /// group, which have no `key` column).
+    #[sqlx(default)]
     pub key: Option<String>,
     /// Net debits of the group.
     pub spent_usd: Usd,
@@ -190,6 +195,17 @@ pub struct SpendRow {
 /// `# Decisions`); in a budget's scope `None` means "any".
 pub type CheckScope = tally_budget::Scope;
 
+/// The sums of a spend query (one [`SpendRow`] without its key).
+const SPEND_SUMS: &str = "COALESCE(SUM(debited_usd), 0) AS spent_usd, \
+     COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'actual'), 0) AS spent_actual_usd, \
+     COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'estimate'), 0) AS spent_estimated_usd, \
+     COUNT(*) AS generations";
+
+/// The generations a spend query sums: organisation `$1`, completed in
+/// `[$2, $3)`.
+const SPEND_WINDOW: &str = "FROM generations WHERE org_id = $1 AND completed_at IS NOT NULL \
+     AND completed_at >= $2 AND completed_at < $3";
+
 const ENTRY_COLUMNS: &str = "entry_id, budget_id, generation_id, kind, basis, amount_usd, \
                              period_start, period_end, posted_at, batch_id";
 
@@ -205,10 +221,7 @@ fn entry_from_row(r: &PgRow) -> Result<EntryRow, StoreError> {
             "adjustment" => EntryKind::Adjustment,
             other => return Err(StoreError::Corrupt(format!("entry kind {other:?}"))),
         },
-        basis: basis
-            .parse::<Basis>()
-            .ok()
-            .ok_or_else(|| StoreError::Corrupt(format!("entry basis {basis:?}")))?,
+        basis: parse_basis(&basis, "entry")?,
         amount_usd: r.try_get("amount_usd")?,
         period: Period {
             start: r.try_get("period_start")?,
@@ -220,13 +233,7 @@ fn entry_from_row(r: &PgRow) -> Result<EntryRow, StoreError> {
 }
 
 fn totals_from_row(r: &PgRow) -> Result<PeriodTotals, StoreError> {
-    Ok(PeriodTotals {
-        spent_usd: r.try_get("spent_usd")?,
-        spent_actual_usd: r.try_get("spent_actual_usd")?,
-        spent_estimated_usd: r.try_get("spent_estimated_usd")?,
-        generations: r.try_get("generations")?,
-        reserved_usd: r.try_get("held_usd")?,
-    })
+    Ok(PeriodTotals::from_row(r)?)
 }
 
 impl Store {
@@ -315,12 +322,7 @@ impl Store {
             .iter()
             .map(entry_from_row)
             .collect::<Result<Vec<_>, _>>()?;
-        let next = if entries.len() as i64 > limit {
-            entries.truncate(limit as usize);
-            entries.last().map(|e| e.entry_id)
-        } else {
-            None
-        };
+        let next = next_cursor(&mut entries, limit, |e| e.entry_id);
         Ok((entries, next))
     }
 
@@ -369,12 +371,7 @@ impl Store {
         .map(entry_from_row)
         .collect::<Result<Vec<_>, _>>()?;
         let mut entries = entries;
-        let next_entries_cursor = if entries.len() as i64 > limit {
-            entries.truncate(limit as usize);
-            entries.last().map(|e| e.entry_id)
-        } else {
-            None
-        };
+        let next_entries_cursor = next_cursor(&mut entries, limit, |e| e.entry_id);
         Ok(GenerationView {
             generation_id: row.try_get("generation_id")?,
             org_id,
@@ -389,14 +386,7 @@ impl Store {
             estimated_cost_usd: row.try_get("estimated_cost_usd")?,
             actual_cost_usd: row.try_get("actual_cost_usd")?,
             debited_usd: row.try_get("debited_usd")?,
-            basis: match basis {
-                None => None,
-                Some(b) => Some(
-                    b.parse::<Basis>()
-                        .ok()
-                        .ok_or_else(|| StoreError::Corrupt(format!("generation basis {b:?}")))?,
-                ),
-            },
+            basis: basis.map(|b| parse_basis(&b, "generation")).transpose()?,
             state: CostState::parse(&state)
                 .ok_or_else(|| StoreError::Corrupt(format!("generation state {state:?}")))?,
             unresolved_reason: row.try_get("unresolved_reason")?,
@@ -416,32 +406,15 @@ impl Store {
         group_by: GroupBy,
     ) -> Result<Vec<SpendRow>, StoreError> {
         let key = group_by.key_sql();
-        let rows = sqlx::query(&format!(
-            "SELECT {key} AS key, \
-                    COALESCE(SUM(debited_usd), 0) AS spent_usd, \
-                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'actual'), 0) AS spent_actual_usd, \
-                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'estimate'), 0) AS spent_estimated_usd, \
-                    COUNT(*) AS generations \
-             FROM generations \
-             WHERE org_id = $1 AND completed_at IS NOT NULL AND completed_at >= $2 AND completed_at < $3 \
-             GROUP BY 1 ORDER BY 1 NULLS LAST"
+        let groups = sqlx::query_as(&format!(
+            "SELECT {key} AS key, {SPEND_SUMS} {SPEND_WINDOW} GROUP BY 1 ORDER BY 1 NULLS LAST"
         ))
         .bind(org_id)
         .bind(from)
         .bind(to)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SpendRow {
-                    key: r.try_get("key")?,
-                    spent_usd: r.try_get("spent_usd")?,
-                    spent_actual_usd: r.try_get("spent_actual_usd")?,
-                    spent_estimated_usd: r.try_get("spent_estimated_usd")?,
-                    generations: r.try_get("generations")?,
-                })
-            })
-            .collect()
+        Ok(groups)
     }
 
     /// One page of [`Store::spend`]: at most `limit` groups whose key comes
@@ -464,39 +437,17 @@ impl Store {
             Some(None) => (true, None),
             Some(Some(k)) => (false, Some(k)),
         };
-        let totals = sqlx::query(
-            "SELECT COALESCE(SUM(debited_usd), 0) AS spent_usd, \
-                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'actual'), 0) AS spent_actual_usd, \
-                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'estimate'), 0) AS spent_estimated_usd, \
-                    COUNT(*) AS generations \
-             FROM generations \
-             WHERE org_id = $1 AND completed_at IS NOT NULL AND completed_at >= $2 AND completed_at < $3",
-        )
-        .bind(org_id)
-        .bind(from)
-        .bind(to)
-        .fetch_one(self.pool())
-        .await?;
-        let total = SpendRow {
-            key: None,
-            spent_usd: totals.try_get("spent_usd")?,
-            spent_actual_usd: totals.try_get("spent_actual_usd")?,
-            spent_estimated_usd: totals.try_get("spent_estimated_usd")?,
-            generations: totals.try_get("generations")?,
-        };
+        let total: SpendRow = sqlx::query_as(&format!("SELECT {SPEND_SUMS} {SPEND_WINDOW}"))
+            .bind(org_id)
+            .bind(from)
+            .bind(to)
+            .fetch_one(self.pool())
+            .await?;
         if skip_all {
             return Ok((Vec::new(), total, false));
         }
-        let rows = sqlx::query(&format!(
-            "SELECT * FROM ( \
-               SELECT {key} AS key, \
-                    COALESCE(SUM(debited_usd), 0) AS spent_usd, \
-                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'actual'), 0) AS spent_actual_usd, \
-                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'estimate'), 0) AS spent_estimated_usd, \
-                    COUNT(*) AS generations \
-               FROM generations \
-               WHERE org_id = $1 AND completed_at IS NOT NULL AND completed_at >= $2 AND completed_at < $3 \
-               GROUP BY 1) g \
+        let mut groups: Vec<SpendRow> = sqlx::query_as(&format!(
+            "SELECT * FROM (SELECT {key} AS key, {SPEND_SUMS} {SPEND_WINDOW} GROUP BY 1) g \
              WHERE $4::text IS NULL OR g.key > $4 OR g.key IS NULL \
              ORDER BY g.key NULLS LAST LIMIT $5"
         ))
@@ -507,18 +458,6 @@ impl Store {
         .bind(limit.saturating_add(1))
         .fetch_all(self.pool())
         .await?;
-        let mut groups = rows
-            .iter()
-            .map(|r| {
-                Ok(SpendRow {
-                    key: r.try_get("key")?,
-                    spent_usd: r.try_get("spent_usd")?,
-                    spent_actual_usd: r.try_get("spent_actual_usd")?,
-                    spent_estimated_usd: r.try_get("spent_estimated_usd")?,
-                    generations: r.try_get("generations")?,
-                })
-            })
-            .collect::<Result<Vec<_>, StoreError>>()?;
         let more = groups.len() as i64 > limit;
         groups.truncate(limit as usize);
         Ok((groups, total, more))

@@ -43,7 +43,7 @@ pub struct SweepFilter {
 }
 
 /// A generation claimed by a sweeper.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct SweepCandidate {
     /// The generation.
     pub generation_id: String,
@@ -60,7 +60,7 @@ pub struct SweepCandidate {
 }
 
 /// What tally booked for the generations completed in one window.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, sqlx::FromRow)]
 pub struct BookedTotals {
     /// Net debit of every generation in the window (actual, else estimate).
     pub booked_usd: Usd,
@@ -149,7 +149,7 @@ impl Store {
         lease: std::time::Duration,
     ) -> Result<Vec<SweepCandidate>, StoreError> {
         let lease_ms = i64::try_from(lease.as_millis()).unwrap_or(i64::MAX);
-        let rows = sqlx::query(&format!(
+        let candidates = sqlx::query_as(&format!(
             "WITH candidates AS ( \
                  SELECT g.generation_id, g.org_id, g.completed_at, g.estimated_cost_usd, g.state, \
                         COALESCE(s.sweeps, 0) AS sweeps \
@@ -176,18 +176,7 @@ impl Store {
         .bind(lease_ms)
         .fetch_all(self.pool())
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(SweepCandidate {
-                    generation_id: r.try_get("generation_id")?,
-                    org_id: r.try_get("org_id")?,
-                    completed_at: r.try_get("completed_at")?,
-                    estimated_cost_usd: r.try_get("estimated_cost_usd")?,
-                    state: r.try_get("state")?,
-                    sweeps: r.try_get("sweeps")?,
-                })
-            })
-            .collect()
+        Ok(candidates)
     }
 
     /// Ends the claim on `generation_id`, recording that it was asked about
@@ -214,11 +203,11 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<BookedTotals, StoreError> {
-        let row = sqlx::query(
-            "SELECT COALESCE(SUM(debited_usd), 0) AS booked, \
-                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'actual'), 0) AS actual, \
-                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'estimate'), 0) AS estimated, \
-                    COUNT(*) AS n, \
+        let totals = sqlx::query_as(
+            "SELECT COALESCE(SUM(debited_usd), 0) AS booked_usd, \
+                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'actual'), 0) AS booked_actual_usd, \
+                    COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'estimate'), 0) AS booked_estimated_usd, \
+                    COUNT(*) AS generations, \
                     COUNT(*) FILTER (WHERE basis <> 'actual') AS without_actual \
              FROM generations WHERE org_id = $1 AND completed_at >= $2 AND completed_at < $3",
         )
@@ -227,12 +216,6 @@ impl Store {
         .bind(to)
         .fetch_one(self.pool())
         .await?;
-        Ok(BookedTotals {
-            booked_usd: row.try_get("booked")?,
-            booked_actual_usd: row.try_get("actual")?,
-            booked_estimated_usd: row.try_get("estimated")?,
-            generations: row.try_get("n")?,
-            without_actual: row.try_get("without_actual")?,
-        })
+        Ok(totals)
     }
 }

@@ -78,6 +78,7 @@ use tally_money::{Cost, Usd};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::budgets::{self, Budget};
+use crate::page::next_cursor;
 use crate::{Store, StoreError};
 
 /// Longest request id accepted (bytes).
@@ -1115,12 +1116,7 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         let mut res = rows.iter().map(from_row).collect::<Result<Vec<_>, _>>()?;
-        let next = if res.len() as i64 > limit {
-            res.truncate(limit as usize);
-            res.last().map(|r| r.request_id.clone())
-        } else {
-            None
-        };
+        let next = next_cursor(&mut res, limit, |r| r.request_id.clone());
         let mut conn = self.pool().acquire().await?;
         load_holds(&mut conn, &mut res).await?;
         Ok((res, next))

@@ -91,7 +91,7 @@ impl std::fmt::Display for Role {
 }
 
 /// An organisation.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Org {
     /// Its id (`^[A-Za-z0-9_-]{1,64}$`).
     pub org_id: String,
@@ -261,7 +261,7 @@ impl Store {
         check_org_id(org_id)?;
         check_name("name", name)?;
         let mut tx = self.pool().begin().await?;
-        let row = sqlx::query(
+        let org: Org = sqlx::query_as(
             "INSERT INTO orgs (org_id, name) VALUES ($1, $2) ON CONFLICT DO NOTHING \
              RETURNING org_id, name, created_at",
         )
@@ -270,11 +270,6 @@ impl Store {
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| StoreError::Conflict(format!("organisation {org_id:?} exists")))?;
-        let org = Org {
-            org_id: row.try_get("org_id")?,
-            name: row.try_get("name")?,
-            created_at: row.try_get("created_at")?,
-        };
         let key = insert_key(&mut tx, org_id, Role::Admin, Some("first admin key")).await?;
         tx.commit().await?;
         Ok((org, key))
@@ -282,18 +277,12 @@ impl Store {
 
     /// The organisation, if it exists.
     pub async fn org(&self, org_id: &str) -> Result<Option<Org>, StoreError> {
-        let row = sqlx::query("SELECT org_id, name, created_at FROM orgs WHERE org_id = $1")
-            .bind(org_id)
-            .fetch_optional(self.pool())
-            .await?;
-        row.map(|row| {
-            Ok(Org {
-                org_id: row.try_get("org_id")?,
-                name: row.try_get("name")?,
-                created_at: row.try_get("created_at")?,
-            })
-        })
-        .transpose()
+        Ok(
+            sqlx::query_as("SELECT org_id, name, created_at FROM orgs WHERE org_id = $1")
+                .bind(org_id)
+                .fetch_optional(self.pool())
+                .await?,
+        )
     }
 
     /// Issues a key, at most [`MAX_KEYS_PER_ORG`] unrevoked per

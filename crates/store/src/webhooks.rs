@@ -31,10 +31,12 @@
 
 use chrono::{DateTime, Utc};
 use sqlx::postgres::PgRow;
-use sqlx::Row;
+use sqlx::{FromRow, Row};
 use tally_secrets::{Context, Sealed};
 use uuid::Uuid;
 
+use crate::page::next_cursor;
+use crate::sealed::{sealed_from_nullable, BindSealed};
 use crate::{Store, StoreError};
 
 /// The event kinds a webhook may ask for.
@@ -89,7 +91,7 @@ pub struct NewWebhook {
 }
 
 /// A stored webhook (never its secret).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
 pub struct Webhook {
     /// Id.
     pub id: Uuid,
@@ -267,15 +269,7 @@ fn excerpt(s: Option<&str>) -> Option<String> {
 const WEBHOOK_COLUMNS: &str = "id, org_id, url, events, description, created_at, deleted_at";
 
 fn webhook(row: &PgRow) -> Result<Webhook, StoreError> {
-    Ok(Webhook {
-        id: row.try_get("id")?,
-        org_id: row.try_get("org_id")?,
-        url: row.try_get("url")?,
-        events: row.try_get("events")?,
-        description: row.try_get("description")?,
-        created_at: row.try_get("created_at")?,
-        deleted_at: row.try_get("deleted_at")?,
-    })
+    Ok(Webhook::from_row(row)?)
 }
 
 const DELIVERY_COLUMNS: &str = "id, webhook_id, event_id, event_type, state, attempts, \
@@ -302,28 +296,6 @@ fn delivery(row: &PgRow) -> Result<WebhookDelivery, StoreError> {
         last_response: row.try_get("last_response")?,
         delivered_at: row.try_get("delivered_at")?,
         failed_at: row.try_get("failed_at")?,
-    })
-}
-
-fn sealed_from(row: &PgRow) -> Result<Option<Sealed>, StoreError> {
-    let kek_id: Option<String> = row.try_get("kek_id")?;
-    Ok(match kek_id {
-        None => None,
-        Some(kek_id) => Some(Sealed {
-            kek_id,
-            wrap_nonce: row
-                .try_get::<Option<Vec<u8>>, _>("wrap_nonce")?
-                .unwrap_or_default(),
-            wrapped_key: row
-                .try_get::<Option<Vec<u8>>, _>("wrapped_key")?
-                .unwrap_or_default(),
-            nonce: row
-                .try_get::<Option<Vec<u8>>, _>("nonce")?
-                .unwrap_or_default(),
-            ciphertext: row
-                .try_get::<Option<Vec<u8>>, _>("ciphertext")?
-                .unwrap_or_default(),
-        }),
     })
 }
 
@@ -403,7 +375,6 @@ impl Store {
                 max,
             });
         }
-        let s = &new.sealed_secret;
         let row = sqlx::query(&format!(
             "INSERT INTO webhooks (id, org_id, url, events, description, kek_id, wrap_nonce, \
              wrapped_key, nonce, ciphertext) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -414,11 +385,7 @@ impl Store {
         .bind(&new.url)
         .bind(&new.events)
         .bind(&new.description)
-        .bind(&s.kek_id)
-        .bind(&s.wrap_nonce)
-        .bind(&s.wrapped_key)
-        .bind(&s.nonce)
-        .bind(&s.ciphertext)
+        .bind_sealed(&new.sealed_secret)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
@@ -444,12 +411,7 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         let mut out = rows.iter().map(webhook).collect::<Result<Vec<_>, _>>()?;
-        let next = if out.len() as i64 > limit {
-            out.truncate(limit as usize);
-            out.last().map(|w| w.id)
-        } else {
-            None
-        };
+        let next = next_cursor(&mut out, limit, |w| w.id);
         Ok((out, next))
     }
 
@@ -519,12 +481,7 @@ impl Store {
         .fetch_all(self.pool())
         .await?;
         let mut out = rows.iter().map(delivery).collect::<Result<Vec<_>, _>>()?;
-        let next = if out.len() as i64 > limit {
-            out.truncate(limit as usize);
-            out.last().map(|d| d.id)
-        } else {
-            None
-        };
+        let next = next_cursor(&mut out, limit, |d| d.id);
         Ok((out, next))
     }
 
@@ -628,7 +585,7 @@ impl Store {
                     attempt: row.try_get("attempts")?,
                     accepted_at: row.try_get("accepted_at")?,
                     url: row.try_get("url")?,
-                    sealed_secret: sealed_from(row)?,
+                    sealed_secret: sealed_from_nullable(row)?,
                 })
             })
             .collect()
@@ -716,7 +673,7 @@ impl Store {
                 Ok(SealedWebhookSecret {
                     id: row.try_get("id")?,
                     org_id: row.try_get("org_id")?,
-                    sealed: sealed_from(row)?
+                    sealed: sealed_from_nullable(row)?
                         .ok_or_else(|| StoreError::Corrupt("live webhook without secret".into()))?,
                 })
             })
