@@ -513,6 +513,20 @@ fn through_the_wire<T: Payload + Clone + PartialEq + std::fmt::Debug>(
     decode(PREFIX, &event.bus_subject(PREFIX), &body).unwrap()
 }
 
+/// [`through_the_wire`] for `data` published by `source` at `at`.
+fn send<T: Payload + Clone + PartialEq + std::fmt::Debug>(
+    validators: &BTreeMap<EventType, Validator>,
+    id: impl Into<String>,
+    source: &str,
+    at: DateTime<Utc>,
+    data: T,
+) -> AnyEvent {
+    through_the_wire(
+        validators,
+        CloudEvent::new_on_bus(PREFIX, id, source, at, data),
+    )
+}
+
 #[test]
 fn events_built_in_rust_satisfy_their_schemas() {
     let v = validators();
@@ -574,10 +588,7 @@ fn events_built_in_rust_satisfy_their_schemas() {
         reply_subject: Some("_INBOX.x".into()),
         requested_at: now,
     };
-    through_the_wire(
-        &v,
-        CloudEvent::new_on_bus(PREFIX, "r1", "/agents/x", now, requested),
-    );
+    send(&v, "r1", "/agents/x", now, requested);
 
     let entry = |kind, basis, amount: &str| LedgerEntry {
         entry_id: format!("e-{amount}"),
@@ -604,10 +615,7 @@ fn events_built_in_rust_satisfy_their_schemas() {
         ],
     };
     let id = derived_event_id(EventType::LedgerPosted, &["7", "acme"]);
-    through_the_wire(
-        &v,
-        CloudEvent::new_on_bus(PREFIX, id, "/tally/projector", now, posted),
-    );
+    send(&v, id, "/tally/projector", now, posted);
 
     let alert = ThresholdCrossed {
         alert_id: "b1:2025-05:100".into(),
@@ -636,10 +644,7 @@ fn events_built_in_rust_satisfy_their_schemas() {
         attempts: 1,
         reconciled_at: now,
     };
-    through_the_wire(
-        &v,
-        CloudEvent::new_on_bus(PREFIX, "x", "/tally/reconciler", now, reconciled),
-    );
+    send(&v, "x", "/tally/reconciler", now, reconciled);
 
     let unresolved = CostUnresolved {
         generation_id: "gen-1".into(),
@@ -649,10 +654,7 @@ fn events_built_in_rust_satisfy_their_schemas() {
         last_status: None,
         gave_up_at: now,
     };
-    through_the_wire(
-        &v,
-        CloudEvent::new_on_bus(PREFIX, "x", "/tally/reconciler", now, unresolved),
-    );
+    send(&v, "x", "/tally/reconciler", now, unresolved);
 
     let failed = GenerationFailed {
         request_id: "r1".into(),
@@ -663,10 +665,7 @@ fn events_built_in_rust_satisfy_their_schemas() {
         retryable: true,
         failed_at: now,
     };
-    through_the_wire(
-        &v,
-        CloudEvent::new_on_bus(PREFIX, "x", "/tally/worker", now, failed),
-    );
+    send(&v, "x", "/tally/worker", now, failed);
 
     let result = GenerationResult {
         request_id: "r1".into(),

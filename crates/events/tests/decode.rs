@@ -35,50 +35,57 @@ fn code(r: Result<AnyEvent, EventError>) -> &'static str {
     r.expect_err("should be refused").code()
 }
 
-#[test]
-fn subject_must_carry_the_events_org() {
-    let b = body(&completed());
-    assert!(decode("tally", "tally.generation.completed.acme", &b).is_ok());
-    for wrong in [
-        "tally.generation.completed.other",
-        "tally.generation.completed.acme.extra",
-        "tally.generation.completed",
-        "tally.cost.reconciled.acme",
-        "other.generation.completed.acme",
-        "tally.generation.completed.*",
-        "tally.generation.completed.>",
-        "",
-    ] {
+/// `doc` decodes on `right` and on no subject of `wrong`, each refused as a
+/// subject mismatch that names the subject it expected.
+fn assert_only_on(doc: &Value, right: &str, wrong: &[&str]) {
+    let b = body(doc);
+    assert!(decode("tally", right, &b).is_ok());
+    for &wrong in wrong {
         let err = decode("tally", wrong, &b).unwrap_err();
         assert_eq!(err.code(), "subject_mismatch", "{wrong}");
         assert_eq!(
             err,
             EventError::SubjectMismatch {
                 subject: wrong.to_owned(),
-                expected: "tally.generation.completed.acme".to_owned(),
+                expected: right.to_owned(),
             }
         );
     }
+}
+
+#[test]
+fn subject_must_carry_the_events_org() {
+    assert_only_on(
+        &completed(),
+        "tally.generation.completed.acme",
+        &[
+            "tally.generation.completed.other",
+            "tally.generation.completed.acme.extra",
+            "tally.generation.completed",
+            "tally.cost.reconciled.acme",
+            "other.generation.completed.acme",
+            "tally.generation.completed.*",
+            "tally.generation.completed.>",
+            "",
+        ],
+    );
     // The prefix is configuration.
+    let b = body(&completed());
     assert!(decode("prod.tally", "prod.tally.generation.completed.acme", &b).is_ok());
 }
 
 #[test]
 fn alert_subject_must_carry_org_and_budget() {
-    let b = body(&alert());
-    assert!(decode("tally", "tally.budget.alert.acme.b1", &b).is_ok());
-    for wrong in [
-        "tally.budget.alert.acme.b2",
-        "tally.budget.alert.other.b1",
-        "tally.budget.alert.acme",
-        "tally.budget.threshold_crossed.acme.b1",
-    ] {
-        assert_eq!(
-            code(decode("tally", wrong, &b)),
-            "subject_mismatch",
-            "{wrong}"
-        );
-    }
+    assert_only_on(
+        &alert(),
+        "tally.budget.alert.acme.b1",
+        &[
+            "tally.budget.alert.acme.b2",
+            "tally.budget.alert.other.b1",
+            "tally.budget.alert.acme",
+            "tally.budget.threshold_crossed.acme.b1",
+        ],
+    );
 }
 
 #[test]
@@ -408,22 +415,18 @@ fn completed_at_must_lie_in_the_window() {
 
 #[test]
 fn a_leap_second_is_the_last_microsecond_of_its_minute() {
-    let b = with_data("completed_at", json!("2026-11-30T23:59:60Z"));
-    let AnyEvent::Completed(e) = decode("tally", SUBJECT, &b).unwrap() else {
-        panic!("not a completed event");
-    };
-    assert_eq!(
-        tally_events::time::format(&e.data.completed_at),
-        "2026-11-30T23:59:59.999999Z"
-    );
-    let b = with_data("completed_at", json!("2026-11-30T23:59:59.9999999Z"));
-    let AnyEvent::Completed(e) = decode("tally", SUBJECT, &b).unwrap() else {
-        panic!("not a completed event");
-    };
-    assert_eq!(
-        tally_events::time::format(&e.data.completed_at),
-        "2026-11-30T23:59:59.999999Z"
-    );
+    // A leap second, and a time past the last microsecond of 59.
+    for written in ["2026-11-30T23:59:60Z", "2026-11-30T23:59:59.9999999Z"] {
+        let b = with_data("completed_at", json!(written));
+        let AnyEvent::Completed(e) = decode("tally", SUBJECT, &b).unwrap() else {
+            panic!("not a completed event");
+        };
+        assert_eq!(
+            tally_events::time::format(&e.data.completed_at),
+            "2026-11-30T23:59:59.999999Z",
+            "{written}"
+        );
+    }
 }
 
 #[test]
@@ -493,24 +496,11 @@ fn a_completed_event_without_status_is_completed_but_a_wrong_status_is_refused()
     let again: Value = serde_json::from_slice(&e.to_json()).unwrap();
     assert_eq!(again["data"]["status"], "completed");
 
-    doc["data"]["status"] = json!("finished");
-    assert_eq!(
-        code(decode(
-            "tally",
-            "tally.generation.completed.acme",
-            &body(&doc)
-        )),
-        "invalid_data"
-    );
-    doc["data"]["status"] = Value::Null;
-    assert_eq!(
-        code(decode(
-            "tally",
-            "tally.generation.completed.acme",
-            &body(&doc)
-        )),
-        "invalid_data"
-    );
+    for bad in [json!("finished"), Value::Null] {
+        doc["data"]["status"] = bad.clone();
+        let refused = decode("tally", "tally.generation.completed.acme", &body(&doc));
+        assert_eq!(code(refused), "invalid_data", "{bad}");
+    }
 }
 
 #[test]
