@@ -459,41 +459,31 @@ mod tests {
 
     #[test]
     fn percent_comparison_is_exact() {
+        use Ordering::{Equal, Greater, Less};
         // 333 % of a 28-digit limit is 332999999.9999999999999999999667.
         let limit = u("99999999.99999999999999999999");
-        assert_eq!(
-            u("332999999.99999999999999999996").cmp_percent_of(limit, 333),
-            Ordering::Less
-        );
-        assert_eq!(
-            u("332999999.99999999999999999997").cmp_percent_of(limit, 333),
-            Ordering::Greater
-        );
-        assert_eq!(
-            u("999999999.9999999999999999999").cmp_percent_of(limit, 1000),
-            Ordering::Equal
-        );
-        // Level beyond the range: everything is below it.
-        assert_eq!(Usd::MAX.cmp_percent_of(Usd::MAX, 101), Ordering::Less);
-        assert_eq!(Usd::MAX.cmp_percent_of(Usd::MAX, 100), Ordering::Equal);
-        assert_eq!(u("1").cmp_percent_of(u("0.01"), 50), Ordering::Greater);
-        // Levels of a fraction of a unit: 1e-28 × 50 % = 0.5e-28.
-        assert_eq!(Usd::ZERO.cmp_percent_of(Usd::EPSILON, 50), Ordering::Less);
-        assert_eq!(
-            Usd::EPSILON.cmp_percent_of(Usd::EPSILON, 50),
-            Ordering::Greater
-        );
-        // Negative limits.
+        // Negative limits: 50 % of this one is -1.5e-28.
         let neg = u("-0.0000000000000000000000000003");
-        // level = -1.5e-28
-        assert_eq!(
-            u("-0.0000000000000000000000000001").cmp_percent_of(neg, 50),
-            Ordering::Greater
-        );
-        assert_eq!(
-            u("-0.0000000000000000000000000002").cmp_percent_of(neg, 50),
-            Ordering::Less
-        );
-        assert_eq!(Usd::ZERO.cmp_percent_of(neg, 0), Ordering::Equal);
+        for (spent, limit, percent, expected) in [
+            (u("332999999.99999999999999999996"), limit, 333, Less),
+            (u("332999999.99999999999999999997"), limit, 333, Greater),
+            (u("999999999.9999999999999999999"), limit, 1000, Equal),
+            // Level beyond the range: everything is below it.
+            (Usd::MAX, Usd::MAX, 101, Less),
+            (Usd::MAX, Usd::MAX, 100, Equal),
+            (u("1"), u("0.01"), 50, Greater),
+            // Levels of a fraction of a unit: 1e-28 × 50 % = 0.5e-28.
+            (Usd::ZERO, Usd::EPSILON, 50, Less),
+            (Usd::EPSILON, Usd::EPSILON, 50, Greater),
+            (u("-0.0000000000000000000000000001"), neg, 50, Greater),
+            (u("-0.0000000000000000000000000002"), neg, 50, Less),
+            (Usd::ZERO, neg, 0, Equal),
+        ] {
+            assert_eq!(
+                spent.cmp_percent_of(limit, percent),
+                expected,
+                "{spent} against {percent} % of {limit}"
+            );
+        }
     }
 }
