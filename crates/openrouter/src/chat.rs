@@ -66,17 +66,7 @@ fn apply(
     w: WireChat,
     text: &mut String,
 ) -> Result<bool, OpenRouterError> {
-    if reply.generation_id.is_empty() {
-        if let Some(id) = w.id.as_ref().filter(|s| !s.is_empty()) {
-            reply.generation_id = id.clone();
-        }
-    }
-    if w.model.is_some() {
-        reply.model = w.model;
-    }
-    if w.provider.is_some() {
-        reply.provider = w.provider;
-    }
+    reply.note_origin(w.id, w.model, w.provider);
     let mut failed = false;
     for c in w.choices.iter().flatten() {
         if let Some(t) = text_of(&c.message).or_else(|| text_of(&c.delta)) {
@@ -96,12 +86,7 @@ fn apply(
             .error
             .get_or_insert_with(|| "the generation failed mid-stream".to_owned());
     }
-    if let Some(u) = w.usage {
-        reply.usage = Some(
-            u.into_usage()
-                .map_err(|e| OpenRouterError::malformed(200, e))?,
-        );
-    }
+    reply.note_usage(w.usage, 200)?;
     Ok(failed)
 }
 
@@ -114,10 +99,7 @@ pub fn chat_reply_from_body(
     let w: WireChat = serde_json::from_slice(body).map_err(|e| {
         OpenRouterError::malformed(200, format!("body is not a chat completion: {e}"))
     })?;
-    let mut reply = ResponsesReply {
-        generation_id: header_id.to_owned(),
-        ..ResponsesReply::default()
-    };
+    let mut reply = ResponsesReply::for_header(header_id);
     let mut text = String::new();
     let failed = apply(&mut reply, w, &mut text)?;
     reply.output_text = text;
@@ -141,10 +123,7 @@ impl ChatStreamAccumulator {
     /// `header_id` (empty when absent).
     pub fn new(header_id: &str) -> Self {
         ChatStreamAccumulator {
-            reply: ResponsesReply {
-                generation_id: header_id.to_owned(),
-                ..ResponsesReply::default()
-            },
+            reply: ResponsesReply::for_header(header_id),
             ..ChatStreamAccumulator::default()
         }
     }
@@ -175,12 +154,7 @@ impl ChatStreamAccumulator {
         } else if !self.failed {
             self.reply.status = Some("completed".to_owned());
         }
-        if self.reply.generation_id.is_empty() {
-            return Err(OpenRouterError::Transport(
-                "the stream ended before revealing a generation id".to_owned(),
-            ));
-        }
-        Ok(self.reply)
+        self.reply.streamed()
     }
 }
 

@@ -236,17 +236,18 @@ fn parse_model(raw: &RawValue) -> Option<ModelInfo> {
 impl OpenRouterClient {
     /// `GET {base}/models`: the model catalog with its prices.
     pub async fn models(&self) -> Result<Vec<ModelInfo>, OpenRouterError> {
-        let url = self.url("/models")?;
-        let reply = self
-            .send_and_read(self.request(Method::GET, url), BODY_LIMIT, false)
-            .await?;
-        parse_catalog(&reply.body, reply.status)
+        self.catalog("/models").await
     }
 
     /// `GET {base}/models/user`: the catalog filtered by the key owner's
     /// provider preferences and privacy settings (needs the key).
     pub async fn models_user(&self) -> Result<Vec<ModelInfo>, OpenRouterError> {
-        let url = self.url("/models/user")?;
+        self.catalog("/models/user").await
+    }
+
+    /// `GET {base}{path}`, read as a model catalog.
+    async fn catalog(&self, path: &str) -> Result<Vec<ModelInfo>, OpenRouterError> {
+        let url = self.url(path)?;
         let reply = self
             .send_and_read(self.request(Method::GET, url), BODY_LIMIT, false)
             .await?;

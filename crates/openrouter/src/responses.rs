@@ -266,6 +266,63 @@ pub struct ResponsesReply {
 }
 
 impl ResponsesReply {
+    /// An empty reply whose generation id is the `X-Generation-Id` header
+    /// `header_id` (empty when absent).
+    pub(crate) fn for_header(header_id: &str) -> Self {
+        ResponsesReply {
+            generation_id: header_id.to_owned(),
+            ..ResponsesReply::default()
+        }
+    }
+
+    /// Takes what a reply object says of where it ran: its `id` (when the
+    /// header gave none), the model and the provider (when sent).
+    pub(crate) fn note_origin(
+        &mut self,
+        id: Option<String>,
+        model: Option<String>,
+        provider: Option<String>,
+    ) {
+        if self.generation_id.is_empty() {
+            if let Some(id) = id.filter(|s| !s.is_empty()) {
+                self.generation_id = id;
+            }
+        }
+        if model.is_some() {
+            self.model = model;
+        }
+        if provider.is_some() {
+            self.provider = provider;
+        }
+    }
+
+    /// Takes a reply object's usage, when sent; usage that is not readable
+    /// makes the reply (of HTTP `status`) malformed.
+    pub(crate) fn note_usage(
+        &mut self,
+        usage: Option<WireUsage>,
+        status: u16,
+    ) -> Result<(), OpenRouterError> {
+        if let Some(u) = usage {
+            self.usage = Some(
+                u.into_usage()
+                    .map_err(|e| OpenRouterError::malformed(status, e))?,
+            );
+        }
+        Ok(())
+    }
+
+    /// The reply at the end of a stream, if the stream revealed its
+    /// generation id.
+    pub(crate) fn streamed(self) -> Result<ResponsesReply, OpenRouterError> {
+        if self.generation_id.is_empty() {
+            return Err(OpenRouterError::Transport(
+                "the stream ended before revealing a generation id".to_owned(),
+            ));
+        }
+        Ok(self)
+    }
+
     /// The reply, if it names its generation (header or body); a reply
     /// without a generation id cannot be reconciled, so it is malformed.
     pub(crate) fn with_generation_id(self) -> Result<ResponsesReply, OpenRouterError> {
@@ -540,17 +597,7 @@ fn apply_response(
     w: WireResponse,
     status: u16,
 ) -> Result<(), OpenRouterError> {
-    if reply.generation_id.is_empty() {
-        if let Some(id) = w.id.as_ref().filter(|s| !s.is_empty()) {
-            reply.generation_id = id.clone();
-        }
-    }
-    if w.model.is_some() {
-        reply.model = w.model;
-    }
-    if w.provider.is_some() {
-        reply.provider = w.provider;
-    }
+    reply.note_origin(w.id, w.model, w.provider);
     if w.status.is_some() {
         reply.status = w.status;
     }
@@ -563,13 +610,7 @@ fn apply_response(
     if let Some(e) = w.error.as_ref().and_then(error_text) {
         reply.error = Some(e);
     }
-    if let Some(u) = w.usage {
-        reply.usage = Some(
-            u.into_usage()
-                .map_err(|e| OpenRouterError::malformed(status, e))?,
-        );
-    }
-    Ok(())
+    reply.note_usage(w.usage, status)
 }
 
 pub(crate) fn header_generation_id(headers: &HeaderMap) -> String {
@@ -587,10 +628,7 @@ impl ResponsesReply {
         let w: WireResponse = serde_json::from_slice(body).map_err(|e| {
             OpenRouterError::malformed(200, format!("body is not a response object: {e}"))
         })?;
-        let mut reply = ResponsesReply {
-            generation_id: header_id.to_owned(),
-            ..ResponsesReply::default()
-        };
+        let mut reply = ResponsesReply::for_header(header_id);
         apply_response(&mut reply, w, 200)?;
         reply.with_generation_id()
     }
@@ -609,10 +647,7 @@ impl StreamAccumulator {
     /// `header_id` (empty when absent).
     pub fn new(header_id: &str) -> Self {
         StreamAccumulator {
-            reply: ResponsesReply {
-                generation_id: header_id.to_owned(),
-                ..ResponsesReply::default()
-            },
+            reply: ResponsesReply::for_header(header_id),
             ..StreamAccumulator::default()
         }
     }
@@ -648,22 +683,7 @@ impl StreamAccumulator {
             _ => {
                 // response.created, response.in_progress, …: metadata only.
                 if let Some(r) = ev.response {
-                    let WireResponse {
-                        id,
-                        model,
-                        provider,
-                        ..
-                    } = r;
-                    apply_response(
-                        &mut self.reply,
-                        WireResponse {
-                            id,
-                            model,
-                            provider,
-                            ..WireResponse::default()
-                        },
-                        200,
-                    )?;
+                    self.reply.note_origin(r.id, r.model, r.provider);
                 }
             }
         }
@@ -680,12 +700,7 @@ impl StreamAccumulator {
             self.reply.aborted = true;
             self.reply.usage = None;
         }
-        if self.reply.generation_id.is_empty() {
-            return Err(OpenRouterError::Transport(
-                "the stream ended before revealing a generation id".to_owned(),
-            ));
-        }
-        Ok(self.reply)
+        self.reply.streamed()
     }
 }
 
