@@ -19,6 +19,23 @@ use tally_money::Cost;
 use tally_openrouter::{ModelInfo, Price, Pricing};
 use tally_store::providers::{StoredModel, StoredPrice, StoredPricing};
 
+/// A `$pricing` whose every price is `$f` of the same price of `$p`: the
+/// seven priced items of a model, named once for every form they take.
+macro_rules! map_prices {
+    ($pricing:ident, $p:expr, $f:expr) => {{
+        let (p, f) = ($p, $f);
+        $pricing {
+            prompt: f(&p.prompt),
+            completion: f(&p.completion),
+            request: f(&p.request),
+            input_cache_read: f(&p.input_cache_read),
+            input_cache_write: f(&p.input_cache_write),
+            internal_reasoning: f(&p.internal_reasoning),
+            web_search: f(&p.web_search),
+        }
+    }};
+}
+
 fn stored_price(p: &Price) -> StoredPrice {
     match p {
         Price::Unknown => StoredPrice::Unknown,
@@ -37,21 +54,12 @@ fn price(p: &StoredPrice) -> Price {
 
 /// The stored form of a discovered model.
 pub fn to_stored(m: &ModelInfo) -> StoredModel {
-    let p = &m.pricing;
     StoredModel {
         model_id: m.id.clone(),
         name: m.name.clone(),
         context_length: m.context_length,
         max_completion_tokens: m.max_completion_tokens,
-        pricing: StoredPricing {
-            prompt: stored_price(&p.prompt),
-            completion: stored_price(&p.completion),
-            request: stored_price(&p.request),
-            input_cache_read: stored_price(&p.input_cache_read),
-            input_cache_write: stored_price(&p.input_cache_write),
-            internal_reasoning: stored_price(&p.internal_reasoning),
-            web_search: stored_price(&p.web_search),
-        },
+        pricing: map_prices!(StoredPricing, &m.pricing, stored_price),
         supported_parameters: m.supported_parameters.clone(),
         input_modalities: m.input_modalities.clone(),
         output_modalities: m.output_modalities.clone(),
@@ -60,7 +68,6 @@ pub fn to_stored(m: &ModelInfo) -> StoredModel {
 
 /// A stored model in the client's form (for estimates and routing).
 pub fn to_model_info(m: &StoredModel) -> ModelInfo {
-    let p = &m.pricing;
     ModelInfo {
         id: m.model_id.clone(),
         name: m.name.clone(),
@@ -68,15 +75,7 @@ pub fn to_model_info(m: &StoredModel) -> ModelInfo {
         max_completion_tokens: m.max_completion_tokens,
         input_modalities: m.input_modalities.clone(),
         output_modalities: m.output_modalities.clone(),
-        pricing: Pricing {
-            prompt: price(&p.prompt),
-            completion: price(&p.completion),
-            request: price(&p.request),
-            input_cache_read: price(&p.input_cache_read),
-            input_cache_write: price(&p.input_cache_write),
-            internal_reasoning: price(&p.internal_reasoning),
-            web_search: price(&p.web_search),
-        },
+        pricing: map_prices!(Pricing, &m.pricing, price),
         supported_parameters: m.supported_parameters.clone(),
     }
 }
@@ -160,21 +159,12 @@ pub struct WireModel {
 impl WireModel {
     /// The wire form of a stored model.
     pub fn of(m: &StoredModel) -> Self {
-        let p = &m.pricing;
         WireModel {
             id: m.model_id.clone(),
             name: m.name.clone(),
             context_length: m.context_length,
             max_completion_tokens: m.max_completion_tokens,
-            pricing: WirePricing {
-                prompt: wire_price(&p.prompt),
-                completion: wire_price(&p.completion),
-                request: wire_price(&p.request),
-                input_cache_read: wire_price(&p.input_cache_read),
-                input_cache_write: wire_price(&p.input_cache_write),
-                internal_reasoning: wire_price(&p.internal_reasoning),
-                web_search: wire_price(&p.web_search),
-            },
+            pricing: map_prices!(WirePricing, &m.pricing, wire_price),
             capabilities: CapabilityProfile::of(m),
         }
     }
