@@ -20,8 +20,8 @@ use serde_json::{json, Value};
 use crate::{
     reply,
     responses::{
-        chat_usage, generation_latency, plan, render, stream_reply, with_generation_id, Ending,
-        Planned, MID_STREAM_ERROR_MESSAGE,
+        begin, chat_usage, render, stream_reply, with_generation_id, Ending, Planned,
+        MID_STREAM_ERROR_MESSAGE,
     },
     Simulator,
 };
@@ -43,26 +43,23 @@ pub(crate) async fn post_chat_completions(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body = match reply::json_body(&body) {
-        Ok(body) => body,
+    let prompt = |body: &Value| {
+        let input = body["messages"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|m| m["content"].as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        let max = body["max_tokens"]
+            .as_u64()
+            .or_else(|| body["max_completion_tokens"].as_u64());
+        (input, max)
+    };
+    let (g, stream) = match begin(&sim, &headers, &body, prompt).await {
+        Ok(started) => started,
         Err(resp) => return resp,
     };
-    let stream = body["stream"].as_bool().unwrap_or(false);
-    let input = body["messages"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|m| m["content"].as_str())
-        .collect::<Vec<_>>()
-        .join("\n");
-    let max = body["max_tokens"]
-        .as_u64()
-        .or_else(|| body["max_completion_tokens"].as_u64());
-    let g = match plan(&sim, &headers, &body, &input, max, stream) {
-        Ok(g) => g,
-        Err(resp) => return resp,
-    };
-    generation_latency(&sim).await;
     if !stream {
         let v = json!({
             "id": g.id, "provider": g.provider, "model": g.model,

@@ -270,18 +270,35 @@ fn byok_fee(upstream: Usd) -> Usd {
 
 /// Waits the configured generation latency: how long both generation
 /// endpoints take before they answer a planned request.
-pub(crate) async fn generation_latency(sim: &Simulator) {
+async fn generation_latency(sim: &Simulator) {
     let latency = sim.shared.cfg.gen_latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
     }
 }
 
+/// The start both generation endpoints share: the JSON body, its `stream`
+/// flag and the plan for the prompt and output cap that `prompt` reads
+/// from the body, then the configured latency. `Err` is the reply to send.
+pub(crate) async fn begin(
+    sim: &Simulator,
+    headers: &HeaderMap,
+    body: &[u8],
+    prompt: impl FnOnce(&Value) -> (String, Option<u64>),
+) -> Result<(Planned, bool), Response> {
+    let body = reply::json_body(body)?;
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    let (input, max) = prompt(&body);
+    let g = plan(sim, headers, &body, &input, max, stream)?;
+    generation_latency(sim).await;
+    Ok((g, stream))
+}
+
 /// Validates and plans a generation request; `Err` is the reply to send
 /// (built once per refused request, so its size does not matter).
 /// `input` is the prompt text, `max_tokens` the output cap.
 #[allow(clippy::result_large_err)]
-pub(crate) fn plan(
+fn plan(
     sim: &Simulator,
     headers: &HeaderMap,
     body: &Value,
@@ -688,22 +705,18 @@ pub(crate) async fn post_responses(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let body = match reply::json_body(&body) {
-        Ok(body) => body,
+    let prompt = |body: &Value| {
+        let mut input = text_of(&body["input"]);
+        if let Some(i) = body["instructions"].as_str() {
+            input.push('\n');
+            input.push_str(i);
+        }
+        (input, body["max_output_tokens"].as_u64())
+    };
+    let (g, stream) = match begin(&sim, &headers, &body, prompt).await {
+        Ok(started) => started,
         Err(resp) => return resp,
     };
-    let stream = body["stream"].as_bool().unwrap_or(false);
-    let mut input = text_of(&body["input"]);
-    if let Some(i) = body["instructions"].as_str() {
-        input.push('\n');
-        input.push_str(i);
-    }
-    let max = body["max_output_tokens"].as_u64();
-    let g = match plan(&sim, &headers, &body, &input, max, stream) {
-        Ok(g) => g,
-        Err(resp) => return resp,
-    };
-    generation_latency(&sim).await;
     tracing::debug!(
         id = g.id,
         model = g.model,
