@@ -1,22 +1,15 @@
 //! The client against the OpenRouter simulator over real HTTP on 127.0.0.1.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{client, start};
 use tally_money::{cost, Cost, Usd};
 use tally_openrouter::{ClientConfig, OpenRouterClient, OpenRouterError, Price};
-use tally_sim::{
-    Fraction, NumberFormat, RunningSim, ScriptedReply, SimConfig, SimGeneration, Simulator,
-};
+use tally_sim::{Fraction, NumberFormat, ScriptedReply, SimConfig, SimGeneration};
 
 use tally_money::usd;
-
-async fn start(cfg: SimConfig) -> RunningSim {
-    Simulator::start(cfg).await.expect("simulator starts")
-}
-
-fn client(sim: &RunningSim) -> OpenRouterClient {
-    OpenRouterClient::new(ClientConfig::new(sim.base_url()).with_api_key("sk-or-test")).unwrap()
-}
 
 #[tokio::test]
 async fn costs_arrive_exact_to_the_digit() {
@@ -26,15 +19,7 @@ async fn costs_arrive_exact_to_the_digit() {
     s.register_generation(SimGeneration::new("gen-exp", usd!("0.0000001425")));
 
     // The wire really carries the exponent form a JavaScript backend prints.
-    let raw = reqwest::Client::new()
-        .get(format!("{}/generation?id=gen-exp", sim.base_url()))
-        .bearer_auth("sk-or-test")
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let raw = common::raw_get(&sim, "/generation?id=gen-exp").await;
     assert!(raw.contains(r#""total_cost":1.425e-7"#), "{raw}");
 
     let c = client(&sim);
@@ -248,12 +233,8 @@ async fn slow_reply_times_out() {
     sim.simulator().register_generation(
         SimGeneration::new("gen-slow", usd!("0.5")).script([ScriptedReply::Slow]),
     );
-    let c = OpenRouterClient::new(
-        ClientConfig::new(sim.base_url())
-            .with_api_key("sk-or-test")
-            .with_timeout(Duration::from_millis(200)),
-    )
-    .unwrap();
+    let c = OpenRouterClient::new(common::config(&sim).with_timeout(Duration::from_millis(200)))
+        .unwrap();
     let started = std::time::Instant::now();
     let err = c.generation("gen-slow").await.unwrap_err();
     assert_eq!(err, OpenRouterError::Timeout);

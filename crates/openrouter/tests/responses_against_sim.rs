@@ -2,20 +2,15 @@
 //! from JSON replies and from the final stream event, aborted streams, and
 //! typed errors.
 
+mod common;
+
 use std::time::Duration;
 
+use common::{client, start};
 use tally_openrouter::{ClientConfig, OpenRouterClient, ResponsesRequest};
-use tally_sim::{Fraction, NumberFormat, RunningSim, SimConfig, Simulator};
+use tally_sim::{Fraction, NumberFormat, SimConfig};
 
 use tally_money::{cost, usd};
-
-async fn start(cfg: SimConfig) -> RunningSim {
-    Simulator::start(cfg).await.expect("simulator starts")
-}
-
-fn client(sim: &RunningSim) -> OpenRouterClient {
-    OpenRouterClient::new(ClientConfig::new(sim.base_url()).with_api_key("sk-or-test")).unwrap()
-}
 
 fn request() -> ResponsesRequest {
     let mut r = ResponsesRequest::new("openai/gpt-4o-mini", "What is 2+2?");

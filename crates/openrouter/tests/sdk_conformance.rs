@@ -113,56 +113,36 @@ fn sse_fold(text: &str, mut f: impl FnMut(&str)) {
     }
 }
 
+/// A scenario of the script: its name and how its simulator differs from
+/// an ephemeral one.
+type Scenario = (&'static str, fn(&mut SimConfig));
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn simulator_sdk_and_tally_agree_on_every_reply_and_cost() {
     let python = sdk_python();
-    let plain = sim(SimConfig::ephemeral()).await;
-    let byok = sim(SimConfig {
-        byok_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
-    let missing = sim(SimConfig {
-        gen_missing_cost_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
-    let abort = sim(SimConfig {
-        gen_abort_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
-    let mid = sim(SimConfig {
-        gen_mid_stream_error_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
-    let e402 = sim(SimConfig {
-        gen_rate_402: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
-    let e502 = sim(SimConfig {
-        gen_rate_502: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
-    let e524 = sim(SimConfig {
-        gen_rate_524: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
-    let e529 = sim(SimConfig {
-        gen_rate_529: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
-    let config = serde_json::json!({
-        "key": tally_sim::TEST_KEY,
-        "plain": plain.base_url(), "byok": byok.base_url(), "missing_cost": missing.base_url(),
-        "abort": abort.base_url(), "mid_stream": mid.base_url(), "e402": e402.base_url(),
-        "e502": e502.base_url(), "e524": e524.base_url(), "e529": e529.base_url(),
-    });
+    // One simulator per scenario of the script, under the script's names.
+    let scenarios: [Scenario; 9] = [
+        ("plain", |_| {}),
+        ("byok", |c| c.byok_rate = Fraction::ONE),
+        ("missing_cost", |c| c.gen_missing_cost_rate = Fraction::ONE),
+        ("abort", |c| c.gen_abort_rate = Fraction::ONE),
+        ("mid_stream", |c| {
+            c.gen_mid_stream_error_rate = Fraction::ONE
+        }),
+        ("e402", |c| c.gen_rate_402 = Fraction::ONE),
+        ("e502", |c| c.gen_rate_502 = Fraction::ONE),
+        ("e524", |c| c.gen_rate_524 = Fraction::ONE),
+        ("e529", |c| c.gen_rate_529 = Fraction::ONE),
+    ];
+    let mut config = serde_json::json!({"key": tally_sim::TEST_KEY});
+    let mut sims = Vec::with_capacity(scenarios.len());
+    for (name, set) in scenarios {
+        let mut cfg = SimConfig::ephemeral();
+        set(&mut cfg);
+        let running = sim(cfg).await;
+        config[name] = running.base_url().into();
+        sims.push(running);
+    }
     let dir = std::env::temp_dir().join(format!("tally-sdk-check-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();

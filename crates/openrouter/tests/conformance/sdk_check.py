@@ -173,6 +173,13 @@ def sdk_cost_matches(case, label, sdk_value, exact):
         problem(case, f"{label}: the SDK read {sdk_value!r}, the reply had {exact}")
 
 
+def sdk_usage_matches(case, usage, costs, names):
+    """The SDK's usage cost and cost details equal the exact decimals sent."""
+    sdk_cost_matches(case, "usage.cost", usage.cost, costs.get("cost"))
+    for n in names:
+        sdk_cost_matches(case, f"usage.cost_details.{n}", getattr(usage.cost_details, n, None), costs.get(f"cost_details.{n}"))
+
+
 SEQ = [0]
 
 
@@ -228,6 +235,24 @@ def raw_post(base, path, body):
     return httpx.post(f"{base}{path}", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30)
 
 
+def stream_post(case, base, path, body):
+    """Posts `body` with "stream": true and reads the whole text: the
+    X-Generation-Id, the text and whether the connection was cut; None (a
+    problem noted) when the status is not 200."""
+    text, cut = "", False
+    with httpx.stream("POST", f"{base}{path}", json=dict(body, stream=True), headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as r:
+        if r.status_code != 200:
+            problem(case, f"HTTP {r.status_code}")
+            return None
+        gid = r.headers.get("x-generation-id")
+        try:
+            for chunk in r.iter_text():
+                text += chunk
+        except httpx.HTTPError:
+            cut = True
+    return gid, text, cut
+
+
 def chat_raw(out_dir, name, base, expect_cost=True):
     case = f"chat-{name}"
     r = raw_post(base, "/chat/completions", CHAT_BODY)
@@ -242,27 +267,16 @@ def chat_raw(out_dir, name, base, expect_cost=True):
     costs = costs_of(raw.get("usage"), CHAT_COST)
     require_costs(case, costs, expect_cost)
     if model is not None and model.usage is not None and expect_cost:
-        sdk_cost_matches(case, "usage.cost", model.usage.cost, costs.get("cost"))
-        cd = model.usage.cost_details
-        for n in CHAT_COST:
-            sdk_cost_matches(case, f"usage.cost_details.{n}", getattr(cd, n, None), costs.get(f"cost_details.{n}"))
+        sdk_usage_matches(case, model.usage, costs, CHAT_COST)
     save(out_dir, case, "chat", r.text, gid, costs)
 
 
 def chat_stream_raw(out_dir, name, base, expect="usage"):
     case = f"chat-stream-{name}"
-    body = dict(CHAT_BODY, stream=True)
-    text, cut = "", False
-    with httpx.stream("POST", f"{base}/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as r:
-        if r.status_code != 200:
-            problem(case, f"HTTP {r.status_code}")
-            return
-        gid = r.headers.get("x-generation-id")
-        try:
-            for chunk in r.iter_text():
-                text += chunk
-        except httpx.HTTPError:
-            cut = True
+    read = stream_post(case, base, "/chat/completions", CHAT_BODY)
+    if read is None:
+        return
+    gid, text, cut = read
     events = sse_events(text)
     usage, costs, error = None, {}, None
     for i, (_, data) in enumerate(events):
@@ -278,9 +292,7 @@ def chat_stream_raw(out_dir, name, base, expect="usage"):
             usage = raw["usage"]
             costs = costs_of(usage, CHAT_COST)
             if chunk is not None and chunk.usage is not None:
-                sdk_cost_matches(case, "usage.cost", chunk.usage.cost, costs.get("cost"))
-                for n in CHAT_COST:
-                    sdk_cost_matches(case, f"usage.cost_details.{n}", getattr(chunk.usage.cost_details, n, None), costs.get(f"cost_details.{n}"))
+                sdk_usage_matches(case, chunk.usage, costs, CHAT_COST)
         if raw.get("error") is not None:
             error = raw["error"]
             if not raw.get("choices") or raw["choices"][0].get("finish_reason") != "error":
@@ -331,26 +343,16 @@ def responses_raw(out_dir, name, base, expect_cost=True):
         if isinstance(model.usage, Unset) or model.usage is None:
             problem(case, "usage: the SDK has none")
         else:
-            sdk_cost_matches(case, "usage.cost", model.usage.cost, costs.get("cost"))
-            for n in RESP_COST:
-                sdk_cost_matches(case, f"usage.cost_details.{n}", getattr(model.usage.cost_details, n, None), costs.get(f"cost_details.{n}"))
+            sdk_usage_matches(case, model.usage, costs, RESP_COST)
     save(out_dir, case, "responses", r.text, gid, costs)
 
 
 def responses_stream_raw(out_dir, name, base, expect="usage"):
     case = f"responses-stream-{name}"
-    body = dict(RESP_BODY, stream=True)
-    text, cut = "", False
-    with httpx.stream("POST", f"{base}/responses", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=30) as r:
-        if r.status_code != 200:
-            problem(case, f"HTTP {r.status_code}")
-            return
-        gid = r.headers.get("x-generation-id")
-        try:
-            for chunk in r.iter_text():
-                text += chunk
-        except httpx.HTTPError:
-            cut = True
+    read = stream_post(case, base, "/responses", RESP_BODY)
+    if read is None:
+        return
+    gid, text, cut = read
     events = sse_events(text)
     kinds, costs, seqs = [], {}, []
     for i, (event, data) in enumerate(events):
@@ -374,9 +376,7 @@ def responses_stream_raw(out_dir, name, base, expect="usage"):
                 if isinstance(u, Unset) or u is None:
                     problem(case, f"event[{i}] usage: the SDK has none")
                 else:
-                    sdk_cost_matches(case, "usage.cost", u.cost, costs.get("cost"))
-                    for n in RESP_COST:
-                        sdk_cost_matches(case, f"usage.cost_details.{n}", getattr(u.cost_details, n, None), costs.get(f"cost_details.{n}"))
+                    sdk_usage_matches(case, u, costs, RESP_COST)
     if seqs != list(range(len(seqs))):
         problem(case, f"sequence numbers are not 0, 1, 2, …: {seqs}")
     if expect == "usage":
