@@ -2,11 +2,14 @@
 //! and code exchange, `/key`, `/models/user`, and the per-key records that
 //! let a test prove which key a request used.
 
+mod common;
+
+use common::{generation_id, get, post};
 use serde_json::{json, Value};
-use tally_sim::{oauth::s256, KeySpec, RunningSim, SimConfig, Simulator, TEST_KEY};
+use tally_sim::{oauth::s256, KeySpec, RunningSim, SimConfig, TEST_KEY};
 
 async fn start() -> RunningSim {
-    Simulator::start(SimConfig::ephemeral()).await.unwrap()
+    common::start(SimConfig::ephemeral()).await
 }
 
 fn no_redirects() -> reqwest::Client {
@@ -44,12 +47,12 @@ fn code_of(resp: &reqwest::Response) -> String {
 }
 
 async fn exchange(sim: &RunningSim, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/auth/keys", sim.base_url()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    post(sim, "/auth/keys", None, &body).await
+}
+
+/// The JSON body of `GET {base}{path}` with `key`.
+async fn get_json(sim: &RunningSim, path: &str, key: &str) -> Value {
+    get(sim, path, Some(key)).await.json().await.unwrap()
 }
 
 #[tokio::test]
@@ -102,12 +105,7 @@ async fn pkce_flow_issues_a_working_key_once() {
     assert!(v["user_id"].as_str().unwrap().starts_with("user_"));
 
     // The key works for /key; a made-up one does not.
-    let r = reqwest::Client::new()
-        .get(format!("{}/key", sim.base_url()))
-        .bearer_auth(&key)
-        .send()
-        .await
-        .unwrap();
+    let r = get(&sim, "/key", Some(&key)).await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
     assert_eq!(
@@ -115,12 +113,7 @@ async fn pkce_flow_issues_a_working_key_once() {
         format!("sk-or-v1-{}...{}", &key[9..12], &key[70..])
     );
     assert_eq!(body["data"]["usage"], json!(0));
-    let r = reqwest::Client::new()
-        .get(format!("{}/key", sim.base_url()))
-        .bearer_auth("sk-or-v1-made-up")
-        .send()
-        .await
-        .unwrap();
+    let r = get(&sim, "/key", Some("sk-or-v1-made-up")).await;
     assert_eq!(r.status(), 401);
 }
 
@@ -149,31 +142,18 @@ async fn each_key_records_what_it_ran_and_looked_up() {
         limit: Some("10".parse().unwrap()),
         ..KeySpec::default()
     });
-    let http = reqwest::Client::new();
     let run = |key: String| {
-        let http = http.clone();
-        let url = format!("{}/responses", sim.base_url());
+        let sim = &sim;
         async move {
-            let r = http
-                .post(url)
-                .bearer_auth(key)
-                .json(&json!({"model": "openai/gpt-4o-mini", "input": "hello there"}))
-                .send()
-                .await
-                .unwrap();
+            let body = json!({"model": "openai/gpt-4o-mini", "input": "hello there"});
+            let r = post(sim, "/responses", Some(&key), &body).await;
             assert_eq!(r.status(), 200);
-            r.headers()["x-generation-id"].to_str().unwrap().to_owned()
+            generation_id(&r)
         }
     };
     let ga = run(a.key.clone()).await;
     let gb = run(b.key.clone()).await;
-    let r = http
-        .get(format!("{}/generation", sim.base_url()))
-        .query(&[("id", &ga)])
-        .bearer_auth(&b.key)
-        .send()
-        .await
-        .unwrap();
+    let r = get(&sim, &format!("/generation?id={ga}"), Some(&b.key)).await;
     assert_eq!(r.status(), 200);
     let act_a = sim.simulator().key_activity(&a.key).unwrap();
     let act_b = sim.simulator().key_activity(&b.key).unwrap();
@@ -189,15 +169,7 @@ async fn each_key_records_what_it_ran_and_looked_up() {
     assert_eq!(act_b.lookups, vec![ga]);
 
     // /key reports the generation's charge as usage; the limit counts down.
-    let body: Value = http
-        .get(format!("{}/key", sim.base_url()))
-        .bearer_auth(&b.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = get_json(&sim, "/key", &b.key).await;
     let charged = act_b.generations[0].charged;
     assert_eq!(
         body["data"]["usage"]
@@ -218,42 +190,17 @@ async fn each_key_records_what_it_ran_and_looked_up() {
             .map(|m| m["id"].as_str().unwrap().to_owned())
             .collect()
     };
-    let all: Value = http
-        .get(format!("{}/models/user", sim.base_url()))
-        .bearer_auth(&a.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let some: Value = http
-        .get(format!("{}/models/user", sim.base_url()))
-        .bearer_auth(&b.key)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = get_json(&sim, "/models/user", &a.key).await;
+    let some = get_json(&sim, "/models/user", &b.key).await;
     assert!(ids(all).contains(&"deepseek/deepseek-r1".to_owned()));
     assert!(!ids(some).contains(&"deepseek/deepseek-r1".to_owned()));
-    let r = http
-        .get(format!("{}/models/user", sim.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let r = get(&sim, "/models/user", None).await;
     assert_eq!(r.status(), 401);
 
     // The provisioned test key still works; a revoked key no longer does.
     assert!(sim.simulator().key_activity(TEST_KEY).is_some());
     assert!(sim.simulator().revoke_key(&a.key));
-    let r = http
-        .post(format!("{}/responses", sim.base_url()))
-        .bearer_auth(&a.key)
-        .json(&json!({"model": "openai/gpt-4o-mini", "input": "x"}))
-        .send()
-        .await
-        .unwrap();
+    let body = json!({"model": "openai/gpt-4o-mini", "input": "x"});
+    let r = post(&sim, "/responses", Some(&a.key), &body).await;
     assert_eq!(r.status(), 401);
 }

@@ -4,29 +4,21 @@
 
 use std::str::FromStr;
 
+mod common;
+
+use common::{generation_id as gen_id, start};
 use serde_json::{json, Value};
 use tally_money::Usd;
-use tally_sim::{Fraction, RunningSim, SimConfig, Simulator};
+use tally_sim::{Fraction, RunningSim, SimConfig, TEST_KEY};
 
-async fn start(cfg: SimConfig) -> RunningSim {
-    Simulator::start(cfg).await.unwrap()
-}
-
+/// `POST {base}{path}` with the test key.
 async fn post(sim: &RunningSim, path: &str, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}{path}", sim.base_url()))
-        .bearer_auth(tally_sim::TEST_KEY)
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
+    common::post(sim, path, Some(TEST_KEY), &body).await
 }
 
-fn gen_id(resp: &reqwest::Response) -> String {
-    resp.headers()["x-generation-id"]
-        .to_str()
-        .unwrap()
-        .to_owned()
+/// `{"model": "openai/gpt-4o-mini", "input": "hi"}`.
+fn hi() -> Value {
+    json!({"model": "openai/gpt-4o-mini", "input": "hi"})
 }
 
 #[tokio::test]
@@ -49,12 +41,7 @@ async fn chat_completion_carries_id_and_exact_cost_and_is_registered() {
     assert_eq!(v["usage"]["completion_tokens"], 8);
     let g = sim.simulator().generation(&id).expect("registered");
     assert_eq!(g.total_cost, Usd::from_str("0.00000525").unwrap());
-    let stats = reqwest::Client::new()
-        .get(format!("{}/generation?id={id}", sim.base_url()))
-        .bearer_auth(tally_sim::TEST_KEY)
-        .send()
-        .await
-        .unwrap();
+    let stats = common::get(&sim, &format!("/generation?id={id}"), Some(TEST_KEY)).await;
     assert_eq!(stats.status(), 200);
 }
 
@@ -124,20 +111,10 @@ async fn faults_unknown_models_missing_costs_and_keys() {
     .await;
     assert_eq!(resp.status(), 400);
     assert!(resp.text().await.unwrap().contains("not a valid model ID"));
-    let resp = post(
-        &sim,
-        "/responses",
-        json!({"model": "openai/gpt-4o-mini", "input": "hi"}),
-    )
-    .await;
+    let resp = post(&sim, "/responses", hi()).await;
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["usage"]["cost"], Value::Null);
-    let resp = reqwest::Client::new()
-        .post(format!("{}/responses", sim.base_url()))
-        .json(&json!({"model": "openai/gpt-4o-mini", "input": "hi"}))
-        .send()
-        .await
-        .unwrap();
+    let resp = common::post(&sim, "/responses", None, &hi()).await;
     assert_eq!(resp.status(), 401);
 
     let sim = start(SimConfig {
@@ -145,12 +122,7 @@ async fn faults_unknown_models_missing_costs_and_keys() {
         ..SimConfig::ephemeral()
     })
     .await;
-    let resp = post(
-        &sim,
-        "/responses",
-        json!({"model": "openai/gpt-4o-mini", "input": "hi"}),
-    )
-    .await;
+    let resp = post(&sim, "/responses", hi()).await;
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));
     assert_eq!(sim.simulator().stats(None).generations_registered, 0);

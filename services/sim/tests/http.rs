@@ -3,28 +3,44 @@
 
 use std::time::Duration;
 
-use serde_json::{json, Value};
-use tally_sim::{RegisteredGeneration, RunningSim, SimConfig, SimStats, Simulator};
+mod common;
 
-async fn start(cfg: SimConfig) -> RunningSim {
-    Simulator::start(cfg).await.unwrap()
-}
+use common::{get, start};
+use serde_json::{json, Value};
+use tally_sim::{RegisteredGeneration, RunningSim, SimConfig, SimStats, TEST_KEY};
 
 async fn get_generation(sim: &RunningSim, id: &str, key: Option<&str>) -> reqwest::Response {
-    let mut req = reqwest::Client::new()
+    let req = reqwest::Client::new()
         .get(format!("{}/generation", sim.base_url()))
         .query(&[("id", id)]);
-    if let Some(k) = key {
-        req = req.bearer_auth(k);
-    }
-    req.send().await.unwrap()
+    common::send(req, key).await
+}
+
+/// `GET /generation?id=…` with the test key.
+async fn lookup(sim: &RunningSim, id: &str) -> reqwest::Response {
+    get_generation(sim, id, Some(TEST_KEY)).await
+}
+
+/// `POST {root}/sim{path}` (the admin surface), with `body` when given.
+async fn admin(sim: &RunningSim, path: &str, body: Option<&Value>) -> reqwest::Response {
+    let req = reqwest::Client::new().post(format!("{}/sim{path}", sim.root_url()));
+    let req = match body {
+        Some(body) => req.json(body),
+        None => req,
+    };
+    common::send(req, None).await
 }
 
 async fn register(sim: &RunningSim, body: Value) -> reqwest::Response {
-    reqwest::Client::new()
-        .post(format!("{}/sim/generations", sim.root_url()))
-        .json(&body)
-        .send()
+    admin(sim, "/generations", Some(&body)).await
+}
+
+/// `GET {root}/sim/stats{query}`.
+async fn stats(sim: &RunningSim, query: &str) -> SimStats {
+    reqwest::get(format!("{}/sim/stats{query}", sim.root_url()))
+        .await
+        .unwrap()
+        .json()
         .await
         .unwrap()
 }
@@ -43,7 +59,7 @@ async fn admin_registration_then_exact_wire_numbers() {
     assert_eq!(r.total_cost_wire, "1.425e-7");
     assert_eq!(r.actual_cost.to_string(), "0.0000029925");
 
-    let resp = get_generation(&sim, "gen-1", Some(tally_sim::TEST_KEY)).await;
+    let resp = lookup(&sim, "gen-1").await;
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.headers()["content-type"], "application/json");
     let text = resp.text().await.unwrap();
@@ -63,11 +79,7 @@ async fn admin_registration_then_exact_wire_numbers() {
         json!({"id": "gen-2", "total_cost": "0.00012345678901234567", "ready_after_ms": 0}),
     )
     .await;
-    let text = get_generation(&sim, "gen-2", Some(tally_sim::TEST_KEY))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let text = lookup(&sim, "gen-2").await.text().await.unwrap();
     assert!(
         text.contains(r#""total_cost":0.00012345678901234567,"#),
         "{text}"
@@ -91,13 +103,7 @@ async fn admin_rejects_bad_input() {
         assert!(status.is_client_error(), "{body}: {status}");
     }
     assert_eq!(register(&sim, json!({"id": ""})).await.status(), 400);
-    let stats: SimStats = reqwest::get(format!("{}/sim/stats", sim.root_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    assert_eq!(stats.generations_registered, 0);
+    assert_eq!(stats(&sim, "").await.generations_registered, 0);
 }
 
 #[tokio::test]
@@ -108,21 +114,12 @@ async fn random_generations_batch_and_stats() {
     })
     .await;
     let specs: Vec<Value> = (0..20).map(|i| json!({"id": format!("gen-{i}")})).collect();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/sim/generations/batch", sim.root_url()))
-        .json(&specs)
-        .send()
-        .await
-        .unwrap();
+    let resp = admin(&sim, "/generations/batch", Some(&json!(specs))).await;
     assert_eq!(resp.status(), 201);
     let regs: Vec<RegisteredGeneration> = resp.json().await.unwrap();
     assert_eq!(regs.len(), 20);
     for r in &regs {
-        let text = get_generation(&sim, &r.id, Some(tally_sim::TEST_KEY))
-            .await
-            .text()
-            .await
-            .unwrap();
+        let text = lookup(&sim, &r.id).await.text().await.unwrap();
         assert!(
             text.contains(&format!(r#""total_cost":{},"#, r.total_cost_wire)),
             "{text}"
@@ -131,31 +128,17 @@ async fn random_generations_batch_and_stats() {
         assert_eq!(parsed, r.total_cost);
     }
     let _ = get_generation(&sim, "gen-0", None).await;
-    let stats: SimStats = reqwest::get(format!("{}/sim/stats?id=gen-0", sim.root_url()))
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = stats(&sim, "?id=gen-0").await;
     assert_eq!(stats.generation_requests, 21);
     assert_eq!(stats.replies["ok"], 20);
     assert_eq!(stats.replies["unauthorized"], 1);
     assert_eq!(stats.generations_registered, 20);
     assert_eq!(stats.calls, Some(2));
 
-    let resp = reqwest::Client::new()
-        .post(format!("{}/sim/reset", sim.root_url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = admin(&sim, "/reset", None).await;
     assert_eq!(resp.status(), 204);
     assert_eq!(sim.simulator().total_calls(), 0);
-    assert_eq!(
-        get_generation(&sim, "gen-0", Some(tally_sim::TEST_KEY))
-            .await
-            .status(),
-        404
-    );
+    assert_eq!(lookup(&sim, "gen-0").await.status(), 404);
 }
 
 #[tokio::test]
@@ -168,7 +151,7 @@ async fn error_replies_look_like_openrouter() {
     .await;
     // Not ready yet: 404 with OpenRouter's body.
     register(&sim, json!({"id": "gen-w"})).await;
-    let resp = get_generation(&sim, "gen-w", Some(tally_sim::TEST_KEY)).await;
+    let resp = lookup(&sim, "gen-w").await;
     assert_eq!(resp.status(), 404);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(
@@ -183,17 +166,12 @@ async fn error_replies_look_like_openrouter() {
     assert_eq!(v["error"]["code"], 401);
 
     // No id: 400.
-    let resp = reqwest::Client::new()
-        .get(format!("{}/generation", sim.base_url()))
-        .bearer_auth(tally_sim::TEST_KEY)
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&sim, "/generation", Some(TEST_KEY)).await;
     assert_eq!(resp.status(), 400);
 
     // 429 with Retry-After rounded up to whole seconds.
     register(&sim, json!({"id": "gen-r", "script": ["rate_limited"]})).await;
-    let resp = get_generation(&sim, "gen-r", Some(tally_sim::TEST_KEY)).await;
+    let resp = lookup(&sim, "gen-r").await;
     assert_eq!(resp.status(), 429);
     assert_eq!(resp.headers()["retry-after"], "2");
     let v: Value = resp.json().await.unwrap();
@@ -237,23 +215,14 @@ async fn key_info_masks_the_key_and_sums_its_spend() {
         ..SimConfig::ephemeral()
     })
     .await;
-    let client = reqwest::Client::new();
-    let key = tally_sim::TEST_KEY;
-    let r = client
-        .post(format!("{}/chat/completions", sim.base_url()))
-        .bearer_auth(key)
-        .json(&json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 8}))
-        .send()
-        .await
+    let body = json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 8});
+    let r = common::post(&sim, "/chat/completions", Some(TEST_KEY), &body).await;
+    let g = sim
+        .simulator()
+        .generation(&common::generation_id(&r))
         .unwrap();
-    let gid = r.headers()["x-generation-id"].to_str().unwrap().to_owned();
-    let g = sim.simulator().generation(&gid).unwrap();
-    let text = client
-        .get(format!("{}/key", sim.base_url()))
-        .bearer_auth(key)
-        .send()
+    let text = get(&sim, "/key", Some(TEST_KEY))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -267,11 +236,7 @@ async fn key_info_masks_the_key_and_sums_its_spend() {
     assert_eq!(g.upstream_inference_cost.unwrap().to_string(), "0.00000525");
     assert!(text.contains(r#""byok_usage":0.00000525"#), "{text}");
     assert!(text.contains(r#""usage":2.625e-7"#), "{text}");
-    let resp = client
-        .get(format!("{}/key", sim.base_url()))
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&sim, "/key", None).await;
     assert_eq!(resp.status(), 401);
 }
 
@@ -289,18 +254,13 @@ async fn lookup_scripts_play_402_502_524_529() {
         (524, "timeout"),
         (529, "provider_overloaded"),
     ] {
-        let resp = get_generation(&sim, "gen-e", Some(tally_sim::TEST_KEY)).await;
+        let resp = lookup(&sim, "gen-e").await;
         assert_eq!(resp.status(), status);
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["error"]["code"], status);
         assert_eq!(v["error"]["metadata"]["error_type"], kind);
     }
-    assert_eq!(
-        get_generation(&sim, "gen-e", Some(tally_sim::TEST_KEY))
-            .await
-            .status(),
-        200
-    );
+    assert_eq!(lookup(&sim, "gen-e").await.status(), 200);
 }
 
 #[tokio::test]
@@ -323,12 +283,12 @@ async fn truncated_replies_never_break_a_character() {
             json!({"id": id, "total_cost": "0.5", "script": ["malformed"]}),
         )
         .await;
-        let resp = get_generation(&sim, &id, Some(tally_sim::TEST_KEY)).await;
+        let resp = lookup(&sim, &id).await;
         assert_eq!(resp.status(), 200);
         let text = resp.text().await.unwrap();
         assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
         // The next reply is the real one.
-        let resp = get_generation(&sim, &id, Some(tally_sim::TEST_KEY)).await;
+        let resp = lookup(&sim, &id).await;
         assert_eq!(resp.status(), 200);
     }
 }
