@@ -15,6 +15,39 @@ async fn bus_on(server: &NatsServer) -> anyhow::Result<Bus> {
     Ok(bus)
 }
 
+/// A new server and a bus on it with its topology.
+async fn fresh_bus() -> anyhow::Result<(NatsServer, Bus)> {
+    let server = NatsServer::start().await?;
+    let bus = bus_on(&server).await?;
+    Ok((server, bus))
+}
+
+/// Publishes `body` on `<prefix>.<tail>` with the message id `id`.
+async fn send(bus: &Bus, tail: &str, id: &str, body: impl Into<Bytes>) -> anyhow::Result<()> {
+    bus.publish(&bus.subject(tail), id, body.into()).await?;
+    Ok(())
+}
+
+/// Publishes each `(id, body)` on `<prefix>.<tail>`, in order.
+async fn send_all<const N: usize>(
+    bus: &Bus,
+    tail: &str,
+    messages: [(&str, &'static str); N],
+) -> anyhow::Result<()> {
+    for (id, body) in messages {
+        send(bus, tail, id, body).await?;
+    }
+    Ok(())
+}
+
+/// Acknowledges every delivery of `batch`.
+async fn ack_all(batch: &[Delivery]) -> anyhow::Result<()> {
+    for d in batch {
+        d.ack().await?;
+    }
+    Ok(())
+}
+
 /// Waits (at most 5 s) until the consumer's pending count is `expected`:
 /// the server updates it a moment after a publish is acknowledged.
 async fn assert_pending(bus: &Bus, name: ConsumerName, expected: u64) -> anyhow::Result<()> {
@@ -47,8 +80,7 @@ async fn fetch_n(consumer: &tally_bus::Consumer, n: usize) -> anyhow::Result<Vec
 
 #[tokio::test]
 async fn topology_is_idempotent() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let bus = bus_on(&server).await?;
+    let (_server, bus) = fresh_bus().await?;
     bus.ensure_topology().await?;
     bus.ensure_topology().await?;
 
@@ -100,8 +132,7 @@ async fn custom_prefix_gets_its_own_streams() -> anyhow::Result<()> {
     bus.ensure_topology().await?;
     assert_eq!(bus.subject("cost.x"), "acme-test.cost.x");
     assert_eq!(bus.stream_name(StreamKind::Costs), "ACME_TEST_COSTS");
-    bus.publish(&bus.subject("cost.reconciled.o1"), "c1", "{}".into())
-        .await?;
+    send(&bus, "cost.reconciled.o1", "c1", "{}").await?;
     assert_eq!(bus.stream_last_sequence(StreamKind::Costs).await?, 1);
     assert_pending(&bus, ConsumerName::ProjectorCosts, 1).await?;
 
@@ -116,15 +147,14 @@ async fn custom_prefix_gets_its_own_streams() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn same_msg_id_is_stored_once() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let bus = bus_on(&server).await?;
-    let subject = bus.subject("generation.completed.org1");
-    bus.publish(&subject, "evt-1", Bytes::from_static(b"{\"a\":1}"))
-        .await?;
-    bus.publish(&subject, "evt-1", Bytes::from_static(b"{\"a\":1}"))
-        .await?;
-    bus.publish(&subject, "evt-2", Bytes::from_static(b"{\"a\":2}"))
-        .await?;
+    let (_server, bus) = fresh_bus().await?;
+    // The second evt-1 is a duplicate the stream drops.
+    let messages = [
+        ("evt-1", "{\"a\":1}"),
+        ("evt-1", "{\"a\":1}"),
+        ("evt-2", "{\"a\":2}"),
+    ];
+    send_all(&bus, "generation.completed.org1", messages).await?;
     assert_eq!(bus.stream_last_sequence(StreamKind::Generations).await?, 2);
     assert_pending(&bus, ConsumerName::ProjectorCompleted, 2).await?;
     // The requested-only worker sees none of it.
@@ -134,8 +164,7 @@ async fn same_msg_id_is_stored_once() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn publish_without_a_stream_fails_cleanly() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let bus = bus_on(&server).await?;
+    let (_server, bus) = fresh_bus().await?;
     let err = bus
         .publish("nowhere.at.all", "x", Bytes::from_static(b"{}"))
         .await
@@ -149,15 +178,10 @@ async fn publish_without_a_stream_fails_cleanly() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn fetch_returns_batches_and_ack_works() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let bus = bus_on(&server).await?;
+    let (_server, bus) = fresh_bus().await?;
     for i in 0..25 {
-        bus.publish(
-            &bus.subject("generation.completed.org1"),
-            &format!("e{i}"),
-            Bytes::from(format!("{{\"i\":{i}}}")),
-        )
-        .await?;
+        let body = format!("{{\"i\":{i}}}");
+        send(&bus, "generation.completed.org1", &format!("e{i}"), body).await?;
     }
     let consumer = bus.consumer(ConsumerName::ProjectorCompleted).await?;
     assert_eq!(consumer.name(), "projector-completed");
@@ -170,14 +194,10 @@ async fn fetch_returns_batches_and_ack_works() -> anyhow::Result<()> {
     assert_eq!(first[0].subject(), "tally.generation.completed.org1");
     assert_eq!(first[0].stream(), "TALLY_GENERATIONS");
     assert_eq!(first[0].payload(), b"{\"i\":0}");
-    for d in &first {
-        d.ack().await?;
-    }
+    ack_all(&first).await?;
     let rest = fetch_n(&consumer, 15).await?;
     assert_eq!(rest.len(), 15);
-    for d in &rest {
-        d.ack().await?;
-    }
+    ack_all(&rest).await?;
     assert_pending(&bus, ConsumerName::ProjectorCompleted, 0).await?;
 
     // Nothing left: an empty batch, after about the wait and not much longer.
@@ -196,12 +216,7 @@ async fn fetch_returns_batches_and_ack_works() -> anyhow::Result<()> {
 
     // Fewer messages than asked for: returns them without waiting for more.
     for i in 0..3 {
-        bus.publish(
-            &bus.subject("generation.completed.org2"),
-            &format!("f{i}"),
-            "{}".into(),
-        )
-        .await?;
+        send(&bus, "generation.completed.org2", &format!("f{i}"), "{}").await?;
     }
     let started = Instant::now();
     let few = consumer.fetch(100, Duration::from_secs(5)).await?;
@@ -211,9 +226,7 @@ async fn fetch_returns_batches_and_ack_works() -> anyhow::Result<()> {
         "{:?}",
         started.elapsed()
     );
-    for d in &few {
-        d.ack().await?;
-    }
+    ack_all(&few).await?;
 
     // The reconciler reads the same subjects independently.
     assert_pending(&bus, ConsumerName::Reconciler, 28).await?;
@@ -222,8 +235,7 @@ async fn fetch_returns_batches_and_ack_works() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn fetch_waits_for_a_message_that_arrives_later() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let bus = bus_on(&server).await?;
+    let (_server, bus) = fresh_bus().await?;
     let consumer = bus.consumer(ConsumerName::Worker).await?;
     let publisher = bus.clone();
     let publish = tokio::spawn(async move {
@@ -245,12 +257,9 @@ async fn fetch_waits_for_a_message_that_arrives_later() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn naked_message_is_redelivered() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let bus = bus_on(&server).await?;
-    bus.publish(&bus.subject("cost.reconciled.org1"), "c1", "{}".into())
-        .await?;
-    bus.publish(&bus.subject("cost.reconciled.org1"), "c2", "{}".into())
-        .await?;
+    let (_server, bus) = fresh_bus().await?;
+    send(&bus, "cost.reconciled.org1", "c1", "{}").await?;
+    send(&bus, "cost.reconciled.org1", "c2", "{}").await?;
     let consumer = bus.consumer(ConsumerName::ProjectorCosts).await?;
     let got = fetch_n(&consumer, 2).await?;
     assert_eq!(got.len(), 2);
@@ -269,8 +278,7 @@ async fn naked_message_is_redelivered() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn unacked_message_is_redelivered_after_the_ack_wait() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let bus = bus_on(&server).await?;
+    let (_server, bus) = fresh_bus().await?;
     // Shorten the durable's ack wait (60 s in the topology) for the test.
     let stream = bus
         .jetstream()
@@ -285,8 +293,7 @@ async fn unacked_message_is_redelivered_after_the_ack_wait() -> anyhow::Result<(
         .update_consumer_on_stream(config, bus.stream_name(StreamKind::Generations))
         .await?;
 
-    bus.publish(&bus.subject("generation.requested.org1"), "r1", "{}".into())
-        .await?;
+    send(&bus, "generation.requested.org1", "r1", "{}").await?;
     let consumer = bus.consumer(ConsumerName::Worker).await?;
     let first = fetch_n(&consumer, 1).await?;
     assert_eq!(first.len(), 1);
@@ -313,8 +320,7 @@ async fn unacked_message_comes_back_after_a_server_crash() -> anyhow::Result<()>
     let mut server = NatsServer::start().await?;
     {
         let bus = bus_on(&server).await?;
-        bus.publish(&bus.subject("generation.completed.org1"), "g1", "{}".into())
-            .await?;
+        send(&bus, "generation.completed.org1", "g1", "{}").await?;
         let consumer = bus.consumer(ConsumerName::ProjectorCompleted).await?;
         let got = fetch_n(&consumer, 1).await?;
         assert_eq!(got.len(), 1);
@@ -329,18 +335,11 @@ async fn unacked_message_comes_back_after_a_server_crash() -> anyhow::Result<()>
 
 #[tokio::test]
 async fn replay_consumer_reads_from_the_start() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let bus = bus_on(&server).await?;
+    let (_server, bus) = fresh_bus().await?;
     for i in 0..3 {
-        bus.publish(
-            &bus.subject("generation.completed.org1"),
-            &format!("g{i}"),
-            "{}".into(),
-        )
-        .await?;
+        send(&bus, "generation.completed.org1", &format!("g{i}"), "{}").await?;
     }
-    bus.publish(&bus.subject("generation.requested.org1"), "r", "{}".into())
-        .await?;
+    send(&bus, "generation.requested.org1", "r", "{}").await?;
     // The durable consumers already consumed everything.
     let durable = bus.consumer(ConsumerName::ProjectorCompleted).await?;
     for d in fetch_n(&durable, 3).await? {
@@ -357,9 +356,7 @@ async fn replay_consumer_reads_from_the_start() -> anyhow::Result<()> {
     let got = fetch_n(&replay, 3).await?;
     let seqs: Vec<u64> = got.iter().map(Delivery::stream_sequence).collect();
     assert_eq!(seqs, vec![1, 2, 3]);
-    for d in &got {
-        d.ack().await?;
-    }
+    ack_all(&got).await?;
     let all = bus.replay_consumer(StreamKind::Generations, "").await?;
     assert_eq!(fetch_n(&all, 4).await?.len(), 4);
     Ok(())
@@ -369,21 +366,14 @@ async fn replay_consumer_reads_from_the_start() -> anyhow::Result<()> {
 /// payload dead-letters it, acks it and keeps going.
 #[tokio::test]
 async fn poison_message_is_dead_lettered_and_does_not_block() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let bus = bus_on(&server).await?;
-    let subject = bus.subject("generation.completed.org1");
-    bus.publish(&subject, "ok-1", Bytes::from_static(b"{\"n\":1}"))
-        .await?;
-    bus.publish(
-        &subject,
-        "bad",
-        Bytes::from_static(b"not json \x00\n at all"),
-    )
-    .await?;
-    bus.publish(&subject, "ok-2", Bytes::from_static(b"{\"n\":2}"))
-        .await?;
-    bus.publish(&subject, "ok-3", Bytes::from_static(b"{\"n\":3}"))
-        .await?;
+    let (_server, bus) = fresh_bus().await?;
+    let messages = [
+        ("ok-1", "{\"n\":1}"),
+        ("bad", "not json \x00\n at all"),
+        ("ok-2", "{\"n\":2}"),
+        ("ok-3", "{\"n\":3}"),
+    ];
+    send_all(&bus, "generation.completed.org1", messages).await?;
 
     let consumer = bus.consumer(ConsumerName::ProjectorCompleted).await?;
     let mut processed = Vec::new();
@@ -449,10 +439,8 @@ async fn poison_message_is_dead_lettered_and_does_not_block() -> anyhow::Result<
 
 #[tokio::test]
 async fn dead_letter_detail_is_bounded() -> anyhow::Result<()> {
-    let server = NatsServer::start().await?;
-    let bus = bus_on(&server).await?;
-    bus.publish(&bus.subject("cost.unresolved.o"), "u1", "x".into())
-        .await?;
+    let (_server, bus) = fresh_bus().await?;
+    send(&bus, "cost.unresolved.o", "u1", "x").await?;
     let consumer = bus.consumer(ConsumerName::ProjectorCosts).await?;
     let got = fetch_n(&consumer, 1).await?;
     let long = "line\n".repeat(2000);
