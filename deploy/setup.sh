@@ -104,6 +104,20 @@ pg_ready() {
   pg_isready -q -h 127.0.0.1 -p "$PG_PORT" >/dev/null 2>&1
 }
 
+# pg_ensure KIND EXISTS CREATE: runs CREATE as the postgres OS user unless
+# the query EXISTS answers 1, for the object KIND 'tally'. Uses the caller's
+# psql_pg command.
+pg_ensure() {
+  local kind=$1 exists=$2 create=$3
+  if [ "$(as_postgres "${psql_pg[@]}" -c "$exists")" = "1" ]; then
+    say "postgres: $kind 'tally' exists"
+  else
+    say "postgres: creating $kind 'tally'"
+    as_postgres "${psql_pg[@]}" -c "$create" >/dev/null \
+      || die "could not create $kind tally"
+  fi
+}
+
 setup_postgres() {
   if port_open "$PG_PORT"; then
     say "postgres: something already listens on 127.0.0.1:$PG_PORT, leaving it alone"
@@ -160,20 +174,10 @@ setup_postgres() {
   local psql_pg=(psql -X -q -v ON_ERROR_STOP=1 -p "$PG_PORT" -d postgres -tA)
   as_postgres "${psql_pg[@]}" -c "select 1" >/dev/null 2>&1 \
     || die "cannot run psql as the postgres OS user on port $PG_PORT; create role 'tally' (password 'tally', LOGIN CREATEDB) and database 'tally' by hand"
-  if [ "$(as_postgres "${psql_pg[@]}" -c "select 1 from pg_roles where rolname = 'tally'")" = "1" ]; then
-    say "postgres: role 'tally' exists"
-  else
-    say "postgres: creating role 'tally'"
-    as_postgres "${psql_pg[@]}" -c "create role tally with login createdb password 'tally'" >/dev/null \
-      || die "could not create role tally"
-  fi
-  if [ "$(as_postgres "${psql_pg[@]}" -c "select 1 from pg_database where datname = 'tally'")" = "1" ]; then
-    say "postgres: database 'tally' exists"
-  else
-    say "postgres: creating database 'tally'"
-    as_postgres "${psql_pg[@]}" -c "create database tally owner tally" >/dev/null \
-      || die "could not create database tally"
-  fi
+  pg_ensure role "select 1 from pg_roles where rolname = 'tally'" \
+    "create role tally with login createdb password 'tally'"
+  pg_ensure database "select 1 from pg_database where datname = 'tally'" \
+    "create database tally owner tally"
   PGPASSWORD=tally PGCONNECT_TIMEOUT=5 psql -X -q -h 127.0.0.1 -p "$PG_PORT" -U tally -d tally \
     -tAc "select 1" >/dev/null 2>&1 \
     || die "role 'tally' cannot log in to 127.0.0.1:$PG_PORT with password 'tally' (check pg_hba.conf)"
@@ -198,6 +202,18 @@ ensure_venv() {
       python3 -m venv "$VENV_DIR" || die "python3 -m venv failed"
     fi
   fi
+}
+
+# venv_pip_install WHAT SPEC...: pip-installs the SPECs into the venv,
+# through the venv's own interpreter: a venv copied from elsewhere keeps pip
+# scripts whose first line names the original venv.
+venv_pip_install() {
+  local what=$1
+  shift
+  ensure_venv
+  say "$what: pip install $*"
+  "$VENV_PY" -m pip install -q --disable-pip-version-check "$@" \
+    || die "pip install $* failed"
 }
 
 setup_nats_bin() {
@@ -260,11 +276,7 @@ setup_webhooks_lib() {
     say "webhooks: standardwebhooks $STANDARDWEBHOOKS_VERSION in $VENV_DIR"
     return
   fi
-  ensure_venv
-  say "webhooks: pip install standardwebhooks==$STANDARDWEBHOOKS_VERSION"
-  "$VENV_PY" -m pip install -q --disable-pip-version-check \
-    "standardwebhooks==$STANDARDWEBHOOKS_VERSION" \
-    || die "pip install standardwebhooks==$STANDARDWEBHOOKS_VERSION failed"
+  venv_pip_install webhooks "standardwebhooks==$STANDARDWEBHOOKS_VERSION"
   webhooks_lib_ok || die "standardwebhooks in $VENV_DIR does not report $STANDARDWEBHOOKS_VERSION"
   say "webhooks: installed in $VENV_DIR"
 }
@@ -286,13 +298,8 @@ setup_schemathesis() {
     say "schemathesis: $SCHEMATHESIS_VERSION and openapi-spec-validator $OPENAPI_VALIDATOR_VERSION in $VENV_DIR"
     return
   fi
-  ensure_venv
-  say "schemathesis: pip install schemathesis==$SCHEMATHESIS_VERSION openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
-  # Through the venv's own interpreter: a venv copied from elsewhere keeps
-  # pip scripts whose first line names the original venv.
-  "$VENV_PY" -m pip install -q --disable-pip-version-check \
-    "schemathesis==$SCHEMATHESIS_VERSION" "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION" \
-    || die "pip install schemathesis==$SCHEMATHESIS_VERSION openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION failed"
+  venv_pip_install schemathesis \
+    "schemathesis==$SCHEMATHESIS_VERSION" "openapi-spec-validator==$OPENAPI_VALIDATOR_VERSION"
   schemathesis_ok || die "$VENV_DIR does not hold the pinned schemathesis and openapi-spec-validator"
   say "schemathesis: installed $VENV_DIR/bin/schemathesis"
 }
