@@ -46,7 +46,9 @@ fn code_of(resp: &reqwest::Response) -> String {
         .unwrap_or_else(|| panic!("no code in {loc}"))
 }
 
-async fn exchange(sim: &RunningSim, body: Value) -> reqwest::Response {
+/// `POST /auth/keys`: exchanges `code` with `verifier` under `method`.
+async fn exchange(sim: &RunningSim, code: &str, verifier: &str, method: &str) -> reqwest::Response {
+    let body = json!({"code": code, "code_verifier": verifier, "code_challenge_method": method});
     post(sim, "/auth/keys", None, &body).await
 }
 
@@ -72,32 +74,16 @@ async fn pkce_flow_issues_a_working_key_once() {
     let code = code_of(&resp);
 
     // A wrong verifier is 403 and uses the code up.
-    let r = exchange(
-        &sim,
-        json!({"code": code, "code_verifier": "wrong", "code_challenge_method": "S256"}),
-    )
-    .await;
+    let r = exchange(&sim, &code, "wrong", "S256").await;
     assert_eq!(r.status(), 403);
-    let r = exchange(
-        &sim,
-        json!({"code": code, "code_verifier": verifier, "code_challenge_method": "S256"}),
-    )
-    .await;
+    let r = exchange(&sim, &code, verifier, "S256").await;
     assert_eq!(r.status(), 403, "a code is single use");
 
     let code = code_of(&authorize(&sim, callback, &s256(verifier), "S256").await);
-    let r = exchange(
-        &sim,
-        json!({"code": code, "code_verifier": verifier, "code_challenge_method": "bogus"}),
-    )
-    .await;
+    let r = exchange(&sim, &code, verifier, "bogus").await;
     assert_eq!(r.status(), 400);
     let code = code_of(&authorize(&sim, callback, &s256(verifier), "S256").await);
-    let r = exchange(
-        &sim,
-        json!({"code": code, "code_verifier": verifier, "code_challenge_method": "S256"}),
-    )
-    .await;
+    let r = exchange(&sim, &code, verifier, "S256").await;
     assert_eq!(r.status(), 200);
     let v: Value = r.json().await.unwrap();
     let key = v["key"].as_str().unwrap().to_owned();
