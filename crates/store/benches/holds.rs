@@ -35,18 +35,21 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tally_events::Attribution;
 
 use chrono::Utc;
-use tally_budget::{Enforcement, PeriodKind, Scope};
-use tally_ledger::{Fact, Placement};
+use tally_budget::{Enforcement, Scope};
 use tally_money::Usd;
-use tally_store::ledger::{CompletedDetails, PostingOptions};
+use tally_store::ledger::PostingOptions;
 use tally_store::{FactInput, HoldBatcher, HoldOutcome, HoldRequest, NewBudget, Store};
 use tally_testkit::TestDb;
 use tokio::sync::mpsc;
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 const ORG: &str = "bench";
+/// The agent of every request (the one hot budget's scope).
+const AGENT: &str = "hot";
 const HOLD: &str = "0.01";
 const ACTUAL: &str = "0.000001";
 
@@ -77,41 +80,17 @@ fn args() -> Args {
 use tally_money::{cost, usd};
 
 fn hold_request(id: &str) -> HoldRequest {
-    HoldRequest {
-        request_id: id.to_owned(),
-        attribution: Attribution {
-            agent_id: Some("hot".into()),
-            ..Attribution::new(ORG, "openai/gpt-4o-mini")
-        },
-        fallback_models: Vec::new(),
-        amount_usd: Some(cost!(HOLD)),
-        max_output_tokens: 4096,
-        ttl: Duration::from_secs(600),
-    }
+    support::hold_request(ORG, AGENT, id, Some(cost!(HOLD)))
 }
 
 fn completed(request_id: &str) -> FactInput {
-    FactInput {
-        generation_id: format!("gen-{request_id}"),
-        org_id: ORG.into(),
-        fact: Fact::Completed {
-            placement: Placement {
-                attribution: Attribution {
-                    agent_id: Some("hot".into()),
-                    ..Attribution::new(ORG, "openai/gpt-4o-mini")
-                },
-                completed_at: Utc::now(),
-            },
-            estimate: None,
-            actual: Some(cost!(ACTUAL)),
-        },
-        details: Some(CompletedDetails {
-            provider: None,
-            status: "completed".into(),
-            is_byok: false,
-            request_id: Some(request_id.to_owned()),
-        }),
-    }
+    support::completed(
+        ORG,
+        AGENT,
+        request_id,
+        &format!("gen-{request_id}"),
+        cost!(ACTUAL),
+    )
 }
 
 #[derive(Debug, Default)]
@@ -134,18 +113,17 @@ async fn tally_case(store: &Store, case: &str, limit: &str, a: &Args) -> anyhow:
     let (budget, _) = store
         .create_budget(
             NewBudget {
-                org_id: ORG.into(),
-                name: format!("hot {case}"),
-                scope: Scope {
-                    agent_id: Some("hot".into()),
-                    ..Scope::default()
-                },
-                period: PeriodKind::Monthly,
-                timezone: "UTC".into(),
-                limit_usd: cost!(limit),
                 thresholds: vec![],
-                enforcement: Enforcement::Hard,
-                allow_unpriced_models: false,
+                ..support::monthly_budget(
+                    ORG,
+                    &format!("hot {case}"),
+                    cost!(limit),
+                    Enforcement::Hard,
+                    Scope {
+                        agent_id: Some(AGENT.into()),
+                        ..Scope::default()
+                    },
+                )
             },
             &PostingOptions::default(),
         )

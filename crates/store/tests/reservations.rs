@@ -5,19 +5,20 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tally_events::Attribution;
 
 use chrono::Utc;
-use tally_budget::{Enforcement, PeriodKind, Scope};
-use tally_ledger::{Fact, Placement};
+use tally_budget::{Enforcement, Scope};
 use tally_money::Usd;
-use tally_store::ledger::{CompletedDetails, PostingOptions};
+use tally_store::ledger::PostingOptions;
 use tally_store::{
     Budget, FactInput, HoldBatcher, HoldOutcome, HoldRequest, NewBudget, ReservationState, Store,
 };
 use tally_testkit::TestDb;
 
+mod support;
+
 const ORG: &str = "acme";
+const AGENT: &str = "agent-1";
 
 use tally_money::{cost, usd};
 
@@ -27,17 +28,11 @@ async fn store() -> anyhow::Result<(TestDb, Store)> {
 }
 
 fn budget(name: &str, limit: &str, enforcement: Enforcement) -> NewBudget {
-    NewBudget {
-        org_id: ORG.into(),
-        name: name.into(),
-        scope: Scope::default(),
-        period: PeriodKind::Monthly,
-        timezone: "UTC".into(),
-        limit_usd: cost!(limit),
-        thresholds: vec![50, 80, 100],
-        enforcement,
-        allow_unpriced_models: false,
-    }
+    scoped_budget(name, limit, enforcement, Scope::default())
+}
+
+fn scoped_budget(name: &str, limit: &str, enforcement: Enforcement, scope: Scope) -> NewBudget {
+    support::monthly_budget(ORG, name, cost!(limit), enforcement, scope)
 }
 
 async fn create(store: &Store, b: NewBudget) -> anyhow::Result<Budget> {
@@ -45,41 +40,11 @@ async fn create(store: &Store, b: NewBudget) -> anyhow::Result<Budget> {
 }
 
 fn hold(id: &str, amount: Option<&str>) -> HoldRequest {
-    HoldRequest {
-        request_id: id.into(),
-        attribution: Attribution {
-            agent_id: Some("agent-1".into()),
-            ..Attribution::new(ORG, "openai/gpt-4o-mini")
-        },
-        fallback_models: Vec::new(),
-        amount_usd: amount.map(|a| cost!(a)),
-        max_output_tokens: 4096,
-        ttl: Duration::from_secs(600),
-    }
+    support::hold_request(ORG, AGENT, id, amount.map(|a| cost!(a)))
 }
 
 fn completed(request_id: &str, generation_id: &str, actual: &str) -> FactInput {
-    FactInput {
-        generation_id: generation_id.into(),
-        org_id: ORG.into(),
-        fact: Fact::Completed {
-            placement: Placement {
-                attribution: Attribution {
-                    agent_id: Some("agent-1".into()),
-                    ..Attribution::new(ORG, "openai/gpt-4o-mini")
-                },
-                completed_at: Utc::now(),
-            },
-            estimate: None,
-            actual: Some(cost!(actual)),
-        },
-        details: Some(CompletedDetails {
-            provider: None,
-            status: "completed".into(),
-            is_byok: false,
-            request_id: Some(request_id.into()),
-        }),
-    }
+    support::completed(ORG, AGENT, request_id, generation_id, cost!(actual))
 }
 
 /// (spent, held) of the budget's current period.
@@ -459,26 +424,22 @@ async fn a_failed_request_releases_its_hold_and_stays_failed() -> anyhow::Result
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn scope_and_fallbacks_decide_which_budgets_hold() -> anyhow::Result<()> {
     let (_db, store) = store().await?;
+    let agent_2 = Scope {
+        agent_id: Some("agent-2".into()),
+        ..Default::default()
+    };
+    let r1_only = Scope {
+        model: Some("deepseek/deepseek-r1".into()),
+        ..Default::default()
+    };
     let other_agent = create(
         &store,
-        NewBudget {
-            scope: Scope {
-                agent_id: Some("agent-2".into()),
-                ..Default::default()
-            },
-            ..budget("agent-2", "0", Enforcement::Hard)
-        },
+        scoped_budget("agent-2", "0", Enforcement::Hard, agent_2),
     )
     .await?;
     let r1 = create(
         &store,
-        NewBudget {
-            scope: Scope {
-                model: Some("deepseek/deepseek-r1".into()),
-                ..Default::default()
-            },
-            ..budget("r1 only", "0.5", Enforcement::Hard)
-        },
+        scoped_budget("r1 only", "0.5", Enforcement::Hard, r1_only),
     )
     .await?;
     // Not in either scope: nothing holds, nothing refuses.
