@@ -17,6 +17,9 @@ use tally_testkit::{TestDb, TestOrg};
 
 const ORG: &str = "acme";
 
+/// A request that must be refused: path, status, problem code, field.
+type Refusal<'a> = (&'a str, u16, &'a str, Option<&'a str>);
+
 struct Api {
     base: String,
     http: reqwest::Client,
@@ -105,6 +108,18 @@ impl Api {
         .await
     }
 
+    /// GETs that must each be refused.
+    async fn assert_gets_refused(&self, cases: &[Refusal<'_>]) {
+        for &(path, status, code, field) in cases {
+            let (s, body) = self.get(path).await;
+            assert_problem(s, &body, status, code, field);
+        }
+    }
+
+    async fn check(&self, body: Value) -> (StatusCode, Value) {
+        self.post("/v1/budgets/check", body).await
+    }
+
     async fn create_budget(&self, body: Value) -> Value {
         let (status, b) = self.post("/v1/budgets", body).await;
         assert_eq!(status, StatusCode::CREATED, "{b}");
@@ -135,7 +150,24 @@ struct Gen<'a> {
     actual: Option<&'a str>,
 }
 
-impl Gen<'_> {
+impl<'a> Gen<'a> {
+    /// The same generation booked at an estimate, without an actual.
+    fn estimated(self, estimate: &'a str) -> Gen<'a> {
+        Gen {
+            estimate: Some(estimate),
+            actual: None,
+            ..self
+        }
+    }
+
+    /// The same generation by `agent`.
+    fn by_agent(self, agent: &'a str) -> Gen<'a> {
+        Gen {
+            agent: Some(agent),
+            ..self
+        }
+    }
+
     fn fact(&self) -> FactInput {
         FactInput {
             generation_id: self.id.to_owned(),
@@ -206,6 +238,27 @@ fn assert_problem(
         Some(f) => assert_eq!(body["field"], f, "{body}"),
         None => assert!(body.get("field").is_none(), "{body}"),
     }
+}
+
+/// Asserts that `v` has each field of `want` with its value.
+fn assert_has(v: &Value, want: Value) {
+    for (field, value) in want.as_object().expect("an object of fields") {
+        assert_eq!(&v[field], value, "{field} of {v}");
+    }
+}
+
+/// A new budget's body with `field` set to `value`.
+fn with(field: &str, value: Value) -> Value {
+    let mut body = budget_body("n");
+    body[field] = value;
+    body
+}
+
+/// A new budget's body without `field`.
+fn without(field: &str) -> Value {
+    let mut body = budget_body("n");
+    body.as_object_mut().unwrap().remove(field);
+    body
 }
 
 fn budget_body(name: &str) -> Value {
@@ -291,33 +344,42 @@ async fn budget_lifecycle() -> anyhow::Result<()> {
     assert_eq!(p["limit_usd"], "0.00012345678901234567");
     assert_eq!(p["enforcement"], "soft");
     assert_eq!(p["scope"]["agent_id"], "agent-1");
-    for field in ["scope", "period", "timezone", "org_id"] {
-        let (status, e) = api
-            .patch(&format!("/v1/budgets/{id}"), json!({ field: null }))
-            .await;
-        assert_problem(status, &e, 422, "immutable_field", Some(field));
-    }
-    let (status, e) = api
-        .patch(&format!("/v1/budgets/{id}"), json!({"limit_usd": 5}))
-        .await;
-    assert_problem(status, &e, 422, "amount_not_string", Some("limit_usd"));
-    let (status, e) = api
-        .patch(
-            &format!("/v1/budgets/{id}"),
-            json!({"thresholds_percent": [0]}),
+    let this = format!("/v1/budgets/{id}");
+    let immutable = ["scope", "period", "timezone", "org_id"].map(|field| {
+        (
+            this.as_str(),
+            json!({ field: null }),
+            422,
+            "immutable_field",
+            Some(field),
         )
-        .await;
-    assert_problem(
-        status,
-        &e,
-        422,
-        "invalid_threshold",
-        Some("thresholds_percent"),
-    );
-    let (status, e) = api
-        .patch("/v1/budgets/bud_missing", json!({"name": "x"}))
-        .await;
-    assert_problem(status, &e, 404, "budget_not_found", None);
+    });
+    for (path, body, status, code, field) in immutable.into_iter().chain([
+        (
+            this.as_str(),
+            json!({"limit_usd": 5}),
+            422,
+            "amount_not_string",
+            Some("limit_usd"),
+        ),
+        (
+            this.as_str(),
+            json!({"thresholds_percent": [0]}),
+            422,
+            "invalid_threshold",
+            Some("thresholds_percent"),
+        ),
+        (
+            "/v1/budgets/bud_missing",
+            json!({"name": "x"}),
+            404,
+            "budget_not_found",
+            None,
+        ),
+    ]) {
+        let (s, e) = api.patch(path, body).await;
+        assert_problem(s, &e, status, code, field);
+    }
 
     // Delete archives.
     let (status, _, d) = api
@@ -336,18 +398,18 @@ async fn budget_lifecycle() -> anyhow::Result<()> {
     assert_eq!(again["archived_at"], d["archived_at"]);
 
     // Unknown and invalid ids, missing and unknown query parameters.
-    let (status, e) = api.get("/v1/budgets/bud_nope").await;
-    assert_problem(status, &e, 404, "budget_not_found", None);
-    let (status, e) = api.get("/v1/budgets/a.b").await;
-    assert_problem(status, &e, 422, "invalid_id", Some("id"));
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        ("/v1/budgets/bud_nope",                  404, "budget_not_found", None),
+        ("/v1/budgets/a.b",                       422, "invalid_id",       Some("id")),
+        ("/v1/budgets?org_id=acme&archived=true", 422, "unknown_field",    Some("archived")),
+        ("/v1/budgets?org_id=ac.me",              422, "invalid_id",       Some("org_id")),
+    ];
+    api.assert_gets_refused(refused).await;
     // org_id defaults to the key's organisation.
     let (status, list) = api.get("/v1/budgets").await;
     assert_eq!(status, StatusCode::OK, "{list}");
     assert_eq!(list["budgets"].as_array().unwrap().len(), 1);
-    let (status, e) = api.get("/v1/budgets?org_id=acme&archived=true").await;
-    assert_problem(status, &e, 422, "unknown_field", Some("archived"));
-    let (status, e) = api.get("/v1/budgets?org_id=ac.me").await;
-    assert_problem(status, &e, 422, "invalid_id", Some("org_id"));
     Ok(())
 }
 
@@ -355,87 +417,33 @@ async fn budget_lifecycle() -> anyhow::Result<()> {
 async fn bad_input_is_a_problem() -> anyhow::Result<()> {
     let api = Api::start().await?;
 
-    // Money as a JSON number.
-    let mut body = budget_body("n");
-    body["limit_usd"] = json!(10.5);
-    let (status, e) = api.post("/v1/budgets", body).await;
-    assert_problem(status, &e, 422, "amount_not_string", Some("limit_usd"));
-
-    // Other money errors.
-    for (limit, code) in [
-        ("-1", "negative_amount"),
-        ("1e3", "invalid_amount"),
-        ("0.00000000000000000000000000001", "amount_too_precise"),
-        ("10000000001", "amount_out_of_range"),
-    ] {
-        let mut body = budget_body("n");
-        body["limit_usd"] = json!(limit);
-        let (status, e) = api.post("/v1/budgets", body).await;
-        assert_problem(status, &e, 422, code, Some("limit_usd"));
-    }
-
-    // Unknown fields, top level and in the scope.
-    let mut body = budget_body("n");
-    body["limits_usd"] = json!("1");
-    let (status, e) = api.post("/v1/budgets", body).await;
-    assert_problem(status, &e, 422, "unknown_field", Some("limits_usd"));
-    let mut body = budget_body("n");
-    body["scope"] = json!({"agent": "a"});
-    let (status, e) = api.post("/v1/budgets", body).await;
-    assert_problem(status, &e, 422, "unknown_field", Some("scope.agent"));
-
-    // Missing fields.
-    let mut body = budget_body("n");
-    body.as_object_mut().unwrap().remove("period");
-    let (status, e) = api.post("/v1/budgets", body).await;
-    assert_problem(status, &e, 422, "missing_field", Some("period"));
-    let mut body = budget_body("n");
-    body.as_object_mut().unwrap().remove("scope");
-    let (status, e) = api.post("/v1/budgets", body).await;
-    assert_problem(status, &e, 422, "missing_field", Some("scope"));
-
-    // Invalid values.
-    let cases = [
-        (
-            "timezone",
-            json!("Mars/Olympus"),
-            "unknown_timezone",
-            "timezone",
-        ),
-        ("period", json!("yearly"), "invalid_period_kind", "period"),
-        (
-            "enforcement",
-            json!("strict"),
-            "invalid_enforcement",
-            "enforcement",
-        ),
-        (
-            "thresholds_percent",
-            json!([50, 2000]),
-            "invalid_threshold",
-            "thresholds_percent",
-        ),
-        (
-            "thresholds_percent",
-            json!([50, -1]),
-            "invalid_field",
-            "thresholds_percent[1]",
-        ),
-        ("name", json!(" "), "invalid_field", "name"),
-        ("name", json!(7), "invalid_field", "name"),
-        ("org_id", json!("a b"), "invalid_id", "org_id"),
-        (
-            "scope",
-            json!({"model": " gpt "}),
-            "invalid_scope",
-            "scope.model",
-        ),
+    // Every refused body names its field: money as a JSON number, the other
+    // money errors, unknown fields (top level and in the scope), missing
+    // fields, invalid values.
+    #[rustfmt::skip]
+    let refused = [
+        (with("limit_usd", json!(10.5)),                              "amount_not_string",   "limit_usd"),
+        (with("limit_usd", json!("-1")),                              "negative_amount",     "limit_usd"),
+        (with("limit_usd", json!("1e3")),                             "invalid_amount",      "limit_usd"),
+        (with("limit_usd", json!("0.00000000000000000000000000001")), "amount_too_precise",  "limit_usd"),
+        (with("limit_usd", json!("10000000001")),                     "amount_out_of_range", "limit_usd"),
+        (with("limits_usd", json!("1")),                              "unknown_field",       "limits_usd"),
+        (with("scope", json!({"agent": "a"})),                        "unknown_field",       "scope.agent"),
+        (without("period"),                                           "missing_field",       "period"),
+        (without("scope"),                                            "missing_field",       "scope"),
+        (with("timezone", json!("Mars/Olympus")),                     "unknown_timezone",    "timezone"),
+        (with("period", json!("yearly")),                             "invalid_period_kind", "period"),
+        (with("enforcement", json!("strict")),                        "invalid_enforcement", "enforcement"),
+        (with("thresholds_percent", json!([50, 2000])),               "invalid_threshold",   "thresholds_percent"),
+        (with("thresholds_percent", json!([50, -1])),                 "invalid_field",       "thresholds_percent[1]"),
+        (with("name", json!(" ")),                                    "invalid_field",       "name"),
+        (with("name", json!(7)),                                      "invalid_field",       "name"),
+        (with("org_id", json!("a b")),                                "invalid_id",          "org_id"),
+        (with("scope", json!({"model": " gpt "})),                    "invalid_scope",       "scope.model"),
     ];
-    for (field, value, code, named) in cases {
-        let mut body = budget_body("n");
-        body[field] = value;
+    for (body, code, field) in refused {
         let (status, e) = api.post("/v1/budgets", body).await;
-        assert_problem(status, &e, 422, code, Some(named));
+        assert_problem(status, &e, 422, code, Some(field));
     }
 
     // Malformed JSON: 400, problem+json.
@@ -492,10 +500,13 @@ async fn generation_estimate_then_actual() -> anyhow::Result<()> {
 
     let (status, v) = api.get("/v1/generations/gen-1").await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(v["state"], "provisional");
-    assert_eq!(v["basis"], "estimate");
-    assert_eq!(v["debited_usd"], "0.0001");
-    assert_eq!(v["actual_cost_usd"], Value::Null);
+    assert_has(
+        &v,
+        json!({
+            "state": "provisional", "basis": "estimate", "debited_usd": "0.0001",
+            "actual_cost_usd": null,
+        }),
+    );
     assert_eq!(v["entries"].as_array().unwrap().len(), 1);
 
     api.apply(&[reconciled("gen-1", "0.00012345678901234567")])
@@ -503,15 +514,15 @@ async fn generation_estimate_then_actual() -> anyhow::Result<()> {
     let (status, v) = api.get("/v1/generations/gen-1").await;
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["org_id"], ORG);
-    assert_eq!(v["agent_id"], "agent-1");
-    assert_eq!(v["model"], "openai/gpt-4o");
-    assert_eq!(v["provider"], "openai");
-    assert_eq!(v["status"], "completed");
-    assert_eq!(v["estimated_cost_usd"], "0.0001");
-    assert_eq!(v["actual_cost_usd"], "0.00012345678901234567");
-    assert_eq!(v["debited_usd"], "0.00012345678901234567");
-    assert_eq!(v["basis"], "actual");
-    assert_eq!(v["state"], "settled");
+    assert_has(
+        &v,
+        json!({
+            "agent_id": "agent-1", "model": "openai/gpt-4o", "provider": "openai",
+            "status": "completed", "estimated_cost_usd": "0.0001",
+            "actual_cost_usd": "0.00012345678901234567", "debited_usd": "0.00012345678901234567",
+            "basis": "actual", "state": "settled",
+        }),
+    );
     let entries = v["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 2, "{v}");
     assert_eq!(entries[0]["kind"], "debit");
@@ -527,26 +538,33 @@ async fn generation_estimate_then_actual() -> anyhow::Result<()> {
         .get(&format!("/v1/budgets/{}", b["id"].as_str().unwrap()))
         .await;
     let cp = &budget["current_period"];
-    assert_eq!(cp["spent_usd"], "0.00012345678901234567");
-    assert_eq!(cp["spent_actual_usd"], "0.00012345678901234567");
-    assert_eq!(cp["spent_estimated_usd"], "0");
-    assert_eq!(cp["remaining_usd"], "9.99987654321098765433");
-    assert_eq!(cp["generations"], 1);
+    assert_has(
+        cp,
+        json!({
+            "spent_usd": "0.00012345678901234567", "spent_actual_usd": "0.00012345678901234567",
+            "spent_estimated_usd": "0", "remaining_usd": "9.99987654321098765433",
+            "generations": 1,
+        }),
+    );
 
     // Only a cost fact: pending, not booked.
     api.apply(&[reconciled("gen-early", "0.5")]).await;
     let (status, v) = api.get("/v1/generations/gen-early").await;
     assert_eq!(status, StatusCode::OK, "{v}");
-    assert_eq!(v["state"], "pending");
-    assert_eq!(v["actual_cost_usd"], "0.5");
-    assert_eq!(v["debited_usd"], Value::Null);
-    assert_eq!(v["basis"], Value::Null);
+    assert_has(
+        &v,
+        json!({
+            "state": "pending", "actual_cost_usd": "0.5", "debited_usd": null, "basis": null,
+        }),
+    );
     assert_eq!(v["entries"], json!([]));
 
-    let (status, e) = api.get("/v1/generations/gen-unknown").await;
-    assert_problem(status, &e, 404, "generation_not_found", None);
-    let (status, e) = api.get("/v1/generations/a%0Ab").await;
-    assert_problem(status, &e, 422, "invalid_id", Some("generation_id"));
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        ("/v1/generations/gen-unknown", 404, "generation_not_found", None),
+        ("/v1/generations/a%0Ab",       422, "invalid_id",           Some("generation_id")),
+    ];
+    api.assert_gets_refused(refused).await;
     Ok(())
 }
 
@@ -556,12 +574,7 @@ async fn a_budget_created_later_counts_recorded_generations() -> anyhow::Result<
     api.apply(&[
         gen("g1", "m1", at(2025, 3, 10, 12), "0.00012345678901234567").fact(),
         gen("g2", "m2", at(2025, 3, 11, 1), "1.5").fact(),
-        Gen {
-            estimate: Some("0.25"),
-            actual: None,
-            ..gen("g3", "m1", Utc::now(), "0")
-        }
-        .fact(),
+        gen("g3", "m1", Utc::now(), "0").estimated("0.25").fact(),
     ])
     .await;
 
@@ -572,13 +585,14 @@ async fn a_budget_created_later_counts_recorded_generations() -> anyhow::Result<
         .await;
     assert_eq!(b["booked_generations"], 3);
     let cp = &b["current_period"];
-    assert_eq!(cp["spent_usd"], "1.75012345678901234567");
-    assert_eq!(cp["spent_actual_usd"], "1.50012345678901234567");
-    assert_eq!(cp["spent_estimated_usd"], "0.25");
-    assert_eq!(cp["generations"], 3);
-    assert_eq!(cp["remaining_usd"], "98.24987654321098765433");
-    assert_eq!(cp["over_by_usd"], "0");
-    assert_eq!(cp["exhausted"], false);
+    assert_has(
+        cp,
+        json!({
+            "spent_usd": "1.75012345678901234567", "spent_actual_usd": "1.50012345678901234567",
+            "spent_estimated_usd": "0.25", "generations": 3,
+            "remaining_usd": "98.24987654321098765433", "over_by_usd": "0", "exhausted": false,
+        }),
+    );
     let (_, got) = api
         .get(&format!("/v1/budgets/{}", b["id"].as_str().unwrap()))
         .await;
@@ -597,14 +611,14 @@ async fn a_budget_created_later_counts_recorded_generations() -> anyhow::Result<
         .get(&format!("/v1/budgets/{id}/periods/2025-03-10T00:00:00Z"))
         .await;
     assert_eq!(status, StatusCode::OK, "{p}");
-    assert_eq!(p["start"], "2025-03-10T00:00:00Z");
-    assert_eq!(p["end"], "2025-03-11T00:00:00Z");
-    assert_eq!(p["spent_usd"], "0.00012345678901234567");
-    assert_eq!(p["generations"], 1);
-    assert_eq!(p["remaining_usd"], "0");
-    assert_eq!(p["over_by_usd"], "0.00002345678901234567");
-    assert_eq!(p["exhausted"], true);
-    assert_eq!(p["current"], false);
+    assert_has(
+        &p,
+        json!({
+            "start": "2025-03-10T00:00:00Z", "end": "2025-03-11T00:00:00Z",
+            "spent_usd": "0.00012345678901234567", "generations": 1, "remaining_usd": "0",
+            "over_by_usd": "0.00002345678901234567", "exhausted": true, "current": false,
+        }),
+    );
     let (status, p) = api
         .get(&format!(
             "/v1/budgets/{id}/periods/2025-03-11T00:00:00%2B00:00"
@@ -613,14 +627,13 @@ async fn a_budget_created_later_counts_recorded_generations() -> anyhow::Result<
     assert_eq!(status, StatusCode::OK, "{p}");
     assert_eq!(p["spent_usd"], "0");
     assert_eq!(p["generations"], 0);
-    let (status, e) = api
-        .get(&format!("/v1/budgets/{id}/periods/2025-03-10T01:00:00Z"))
-        .await;
-    assert_problem(status, &e, 422, "not_a_period_start", Some("start"));
-    let (status, e) = api
-        .get(&format!("/v1/budgets/{id}/periods/yesterday"))
-        .await;
-    assert_problem(status, &e, 422, "invalid_time", Some("start"));
+    let periods = format!("/v1/budgets/{id}/periods");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (&format!("{periods}/2025-03-10T01:00:00Z"), 422, "not_a_period_start", Some("start")),
+        (&format!("{periods}/yesterday"),            422, "invalid_time",       Some("start")),
+    ];
+    api.assert_gets_refused(refused).await;
     Ok(())
 }
 
@@ -648,12 +661,7 @@ async fn check_blocks_only_on_exhausted_hard_budgets() -> anyhow::Result<()> {
 
     // Nothing spent yet: a1 allowed (its model is unknown, so the zero
     // model budget does not apply).
-    let (status, c) = api
-        .post(
-            "/v1/budgets/check",
-            json!({"org_id": ORG, "agent_id": "a1"}),
-        )
-        .await;
+    let (status, c) = api.check(json!({"org_id": ORG, "agent_id": "a1"})).await;
     assert_eq!(status, StatusCode::OK, "{c}");
     assert_eq!(c["allowed"], true);
     assert_eq!(c["blocking_budget"], Value::Null);
@@ -661,25 +669,12 @@ async fn check_blocks_only_on_exhausted_hard_budgets() -> anyhow::Result<()> {
     assert_eq!(c["budgets"][0]["id"], hard["id"]);
 
     api.apply(&[
-        Gen {
-            agent: Some("a1"),
-            ..gen("g1", "x", Utc::now(), "0.001")
-        }
-        .fact(),
-        Gen {
-            agent: Some("a2"),
-            ..gen("g2", "x", Utc::now(), "0.002")
-        }
-        .fact(),
+        gen("g1", "x", Utc::now(), "0.001").by_agent("a1").fact(),
+        gen("g2", "x", Utc::now(), "0.002").by_agent("a2").fact(),
     ])
     .await;
 
-    let (status, c) = api
-        .post(
-            "/v1/budgets/check",
-            json!({"org_id": ORG, "agent_id": "a1"}),
-        )
-        .await;
+    let (status, c) = api.check(json!({"org_id": ORG, "agent_id": "a1"})).await;
     assert_eq!(status, StatusCode::OK, "{c}");
     assert_eq!(c["allowed"], false, "{c}");
     let blocking = &c["blocking_budget"];
@@ -689,12 +684,7 @@ async fn check_blocks_only_on_exhausted_hard_budgets() -> anyhow::Result<()> {
     assert_eq!(blocking["period"]["spent_usd"], "0.001");
     assert_eq!(blocking["period"]["exhausted"], true);
 
-    let (_, c) = api
-        .post(
-            "/v1/budgets/check",
-            json!({"org_id": ORG, "agent_id": "a2"}),
-        )
-        .await;
+    let (_, c) = api.check(json!({"org_id": ORG, "agent_id": "a2"})).await;
     assert_eq!(c["allowed"], true, "{c}");
     assert_eq!(c["blocking_budget"], Value::Null);
     assert_eq!(c["budgets"][0]["id"], soft["id"]);
@@ -704,10 +694,7 @@ async fn check_blocks_only_on_exhausted_hard_budgets() -> anyhow::Result<()> {
 
     // With the model known, the zero-limit model budget blocks.
     let (_, c) = api
-        .post(
-            "/v1/budgets/check",
-            json!({"org_id": ORG, "agent_id": "a3", "model": "m"}),
-        )
+        .check(json!({"org_id": ORG, "agent_id": "a3", "model": "m"}))
         .await;
     assert_eq!(c["allowed"], false, "{c}");
     assert_eq!(c["blocking_budget"]["id"], model_only["id"]);
@@ -716,23 +703,14 @@ async fn check_blocks_only_on_exhausted_hard_budgets() -> anyhow::Result<()> {
     let hard_id = hard["id"].as_str().unwrap();
     api.send(api.http.delete(api.url(&format!("/v1/budgets/{hard_id}"))))
         .await;
-    let (_, c) = api
-        .post(
-            "/v1/budgets/check",
-            json!({"org_id": ORG, "agent_id": "a1"}),
-        )
-        .await;
+    let (_, c) = api.check(json!({"org_id": ORG, "agent_id": "a1"})).await;
     assert_eq!(c["allowed"], true, "{c}");
     assert_eq!(c["budgets"], json!([]));
 
-    let (status, e) = api
-        .post("/v1/budgets/check", json!({"org_id": ORG, "agent": "a1"}))
-        .await;
+    let (status, e) = api.check(json!({"org_id": ORG, "agent": "a1"})).await;
     assert_problem(status, &e, 422, "unknown_field", Some("agent"));
     // org_id defaults to the key's organisation.
-    let (status, c) = api
-        .post("/v1/budgets/check", json!({"agent_id": "a2"}))
-        .await;
+    let (status, c) = api.check(json!({"agent_id": "a2"})).await;
     assert_eq!(status, StatusCode::OK, "{c}");
     assert_eq!(c["budgets"][0]["id"], soft["id"], "{c}");
     Ok(())
@@ -745,10 +723,8 @@ async fn spend_by_model_and_by_day() -> anyhow::Result<()> {
         gen("g1", "m1", at(2025, 3, 10, 12), "0.00012345678901234567").fact(),
         gen("g2", "m2", at(2025, 3, 10, 23), "1").fact(),
         Gen {
-            estimate: Some("0.25"),
-            actual: None,
             user: Some("u1"),
-            ..gen("g3", "m1", at(2025, 3, 11, 0), "0")
+            ..gen("g3", "m1", at(2025, 3, 11, 0), "0").estimated("0.25")
         }
         .fact(),
         Gen {
@@ -805,30 +781,16 @@ async fn spend_by_model_and_by_day() -> anyhow::Result<()> {
     assert_eq!(s["groups"][1]["key"], Value::Null);
     assert_eq!(s["groups"][1]["generations"], 3);
 
-    let (status, e) = api
-        .get(&format!(
-            "/v1/spend?org_id={ORG}&from=2025-03-12T00:00:00Z&to=2025-03-10T00:00:00Z&group_by=day"
-        ))
-        .await;
-    assert_problem(status, &e, 422, "invalid_range", Some("to"));
-    let (status, e) = api
-        .get(&format!(
-            "/v1/spend?org_id={ORG}&from=2020-01-01T00:00:00Z&to=2025-03-10T00:00:00Z&group_by=day"
-        ))
-        .await;
-    assert_problem(status, &e, 422, "range_too_large", Some("to"));
-    let (status, e) = api
-        .get(&format!("/v1/spend?org_id={ORG}&{range}&group_by=week"))
-        .await;
-    assert_problem(status, &e, 422, "invalid_field", Some("group_by"));
-    let (status, e) = api.get(&format!("/v1/spend?org_id={ORG}&{range}")).await;
-    assert_problem(status, &e, 422, "missing_field", Some("group_by"));
-    let (status, e) = api
-        .get(&format!(
-            "/v1/spend?org_id={ORG}&from=2025-03-10&to=2025-03-12T00:00:00Z&group_by=day"
-        ))
-        .await;
-    assert_problem(status, &e, 422, "invalid_time", Some("from"));
+    let spend = format!("/v1/spend?org_id={ORG}");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (&format!("{spend}&from=2025-03-12T00:00:00Z&to=2025-03-10T00:00:00Z&group_by=day"), 422, "invalid_range",   Some("to")),
+        (&format!("{spend}&from=2020-01-01T00:00:00Z&to=2025-03-10T00:00:00Z&group_by=day"), 422, "range_too_large", Some("to")),
+        (&format!("{spend}&{range}&group_by=week"),                                          422, "invalid_field",   Some("group_by")),
+        (&format!("{spend}&{range}"),                                                        422, "missing_field",   Some("group_by")),
+        (&format!("{spend}&from=2025-03-10&to=2025-03-12T00:00:00Z&group_by=day"),           422, "invalid_time",    Some("from")),
+    ];
+    api.assert_gets_refused(refused).await;
     Ok(())
 }
 
@@ -881,16 +843,16 @@ async fn entries_are_cursor_paginated() -> anyhow::Result<()> {
     assert_eq!(all["entries"].as_array().unwrap().len(), 5);
     assert_eq!(all["next_cursor"], Value::Null);
 
-    for bad in ["limit=0", "limit=1001", "limit=x"] {
-        let (status, e) = api.get(&format!("/v1/budgets/{id}/entries?{bad}")).await;
-        assert_problem(status, &e, 422, "invalid_field", Some("limit"));
-    }
-    let (status, e) = api
-        .get(&format!("/v1/budgets/{id}/entries?cursor=zzz"))
-        .await;
-    assert_problem(status, &e, 422, "invalid_field", Some("cursor"));
-    let (status, e) = api.get("/v1/budgets/bud_nope/entries").await;
-    assert_problem(status, &e, 404, "budget_not_found", None);
+    let entries = format!("/v1/budgets/{id}/entries");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (&format!("{entries}?limit=0"),    422, "invalid_field",    Some("limit")),
+        (&format!("{entries}?limit=1001"), 422, "invalid_field",    Some("limit")),
+        (&format!("{entries}?limit=x"),    422, "invalid_field",    Some("limit")),
+        (&format!("{entries}?cursor=zzz"), 422, "invalid_field",    Some("cursor")),
+        ("/v1/budgets/bud_nope/entries",   404, "budget_not_found", None),
+    ];
+    api.assert_gets_refused(refused).await;
     Ok(())
 }
 
@@ -1050,16 +1012,13 @@ async fn holds_show_on_budgets_count_in_checks_and_list_as_reservations() -> any
     assert!(matches!(out[2], tally_store::HoldOutcome::Refused { .. }));
     let (_, b) = api.get(&format!("/v1/budgets/{id}")).await;
     let cp = &b["current_period"];
-    assert_eq!(cp["spent_usd"], "0");
-    assert_eq!(cp["reserved_usd"], "1");
-    assert_eq!(cp["available_usd"], "0");
-    assert_eq!(cp["remaining_usd"], "1");
-    let (status, c) = api
-        .post(
-            "/v1/budgets/check",
-            json!({"org_id": ORG, "agent_id": "a1"}),
-        )
-        .await;
+    assert_has(
+        cp,
+        json!({
+            "spent_usd": "0", "reserved_usd": "1", "available_usd": "0", "remaining_usd": "1",
+        }),
+    );
+    let (status, c) = api.check(json!({"org_id": ORG, "agent_id": "a1"})).await;
     assert_eq!(status, StatusCode::OK, "{c}");
     assert_eq!(c["allowed"], false, "{c}");
     assert_eq!(c["blocking_budget"]["id"], hard["id"]);
@@ -1100,11 +1059,9 @@ async fn holds_show_on_budgets_count_in_checks_and_list_as_reservations() -> any
 
     // Settling one frees its hold; the spend takes its place.
     api.apply(&[{
-        let mut f = Gen {
-            agent: Some("a1"),
-            ..gen("g1", "openai/gpt-4o-mini", Utc::now(), "0.1")
-        }
-        .fact();
+        let mut f = gen("g1", "openai/gpt-4o-mini", Utc::now(), "0.1")
+            .by_agent("a1")
+            .fact();
         if let Some(d) = f.details.as_mut() {
             d.request_id = Some("r1".into());
         }
@@ -1121,19 +1078,17 @@ async fn holds_show_on_budgets_count_in_checks_and_list_as_reservations() -> any
     assert_eq!(one["settled_usd"], "0.1");
 
     // Bad input is a specific problem.
-    let (status, p) = api
-        .get(&format!("/v1/reservations?org_id={ORG}&state=bogus"))
-        .await;
-    assert_problem(status, &p, 422, "invalid_field", Some("state"));
+    let list = format!("/v1/reservations?org_id={ORG}");
+    #[rustfmt::skip]
+    let refused: &[Refusal] = &[
+        (&format!("{list}&state=bogus"), 422, "invalid_field",         Some("state")),
+        (&format!("{list}&limit=0"),     422, "invalid_field",         Some("limit")),
+        ("/v1/reservations/nope",        404, "reservation_not_found", None),
+    ];
+    api.assert_gets_refused(refused).await;
     // Without org_id the key's organisation is meant.
     let (status, p) = api.get("/v1/reservations?state=held").await;
     assert_eq!(status, StatusCode::OK, "{p}");
     assert_eq!(p["reservations"][0]["org_id"], ORG, "{p}");
-    let (status, p) = api
-        .get(&format!("/v1/reservations?org_id={ORG}&limit=0"))
-        .await;
-    assert_problem(status, &p, 422, "invalid_field", Some("limit"));
-    let (status, p) = api.get("/v1/reservations/nope").await;
-    assert_problem(status, &p, 404, "reservation_not_found", None);
     Ok(())
 }
