@@ -27,6 +27,17 @@ async fn store() -> anyhow::Result<(TestDb, Store)> {
     Ok((db, store))
 }
 
+/// A fresh store with one budget of [`ORG`] over everything.
+async fn store_with(
+    name: &str,
+    limit: &str,
+    enforcement: Enforcement,
+) -> anyhow::Result<(TestDb, Store, Budget)> {
+    let (db, store) = store().await?;
+    let b = create(&store, budget(name, limit, enforcement)).await?;
+    Ok((db, store, b))
+}
+
 fn budget(name: &str, limit: &str, enforcement: Enforcement) -> NewBudget {
     scoped_budget(name, limit, enforcement, Scope::default())
 }
@@ -41,6 +52,13 @@ async fn create(store: &Store, b: NewBudget) -> anyhow::Result<Budget> {
 
 fn hold(id: &str, amount: Option<&str>) -> HoldRequest {
     support::hold_request(ORG, AGENT, id, amount.map(|a| cost!(a)))
+}
+
+fn hold_with_ttl(id: &str, amount: Option<&str>, ttl: Duration) -> HoldRequest {
+    HoldRequest {
+        ttl,
+        ..hold(id, amount)
+    }
 }
 
 fn completed(request_id: &str, generation_id: &str, actual: &str) -> FactInput {
@@ -184,8 +202,7 @@ async fn fifty_concurrent_holds_never_pass_a_hard_limit() -> anyhow::Result<()> 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn holds_and_settlements_race_without_overrun_or_deadlock() -> anyhow::Result<()> {
-    let (_db, store) = store().await?;
-    let hard = create(&store, budget("hard", "2.00", Enforcement::Hard)).await?;
+    let (_db, store, hard) = store_with("hard", "2.00", Enforcement::Hard).await?;
     let batcher = HoldBatcher::spawn(store.clone(), 16);
     let stop = Arc::new(AtomicBool::new(false));
     let max_seen = Arc::new(std::sync::Mutex::new(Usd::ZERO));
@@ -260,8 +277,7 @@ async fn holds_and_settlements_race_without_overrun_or_deadlock() -> anyhow::Res
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unpriced_models_are_refused_by_hard_budgets_unless_allowed() -> anyhow::Result<()> {
-    let (_db, store) = store().await?;
-    let hard = create(&store, budget("strict", "10", Enforcement::Hard)).await?;
+    let (_db, store, hard) = store_with("strict", "10", Enforcement::Hard).await?;
     let out = store.take_holds(&[hold("dyn-1", None)]).await?;
     let HoldOutcome::Refused { reservation, now } = &out[0] else {
         panic!("{out:?}")
@@ -296,8 +312,7 @@ async fn unpriced_models_are_refused_by_hard_budgets_unless_allowed() -> anyhow:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soft_budgets_record_holds_and_never_refuse() -> anyhow::Result<()> {
-    let (_db, store) = store().await?;
-    let soft = create(&store, budget("soft", "1", Enforcement::Soft)).await?;
+    let (_db, store, soft) = store_with("soft", "1", Enforcement::Soft).await?;
     let reqs: Vec<HoldRequest> = (0..10)
         .map(|i| hold(&format!("s-{i}"), Some("5")))
         .collect();
@@ -311,10 +326,8 @@ async fn soft_budgets_record_holds_and_never_refuse() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn expired_holds_free_the_budget_and_may_be_taken_again() -> anyhow::Result<()> {
-    let (_db, store) = store().await?;
-    let hard = create(&store, budget("hard", "1", Enforcement::Hard)).await?;
-    let mut crashed = hold("crashed", Some("1"));
-    crashed.ttl = Duration::from_millis(200);
+    let (_db, store, hard) = store_with("hard", "1", Enforcement::Hard).await?;
+    let crashed = hold_with_ttl("crashed", Some("1"), Duration::from_millis(200));
     assert!(matches!(
         store.take_holds(&[crashed.clone()]).await?[0],
         HoldOutcome::Held(_)
@@ -346,10 +359,8 @@ async fn expired_holds_free_the_budget_and_may_be_taken_again() -> anyhow::Resul
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recorded_generation_is_never_held_again() -> anyhow::Result<()> {
-    let (_db, store) = store().await?;
-    let hard = create(&store, budget("hard", "1", Enforcement::Hard)).await?;
-    let mut req = hold("r1", Some("1"));
-    req.ttl = Duration::from_millis(200);
+    let (_db, store, hard) = store_with("hard", "1", Enforcement::Hard).await?;
+    let req = hold_with_ttl("r1", Some("1"), Duration::from_millis(200));
     store.take_holds(&[req.clone()]).await?;
     let ttl = Duration::from_millis(200);
     assert_eq!(
@@ -400,8 +411,7 @@ async fn a_recorded_generation_is_never_held_again() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_request_releases_its_hold_and_stays_failed() -> anyhow::Result<()> {
-    let (_db, store) = store().await?;
-    let hard = create(&store, budget("hard", "1", Enforcement::Hard)).await?;
+    let (_db, store, hard) = store_with("hard", "1", Enforcement::Hard).await?;
     store.take_holds(&[hold("f1", Some("1"))]).await?;
     let r = store
         .release_hold("f1", "upstream_bad_request", "OpenRouter refused it")
@@ -473,8 +483,7 @@ async fn scope_and_fallbacks_decide_which_budgets_hold() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reservations_list_by_state_in_pages() -> anyhow::Result<()> {
-    let (_db, store) = store().await?;
-    create(&store, budget("hard", "2", Enforcement::Hard)).await?;
+    let (_db, store, _) = store_with("hard", "2", Enforcement::Hard).await?;
     let reqs: Vec<HoldRequest> = (0..5).map(|i| hold(&format!("p-{i}"), Some("1"))).collect();
     store.take_holds(&reqs).await?;
     let (page, next) = store
