@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, start};
+use common::{client, start, start_with};
 use tally_money::{cost, Cost, Usd};
 use tally_openrouter::{ClientConfig, OpenRouterClient, OpenRouterError, Price};
 use tally_sim::{Fraction, NumberFormat, ScriptedReply, SimConfig, SimGeneration};
@@ -39,10 +39,9 @@ async fn costs_arrive_exact_to_the_digit() {
 
 #[tokio::test]
 async fn every_number_format_round_trips_exactly() {
-    let sim = start(SimConfig {
-        seed: Some(11),
-        byok_rate: Fraction::from_ppm(300_000),
-        ..SimConfig::ephemeral()
+    let sim = start_with(|c| {
+        c.seed = Some(11);
+        c.byok_rate = Fraction::from_ppm(300_000);
     })
     .await;
     let c = client(&sim);
@@ -119,11 +118,7 @@ async fn not_yet_then_ready() {
 
 #[tokio::test]
 async fn scripted_faults_map_to_errors() {
-    let sim = start(SimConfig {
-        retry_after: Duration::from_secs(2),
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.retry_after = Duration::from_secs(2)).await;
     sim.simulator()
         .register_generation(SimGeneration::new("gen-faulty", usd!("0.0042")).script([
             ScriptedReply::NotFound,
@@ -220,11 +215,7 @@ async fn missing_key_is_auth_error() {
 
 #[tokio::test]
 async fn slow_reply_times_out() {
-    let sim = start(SimConfig {
-        slow_delay: Duration::from_secs(2),
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.slow_delay = Duration::from_secs(2)).await;
     sim.simulator().register_generation(
         SimGeneration::new("gen-slow", usd!("0.5")).script([ScriptedReply::Slow]),
     );
@@ -245,10 +236,9 @@ async fn slow_reply_times_out() {
 
 #[tokio::test]
 async fn random_fault_rates_apply() {
-    let sim = start(SimConfig {
-        rate_429: Fraction::ONE,
-        seed: Some(1),
-        ..SimConfig::ephemeral()
+    let sim = start_with(|c| {
+        c.rate_429 = Fraction::ONE;
+        c.seed = Some(1);
     })
     .await;
     sim.simulator()
@@ -263,11 +253,7 @@ async fn random_fault_rates_apply() {
             }
         );
     }
-    let sim = start(SimConfig {
-        rate_500: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.rate_500 = Fraction::ONE).await;
     let err = client(&sim).generation("gen-x").await.unwrap_err();
     assert_eq!(err, OpenRouterError::Server { status: 500 });
 }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{client, start};
+use common::{client, start, start_with};
 use tally_openrouter::{ClientConfig, OpenRouterClient, ResponsesRequest};
 use tally_sim::{Fraction, NumberFormat, SimConfig};
 
@@ -22,11 +22,7 @@ fn request() -> ResponsesRequest {
 
 #[tokio::test]
 async fn non_streaming_usage_is_exact() {
-    let sim = start(SimConfig {
-        number_format: NumberFormat::Exponent,
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.number_format = NumberFormat::Exponent).await;
     let r = client(&sim).responses(&request()).await.unwrap();
     assert!(r.generation_id.starts_with("gen-"));
     assert!(!r.aborted);
@@ -61,11 +57,7 @@ async fn streaming_usage_comes_from_the_final_event() {
 
 #[tokio::test]
 async fn byok_and_missing_costs() {
-    let sim = start(SimConfig {
-        byok_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.byok_rate = Fraction::ONE).await;
     let u = client(&sim)
         .responses(&request())
         .await
@@ -77,22 +69,14 @@ async fn byok_and_missing_costs() {
     assert_eq!(u.cost, Some(cost!("0.0000002625")));
     assert_eq!(u.actual_cost(), Some(cost!("0.0000055125")));
 
-    let sim = start(SimConfig {
-        gen_missing_cost_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.gen_missing_cost_rate = Fraction::ONE).await;
     let r = client(&sim).responses_stream(&request()).await.unwrap();
     assert_eq!(r.usage.unwrap().cost, None);
 }
 
 #[tokio::test]
 async fn an_aborted_stream_keeps_the_generation_id_without_usage() {
-    let sim = start(SimConfig {
-        gen_abort_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.gen_abort_rate = Fraction::ONE).await;
     let r = client(&sim).responses_stream(&request()).await.unwrap();
     assert!(r.aborted);
     assert_eq!(r.usage, None);
@@ -107,10 +91,9 @@ async fn an_aborted_stream_keeps_the_generation_id_without_usage() {
 
 #[tokio::test]
 async fn errors_are_typed() {
-    let sim = start(SimConfig {
-        gen_rate_429: Fraction::ONE,
-        retry_after: Duration::from_secs(2),
-        ..SimConfig::ephemeral()
+    let sim = start_with(|c| {
+        c.gen_rate_429 = Fraction::ONE;
+        c.retry_after = Duration::from_secs(2);
     })
     .await;
     let e = client(&sim).responses(&request()).await.unwrap_err();
@@ -118,11 +101,7 @@ async fn errors_are_typed() {
     assert!(e.is_retryable());
     assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
 
-    let sim = start(SimConfig {
-        gen_rate_500: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.gen_rate_500 = Fraction::ONE).await;
     let e = client(&sim).responses_stream(&request()).await.unwrap_err();
     assert_eq!(e.code(), "server_error");
 

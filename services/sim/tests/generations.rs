@@ -6,7 +6,7 @@ use std::str::FromStr;
 
 mod common;
 
-use common::{generation_id as gen_id, start};
+use common::{generation_id as gen_id, start, start_with};
 use serde_json::{json, Value};
 use tally_money::Usd;
 use tally_sim::{Fraction, RunningSim, SimConfig, TEST_KEY};
@@ -63,11 +63,7 @@ async fn chat_stream_ends_with_usage_then_done() {
 
 #[tokio::test]
 async fn aborted_streams_are_cut_without_usage_and_registered_as_cancelled() {
-    let sim = start(SimConfig {
-        gen_abort_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.gen_abort_rate = Fraction::ONE).await;
     for path in ["/chat/completions", "/responses"] {
         let mut resp = post(
             &sim,
@@ -98,11 +94,7 @@ async fn aborted_streams_are_cut_without_usage_and_registered_as_cancelled() {
 
 #[tokio::test]
 async fn faults_unknown_models_missing_costs_and_keys() {
-    let sim = start(SimConfig {
-        gen_missing_cost_rate: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.gen_missing_cost_rate = Fraction::ONE).await;
     let resp = post(
         &sim,
         "/responses",
@@ -117,11 +109,7 @@ async fn faults_unknown_models_missing_costs_and_keys() {
     let resp = common::post(&sim, "/responses", None, &hi()).await;
     assert_eq!(resp.status(), 401);
 
-    let sim = start(SimConfig {
-        gen_rate_429: Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.gen_rate_429 = Fraction::ONE).await;
     let resp = post(&sim, "/responses", hi()).await;
     assert_eq!(resp.status(), 429);
     assert!(resp.headers().contains_key("retry-after"));

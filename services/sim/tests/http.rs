@@ -5,7 +5,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::{get, start};
+use common::{get, start, start_with};
 use serde_json::{json, Value};
 use tally_sim::{RegisteredGeneration, RunningSim, SimConfig, SimStats, TEST_KEY};
 
@@ -108,11 +108,7 @@ async fn admin_rejects_bad_input() {
 
 #[tokio::test]
 async fn random_generations_batch_and_stats() {
-    let sim = start(SimConfig {
-        seed: Some(3),
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.seed = Some(3)).await;
     let specs: Vec<Value> = (0..20).map(|i| json!({"id": format!("gen-{i}")})).collect();
     let resp = admin(&sim, "/generations/batch", Some(&json!(specs))).await;
     assert_eq!(resp.status(), 201);
@@ -143,10 +139,9 @@ async fn random_generations_batch_and_stats() {
 
 #[tokio::test]
 async fn error_replies_look_like_openrouter() {
-    let sim = start(SimConfig {
-        stats_delay: Duration::from_secs(60),
-        retry_after: Duration::from_millis(1500),
-        ..SimConfig::ephemeral()
+    let sim = start_with(|c| {
+        c.stats_delay = Duration::from_secs(60);
+        c.retry_after = Duration::from_millis(1500);
     })
     .await;
     // Not ready yet: 404 with OpenRouter's body.
@@ -210,11 +205,7 @@ async fn models_catalog_is_served_with_total_count_links_and_pages() {
 
 #[tokio::test]
 async fn key_info_masks_the_key_and_sums_its_spend() {
-    let sim = start(SimConfig {
-        byok_rate: tally_sim::Fraction::ONE,
-        ..SimConfig::ephemeral()
-    })
-    .await;
+    let sim = start_with(|c| c.byok_rate = tally_sim::Fraction::ONE).await;
     let body = json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 8});
     let r = common::post(&sim, "/chat/completions", Some(TEST_KEY), &body).await;
     let g = sim

@@ -12,6 +12,14 @@ pub async fn start(cfg: SimConfig) -> RunningSim {
     Simulator::start(cfg).await.expect("simulator starts")
 }
 
+/// A simulator on 127.0.0.1 that differs from an ephemeral one by what
+/// `set` changes.
+pub async fn start_with(set: impl FnOnce(&mut SimConfig)) -> RunningSim {
+    let mut cfg = SimConfig::ephemeral();
+    set(&mut cfg);
+    start(cfg).await
+}
+
 /// The client configuration for `sim` with its test key.
 pub fn config(sim: &RunningSim) -> ClientConfig {
     ClientConfig::new(sim.base_url()).with_api_key(TEST_KEY)

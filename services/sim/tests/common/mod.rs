@@ -12,6 +12,14 @@ pub async fn start(cfg: SimConfig) -> RunningSim {
     Simulator::start(cfg).await.unwrap()
 }
 
+/// A simulator on 127.0.0.1 that differs from an ephemeral one by what
+/// `set` changes.
+pub async fn start_with(set: impl FnOnce(&mut SimConfig)) -> RunningSim {
+    let mut cfg = SimConfig::ephemeral();
+    set(&mut cfg);
+    start(cfg).await
+}
+
 /// Sends `req`, with `key` as the bearer token when given.
 pub async fn send(req: reqwest::RequestBuilder, key: Option<&str>) -> reqwest::Response {
     let req = match key {
