@@ -21,15 +21,16 @@ fn hi() -> Value {
     json!({"model": "openai/gpt-4o-mini", "input": "hi"})
 }
 
+/// The chat request the exact-cost checks are worked out for: "What is
+/// 2+2?" (3 prompt tokens) with 8 output tokens.
+fn two_plus_two() -> Value {
+    json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 8})
+}
+
 #[tokio::test]
 async fn chat_completion_carries_id_and_exact_cost_and_is_registered() {
     let sim = start(SimConfig::ephemeral()).await;
-    let resp = post(
-        &sim,
-        "/chat/completions",
-        json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 8}),
-    )
-    .await;
+    let resp = post(&sim, "/chat/completions", two_plus_two()).await;
     assert_eq!(resp.status(), 200);
     let id = gen_id(&resp);
     let text = resp.text().await.unwrap();
@@ -48,12 +49,9 @@ async fn chat_completion_carries_id_and_exact_cost_and_is_registered() {
 #[tokio::test]
 async fn chat_stream_ends_with_usage_then_done() {
     let sim = start(SimConfig::ephemeral()).await;
-    let resp = post(
-        &sim,
-        "/chat/completions",
-        json!({"model": "openai/gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2+2?"}], "max_tokens": 8, "stream": true}),
-    )
-    .await;
+    let mut body = two_plus_two();
+    body["stream"] = json!(true);
+    let resp = post(&sim, "/chat/completions", body).await;
     assert_eq!(resp.status(), 200);
     let text = resp.text().await.unwrap();
     assert!(text.starts_with(": OPENROUTER PROCESSING"), "{text}");
