@@ -329,7 +329,7 @@ async fn expired_holds_free_the_budget_and_may_be_taken_again() -> anyhow::Resul
     let (_db, store, hard) = store_with("hard", "1", Enforcement::Hard).await?;
     let crashed = hold_with_ttl("crashed", Some("1"), Duration::from_millis(200));
     assert!(matches!(
-        store.take_holds(&[crashed.clone()]).await?[0],
+        store.take_holds(std::slice::from_ref(&crashed)).await?[0],
         HoldOutcome::Held(_)
     ));
     assert!(matches!(
@@ -361,7 +361,7 @@ async fn expired_holds_free_the_budget_and_may_be_taken_again() -> anyhow::Resul
 async fn a_recorded_generation_is_never_held_again() -> anyhow::Result<()> {
     let (_db, store, hard) = store_with("hard", "1", Enforcement::Hard).await?;
     let req = hold_with_ttl("r1", Some("1"), Duration::from_millis(200));
-    store.take_holds(&[req.clone()]).await?;
+    store.take_holds(std::slice::from_ref(&req)).await?;
     let ttl = Duration::from_millis(200);
     assert_eq!(
         store
@@ -379,14 +379,14 @@ async fn a_recorded_generation_is_never_held_again() -> anyhow::Result<()> {
         Some("gen-1")
     );
     assert!(matches!(
-        store.take_holds(&[req.clone()]).await?[0],
+        store.take_holds(std::slice::from_ref(&req)).await?[0],
         HoldOutcome::Generated(ref r) if r.generation_id.as_deref() == Some("gen-1")
     ));
     // Even after the hold expired.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(store.release_expired(10).await?.len(), 1);
     assert!(matches!(
-        store.take_holds(&[req.clone()]).await?[0],
+        store.take_holds(std::slice::from_ref(&req)).await?[0],
         HoldOutcome::Generated(_)
     ));
     // The late completed event books the spend; the released hold stays released.
