@@ -99,91 +99,84 @@ fn thresholds_crossed_table() {
     }
 }
 
+/// Thresholds, limit, spent before, spent after, and the thresholds crossed.
+type Crossing<'a> = (&'a [u32], Cost, Usd, Usd, &'a [u32]);
+
+/// Asserts each crossing.
+fn assert_crossings(rows: &[Crossing<'_>]) {
+    for &(thresholds, limit, before, after, crossed) in rows {
+        assert_eq!(
+            thresholds_crossed(thresholds, limit, before, after),
+            crossed,
+            "{thresholds:?} of {limit}, {before} -> {after}"
+        );
+    }
+}
+
 #[test]
 fn thresholds_crossed_above_100_percent() {
-    let t = [100, 150, 1000];
-    assert_eq!(
-        thresholds_crossed(&t, cost!("2"), usd!("1"), usd!("3")),
-        vec![100, 150]
-    );
-    assert_eq!(
-        thresholds_crossed(&t, cost!("2"), usd!("3"), usd!("20")),
-        vec![1000]
-    );
-    assert_eq!(
-        thresholds_crossed(&t, cost!("2"), usd!("3"), usd!("19.99")),
-        Vec::<u32>::new()
-    );
-    // 1000 % of the largest limit lies beyond every amount: never reached.
-    assert_eq!(
-        thresholds_crossed(&[1000], Cost::MAX, usd!("0"), Usd::MAX),
-        Vec::<u32>::new()
-    );
-    assert_eq!(
-        thresholds_crossed(&[100], Cost::MAX, usd!("0"), Usd::MAX),
-        vec![100]
-    );
+    let t: &[u32] = &[100, 150, 1000];
     let limit = cost!("99999999.99999999999999999999");
-    // 1000 % of it is 999999999.9999999999999999999 exactly.
-    assert_eq!(
-        thresholds_crossed(
+    assert_crossings(&[
+        (t, cost!("2"), usd!("1"), usd!("3"), &[100, 150]),
+        (t, cost!("2"), usd!("3"), usd!("20"), &[1000]),
+        (t, cost!("2"), usd!("3"), usd!("19.99"), &[]),
+        // 1000 % of the largest limit lies beyond every amount: never reached.
+        (&[1000], Cost::MAX, usd!("0"), Usd::MAX, &[]),
+        (&[100], Cost::MAX, usd!("0"), Usd::MAX, &[100]),
+        // 1000 % of `limit` is 999999999.9999999999999999999 exactly.
+        (
             &[1000],
             limit,
             usd!("0"),
-            usd!("999999999.9999999999999999999")
+            usd!("999999999.9999999999999999999"),
+            &[1000],
         ),
-        vec![1000]
-    );
-    assert_eq!(
-        thresholds_crossed(
+        (
             &[1000],
             limit,
             usd!("0"),
-            usd!("999999999.9999999999999999998")
+            usd!("999999999.9999999999999999998"),
+            &[],
         ),
-        Vec::<u32>::new()
-    );
-    // 333 % of it is 332999999.9999999999999999999667: 31 digits, more
-    // than a Usd holds; the comparison is still exact.
-    assert_eq!(
-        thresholds_crossed(
+        // 333 % of it is 332999999.9999999999999999999667: 31 digits, more
+        // than a Usd holds; the comparison is still exact.
+        (
             &[333],
             limit,
             usd!("0"),
-            usd!("332999999.99999999999999999997")
+            usd!("332999999.99999999999999999997"),
+            &[333],
         ),
-        vec![333]
-    );
-    assert_eq!(
-        thresholds_crossed(
+        (
             &[333],
             limit,
             usd!("0"),
-            usd!("332999999.99999999999999999996")
+            usd!("332999999.99999999999999999996"),
+            &[],
         ),
-        Vec::<u32>::new()
-    );
-    assert_eq!(
-        thresholds_crossed(
+        (
             &[333],
             limit,
             usd!("332999999.99999999999999999996"),
-            usd!("333000000")
+            usd!("333000000"),
+            &[333],
         ),
-        vec![333]
-    );
+    ]);
 }
 
 #[test]
 fn thresholds_crossed_output_is_sorted_and_unique() {
-    assert_eq!(
-        thresholds_crossed(&[100, 50, 80, 50], cost!("10"), usd!("0"), usd!("10")),
-        vec![50, 80, 100]
-    );
-    assert_eq!(
-        thresholds_crossed(&[], cost!("10"), usd!("0"), usd!("10")),
-        Vec::<u32>::new()
-    );
+    assert_crossings(&[
+        (
+            &[100, 50, 80, 50],
+            cost!("10"),
+            usd!("0"),
+            usd!("10"),
+            &[50, 80, 100],
+        ),
+        (&[], cost!("10"), usd!("0"), usd!("10"), &[]),
+    ]);
 }
 
 /// The function is pure: spend that falls below a level and rises again
@@ -191,59 +184,30 @@ fn thresholds_crossed_output_is_sorted_and_unique() {
 /// threshold).
 #[test]
 fn down_and_up_crosses_again_in_the_pure_function() {
-    let t = DEFAULT_THRESHOLDS;
-    assert_eq!(
-        thresholds_crossed(&t, cost!("10"), usd!("4"), usd!("6")),
-        vec![50]
-    );
-    assert_eq!(
-        thresholds_crossed(&t, cost!("10"), usd!("6"), usd!("4")),
-        Vec::<u32>::new()
-    );
-    assert_eq!(
-        thresholds_crossed(&t, cost!("10"), usd!("4"), usd!("6")),
-        vec![50]
-    );
+    let t: &[u32] = &DEFAULT_THRESHOLDS;
+    assert_crossings(&[
+        (t, cost!("10"), usd!("4"), usd!("6"), &[50]),
+        (t, cost!("10"), usd!("6"), usd!("4"), &[]),
+        (t, cost!("10"), usd!("4"), usd!("6"), &[50]),
+    ]);
 }
 
 #[test]
 fn zero_limit_crosses_everything_on_first_positive_spend() {
-    let t = DEFAULT_THRESHOLDS;
-    let all = vec![50, 80, 100];
-    let none: Vec<u32> = vec![];
-    assert_eq!(
-        thresholds_crossed(&t, cost!("0"), usd!("0"), usd!("0.00000000000000000001")),
-        all
-    );
-    assert_eq!(
-        thresholds_crossed(&t, cost!("0"), usd!("0"), usd!("5")),
-        all
-    );
-    assert_eq!(
-        thresholds_crossed(&t, cost!("0"), usd!("-1"), usd!("1")),
-        all
-    );
-    assert_eq!(
-        thresholds_crossed(&t, cost!("0"), usd!("0"), usd!("0")),
-        none
-    );
-    assert_eq!(
-        thresholds_crossed(&t, cost!("0"), usd!("-1"), usd!("0")),
-        none
-    );
-    // Already positive: crossed before, not again.
-    assert_eq!(
-        thresholds_crossed(&t, cost!("0"), usd!("1"), usd!("2")),
-        none
-    );
-    assert_eq!(
-        thresholds_crossed(&t, cost!("0"), usd!("2"), usd!("0")),
-        none
-    );
-    assert_eq!(
-        thresholds_crossed(&t, cost!("0.000"), usd!("0"), usd!("1")),
-        all
-    );
+    let t: &[u32] = &DEFAULT_THRESHOLDS;
+    let all: &[u32] = &[50, 80, 100];
+    let zero = cost!("0");
+    assert_crossings(&[
+        (t, zero, usd!("0"), usd!("0.00000000000000000001"), all),
+        (t, zero, usd!("0"), usd!("5"), all),
+        (t, zero, usd!("-1"), usd!("1"), all),
+        (t, zero, usd!("0"), usd!("0"), &[]),
+        (t, zero, usd!("-1"), usd!("0"), &[]),
+        // Already positive: crossed before, not again.
+        (t, zero, usd!("1"), usd!("2"), &[]),
+        (t, zero, usd!("2"), usd!("0"), &[]),
+        (t, cost!("0.000"), usd!("0"), usd!("1"), all),
+    ]);
 }
 
 proptest! {
