@@ -1,8 +1,11 @@
 //! Table tests for period boundaries in many zones, including the DST and
 //! calendar edge cases the crate docs promise to handle.
 
+mod common;
+
 use chrono::{DateTime, TimeDelta, Utc};
 use chrono_tz::Tz;
+use common::{assert_tiles, one_ns, tz};
 use tally_budget::{
     ensure_supported_instant, parse_timezone, period_containing, period_starting_at, BudgetError,
     Period, PeriodKind, TOTAL_END, TOTAL_START,
@@ -16,14 +19,6 @@ fn t(s: &str) -> DateTime<Utc> {
         .with_timezone(&Utc)
 }
 
-fn tz(name: &str) -> Tz {
-    parse_timezone(name).unwrap()
-}
-
-fn one_ns() -> TimeDelta {
-    TimeDelta::nanoseconds(1)
-}
-
 /// Checks the period against the expectation and the tiling invariants around it.
 fn check(zone: &str, kind: PeriodKind, at: &str, start: &str, end: &str) {
     let zone_tz = tz(zone);
@@ -35,21 +30,7 @@ fn check(zone: &str, kind: PeriodKind, at: &str, start: &str, end: &str) {
     let got = period_containing(kind, zone_tz, at);
     assert_eq!(got, expected, "{kind} period in {zone} containing {at}");
     assert!(got.contains(at));
-    assert_eq!(period_containing(kind, zone_tz, got.start), got);
-    assert_eq!(period_containing(kind, zone_tz, got.end - one_ns()), got);
-    assert_eq!(period_starting_at(kind, zone_tz, got.start), Ok(got));
-    if kind != Total {
-        let next = period_containing(kind, zone_tz, got.end);
-        assert_eq!(
-            next.start, got.end,
-            "{kind} in {zone}: next period starts at end"
-        );
-        let prev = period_containing(kind, zone_tz, got.start - one_ns());
-        assert_eq!(
-            prev.end, got.start,
-            "{kind} in {zone}: previous period ends at start"
-        );
-    }
+    assert_tiles(kind, zone_tz, got);
 }
 
 fn duration_of(zone: &str, kind: PeriodKind, at: &str) -> TimeDelta {

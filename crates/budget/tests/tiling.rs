@@ -2,15 +2,17 @@
 //! exhaustive walks checked against an independent oracle built from
 //! `chrono`'s own local-time resolution.
 
+mod common;
+
 use chrono::{
     DateTime, Datelike, Days, LocalResult, Months, NaiveDate, NaiveTime, TimeDelta, TimeZone,
     Timelike, Utc, Weekday,
 };
 use chrono_tz::{GapInfo, Tz};
+use common::{assert_tiles, one_ns, tz};
 use proptest::prelude::*;
 use tally_budget::{
-    parse_timezone, period_containing, period_starting_at, Period, PeriodKind, TOTAL_END,
-    TOTAL_START,
+    period_containing, period_starting_at, Period, PeriodKind, TOTAL_END, TOTAL_START,
 };
 
 /// Zones with every kind of oddity: none, DST at 01:00/02:00/03:00, DST at
@@ -44,16 +46,8 @@ const ZONES: &[&str] = &[
 
 const KINDS: [PeriodKind; 3] = [PeriodKind::Daily, PeriodKind::Weekly, PeriodKind::Monthly];
 
-fn tz(name: &str) -> Tz {
-    parse_timezone(name).unwrap()
-}
-
 fn ymd(y: i32, m: u32, d: u32) -> NaiveDate {
     NaiveDate::from_ymd_opt(y, m, d).unwrap()
-}
-
-fn one_ns() -> TimeDelta {
-    TimeDelta::nanoseconds(1)
 }
 
 /// Independent definition of "the instant local date `d` begins": chrono's
@@ -97,31 +91,7 @@ fn assert_period(kind: PeriodKind, zone: Tz, p: Period) {
         assert_eq!(period_starting_at(kind, zone, p.start), Ok(p));
         return;
     }
-    assert_eq!(
-        period_containing(kind, zone, p.start),
-        p,
-        "{kind} {zone}: containing(start)"
-    );
-    assert_eq!(
-        period_containing(kind, zone, p.end - one_ns()),
-        p,
-        "{kind} {zone}: containing(end - 1ns)"
-    );
-    assert_eq!(
-        period_starting_at(kind, zone, p.start),
-        Ok(p),
-        "{kind} {zone}: starting_at(start)"
-    );
-    let next = period_containing(kind, zone, p.end);
-    assert_eq!(
-        next.start, p.end,
-        "{kind} {zone}: next period must start at end of {p:?}"
-    );
-    let prev = period_containing(kind, zone, p.start - one_ns());
-    assert_eq!(
-        prev.end, p.start,
-        "{kind} {zone}: previous period must end at start of {p:?}"
-    );
+    assert_tiles(kind, zone, p);
     let local = p.start.with_timezone(&zone);
     // Local midnight, or the first instant after a skipped midnight.
     assert!(
