@@ -477,6 +477,23 @@ fn decode_all(prefix: &str, batch: Vec<Delivery>) -> Decoded {
         .collect()
 }
 
+/// The fact of a cost event of type `ty` (no descriptive fields) and the
+/// subject root it counts under.
+fn cost_fact(
+    ty: EventType,
+    generation_id: String,
+    org_id: String,
+    fact: Fact,
+) -> (FactInput, &'static str) {
+    let input = FactInput {
+        generation_id,
+        org_id,
+        fact,
+        details: None,
+    };
+    (input, ty.subject_root())
+}
+
 /// Turns a message into a ledger fact, or a dead-letter reason and detail.
 pub fn decode(
     prefix: &str,
@@ -489,28 +506,18 @@ pub fn decode(
             completed_fact(ev),
             EventType::GenerationCompleted.subject_root(),
         ),
-        AnyEvent::Reconciled(ev) => (
-            FactInput {
-                generation_id: ev.data.generation_id,
-                org_id: ev.data.org_id,
-                fact: Fact::Reconciled {
-                    actual: ev.data.actual_cost_usd,
-                },
-                details: None,
-            },
-            EventType::CostReconciled.subject_root(),
-        ),
-        AnyEvent::Unresolved(ev) => (
-            FactInput {
-                generation_id: ev.data.generation_id,
-                org_id: ev.data.org_id,
-                fact: Fact::Unresolved {
-                    reason: ev.data.reason,
-                },
-                details: None,
-            },
-            EventType::CostUnresolved.subject_root(),
-        ),
+        AnyEvent::Reconciled(ev) => {
+            let c = ev.data;
+            let fact = Fact::Reconciled {
+                actual: c.actual_cost_usd,
+            };
+            cost_fact(EventType::CostReconciled, c.generation_id, c.org_id, fact)
+        }
+        AnyEvent::Unresolved(ev) => {
+            let c = ev.data;
+            let fact = Fact::Unresolved { reason: c.reason };
+            cost_fact(EventType::CostUnresolved, c.generation_id, c.org_id, fact)
+        }
         other => {
             return Err((
                 "unexpected_type",
