@@ -11,6 +11,52 @@ use tally_tests::{budget, reconciled, unresolved, usd, Completed, Harness};
 
 const ORG: &str = "acme";
 
+/// A total budget of `limit` for the generations of one agent of [`ORG`].
+fn agent_budget(agent: &str, name: &str, limit: &str) -> tally_store::NewBudget {
+    tally_store::NewBudget {
+        scope: tally_budget::Scope {
+            agent_id: Some(agent.into()),
+            ..Default::default()
+        },
+        ..budget(ORG, name, limit)
+    }
+}
+
+/// The rows `sql` selects for the budget `budget_id` (its `$1`).
+async fn rows_of<T>(h: &Harness, sql: &str, budget_id: &str) -> anyhow::Result<Vec<T>>
+where
+    T: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow> + Send + Unpin,
+{
+    Ok(sqlx::query_as(sql)
+        .bind(budget_id)
+        .fetch_all(h.store.pool())
+        .await?)
+}
+
+/// The one value `sql` selects for the budget `budget_id` (its `$1`).
+async fn value_of<T>(h: &Harness, sql: &str, budget_id: &str) -> anyhow::Result<T>
+where
+    (T,): for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+    T: Send + Unpin,
+{
+    Ok(sqlx::query_scalar(sql)
+        .bind(budget_id)
+        .fetch_one(h.store.pool())
+        .await?)
+}
+
+/// Publishes a completed generation of [`ORG`] at `at` with its actual cost.
+async fn publish_actual(h: &Harness, id: &str, at: &str, cost: &str) -> anyhow::Result<()> {
+    h.publish(&Completed::new(id, ORG, at).actual(cost).event())
+        .await
+}
+
+/// Publishes a completed generation of [`ORG`] at `at` with only an estimate.
+async fn publish_estimate(h: &Harness, id: &str, at: &str, cost: &str) -> anyhow::Result<()> {
+    h.publish(&Completed::new(id, ORG, at).estimate(cost).event())
+        .await
+}
+
 #[tokio::test]
 async fn costs_of_seventeen_significant_digits_sum_to_the_last_digit() -> anyhow::Result<()> {
     let h = Harness::start().await?;
@@ -30,11 +76,12 @@ async fn costs_of_seventeen_significant_digits_sum_to_the_last_digit() -> anyhow
     h.drained().await?;
     assert_eq!(h.spent(&b.id).await?, expected, "period total");
     assert_eq!(h.journal_sum(&b.id).await?, expected, "journal sum");
-    let text: String =
-        sqlx::query_scalar("SELECT spent_usd::text FROM budget_periods WHERE budget_id = $1")
-            .bind(&b.id)
-            .fetch_one(h.store.pool())
-            .await?;
+    let text: String = value_of(
+        &h,
+        "SELECT spent_usd::text FROM budget_periods WHERE budget_id = $1",
+        &b.id,
+    )
+    .await?;
     assert_eq!(
         text.trim_end_matches('0'),
         expected.normalize().to_string(),
@@ -65,11 +112,11 @@ async fn duplicates_are_counted_once() -> anyhow::Result<()> {
     h.publish(&again).await?;
     h.drained().await?;
     assert_eq!(h.spent(&b.id).await?, usd("0.4"));
-    let kinds: Vec<(String, Usd)> = sqlx::query_as(
+    let kinds: Vec<(String, Usd)> = rows_of(
+        &h,
         "SELECT kind, amount_usd FROM ledger_entries WHERE budget_id = $1 ORDER BY entry_id",
+        &b.id,
     )
-    .bind(&b.id)
-    .fetch_all(h.store.pool())
     .await?;
     assert_eq!(
         kinds
@@ -91,13 +138,7 @@ async fn reconciled_before_completed_gives_the_same_ledger() -> anyhow::Result<(
         let h = Harness::start().await?;
         let b = h.budget(budget(ORG, "everything", "10")).await?;
         let agent = h
-            .budget(tally_store::NewBudget {
-                scope: tally_budget::Scope {
-                    agent_id: Some("researcher".into()),
-                    ..Default::default()
-                },
-                ..budget(ORG, "researcher", "5")
-            })
+            .budget(agent_budget("researcher", "researcher", "5"))
             .await?;
         let p = h.spawn_projector(10);
         let completed = [
@@ -174,12 +215,7 @@ async fn a_crashed_projector_restarted_mid_stream_gives_the_same_ledger() -> any
     for i in 0..3000u64 {
         let c = format!("0.0000{:016}", 1234567890123456u64 + i);
         expected = expected.try_add(usd(&c)).unwrap();
-        h.publish(
-            &Completed::new(&format!("g{i}"), ORG, "2026-11-25T10:00:00Z")
-                .estimate(&c)
-                .event(),
-        )
-        .await?;
+        publish_estimate(&h, &format!("g{i}"), "2026-11-25T10:00:00Z", &c).await?;
     }
     // Crash repeatedly while batches are in flight, then let one finish.
     for _ in 0..5 {
@@ -191,11 +227,12 @@ async fn a_crashed_projector_restarted_mid_stream_gives_the_same_ledger() -> any
     h.drained().await?;
     assert_eq!(h.spent(&b.id).await?, expected);
     assert_eq!(h.journal_sum(&b.id).await?, expected);
-    let debits: i64 =
-        sqlx::query_scalar("SELECT count(*) FROM ledger_entries WHERE budget_id = $1")
-            .bind(&b.id)
-            .fetch_one(h.store.pool())
-            .await?;
+    let debits: i64 = value_of(
+        &h,
+        "SELECT count(*) FROM ledger_entries WHERE budget_id = $1",
+        &b.id,
+    )
+    .await?;
     assert_eq!(debits, 3000);
     p.stop().await;
     Ok(())
@@ -208,34 +245,14 @@ async fn thresholds_alert_exactly_once_per_budget_period_and_threshold() -> anyh
     let p = h.spawn_projector(1);
     // 0.3 → 0.6 (crosses 50) → estimate 0.3 for g3 → 0.9 (crosses 80) →
     // actual 0.1 for g3 → 0.7 (down) → 1.2 (crosses 80 again: no alert; 100: alert).
-    h.publish(
-        &Completed::new("g1", ORG, "2026-11-25T10:00:00Z")
-            .actual("0.3")
-            .event(),
-    )
-    .await?;
-    h.publish(
-        &Completed::new("g2", ORG, "2026-11-25T10:00:01Z")
-            .actual("0.3")
-            .event(),
-    )
-    .await?;
+    publish_actual(&h, "g1", "2026-11-25T10:00:00Z", "0.3").await?;
+    publish_actual(&h, "g2", "2026-11-25T10:00:01Z", "0.3").await?;
     h.drained().await?;
-    h.publish(
-        &Completed::new("g3", ORG, "2026-11-25T10:00:02Z")
-            .estimate("0.3")
-            .event(),
-    )
-    .await?;
+    publish_estimate(&h, "g3", "2026-11-25T10:00:02Z", "0.3").await?;
     h.drained().await?;
     h.publish(&reconciled("g3", ORG, "0.1")).await?;
     h.drained().await?;
-    h.publish(
-        &Completed::new("g4", ORG, "2026-11-25T10:00:03Z")
-            .actual("0.5")
-            .event(),
-    )
-    .await?;
+    publish_actual(&h, "g4", "2026-11-25T10:00:03Z", "0.5").await?;
     h.publish(
         &Completed::new("g4", ORG, "2026-11-25T10:00:03Z")
             .actual("0.5")
@@ -278,30 +295,15 @@ async fn late_events_land_in_the_period_of_their_completion() -> anyhow::Result<
         .await?;
     let p = h.spawn_projector(10);
     // 23:30 UTC on the 24th is 00:30 on the 25th in Berlin.
-    h.publish(
-        &Completed::new("late", ORG, "2026-11-24T23:30:00Z")
-            .actual("0.2")
-            .event(),
-    )
-    .await?;
-    h.publish(
-        &Completed::new("early", ORG, "2026-11-24T22:30:00Z")
-            .actual("0.1")
-            .event(),
-    )
-    .await?;
-    h.publish(
-        &Completed::new("now", ORG, "2026-11-25T12:00:00Z")
-            .actual("0.4")
-            .event(),
-    )
-    .await?;
+    publish_actual(&h, "late", "2026-11-24T23:30:00Z", "0.2").await?;
+    publish_actual(&h, "early", "2026-11-24T22:30:00Z", "0.1").await?;
+    publish_actual(&h, "now", "2026-11-25T12:00:00Z", "0.4").await?;
     h.drained().await?;
-    let rows: Vec<(chrono::DateTime<chrono::Utc>, Usd)> = sqlx::query_as(
+    let rows: Vec<(chrono::DateTime<chrono::Utc>, Usd)> = rows_of(
+        &h,
         "SELECT period_start, spent_usd FROM budget_periods WHERE budget_id = $1 ORDER BY 1",
+        &daily.id,
     )
-    .bind(&daily.id)
-    .fetch_all(h.store.pool())
     .await?;
     let rows: Vec<(String, Usd)> = rows
         .into_iter()
@@ -322,12 +324,7 @@ async fn late_events_land_in_the_period_of_their_completion() -> anyhow::Result<
 async fn bad_messages_are_dead_lettered_and_the_batch_around_them_commits() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     let b = h.budget(budget(ORG, "everything", "10")).await?;
-    h.publish(
-        &Completed::new("before", ORG, "2026-11-25T10:00:00Z")
-            .actual("0.1")
-            .event(),
-    )
-    .await?;
+    publish_actual(&h, "before", "2026-11-25T10:00:00Z", "0.1").await?;
     h.publish_raw("tally.generation.completed.acme", "junk-1", b"{not json")
         .await?;
     let mut number =
@@ -351,12 +348,7 @@ async fn bad_messages_are_dead_lettered_and_the_batch_around_them_commits() -> a
     .await?;
     // A second completed event for the same generation with another
     // actual: the first stands, the second is reported.
-    h.publish(
-        &Completed::new("conflict", ORG, "2026-11-25T10:00:00Z")
-            .actual("0.2")
-            .event(),
-    )
-    .await?;
+    publish_actual(&h, "conflict", "2026-11-25T10:00:00Z", "0.2").await?;
     h.publish(
         &Completed::new("conflict", ORG, "2026-11-25T10:00:00Z")
             .actual("0.25")
@@ -364,12 +356,7 @@ async fn bad_messages_are_dead_lettered_and_the_batch_around_them_commits() -> a
             .event(),
     )
     .await?;
-    h.publish(
-        &Completed::new("after", ORG, "2026-11-25T10:00:00Z")
-            .actual("0.3")
-            .event(),
-    )
-    .await?;
+    publish_actual(&h, "after", "2026-11-25T10:00:00Z", "0.3").await?;
     // One batch holds all of them.
     let p = h.spawn_projector(100);
     h.drained().await?;
@@ -415,15 +402,7 @@ async fn a_budget_created_later_counts_the_generations_already_recorded() -> any
         .await?;
     h.drained().await?;
     let all = h.budget(budget(ORG, "late", "10")).await?;
-    let only_b = h
-        .budget(tally_store::NewBudget {
-            scope: tally_budget::Scope {
-                agent_id: Some("b".into()),
-                ..Default::default()
-            },
-            ..budget(ORG, "agent b", "10")
-        })
-        .await?;
+    let only_b = h.budget(agent_budget("b", "agent b", "10")).await?;
     assert_eq!(h.spent(&all.id).await?, usd("0.3"));
     assert_eq!(h.spent(&only_b.id).await?, usd("0.2"));
     // A later actual adjusts both.
@@ -481,15 +460,7 @@ async fn ledger_posted_events_rebuild_every_balance() -> anyhow::Result<()> {
 async fn two_projector_instances_share_the_work_and_the_ledger_stays_exact() -> anyhow::Result<()> {
     let h = Harness::start().await?;
     let b = h.budget(budget(ORG, "everything", "1000000")).await?;
-    let agent = h
-        .budget(tally_store::NewBudget {
-            scope: tally_budget::Scope {
-                agent_id: Some("a1".into()),
-                ..Default::default()
-            },
-            ..budget(ORG, "agent a1", "1000000")
-        })
-        .await?;
+    let agent = h.budget(agent_budget("a1", "agent a1", "1000000")).await?;
     let first = h.spawn_projector(50);
     let second = h.spawn_projector(50);
     let mut expected = Usd::ZERO;
@@ -528,11 +499,11 @@ async fn two_projector_instances_share_the_work_and_the_ledger_stays_exact() -> 
     assert_eq!(h.journal_sum(&b.id).await?, expected);
     assert_eq!(h.spent(&agent.id).await?, expected_agent);
     assert_eq!(h.journal_sum(&agent.id).await?, expected_agent);
-    let adjustments: i64 = sqlx::query_scalar(
+    let adjustments: i64 = value_of(
+        &h,
         "SELECT count(*) FROM ledger_entries WHERE budget_id = $1 AND kind = 'adjustment'",
+        &b.id,
     )
-    .bind(&b.id)
-    .fetch_one(h.store.pool())
     .await?;
     assert!(
         adjustments <= 500,
