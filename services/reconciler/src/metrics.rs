@@ -220,6 +220,11 @@ impl Metrics {
             .expect("a fresh registry has no metric of the same name")
     }
 
+    /// Counts one failed bus operation under its error code.
+    pub fn count_bus_error(&self, code: &str) {
+        self.bus_errors.with_label_values(&[code]).inc();
+    }
+
     /// Records `actual / estimate` when the estimate is positive. The ratio
     /// is computed exactly and only then turned into a sample.
     pub fn observe_drift(&self, actual: Cost, estimate: Option<Cost>) {

@@ -239,11 +239,7 @@ impl Reconciler {
                     }
                 }
                 Err(e) => {
-                    shared
-                        .metrics
-                        .bus_errors
-                        .with_label_values(&[e.code()])
-                        .inc();
+                    shared.metrics.count_bus_error(e.code());
                     tracing::warn!(error = %e, code = e.code(), "pulling completed events failed; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(FETCH_ERROR_PAUSE) => {}
@@ -328,11 +324,7 @@ async fn handle(shared: &Shared, delivery: Delivery, shutdown: watch::Receiver<b
         Settle::Nak(delay) => delivery.nak(delay).await,
     };
     if let Err(e) = result {
-        shared
-            .metrics
-            .bus_errors
-            .with_label_values(&[e.code()])
-            .inc();
+        shared.metrics.count_bus_error(e.code());
         tracing::warn!(
             error = %e,
             stream_sequence = delivery.stream_sequence(),
@@ -701,11 +693,7 @@ async fn unresolved(
 }
 
 fn publish_failed(shared: &Shared, e: &BusError, generation_id: &str) -> Settle {
-    shared
-        .metrics
-        .bus_errors
-        .with_label_values(&[e.code()])
-        .inc();
+    shared.metrics.count_bus_error(e.code());
     tracing::warn!(
         error = %e,
         code = e.code(),
@@ -736,11 +724,7 @@ async fn dead_letter(shared: &Shared, d: &Delivery, reason: &'static str, detail
             Settle::Ack
         }
         Err(e) => {
-            shared
-                .metrics
-                .bus_errors
-                .with_label_values(&[e.code()])
-                .inc();
+            shared.metrics.count_bus_error(e.code());
             tracing::warn!(error = %e, "dead-lettering failed; retrying");
             Settle::Nak(Some(PUBLISH_RETRY_DELAY))
         }

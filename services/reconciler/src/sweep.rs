@@ -324,7 +324,7 @@ impl Sweeper {
                         Outcome::Reconciled
                     }
                     Err(e) => {
-                        self.metrics.bus_errors.with_label_values(&[e.code()]).inc();
+                        self.metrics.count_bus_error(e.code());
                         tracing::warn!(error = %e, generation_id = %c.generation_id, "publishing a swept cost failed; next pass asks again");
                         Outcome::Error(e.code())
                     }
