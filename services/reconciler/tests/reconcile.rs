@@ -46,6 +46,11 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str) -> anyhow::Result<Strin
     Ok(response)
 }
 
+/// The value of the counter of `counters` labelled `label`.
+fn count(counters: &prometheus::IntCounterVec, label: &str) -> u64 {
+    counters.with_label_values(&[label]).get()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn actual_costs_are_exact_to_the_digit_and_byok_adds_upstream() -> anyhow::Result<()> {
     let env = Env::start(SimConfig::ephemeral()).await?;
@@ -198,7 +203,7 @@ async fn not_yet_rate_limited_server_errors_and_malformed_replies_all_end_reconc
     assert!(costs.unresolved.is_empty());
 
     let metrics = running.stop().await?;
-    let outcome = |o: &str| metrics.fetch_attempts.with_label_values(&[o]).get();
+    let outcome = |o: &str| count(&metrics.fetch_attempts, o);
     assert_eq!(outcome("ok"), 7);
     assert_eq!(outcome("rate_limited"), 1);
     assert_eq!(outcome("server_error"), 2);
@@ -290,13 +295,7 @@ async fn a_never_ready_generation_ends_unresolved_without_delaying_the_others() 
     assert!((4..=10).contains(&calls), "{calls} lookups");
 
     let metrics = running.stop().await?;
-    assert_eq!(
-        metrics
-            .unresolved
-            .with_label_values(&["deadline_exceeded"])
-            .get(),
-        1
-    );
+    assert_eq!(count(&metrics.unresolved, "deadline_exceeded"), 1);
     wait_consumer_drained(&env, Duration::from_secs(5)).await?;
     Ok(())
 }
@@ -447,13 +446,7 @@ async fn a_malformed_event_is_dead_lettered_and_the_next_is_reconciled() -> anyh
     assert_eq!(env.sim().calls("gen-wrong-org"), 0);
 
     let metrics = running.stop().await?;
-    assert_eq!(
-        metrics
-            .dead_letters
-            .with_label_values(&["malformed_json"])
-            .get(),
-        1
-    );
+    assert_eq!(count(&metrics.dead_letters, "malformed_json"), 1);
     wait_consumer_drained(&env, Duration::from_secs(5)).await?;
     Ok(())
 }
@@ -482,14 +475,8 @@ async fn a_refused_key_never_gives_a_generation_up() -> anyhow::Result<()> {
         "one lookup, then a long wait"
     );
     let metrics = running.stop().await?;
-    assert_eq!(metrics.auth_failures.with_label_values(&["auth"]).get(), 1);
-    assert_eq!(
-        metrics
-            .unresolved
-            .with_label_values(&["deadline_exceeded"])
-            .get(),
-        0
-    );
+    assert_eq!(count(&metrics.auth_failures, "auth"), 1);
+    assert_eq!(count(&metrics.unresolved, "deadline_exceeded"), 0);
     // Still pending: it will be asked about again once the key works.
     assert_eq!(env.bus.pending(ConsumerName::Reconciler).await?, 1);
     Ok(())
