@@ -234,12 +234,7 @@ impl Caller {
 
 /// 404 `org_not_found`.
 pub(crate) fn org_not_found(org_id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        "org_not_found",
-        format!("no organisation {org_id:?}"),
-    )
-    .with_field("org_id")
+    ApiError::not_found("org_not_found", format!("no organisation {org_id:?}")).with_field("org_id")
 }
 
 impl<S: Send + Sync> FromRequestParts<S> for Caller {

@@ -53,7 +53,7 @@ use tally_openrouter::{OpenRouterError, UsageWindow};
 
 use crate::error::ApiError;
 use crate::openapi::{OrgQuery, UsdDoc};
-use crate::org_query::ReadOrg;
+use crate::org_query::{OrgScope, ReadOrg};
 use crate::AppState;
 
 /// The drift of one window.
@@ -220,7 +220,7 @@ pub async fn check(state: &AppState, org_id: &str) -> Result<DriftReport, ApiErr
 )]
 pub(crate) async fn get(
     State(state): State<AppState>,
-    ReadOrg(org_id): ReadOrg,
+    OrgScope(org_id): ReadOrg,
 ) -> Result<Json<DriftReport>, ApiError> {
     check(&state, &org_id).await.map(Json)
 }

@@ -194,13 +194,14 @@ impl ApiError {
         ApiError::field("invalid_field", field, detail)
     }
 
+    /// A 404: the resource does not exist (or is another organisation's).
+    pub fn not_found(code: &'static str, detail: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::NOT_FOUND, code, detail)
+    }
+
     /// A 404 for an unknown budget.
     pub fn budget_not_found(id: &str) -> ApiError {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "budget_not_found",
-            format!("no budget with id {id:?}"),
-        )
+        ApiError::not_found("budget_not_found", format!("no budget with id {id:?}"))
     }
 
     /// A 500 naming why a figure cannot be given exactly (a stored total

@@ -99,8 +99,7 @@ pub(crate) async fn get(
     let after = page.uuid_cursor()?;
     check_generation_id(&id)?;
     let not_found = || {
-        ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
+        ApiError::not_found(
             "generation_not_found",
             format!(
                 "no generation with id {:?} is recorded",

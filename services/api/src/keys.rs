@@ -28,7 +28,7 @@ use crate::auth::Caller;
 use crate::error::{or_not_found, ApiError};
 use crate::extract::{ApiJson, ApiPath};
 use crate::openapi::{IdDoc, OrgQuery, RoleDoc};
-use crate::org_query::ReadOrg;
+use crate::org_query::{OrgScope, ReadOrg};
 use crate::respond;
 use crate::wire::check_id;
 use crate::AppState;
@@ -272,7 +272,7 @@ pub(crate) struct ListBody {
 )]
 pub(crate) async fn list(
     State(state): State<AppState>,
-    ReadOrg(org_id): ReadOrg,
+    OrgScope(org_id): ReadOrg,
 ) -> Result<Json<ListBody>, ApiError> {
     let keys = state.store.list_keys(&org_id).await?;
     Ok(Json(ListBody {
@@ -297,13 +297,7 @@ pub(crate) async fn revoke(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<KeyBody>, ApiError> {
-    let not_found = || {
-        ApiError::new(
-            StatusCode::NOT_FOUND,
-            "key_not_found",
-            format!("no API key with id {id:?}"),
-        )
-    };
+    let not_found = || ApiError::not_found("key_not_found", format!("no API key with id {id:?}"));
     let key_id = Uuid::parse_str(&id).map_err(|_| not_found())?;
     let info = state
         .store

@@ -14,46 +14,31 @@ use crate::error::ApiError;
 use crate::extract::Params;
 use crate::AppState;
 
-/// The organisation a read is about (`?org_id=` optional).
+/// The organisation named by `?org_id=` (optional), resolved as a write
+/// when `WRITE`, else as a read.
 #[derive(Debug, Clone)]
-pub(crate) struct ReadOrg(pub String);
+pub(crate) struct OrgScope<const WRITE: bool>(pub String);
 
-/// The organisation a write acts on (`?org_id=` optional).
-#[derive(Debug, Clone)]
-pub(crate) struct WriteOrg(pub String);
+/// The organisation a read is about.
+pub(crate) type ReadOrg = OrgScope<false>;
 
-/// The caller and the `org_id` of a query that may hold nothing else.
-async fn org_param(
-    parts: &mut Parts,
-    state: &AppState,
-) -> Result<(Caller, Option<String>), ApiError> {
-    let caller = Caller::from_request_parts(parts, state).await?;
-    let params = Params::from_request_parts(parts, state)
-        .await?
-        .only(&["org_id"])?;
-    Ok((caller, params.get("org_id").map(str::to_owned)))
-}
+/// The organisation a write acts on.
+pub(crate) type WriteOrg = OrgScope<true>;
 
-impl FromRequestParts<AppState> for ReadOrg {
+impl<const WRITE: bool> FromRequestParts<AppState> for OrgScope<WRITE> {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (caller, given) = org_param(parts, state).await?;
-        caller
-            .read_org(&state.store, given.as_deref())
-            .await
-            .map(ReadOrg)
-    }
-}
-
-impl FromRequestParts<AppState> for WriteOrg {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
-        let (caller, given) = org_param(parts, state).await?;
-        caller
-            .write_org(&state.store, given.as_deref())
-            .await
-            .map(WriteOrg)
+        let caller = Caller::from_request_parts(parts, state).await?;
+        let params = Params::from_request_parts(parts, state)
+            .await?
+            .only(&["org_id"])?;
+        let given = params.get("org_id");
+        let org_id = if WRITE {
+            caller.write_org(&state.store, given).await?
+        } else {
+            caller.read_org(&state.store, given).await?
+        };
+        Ok(OrgScope(org_id))
     }
 }

@@ -58,7 +58,7 @@ use crate::extract::{decode, ApiJson};
 use crate::openapi::{
     ConnectionStatusDoc, IdDoc, ModelDoc, ModelsStatusDoc, OAuthStartDoc, OrgQuery,
 };
-use crate::org_query::{ReadOrg, WriteOrg};
+use crate::org_query::{OrgScope, ReadOrg, WriteOrg};
 use crate::respond;
 use crate::AppState;
 
@@ -201,7 +201,7 @@ pub(crate) async fn connect(
 )]
 pub(crate) async fn status(
     State(state): State<AppState>,
-    ReadOrg(org_id): ReadOrg,
+    OrgScope(org_id): ReadOrg,
 ) -> Result<Response, ApiError> {
     let status: ConnectionStatus = connections(&state)?
         .status(&org_id)
@@ -227,12 +227,11 @@ pub(crate) async fn status(
 )]
 pub(crate) async fn disconnect(
     State(state): State<AppState>,
-    WriteOrg(org_id): WriteOrg,
+    OrgScope(org_id): WriteOrg,
 ) -> Result<Response, ApiError> {
     let c = connections(&state)?;
     if !c.disconnect(&org_id).await.map_err(provider_error)? {
-        return Err(ApiError::new(
-            StatusCode::NOT_FOUND,
+        return Err(ApiError::not_found(
             "provider_not_connected",
             "the organisation has no OpenRouter connection to disconnect",
         ));
@@ -333,7 +332,7 @@ pub(crate) async fn oauth_start(
 )]
 pub(crate) async fn sync_models(
     State(state): State<AppState>,
-    WriteOrg(org_id): WriteOrg,
+    OrgScope(org_id): WriteOrg,
 ) -> Result<Json<ModelsStatus>, ApiError> {
     connections(&state)?
         .sync_models(&org_id)
@@ -367,7 +366,7 @@ pub(crate) struct ModelsBody {
 )]
 pub(crate) async fn models(
     State(state): State<AppState>,
-    ReadOrg(org_id): ReadOrg,
+    OrgScope(org_id): ReadOrg,
 ) -> Result<Json<ModelsBody>, ApiError> {
     let (models, synced_at) = connections(&state)?
         .models(&org_id)

@@ -214,8 +214,7 @@ pub(crate) async fn get(
         ));
     }
     let not_found = || {
-        ApiError::new(
-            axum::http::StatusCode::NOT_FOUND,
+        ApiError::not_found(
             "reservation_not_found",
             format!(
                 "no reservation for request {:?}",

@@ -28,7 +28,6 @@
 
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::Json;
 use serde_json::{Map, Value};
 use tally_provider::{RoutingProfile, OPENROUTER};
@@ -42,8 +41,7 @@ use crate::wire::check_id;
 use crate::AppState;
 
 fn not_found(agent: Option<&str>) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
+    ApiError::not_found(
         "routing_profile_not_found",
         match agent {
             Some(a) => format!("agent {a:?} has no routing profile"),

@@ -204,8 +204,7 @@ pub(crate) struct DeliveriesBody {
 }
 
 fn not_found(id: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
+    ApiError::not_found(
         "webhook_not_found",
         format!("no webhook with id {:?}", tally_events::strict::excerpt(id)),
     )
