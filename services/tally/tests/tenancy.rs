@@ -28,6 +28,21 @@ async fn json_line(h: &Harness, args: &[&str]) -> anyhow::Result<Value> {
     Ok(serde_json::from_str(out.trim())?)
 }
 
+/// `GET <path>` as `key`.
+async fn get_as(base: &str, key: Option<&str>, path: &str) -> anyhow::Result<(u16, Value)> {
+    call(base, key, reqwest::Method::GET, path, None).await
+}
+
+/// `POST <path>` of `body` as `key`.
+async fn post_as(
+    base: &str,
+    key: Option<&str>,
+    path: &str,
+    body: Value,
+) -> anyhow::Result<(u16, Value)> {
+    call(base, key, reqwest::Method::POST, path, Some(body)).await
+}
+
 async fn call(
     base: &str,
     key: Option<&str>,
@@ -100,7 +115,7 @@ async fn an_operator_creates_organisations_and_keys_and_revokes_them() -> anyhow
         .stderr(Stdio::null());
     let mut api = c.spawn()?;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while call(&base, None, reqwest::Method::GET, "/readyz", None)
+    while get_as(&base, None, "/readyz")
         .await
         .map(|r| r.0)
         .unwrap_or(0)
@@ -111,27 +126,13 @@ async fn an_operator_creates_organisations_and_keys_and_revokes_them() -> anyhow
     }
 
     let budget = json!({"name": "team", "scope": {}, "period": "monthly", "limit_usd": "50"});
-    let (s, v) = call(
-        &base,
-        None,
-        reqwest::Method::POST,
-        "/v1/budgets",
-        Some(budget.clone()),
-    )
-    .await?;
+    let (s, v) = post_as(&base, None, "/v1/budgets", budget.clone()).await?;
     assert_eq!(
         (s, v["code"].as_str()),
         (401, Some("missing_api_key")),
         "{v}"
     );
-    let (s, v) = call(
-        &base,
-        Some(&admin),
-        reqwest::Method::POST,
-        "/v1/budgets",
-        Some(budget.clone()),
-    )
-    .await?;
+    let (s, v) = post_as(&base, Some(&admin), "/v1/budgets", budget.clone()).await?;
     assert_eq!(s, 201, "{v}");
     assert_eq!(v["org_id"], "acme");
 
@@ -144,24 +145,10 @@ async fn an_operator_creates_organisations_and_keys_and_revokes_them() -> anyhow
     .await?;
     assert_eq!(member["role"], "member");
     let member_key = member["key"].as_str().unwrap().to_owned();
-    let (s, v) = call(
-        &base,
-        Some(&member_key),
-        reqwest::Method::GET,
-        "/v1/budgets",
-        None,
-    )
-    .await?;
+    let (s, v) = get_as(&base, Some(&member_key), "/v1/budgets").await?;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["budgets"].as_array().unwrap().len(), 1);
-    let (s, v) = call(
-        &base,
-        Some(&member_key),
-        reqwest::Method::POST,
-        "/v1/budgets",
-        Some(budget),
-    )
-    .await?;
+    let (s, v) = post_as(&base, Some(&member_key), "/v1/budgets", budget).await?;
     assert_eq!(
         (s, v["code"].as_str()),
         (403, Some("forbidden_role")),
@@ -173,14 +160,7 @@ async fn an_operator_creates_organisations_and_keys_and_revokes_them() -> anyhow
     assert!(revoked["revoked_at"].is_string(), "{revoked}");
     let at = Instant::now();
     loop {
-        let (s, _) = call(
-            &base,
-            Some(&member_key),
-            reqwest::Method::GET,
-            "/v1/budgets",
-            None,
-        )
-        .await?;
+        let (s, _) = get_as(&base, Some(&member_key), "/v1/budgets").await?;
         if s == 401 {
             break;
         }
@@ -192,33 +172,18 @@ async fn an_operator_creates_organisations_and_keys_and_revokes_them() -> anyhow
     }
 
     // The operator over HTTP: a new organisation with its first admin key.
-    let (s, v) = call(
+    let (s, v) = post_as(
         &base,
         Some(OPERATOR),
-        reqwest::Method::POST,
         "/v1/orgs",
-        Some(json!({"org_id": "globex"})),
+        json!({"org_id": "globex"}),
     )
     .await?;
     assert_eq!(s, 201, "{v}");
     let globex = v["key"].as_str().unwrap().to_owned();
-    let (s, v) = call(
-        &base,
-        Some(&globex),
-        reqwest::Method::GET,
-        "/v1/budgets",
-        None,
-    )
-    .await?;
+    let (s, v) = get_as(&base, Some(&globex), "/v1/budgets").await?;
     assert_eq!((s, v["budgets"].clone()), (200, json!([])), "{v}");
-    let (s, v) = call(
-        &base,
-        Some(&globex),
-        reqwest::Method::GET,
-        "/v1/budgets?org_id=acme",
-        None,
-    )
-    .await?;
+    let (s, v) = get_as(&base, Some(&globex), "/v1/budgets?org_id=acme").await?;
     assert_eq!((s, v["code"].as_str()), (404, Some("org_not_found")), "{v}");
     api.start_kill()?;
     Ok(())
