@@ -130,14 +130,24 @@ impl World {
         self.call(Some(key), Method::GET, path, None).await
     }
 
+    /// Sends `request` ("METHOD /path") with `key` and `body`.
+    async fn send(
+        &mut self,
+        key: Option<&str>,
+        request: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let (method, path) = request.split_once(' ').expect("METHOD /path");
+        let method = Method::from_bytes(method.as_bytes())?;
+        self.call(key, method, path, body).await
+    }
+
     /// Sends each request and asserts its answer: the problem's status and
     /// code.
     async fn refusals(&mut self, cases: &[Refusal<'_>]) -> anyhow::Result<()> {
         for (key, request, body, want) in cases {
-            let (method, path) = request.split_once(' ').expect("METHOD /path");
-            let method = Method::from_bytes(method.as_bytes())?;
             let r = self
-                .call(key.map(String::as_str), method, path, body.clone())
+                .send(key.map(String::as_str), request, body.clone())
                 .await?;
             let got = format!("{} {}", r.0, r.1["code"].as_str().unwrap_or("-"));
             assert_eq!(&got, want, "{request}: {}", r.1);
@@ -298,10 +308,9 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
 
     // Paste the key.
     let r = w
-        .call(
+        .send(
             Some(&admin),
-            Method::PUT,
-            "/v1/providers/openrouter",
+            "PUT /v1/providers/openrouter",
             Some(json!({"api_key": or_key, "byok_providers": ["Anthropic"]})),
         )
         .await?;
@@ -319,12 +328,7 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
 
     // Models: the member reads them; prices as decimal strings.
     let r = w
-        .call(
-            Some(&member),
-            Method::GET,
-            "/v1/providers/openrouter/models",
-            None,
-        )
+        .send(Some(&member), "GET /v1/providers/openrouter/models", None)
         .await?;
     assert_eq!(r.0, 200, "{}", r.1);
     let models = r.1["models"].as_array().unwrap();
@@ -341,30 +345,21 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         );
     }
     let r = w
-        .call(
+        .send(
             Some(&admin),
-            Method::POST,
-            "/v1/providers/openrouter/models/sync",
+            "POST /v1/providers/openrouter/models/sync",
             None,
         )
         .await?;
     assert_eq!((r.0, &r.1["count"]), (200, &json!(3)), "{}", r.1);
     #[rustfmt::skip]
-    let refused: &[Refusal] = &[
-        (Some(&member), "POST /v1/providers/openrouter/models/sync", None, "403 forbidden_role"),
-    ];
-    w.refusals(refused).await?;
+    w.refusals(&[(Some(&member), "POST /v1/providers/openrouter/models/sync", None, "403 forbidden_role")]).await?;
 
     // Another organisation sees nothing of it.
     let r = w.get(&other, "/v1/providers/openrouter").await?;
     assert_eq!((r.0, &r.1["connected"]), (200, &json!(false)), "{}", r.1);
     let r = w
-        .call(
-            Some(&other),
-            Method::GET,
-            "/v1/providers/openrouter/models",
-            None,
-        )
+        .send(Some(&other), "GET /v1/providers/openrouter/models", None)
         .await?;
     assert_eq!((r.0, &r.1["models"]), (200, &json!([])), "{}", r.1);
     #[rustfmt::skip]
@@ -383,22 +378,16 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         "server_tools": ["web_search"]
     });
     let r = w
-        .call(
+        .send(
             Some(&admin),
-            Method::PUT,
-            "/v1/agents/support-bot/routing",
+            "PUT /v1/agents/support-bot/routing",
             Some(profile.clone()),
         )
         .await?;
     assert_eq!(r.0, 200, "{}", r.1);
     assert_eq!(r.1["risk"], "high", "{}", r.1);
     let r = w
-        .call(
-            Some(&member),
-            Method::GET,
-            "/v1/agents/support-bot/routing",
-            None,
-        )
+        .send(Some(&member), "GET /v1/agents/support-bot/routing", None)
         .await?;
     assert_eq!(r.0, 200, "{}", r.1);
     for k in ["models", "provider", "capacity", "presets", "server_tools"] {
@@ -409,10 +398,9 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         (&json!("high"), &json!("support-bot"), &json!("acme"))
     );
     let r = w
-        .call(
+        .send(
             Some(&admin),
-            Method::PUT,
-            "/v1/routing",
+            "PUT /v1/routing",
             Some(json!({"presets": ["no-data-collection"]})),
         )
         .await?;
@@ -431,7 +419,7 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         (json!({"capcity": "shared"}), "unknown_field"),
     ] {
         let r = w
-            .call(Some(&admin), Method::PUT, "/v1/routing", Some(body.clone()))
+            .send(Some(&admin), "PUT /v1/routing", Some(body.clone()))
             .await?;
         assert_code(&r, 422, code);
     }
@@ -441,48 +429,28 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         (Some(&other), "GET /v1/agents/support-bot/routing", None, "404 routing_profile_not_found"),
     ];
     w.refusals(refused).await?;
-    let r = w
-        .call(Some(&admin), Method::DELETE, "/v1/routing", None)
-        .await?;
+    let r = w.send(Some(&admin), "DELETE /v1/routing", None).await?;
     assert_eq!((r.0, &r.1["deleted"]), (200, &json!(true)), "{}", r.1);
     #[rustfmt::skip]
-    let refused: &[Refusal] = &[
-        (Some(&member), "GET /v1/routing", None, "404 routing_profile_not_found"),
-    ];
-    w.refusals(refused).await?;
+    w.refusals(&[(Some(&member), "GET /v1/routing", None, "404 routing_profile_not_found")]).await?;
 
     // Disconnect: the key is gone, the catalog too.
     #[rustfmt::skip]
-    let refused: &[Refusal] = &[
-        (Some(&member), "DELETE /v1/providers/openrouter", None, "403 forbidden_role"),
-    ];
-    w.refusals(refused).await?;
+    w.refusals(&[(Some(&member), "DELETE /v1/providers/openrouter", None, "403 forbidden_role")]).await?;
     let r = w
-        .call(
-            Some(&admin),
-            Method::DELETE,
-            "/v1/providers/openrouter",
-            None,
-        )
+        .send(Some(&admin), "DELETE /v1/providers/openrouter", None)
         .await?;
     assert_eq!((r.0, &r.1["connected"]), (200, &json!(false)), "{}", r.1);
     #[rustfmt::skip]
-    let refused: &[Refusal] = &[
-        (Some(&admin), "POST /v1/providers/openrouter/models/sync", None, "409 provider_not_connected"),
-    ];
-    w.refusals(refused).await?;
+    w.refusals(&[(Some(&admin), "POST /v1/providers/openrouter/models/sync", None, "409 provider_not_connected")]).await?;
 
     // --- Connect with OpenRouter (OAuth PKCE) ---
     #[rustfmt::skip]
-    let refused: &[Refusal] = &[
-        (Some(&member), "POST /v1/providers/openrouter/oauth/start", None, "403 forbidden_role"),
-    ];
-    w.refusals(refused).await?;
+    w.refusals(&[(Some(&member), "POST /v1/providers/openrouter/oauth/start", None, "403 forbidden_role")]).await?;
     let r = w
-        .call(
+        .send(
             Some(&admin),
-            Method::POST,
-            "/v1/providers/openrouter/oauth/start",
+            "POST /v1/providers/openrouter/oauth/start",
             None,
         )
         .await?;
@@ -557,10 +525,9 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         r.1
     );
     let r = w
-        .call(
+        .send(
             None,
-            Method::GET,
-            "/v1/providers/openrouter/oauth/callback?code=abc",
+            "GET /v1/providers/openrouter/oauth/callback?code=abc",
             None,
         )
         .await?;
@@ -569,10 +536,9 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
     // A state of globex's flow cannot connect acme, and a denied flow
     // uses its state up.
     let r = w
-        .call(
+        .send(
             Some(&other),
-            Method::POST,
-            "/v1/providers/openrouter/oauth/start",
+            "POST /v1/providers/openrouter/oauth/start",
             None,
         )
         .await?;
@@ -608,10 +574,9 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
         .await?
         .error_for_status()?;
     let r = w
-        .call(
+        .send(
             Some(&admin),
-            Method::POST,
-            "/v1/keys",
+            "POST /v1/keys",
             Some(json!({"role": "admin", "name": "leaving"})),
         )
         .await?;
@@ -620,10 +585,9 @@ async fn an_admin_connects_openrouter_and_the_key_never_comes_back() -> anyhow::
     let leaving_id = r.1["id"].as_str().unwrap().to_owned();
     w.scanner.watch("leaving admin key", &leaving);
     let r = w
-        .call(
+        .send(
             Some(&leaving),
-            Method::POST,
-            "/v1/providers/openrouter/oauth/start",
+            "POST /v1/providers/openrouter/oauth/start",
             None,
         )
         .await?;
