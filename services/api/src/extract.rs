@@ -186,30 +186,19 @@ fn json_error(parent: &str, e: serde_json::Error) -> ApiError {
             format!("the request body is not valid JSON: {msg}"),
         ),
         Category::Data => {
+            // The problem naming the field serde quoted in its message.
+            let named = |code, detail: fn(&str) -> String| {
+                let field = join(parent, quoted_name(&msg).unwrap_or("?"));
+                ApiError::field(code, field.clone(), detail(&field))
+            };
             if msg.starts_with("unknown field") {
-                let name = quoted_name(&msg).unwrap_or("?");
-                let field = join(parent, name);
-                ApiError::field(
-                    "unknown_field",
-                    field.clone(),
-                    format!("unknown field {field:?}"),
-                )
+                named("unknown_field", |f| format!("unknown field {f:?}"))
             } else if msg.starts_with("missing field") {
-                let name = quoted_name(&msg).unwrap_or("?");
-                let field = join(parent, name);
-                ApiError::field(
-                    "missing_field",
-                    field.clone(),
-                    format!("the field {field:?} is required"),
-                )
+                named("missing_field", |f| format!("the field {f:?} is required"))
             } else if msg.starts_with("duplicate field") {
-                let name = quoted_name(&msg).unwrap_or("?");
-                let field = join(parent, name);
-                ApiError::field(
-                    "duplicate_key",
-                    field.clone(),
-                    format!("the field {field:?} is given twice"),
-                )
+                named("duplicate_key", |f| {
+                    format!("the field {f:?} is given twice")
+                })
             } else if parent.is_empty() {
                 ApiError::new(
                     StatusCode::UNPROCESSABLE_ENTITY,
