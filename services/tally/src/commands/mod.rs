@@ -104,15 +104,13 @@ pub async fn migrate(cfg: &Config) -> anyhow::Result<()> {
 }
 
 pub(crate) fn projector_service(
-    bus: &Bus,
-    store: &Store,
+    w: &Wiring,
     cfg: &Config,
-    registry: &Registry,
 ) -> anyhow::Result<tally_projector::Projector> {
-    let metrics = Arc::new(tally_projector::Metrics::register(registry)?);
+    let metrics = Arc::new(tally_projector::Metrics::register(&w.registry)?);
     Ok(tally_projector::Projector::new(
-        bus.clone(),
-        store.clone(),
+        w.bus.clone(),
+        w.store.clone(),
         tally_projector::ProjectorConfig {
             prefix: cfg.prefix.clone(),
             ..Default::default()
@@ -128,11 +126,7 @@ pub(crate) fn org_providers(
     cfg: &Config,
     store: &Store,
 ) -> anyhow::Result<tally_provider::OrgProviders> {
-    let client = tally_openrouter::OpenRouterClient::new(tally_openrouter::ClientConfig {
-        base_url: cfg.openrouter_base_url.clone(),
-        api_key: None,
-        ..Default::default()
-    })?;
+    let client = reconcile_client(cfg)?;
     if cfg.keyring.is_none() {
         tracing::warn!(
             "TALLY_SECRETS_KEY is not set: organisations' provider keys cannot be read, \
@@ -176,23 +170,21 @@ pub(crate) fn reconciler_config(cfg: &Config) -> tally_reconciler::ReconcilerCon
 /// Builds the reconciler: every lookup uses the key of the organisation
 /// that made the generation; first lookups and the sweep in Postgres.
 pub(crate) fn reconciler_service(
-    bus: &Bus,
-    store: &Store,
+    w: &Wiring,
     cfg: &Config,
-    registry: &Registry,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tally_reconciler::Reconciler> {
-    let providers = org_providers(cfg, store)?;
+    let providers = org_providers(cfg, &w.store)?;
     providers.spawn_listener(shutdown);
-    let metrics = Arc::new(tally_reconciler::Metrics::register(registry)?);
+    let metrics = Arc::new(tally_reconciler::Metrics::register(&w.registry)?);
     Ok(tally_reconciler::Reconciler::new(
-        bus.clone(),
+        w.bus.clone(),
         reconcile_client(cfg)?,
         reconciler_config(cfg),
         metrics,
     )
     .with_org_providers(providers)
-    .with_store(store.clone()))
+    .with_store(w.store.clone()))
 }
 
 /// Builds the generation worker: OpenRouter client (long timeout: a
@@ -200,12 +192,11 @@ pub(crate) fn reconciler_service(
 /// first, then a fresh one, refreshed in the background) and the budget
 /// holds in Postgres.
 pub(crate) async fn worker_service(
-    bus: &Bus,
-    store: &Store,
+    w: &Wiring,
     cfg: &Config,
-    registry: &Registry,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<tally_worker::Worker> {
+    let store = &w.store;
     // No key of its own: every request carries its organisation's key.
     let client = tally_openrouter::OpenRouterClient::new(tally_openrouter::ClientConfig {
         base_url: cfg.openrouter_base_url.clone(),
@@ -230,9 +221,9 @@ pub(crate) async fn worker_service(
     }
     catalog.clone().spawn_refresh(client.clone(), shutdown);
     let reservations = Some(tally_worker::Reservations::new(store.clone()));
-    let metrics = Arc::new(tally_worker::Metrics::register(registry)?);
+    let metrics = Arc::new(tally_worker::Metrics::register(&w.registry)?);
     Ok(tally_worker::Worker::new(
-        bus.clone(),
+        w.bus.clone(),
         client,
         reservations,
         catalog,
@@ -249,10 +240,10 @@ pub(crate) async fn worker_service(
 
 /// What one service command runs on: the bus, a Postgres pool and the
 /// registry its metrics are served from.
-struct Wiring {
-    registry: Registry,
-    bus: Bus,
-    store: Store,
+pub(crate) struct Wiring {
+    pub(crate) registry: Registry,
+    pub(crate) bus: Bus,
+    pub(crate) store: Store,
 }
 
 impl Wiring {
@@ -275,7 +266,7 @@ impl Wiring {
 pub async fn worker(cfg: &Config) -> anyhow::Result<()> {
     let w = Wiring::connect(cfg, 8).await?;
     let shutdown = shutdown_signal();
-    let svc = worker_service(&w.bus, &w.store, cfg, &w.registry, shutdown.clone()).await?;
+    let svc = worker_service(&w, cfg, shutdown.clone()).await?;
     svc.run(shutdown).await?;
     Ok(())
 }
@@ -283,28 +274,23 @@ pub async fn worker(cfg: &Config) -> anyhow::Result<()> {
 /// `tally projector`.
 pub async fn projector(cfg: &Config) -> anyhow::Result<()> {
     let w = Wiring::connect(cfg, 8).await?;
-    let svc = projector_service(&w.bus, &w.store, cfg, &w.registry)?;
+    let svc = projector_service(&w, cfg)?;
     svc.run(shutdown_signal()).await?;
     Ok(())
 }
 
 /// Builds the alert delivery: webhook intake consumers and the delivery
 /// loop, opening signing secrets with the configured key-encryption key.
-pub(crate) fn alerts_service(
-    bus: &Bus,
-    store: &Store,
-    cfg: &Config,
-    registry: &Registry,
-) -> anyhow::Result<tally_alerts::Alerts> {
-    let metrics = Arc::new(tally_alerts::Metrics::register(registry)?);
+pub(crate) fn alerts_service(w: &Wiring, cfg: &Config) -> anyhow::Result<tally_alerts::Alerts> {
+    let metrics = Arc::new(tally_alerts::Metrics::register(&w.registry)?);
     if cfg.webhooks.allow_private {
         tracing::warn!(
             "TALLY_WEBHOOK_ALLOW_PRIVATE is set: webhooks may reach private and loopback addresses"
         );
     }
     Ok(tally_alerts::Alerts::new(
-        bus.clone(),
-        store.clone(),
+        w.bus.clone(),
+        w.store.clone(),
         cfg.keyring.clone(),
         tally_alerts::AlertsConfig {
             prefix: cfg.prefix.clone(),
@@ -322,7 +308,7 @@ pub(crate) fn alerts_service(
 /// `tally alerts`.
 pub async fn alerts(cfg: &Config) -> anyhow::Result<()> {
     let w = Wiring::connect(cfg, 8).await?;
-    let svc = alerts_service(&w.bus, &w.store, cfg, &w.registry)?;
+    let svc = alerts_service(&w, cfg)?;
     svc.run(shutdown_signal()).await?;
     Ok(())
 }
@@ -331,7 +317,7 @@ pub async fn alerts(cfg: &Config) -> anyhow::Result<()> {
 pub async fn reconciler(cfg: &Config) -> anyhow::Result<()> {
     let w = Wiring::connect(cfg, 4).await?;
     let shutdown = shutdown_signal();
-    let svc = reconciler_service(&w.bus, &w.store, cfg, &w.registry, shutdown.clone())?;
+    let svc = reconciler_service(&w, cfg, shutdown.clone())?;
     svc.run(shutdown).await?;
     Ok(())
 }
@@ -409,15 +395,20 @@ pub(crate) async fn run_all(cfg: &Config, shutdown: watch::Receiver<bool>) -> an
     store.migrate().await.context("Postgres migrations")?;
     bus.ensure_topology().await.context("JetStream topology")?;
     serve_metrics(cfg, &registry).await?;
-    let projector = projector_service(&bus, &store, cfg, &registry)?;
-    let reconciler = reconciler_service(&bus, &store, cfg, &registry, shutdown.clone())?;
-    let worker = worker_service(&bus, &store, cfg, &registry, shutdown.clone()).await?;
-    let alerts = alerts_service(&bus, &store, cfg, &registry)?;
+    let wiring = Wiring {
+        registry,
+        bus,
+        store,
+    };
+    let projector = projector_service(&wiring, cfg)?;
+    let reconciler = reconciler_service(&wiring, cfg, shutdown.clone())?;
+    let worker = worker_service(&wiring, cfg, shutdown.clone()).await?;
+    let alerts = alerts_service(&wiring, cfg)?;
     let p = tokio::spawn(projector.run(shutdown.clone()));
     let a = tokio::spawn(alerts.run(shutdown.clone()));
     let r = tokio::spawn(reconciler.run(shutdown.clone()));
     let w = tokio::spawn(worker.run(shutdown.clone()));
-    let api = serve_api(cfg, &store, &registry, shutdown.clone());
+    let api = serve_api(cfg, &wiring.store, &wiring.registry, shutdown.clone());
     let api_result = api.await;
     // The API returns when shutdown is requested; give the consumers time to
     // finish their in-flight batch.
