@@ -135,6 +135,21 @@ print(json.dumps({"ok": ok, "bad": bad}))
     Ok(serde_json::from_slice(&out.stdout)?)
 }
 
+/// Starts `tally <command>` serving HTTP on a free port, with the `extra`
+/// settings; the process (killed when dropped) and its base URL.
+fn serve(
+    h: &Harness,
+    sim_url: &str,
+    command: &str,
+    extra: &[(&str, String)],
+) -> anyhow::Result<(tokio::process::Child, String)> {
+    let port = tally_testkit::free_port()?;
+    let mut settings = vec![("TALLY_HTTP_ADDR", format!("127.0.0.1:{port}"))];
+    settings.extend_from_slice(extra);
+    let child = common::spawn(h, sim_url, SETTINGS, &[command], &settings)?;
+    Ok((child, format!("http://127.0.0.1:{port}")))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_receiver_down_for_two_minutes_gets_every_alert_once_signed() -> anyhow::Result<()> {
     let h = Harness::start().await?;
@@ -156,27 +171,9 @@ async fn a_receiver_down_for_two_minutes_gets_every_alert_once_signed() -> anyho
         .await?;
 
     // `tally run` allows private receivers; a separate `tally api` does not.
-    let run_port = tally_testkit::free_port()?;
-    let run_api = format!("http://127.0.0.1:{run_port}");
-    let _run = common::spawn(
-        &h,
-        &sim_url,
-        SETTINGS,
-        &["run"],
-        &[
-            ("TALLY_HTTP_ADDR", format!("127.0.0.1:{run_port}")),
-            ("TALLY_WEBHOOK_ALLOW_PRIVATE", "true".into()),
-        ],
-    )?;
-    let strict_port = tally_testkit::free_port()?;
-    let strict_api = format!("http://127.0.0.1:{strict_port}");
-    let _strict = common::spawn(
-        &h,
-        &sim_url,
-        SETTINGS,
-        &["api"],
-        &[("TALLY_HTTP_ADDR", format!("127.0.0.1:{strict_port}"))],
-    )?;
+    let private = [("TALLY_WEBHOOK_ALLOW_PRIVATE", "true".to_owned())];
+    let (_run, run_api) = serve(&h, &sim_url, "run", &private)?;
+    let (_strict, strict_api) = serve(&h, &sim_url, "api", &[])?;
     wait_ready(&run_api).await?;
     wait_ready(&strict_api).await?;
 
