@@ -26,6 +26,7 @@ use tally_money::{Cost, Usd};
 use uuid::Uuid;
 
 use crate::decode::parse_basis;
+use crate::found::FetchFound;
 use crate::page::next_cursor;
 use crate::posting::{
     attribution_from_row, budgets_matching, post, split, Posting, PostingOptions,
@@ -318,9 +319,8 @@ impl Store {
     pub async fn get_budget(&self, id: &str) -> Result<Budget, StoreError> {
         let row = sqlx::query(&format!("SELECT {COLUMNS} FROM budgets WHERE id = $1"))
             .bind(id)
-            .fetch_optional(self.pool())
-            .await?
-            .ok_or(StoreError::NotFound { what: "budget" })?;
+            .fetch_found(self.pool(), "budget")
+            .await?;
         from_row(&row)
     }
 
@@ -424,9 +424,8 @@ impl Store {
              WHERE id = $1 RETURNING {COLUMNS}"
         ))
         .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound { what: "budget" })?;
+        .fetch_found(&mut *tx, "budget")
+        .await?;
         tx.commit().await?;
         from_row(&row)
     }

@@ -100,6 +100,7 @@ pub mod budgets;
 mod decode;
 #[cfg(test)]
 mod fixtures;
+mod found;
 pub mod ledger;
 pub mod outbox;
 mod page;

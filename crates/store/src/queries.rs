@@ -40,6 +40,7 @@ use uuid::Uuid;
 
 use crate::budgets::Budget;
 use crate::decode::parse_basis;
+use crate::found::FetchFound;
 use crate::page::next_cursor;
 use crate::{Store, StoreError};
 
@@ -349,9 +350,8 @@ impl Store {
              FROM generations WHERE generation_id = $1",
         )
         .bind(generation_id)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or(StoreError::NotFound { what: "generation" })?;
+        .fetch_found(self.pool(), "generation")
+        .await?;
         let org_id: String = row.try_get("org_id")?;
         let basis: Option<String> = row.try_get("basis")?;
         let state: String = row.try_get("state")?;

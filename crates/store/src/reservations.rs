@@ -78,6 +78,7 @@ use tally_money::{Cost, Usd};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::budgets::{self, Budget};
+use crate::found::FetchFound;
 use crate::page::next_cursor;
 use crate::{Store, StoreError};
 
@@ -1006,11 +1007,8 @@ impl Store {
             "SELECT {COLUMNS} FROM reservations WHERE request_id = $1 FOR UPDATE"
         ))
         .bind(request_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound {
-            what: "reservation",
-        })?;
+        .fetch_found(&mut *tx, "reservation")
+        .await?;
         let mut res = vec![from_row(&row)?];
         load_holds(&mut tx, &mut res).await?;
         let mut res = res.remove(0);
@@ -1080,11 +1078,8 @@ impl Store {
             "SELECT {COLUMNS} FROM reservations WHERE request_id = $1"
         ))
         .bind(request_id)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or(StoreError::NotFound {
-            what: "reservation",
-        })?;
+        .fetch_found(self.pool(), "reservation")
+        .await?;
         let mut res = vec![from_row(&row)?];
         let mut conn = self.pool().acquire().await?;
         load_holds(&mut conn, &mut res).await?;

@@ -39,6 +39,7 @@ use sqlx::Row;
 use subtle::ConstantTimeEq;
 use uuid::Uuid;
 
+use crate::found::FetchFound;
 use crate::{Store, StoreError};
 
 /// Every API key starts with this.
@@ -311,25 +312,14 @@ impl Store {
         check_org_id(org_id)?;
         check_name("name", name)?;
         let mut tx = self.pool().begin().await?;
-        let exists = sqlx::query("SELECT 1 FROM orgs WHERE org_id = $1 FOR UPDATE")
-            .bind(org_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound { what: "org" });
-        }
-        let active: i64 = sqlx::query_scalar(
+        lock_org_below_limit(
+            &mut tx,
+            org_id,
             "SELECT count(*) FROM api_keys WHERE org_id = $1 AND revoked_at IS NULL",
+            "keys_per_org",
+            max_keys,
         )
-        .bind(org_id)
-        .fetch_one(&mut *tx)
         .await?;
-        if active >= i64::from(max_keys) {
-            return Err(StoreError::LimitExceeded {
-                limit: "keys_per_org",
-                max: max_keys,
-            });
-        }
         let key = insert_key(&mut tx, org_id, role, name).await?;
         tx.commit().await?;
         Ok(key)
@@ -357,9 +347,8 @@ impl Store {
         ))
         .bind(id)
         .bind(org_id)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or(StoreError::NotFound { what: "key" })?;
+        .fetch_found(self.pool(), "key")
+        .await?;
         key_info(&row)
     }
 
@@ -403,6 +392,35 @@ impl Store {
         .await?;
         Ok(())
     }
+}
+
+/// Locks the organisation's row until `tx` ends and checks that it has
+/// fewer than `max` of what `count_sql` counts (its `$1` is the
+/// organisation): an unknown organisation is [`StoreError::NotFound`]
+/// (`org`), `max` already is [`StoreError::LimitExceeded`] (`limit`). Under
+/// the lock, concurrent creations cannot pass the limit.
+pub(crate) async fn lock_org_below_limit(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    org_id: &str,
+    count_sql: &str,
+    limit: &'static str,
+    max: u32,
+) -> Result<(), StoreError> {
+    let exists = sqlx::query("SELECT 1 FROM orgs WHERE org_id = $1 FOR UPDATE")
+        .bind(org_id)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if exists.is_none() {
+        return Err(StoreError::NotFound { what: "org" });
+    }
+    let live: i64 = sqlx::query_scalar(count_sql)
+        .bind(org_id)
+        .fetch_one(&mut **tx)
+        .await?;
+    if live >= i64::from(max) {
+        return Err(StoreError::LimitExceeded { limit, max });
+    }
+    Ok(())
 }
 
 async fn insert_key(

@@ -35,8 +35,10 @@ use sqlx::{FromRow, Row};
 use tally_secrets::{Context, Sealed};
 use uuid::Uuid;
 
+use crate::found::FetchFound;
 use crate::page::next_cursor;
 use crate::sealed::{sealed_from_nullable, BindSealed};
+use crate::tenancy::lock_org_below_limit;
 use crate::{Store, StoreError};
 
 /// The event kinds a webhook may ask for.
@@ -356,25 +358,14 @@ impl Store {
     ) -> Result<Webhook, StoreError> {
         check_new(new)?;
         let mut tx = self.pool().begin().await?;
-        let exists = sqlx::query("SELECT 1 FROM orgs WHERE org_id = $1 FOR UPDATE")
-            .bind(&new.org_id)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if exists.is_none() {
-            return Err(StoreError::NotFound { what: "org" });
-        }
-        let live: i64 = sqlx::query_scalar(
+        lock_org_below_limit(
+            &mut tx,
+            &new.org_id,
             "SELECT count(*) FROM webhooks WHERE org_id = $1 AND deleted_at IS NULL",
+            "webhooks_per_org",
+            max,
         )
-        .bind(&new.org_id)
-        .fetch_one(&mut *tx)
         .await?;
-        if live >= i64::from(max) {
-            return Err(StoreError::LimitExceeded {
-                limit: "webhooks_per_org",
-                max,
-            });
-        }
         let row = sqlx::query(&format!(
             "INSERT INTO webhooks (id, org_id, url, events, description, kek_id, wrap_nonce, \
              wrapped_key, nonce, ciphertext) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
@@ -424,9 +415,8 @@ impl Store {
         ))
         .bind(id)
         .bind(org_id)
-        .fetch_optional(self.pool())
-        .await?
-        .ok_or(StoreError::NotFound { what: "webhook" })?;
+        .fetch_found(self.pool(), "webhook")
+        .await?;
         webhook(&row)
     }
 
@@ -448,9 +438,8 @@ impl Store {
         ))
         .bind(id)
         .bind(org_id)
-        .fetch_optional(&mut *tx)
-        .await?
-        .ok_or(StoreError::NotFound { what: "webhook" })?;
+        .fetch_found(&mut *tx, "webhook")
+        .await?;
         sqlx::query(
             "UPDATE webhook_deliveries SET state = 'failed', failed_at = now(), \
              last_error = 'webhook_deleted: the webhook was deleted' \
