@@ -237,6 +237,12 @@ fn status_and_body(resp: &str) -> (u16, Value, String) {
     )
 }
 
+/// A `POST /v1/budgets` body: a daily budget of $1 for `org`, unscoped.
+fn daily_budget(org: &str, name: &str) -> String {
+    json!({"org_id": org, "name": name, "scope": {}, "period": "daily", "limit_usd": "1"})
+        .to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hostile_http_requests_get_specific_problems() -> anyhow::Result<()> {
     let env = Env::start(
@@ -248,70 +254,75 @@ async fn hostile_http_requests_get_specific_problems() -> anyhow::Result<()> {
     )
     .await?;
 
-    // NUL and other control characters: 422 naming the field, never a 500.
-    let (s, v) = env
-        .post(
-            "/v1/budgets",
-            &json!({"org_id": ORG, "name": "a\u{0}b", "scope": {}, "period": "daily",
-                    "limit_usd": "1"})
-            .to_string(),
-        )
-        .await?;
-    assert_eq!(
-        (s, code(&v), v["field"].as_str()),
-        (422, "control_character", Some("name"))
-    );
-    let (s, v) = env
-        .post(
-            "/v1/budgets",
-            &json!({"org_id": ORG, "name": "n", "scope": {"agent_id": "a\u{1}"},
+    // Bodies of POST /v1/budgets and the problem each gets: status, code and,
+    // where checked, the field it names.
+    let cases: Vec<(&str, String, u16, &str, Option<&str>)> = vec![
+        // NUL and other control characters: 422 naming the field, never a 500.
+        (
+            "NUL in the name",
+            daily_budget(ORG, "a\u{0}b"),
+            422,
+            "control_character",
+            Some("name"),
+        ),
+        (
+            "control character in the scope",
+            json!({"org_id": ORG, "name": "n", "scope": {"agent_id": "a\u{1}"},
                     "period": "daily", "limit_usd": "1"})
             .to_string(),
-        )
-        .await?;
-    assert_eq!((s, code(&v)), (422, "control_character"));
-    assert_eq!(v["field"], "scope.agent_id");
-
-    // Positional scope: refused.
-    let (s, v) = env
-        .post(
-            "/v1/budgets",
-            r#"{"org_id":"hostile","name":"n","scope":["agentA","sess","user","model"],"period":"daily","limit_usd":"1"}"#,
-        )
-        .await?;
-    assert_eq!(
-        (s, code(&v), v["field"].as_str()),
-        (422, "invalid_field", Some("scope"))
-    );
-
-    // Duplicate keys: refused as on the bus.
-    let (s, v) = env
-        .post(
-            "/v1/budgets",
-            r#"{"org_id":"hostile","name":"n","name":"m","scope":{},"period":"daily","limit_usd":"1"}"#,
-        )
-        .await?;
-    assert_eq!(
-        (s, code(&v), v["field"].as_str()),
-        (422, "duplicate_key", Some("name"))
-    );
-
-    // Held before, kept as regressions: body limit, nesting, SQL injection.
-    let big = format!(
-        r#"{{"org_id":"hostile","name":"{}"}}"#,
-        "x".repeat(70 * 1024)
-    );
-    let (s, v) = env.post("/v1/budgets", &big).await?;
-    assert_eq!((s, code(&v)), (413, "payload_too_large"));
-    let nested = format!("{{\"org_id\":{}{}}}", "[".repeat(5000), "]".repeat(5000));
-    let (s, v) = env.post("/v1/budgets", &nested).await?;
-    assert_eq!(
-        (s, code(&v), v["field"].as_str()),
-        (422, "invalid_field", Some("org_id"))
-    );
-    let nested = format!("{}{}", "[".repeat(5000), "]".repeat(5000));
-    let (s, v) = env.post("/v1/budgets", &nested).await?;
-    assert_eq!((s, code(&v)), (422, "invalid_body"));
+            422,
+            "control_character",
+            Some("scope.agent_id"),
+        ),
+        // Positional scope: refused.
+        (
+            "positional scope",
+            r#"{"org_id":"hostile","name":"n","scope":["agentA","sess","user","model"],"period":"daily","limit_usd":"1"}"#.into(),
+            422,
+            "invalid_field",
+            Some("scope"),
+        ),
+        // Duplicate keys: refused as on the bus.
+        (
+            "duplicate key",
+            r#"{"org_id":"hostile","name":"n","name":"m","scope":{},"period":"daily","limit_usd":"1"}"#.into(),
+            422,
+            "duplicate_key",
+            Some("name"),
+        ),
+        // Held before, kept as regressions: body limit, nesting.
+        (
+            "70 KiB body",
+            format!(
+                r#"{{"org_id":"hostile","name":"{}"}}"#,
+                "x".repeat(70 * 1024)
+            ),
+            413,
+            "payload_too_large",
+            None,
+        ),
+        (
+            "nested org_id",
+            format!("{{\"org_id\":{}{}}}", "[".repeat(5000), "]".repeat(5000)),
+            422,
+            "invalid_field",
+            Some("org_id"),
+        ),
+        (
+            "nested body",
+            format!("{}{}", "[".repeat(5000), "]".repeat(5000)),
+            422,
+            "invalid_body",
+            None,
+        ),
+    ];
+    for (what, body, status, problem, field) in cases {
+        let (s, v) = env.post("/v1/budgets", &body).await?;
+        assert_eq!((s, code(&v)), (status, problem), "{what}: {v}");
+        if field.is_some() {
+            assert_eq!(v["field"].as_str(), field, "{what}: {v}");
+        }
+    }
     let nested = format!(
         "{{\"org_id\":\"x\",\"scope\":{}1{}}}",
         "{\"a\":".repeat(3000),
@@ -319,6 +330,7 @@ async fn hostile_http_requests_get_specific_problems() -> anyhow::Result<()> {
     );
     let (s, v) = env.post("/v1/budgets", &nested).await?;
     assert!(s == 400 || s == 422, "{s} {v}");
+    // SQL injection in the query.
     let (s, v) = env.get("/v1/budgets?org_id=x'%20OR%201=1--").await?;
     assert_eq!((s, code(&v)), (422, "invalid_id"));
 
@@ -333,14 +345,7 @@ async fn hostile_http_requests_get_specific_problems() -> anyhow::Result<()> {
         .await?;
     assert_eq!((status, code(&v)), (422, "invalid_id"));
     assert!(v.to_string().len() < 1024, "{} bytes", v.to_string().len());
-    let (s, v) = env
-        .post(
-            "/v1/budgets",
-            &json!({"org_id": long, "name": "n", "scope": {}, "period": "daily",
-                    "limit_usd": "1"})
-            .to_string(),
-        )
-        .await?;
+    let (s, v) = env.post("/v1/budgets", &daily_budget(&long, "n")).await?;
     assert_eq!((s, code(&v)), (422, "invalid_id"));
     assert!(v.to_string().len() < 1024, "{} bytes", v.to_string().len());
 
@@ -355,12 +360,7 @@ async fn hostile_http_requests_get_specific_problems() -> anyhow::Result<()> {
         );
     }
     let (s, v) = env
-        .post(
-            "/v1/budgets",
-            &json!({"org_id": ORG, "name": "one too many", "scope": {}, "period": "daily",
-                    "limit_usd": "1"})
-            .to_string(),
-        )
+        .post("/v1/budgets", &daily_budget(ORG, "one too many"))
         .await?;
     assert_eq!(
         (s, code(&v), v["field"].as_str()),
