@@ -220,21 +220,22 @@ impl Harness {
 
     /// Total spent (as text, exact) of a budget's period starting at `start`.
     pub async fn spent(&self, budget_id: &str) -> anyhow::Result<Usd> {
-        let v: Option<Usd> =
-            sqlx::query_scalar("SELECT sum(spent_usd) FROM budget_periods WHERE budget_id = $1")
-                .bind(budget_id)
-                .fetch_one(self.store.pool())
-                .await?;
-        Ok(v.unwrap_or_default())
+        const SPENT: &str = "SELECT sum(spent_usd) FROM budget_periods WHERE budget_id = $1";
+        self.sum_of(SPENT, budget_id).await
     }
 
     /// Sum of a budget's journal entries.
     pub async fn journal_sum(&self, budget_id: &str) -> anyhow::Result<Usd> {
-        let v: Option<Usd> =
-            sqlx::query_scalar("SELECT sum(amount_usd) FROM ledger_entries WHERE budget_id = $1")
-                .bind(budget_id)
-                .fetch_one(self.store.pool())
-                .await?;
+        const JOURNAL: &str = "SELECT sum(amount_usd) FROM ledger_entries WHERE budget_id = $1";
+        self.sum_of(JOURNAL, budget_id).await
+    }
+
+    /// The sum `sql` selects for the budget `$1`, zero when there is nothing.
+    async fn sum_of(&self, sql: &str, budget_id: &str) -> anyhow::Result<Usd> {
+        let v: Option<Usd> = sqlx::query_scalar(sql)
+            .bind(budget_id)
+            .fetch_one(self.store.pool())
+            .await?;
         Ok(v.unwrap_or_default())
     }
 
