@@ -282,8 +282,34 @@ async fn js_publish(
     Ok(())
 }
 
+/// Publishes `c` by `client` on the completed subject of the event's own
+/// organisation.
+async fn publish_completed(client: &async_nats::Client, c: &Completed) -> anyhow::Result<()> {
+    let subject = format!("tally.generation.completed.{}", c.data.attribution.org_id);
+    js_publish(client, &subject, &c.id, completed_json(c)).await
+}
+
 fn completed_json(c: &Completed) -> Vec<u8> {
     serde_json::to_vec(&c.event()).expect("an event serializes")
+}
+
+/// `GET /v1/generations/<id>` with `key` answers 404 generation_not_found.
+async fn assert_no_generation(base: &str, key: &str, id: &str) -> anyhow::Result<()> {
+    let (s, body) = call(
+        &reqwest::Client::new(),
+        base,
+        Some(key),
+        reqwest::Method::GET,
+        &format!("/v1/generations/{id}"),
+        None,
+    )
+    .await?;
+    assert_eq!(
+        (s, code_of(&body).as_str()),
+        (404, "generation_not_found"),
+        "{id}: {body}"
+    );
+    Ok(())
 }
 
 /// Waits until `GET path` with `key` answers 200; returns the body.
@@ -370,24 +396,12 @@ async fn services_connect_with_credentials_and_producers_stay_in_their_org() -> 
     let (globex, _globex_events) = producer(&url, "globex", GLOBEX_PASSWORD).await?;
     let now = chrono::Utc::now().to_rfc3339();
     let own = Completed::new("g-acme-own", "acme", &now).actual("0.25");
-    js_publish(
-        &acme,
-        "tally.generation.completed.acme",
-        &own.id,
-        completed_json(&own),
-    )
-    .await?;
+    publish_completed(&acme, &own).await?;
 
     // acme cannot publish into globex's subject: NATS refuses it (the
     // stream never acks it and the server reports a permissions violation).
     let forged = Completed::new("g-forged", "globex", &now).actual("7");
-    let refused = js_publish(
-        &acme,
-        "tally.generation.completed.globex",
-        &forged.id,
-        completed_json(&forged),
-    )
-    .await;
+    let refused = publish_completed(&acme, &forged).await;
     assert!(refused.is_err(), "a publish into globex's subject is acked");
     let e = expect_server_error(&mut acme_events, "Permissions Violation for Publish").await?;
     assert!(e.contains("tally.generation.completed.globex"), "{e}");
@@ -406,13 +420,7 @@ async fn services_connect_with_credentials_and_producers_stay_in_their_org() -> 
 
     // globex's own event goes through; tally's services book both.
     let theirs = Completed::new("g-globex-own", "globex", &now).actual("0.5");
-    js_publish(
-        &globex,
-        "tally.generation.completed.globex",
-        &theirs.id,
-        completed_json(&theirs),
-    )
-    .await?;
+    publish_completed(&globex, &theirs).await?;
     let body = wait_200(&stack.api, &stack.acme_key, "/v1/generations/g-acme-own").await?;
     assert!(body.contains("\"org_id\":\"acme\""), "{body}");
     wait_200(
@@ -422,22 +430,8 @@ async fn services_connect_with_credentials_and_producers_stay_in_their_org() -> 
     )
     .await?;
     // The refused event was never booked, for anyone.
-    let http = reqwest::Client::new();
     for key in [&stack.globex_key, &stack.acme_key] {
-        let (s, body) = call(
-            &http,
-            &stack.api,
-            Some(key),
-            reqwest::Method::GET,
-            "/v1/generations/g-forged",
-            None,
-        )
-        .await?;
-        assert_eq!(
-            (s, code_of(&body).as_str()),
-            (404, "generation_not_found"),
-            "{body}"
-        );
+        assert_no_generation(&stack.api, key, "g-forged").await?;
     }
     let spend = wait_200(&stack.api, &stack.globex_key, &spend_path()).await?;
     let spend: Value = serde_json::from_str(&spend)?;
@@ -493,21 +487,9 @@ async fn a_generation_id_booked_by_one_org_is_refused_for_another() -> anyhow::R
     let spend = spend_path();
 
     let first = Completed::new("gen-shared-1", "acme", &now).actual("0.25");
-    js_publish(
-        &acme,
-        "tally.generation.completed.acme",
-        &first.id,
-        completed_json(&first),
-    )
-    .await?;
+    publish_completed(&acme, &first).await?;
     let theirs = Completed::new("gen-globex-1", "globex", &now).actual("0.5");
-    js_publish(
-        &globex,
-        "tally.generation.completed.globex",
-        &theirs.id,
-        completed_json(&theirs),
-    )
-    .await?;
+    publish_completed(&globex, &theirs).await?;
     let acme_gen = wait_200(&stack.api, &stack.acme_key, "/v1/generations/gen-shared-1").await?;
     wait_200(
         &stack.api,
@@ -531,13 +513,7 @@ async fn a_generation_id_booked_by_one_org_is_refused_for_another() -> anyhow::R
     let second = Completed::new("gen-shared-1", "globex", &now)
         .actual("9.75")
         .with_id("completed-gen-shared-1-globex");
-    js_publish(
-        &globex,
-        "tally.generation.completed.globex",
-        &second.id,
-        completed_json(&second),
-    )
-    .await?;
+    publish_completed(&globex, &second).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let letters = loop {
         let l = dead_letters(&url, "generation_org_mismatch").await?;
@@ -556,25 +532,11 @@ async fn a_generation_id_booked_by_one_org_is_refused_for_another() -> anyhow::R
     assert_eq!(letter["data"]["generation_id"], "gen-shared-1", "{letter}");
 
     // Only the first is booked; nothing of either organisation changed.
-    let http = reqwest::Client::new();
     assert_eq!(
         wait_200(&stack.api, &stack.acme_key, "/v1/generations/gen-shared-1").await?,
         acme_gen
     );
-    let (s, body) = call(
-        &http,
-        &stack.api,
-        Some(&stack.globex_key),
-        reqwest::Method::GET,
-        "/v1/generations/gen-shared-1",
-        None,
-    )
-    .await?;
-    assert_eq!(
-        (s, code_of(&body).as_str()),
-        (404, "generation_not_found"),
-        "{body}"
-    );
+    assert_no_generation(&stack.api, &stack.globex_key, "gen-shared-1").await?;
     assert_eq!(
         wait_200(&stack.api, &stack.acme_key, &spend).await?,
         acme_spend
@@ -944,82 +906,65 @@ async fn no_key_token_or_secret_appears_in_debug_logs_or_responses() -> anyhow::
         .context("no key")?
         .to_owned();
     let spend = spend_path();
-    type Call<'a> = (Option<&'a str>, reqwest::Method, String, Option<Value>, u16);
+    use reqwest::Method;
+    type Call<'a> = (Option<&'a str>, Method, String, Option<Value>, u16);
     let calls: Vec<Call> = vec![
         (
             Some(&admin),
-            reqwest::Method::POST,
+            Method::POST,
             "/v1/budgets".into(),
             Some(budget.clone()),
             201,
         ),
-        (
-            Some(&admin),
-            reqwest::Method::GET,
-            "/v1/budgets".into(),
-            None,
-            200,
-        ),
-        (
-            Some(&admin),
-            reqwest::Method::GET,
-            "/v1/keys".into(),
-            None,
-            200,
-        ),
+        (Some(&admin), Method::GET, "/v1/budgets".into(), None, 200),
+        (Some(&admin), Method::GET, "/v1/keys".into(), None, 200),
+        (Some(&member_key), Method::GET, spend.clone(), None, 200),
         (
             Some(&member_key),
-            reqwest::Method::GET,
-            spend.clone(),
-            None,
-            200,
-        ),
-        (
-            Some(&member_key),
-            reqwest::Method::GET,
+            Method::GET,
             "/v1/providers/openrouter/drift".into(),
             None,
             200,
         ),
         (
             Some(&member_key),
-            reqwest::Method::POST,
+            Method::POST,
             "/v1/budgets".into(),
             Some(budget.clone()),
             403,
         ),
         (
             Some(&initech_key),
-            reqwest::Method::GET,
+            Method::GET,
             format!("/v1/generations/{generation_id}"),
             None,
             404,
         ),
         (
             Some(OPERATOR_TOKEN),
-            reqwest::Method::GET,
+            Method::GET,
             "/v1/budgets?org_id=acme".into(),
             None,
             200,
         ),
         (
             Some(OPENROUTER_KEY),
-            reqwest::Method::GET,
+            Method::GET,
             "/v1/budgets".into(),
             None,
             401,
         ),
         (
             Some("tly_0000000000000000000000000000000000000000"),
-            reqwest::Method::GET,
+            Method::GET,
             "/v1/budgets".into(),
             None,
             401,
         ),
-        (None, reqwest::Method::GET, "/v1/budgets".into(), None, 401),
+        (None, Method::GET, "/v1/budgets".into(), None, 401),
         (
             Some(&admin),
-            reqwest::Method::DELETE,
+            Method::DELETE,
             format!("/v1/keys/{member_id}"),
             None,
             200,
