@@ -221,6 +221,15 @@ fn store_error(id: &str) -> impl Fn(StoreError) -> ApiError + '_ {
     }
 }
 
+/// The caller's webhook `id` (another organisation's is not found).
+async fn load(state: &AppState, caller: &Caller, id: &str) -> Result<Webhook, ApiError> {
+    state
+        .store
+        .webhook(parse_id(id)?, caller.org())
+        .await
+        .map_err(store_error(id))
+}
+
 /// Checks the event kinds: at least one, each known, none twice.
 fn check_events(events: &[String]) -> Result<(), ApiError> {
     if events.is_empty() {
@@ -383,13 +392,7 @@ pub(crate) async fn get(
     caller: Caller,
     ApiPath(id): ApiPath<String>,
 ) -> Result<Json<WebhookBody>, ApiError> {
-    let wid = parse_id(&id)?;
-    let w = state
-        .store
-        .webhook(wid, caller.org())
-        .await
-        .map_err(store_error(&id))?;
-    Ok(Json(w.into()))
+    Ok(Json(load(&state, &caller, &id).await?.into()))
 }
 
 /// `DELETE /v1/webhooks/{id}` (admin).
@@ -439,12 +442,7 @@ pub(crate) async fn deliveries(
     params: Params,
 ) -> Result<Json<DeliveriesBody>, ApiError> {
     let params = params.only(&["cursor", "limit"])?;
-    let wid = parse_id(&id)?;
-    let w = state
-        .store
-        .webhook(wid, caller.org())
-        .await
-        .map_err(store_error(&id))?;
+    let w = load(&state, &caller, &id).await?;
     let (page, before) = page_cursor(&params)?;
     let (rows, next) = state
         .store
