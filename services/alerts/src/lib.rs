@@ -257,22 +257,18 @@ impl Alerts {
             self.config.clone(),
             self.metrics.clone(),
         )?;
-        let alerts = intake::run(
-            self.bus.clone(),
-            self.store.clone(),
-            tally_bus::ConsumerName::WebhooksAlerts,
-            self.config.clone(),
-            self.metrics.clone(),
-            shutdown.clone(),
-        );
-        let ledger = intake::run(
-            self.bus.clone(),
-            self.store.clone(),
-            tally_bus::ConsumerName::WebhooksLedger,
-            self.config.clone(),
-            self.metrics.clone(),
-            shutdown.clone(),
-        );
+        let intake = |consumer| {
+            intake::run(
+                self.bus.clone(),
+                self.store.clone(),
+                consumer,
+                self.config.clone(),
+                self.metrics.clone(),
+                shutdown.clone(),
+            )
+        };
+        let alerts = intake(tally_bus::ConsumerName::WebhooksAlerts);
+        let ledger = intake(tally_bus::ConsumerName::WebhooksLedger);
         let deliver = deliverer.run(shutdown);
         let (a, l, d) = tokio::join!(alerts, ledger, deliver);
         a?;
