@@ -30,8 +30,9 @@
 //!   field.
 
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
-use sqlx::{FromRow, Row};
+use sqlx::postgres::{PgArguments, PgRow};
+use sqlx::query::QueryAs;
+use sqlx::{FromRow, Postgres, Row};
 use tally_budget::{period_containing, Period};
 use tally_events::Attribution;
 use tally_ledger::{Basis, CostState, EntryKind};
@@ -206,6 +207,20 @@ const SPEND_SUMS: &str = "COALESCE(SUM(debited_usd), 0) AS spent_usd, \
 /// `[$2, $3)`.
 const SPEND_WINDOW: &str = "FROM generations WHERE org_id = $1 AND completed_at IS NOT NULL \
      AND completed_at >= $2 AND completed_at < $3";
+
+/// A query over the generations of organisation `$1` completed in `[$2,
+/// $3)`, decoded as `O` (spend here, booked totals for the reconciler).
+pub(crate) fn window_query<'q, O>(
+    sql: &'q str,
+    org_id: &'q str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> QueryAs<'q, Postgres, O, PgArguments>
+where
+    O: for<'r> FromRow<'r, PgRow>,
+{
+    sqlx::query_as(sql).bind(org_id).bind(from).bind(to)
+}
 
 const ENTRY_COLUMNS: &str = "entry_id, budget_id, generation_id, kind, basis, amount_usd, \
                              period_start, period_end, posted_at, batch_id";
@@ -406,15 +421,12 @@ impl Store {
         group_by: GroupBy,
     ) -> Result<Vec<SpendRow>, StoreError> {
         let key = group_by.key_sql();
-        let groups = sqlx::query_as(&format!(
+        let sql = format!(
             "SELECT {key} AS key, {SPEND_SUMS} {SPEND_WINDOW} GROUP BY 1 ORDER BY 1 NULLS LAST"
-        ))
-        .bind(org_id)
-        .bind(from)
-        .bind(to)
-        .fetch_all(self.pool())
-        .await?;
-        Ok(groups)
+        );
+        Ok(window_query(&sql, org_id, from, to)
+            .fetch_all(self.pool())
+            .await?)
     }
 
     /// One page of [`Store::spend`]: at most `limit` groups whose key comes
@@ -437,27 +449,23 @@ impl Store {
             Some(None) => (true, None),
             Some(Some(k)) => (false, Some(k)),
         };
-        let total: SpendRow = sqlx::query_as(&format!("SELECT {SPEND_SUMS} {SPEND_WINDOW}"))
-            .bind(org_id)
-            .bind(from)
-            .bind(to)
+        let sql = format!("SELECT {SPEND_SUMS} {SPEND_WINDOW}");
+        let total: SpendRow = window_query(&sql, org_id, from, to)
             .fetch_one(self.pool())
             .await?;
         if skip_all {
             return Ok((Vec::new(), total, false));
         }
-        let mut groups: Vec<SpendRow> = sqlx::query_as(&format!(
+        let sql = format!(
             "SELECT * FROM (SELECT {key} AS key, {SPEND_SUMS} {SPEND_WINDOW} GROUP BY 1) g \
              WHERE $4::text IS NULL OR g.key > $4 OR g.key IS NULL \
              ORDER BY g.key NULLS LAST LIMIT $5"
-        ))
-        .bind(org_id)
-        .bind(from)
-        .bind(to)
-        .bind(after_key)
-        .bind(limit.saturating_add(1))
-        .fetch_all(self.pool())
-        .await?;
+        );
+        let mut groups: Vec<SpendRow> = window_query(&sql, org_id, from, to)
+            .bind(after_key)
+            .bind(limit.saturating_add(1))
+            .fetch_all(self.pool())
+            .await?;
         let more = groups.len() as i64 > limit;
         groups.truncate(limit as usize);
         Ok((groups, total, more))

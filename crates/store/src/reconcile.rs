@@ -26,6 +26,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 use tally_money::{Cost, Usd};
 
+use crate::queries::window_query;
 use crate::{Store, StoreError};
 
 /// What the sweep selects and how it claims (see [`Store::claim_sweep`]).
@@ -203,19 +204,14 @@ impl Store {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
     ) -> Result<BookedTotals, StoreError> {
-        let totals = sqlx::query_as(
-            "SELECT COALESCE(SUM(debited_usd), 0) AS booked_usd, \
+        let sql = "SELECT COALESCE(SUM(debited_usd), 0) AS booked_usd, \
                     COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'actual'), 0) AS booked_actual_usd, \
                     COALESCE(SUM(debited_usd) FILTER (WHERE basis = 'estimate'), 0) AS booked_estimated_usd, \
                     COUNT(*) AS generations, \
                     COUNT(*) FILTER (WHERE basis <> 'actual') AS without_actual \
-             FROM generations WHERE org_id = $1 AND completed_at >= $2 AND completed_at < $3",
-        )
-        .bind(org_id)
-        .bind(from)
-        .bind(to)
-        .fetch_one(self.pool())
-        .await?;
-        Ok(totals)
+             FROM generations WHERE org_id = $1 AND completed_at >= $2 AND completed_at < $3";
+        Ok(window_query(sql, org_id, from, to)
+            .fetch_one(self.pool())
+            .await?)
     }
 }

@@ -363,21 +363,11 @@ async fn a_recorded_generation_is_never_held_again() -> anyhow::Result<()> {
     let req = hold_with_ttl("r1", Some("1"), Duration::from_millis(200));
     store.take_holds(std::slice::from_ref(&req)).await?;
     let ttl = Duration::from_millis(200);
-    assert_eq!(
-        store
-            .record_generation("r1", "gen-1", ttl)
-            .await?
-            .as_deref(),
-        Some("gen-1")
-    );
-    // A second id never replaces the first.
-    assert_eq!(
-        store
-            .record_generation("r1", "gen-2", ttl)
-            .await?
-            .as_deref(),
-        Some("gen-1")
-    );
+    // The first id is recorded; a second one never replaces it.
+    for id in ["gen-1", "gen-2"] {
+        let recorded = store.record_generation("r1", id, ttl).await?;
+        assert_eq!(recorded.as_deref(), Some("gen-1"), "after recording {id}");
+    }
     assert!(matches!(
         store.take_holds(std::slice::from_ref(&req)).await?[0],
         HoldOutcome::Generated(ref r) if r.generation_id.as_deref() == Some("gen-1")
