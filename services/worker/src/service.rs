@@ -1007,93 +1007,118 @@ async fn complete(
 ) -> Settle {
     let now = Utc::now();
     let status = status_of(&reply);
+    let completed = completed_event(req, catalog, &reply, status, now);
+    let (actual, estimated) = (completed.actual_cost_usd, completed.estimated_cost_usd);
+    if let Err(settle) = publish_completed(s, req, completed, now).await {
+        return settle;
+    }
+    publish_result(s, req, result_of(req, &reply, status, now)).await;
+    count_completed(&s.metrics, status, actual, estimated);
+    Settle::Ack
+}
+
+/// The completed event of a reply: OpenRouter's usage and cost when it sent
+/// them, else zero tokens and an estimate of what was sent and received.
+fn completed_event(
+    req: &GenerationRequested,
+    catalog: &Catalog,
+    reply: &ResponsesReply,
+    status: GenerationStatus,
+    now: DateTime<Utc>,
+) -> GenerationCompleted {
     let model = reply
         .model
         .clone()
         .unwrap_or_else(|| req.attribution.model.clone());
-    let searches_asked = req
-        .server_tools
-        .iter()
-        .flatten()
-        .filter(|t| t.contains("web_search"))
-        .count() as u64;
-    let (usage, est_input) = match &reply.usage {
-        Some(u) => (
-            Usage {
-                prompt_tokens: u.input_tokens,
-                completion_tokens: u.output_tokens,
-                reasoning_tokens: u.reasoning_tokens,
-                cached_tokens: u.cached_tokens,
-                cache_write_tokens: u.cache_write_tokens,
-            },
-            EstimateInput {
-                prompt_tokens: u.input_tokens,
-                cached_tokens: u.cached_tokens.unwrap_or(0),
-                cache_write_tokens: u.cache_write_tokens.unwrap_or(0),
-                completion_tokens: u.output_tokens,
-                reasoning_tokens: u.reasoning_tokens.unwrap_or(0),
-                web_search_calls: u.web_search_requests.unwrap_or(0),
-            },
-        ),
-        // No usage (aborted stream): token counts stay zero in the event;
-        // the estimate approximates what was sent and received.
-        None => (
-            Usage::default(),
-            EstimateInput {
-                prompt_tokens: approx_tokens(&input_text(req)),
-                completion_tokens: approx_tokens(&reply.output_text),
-                web_search_calls: searches_asked,
-                ..EstimateInput::default()
-            },
-        ),
-    };
+    let (usage, est_input) = usage_and_estimate_input(req, reply);
     let pricing = catalog
         .pricing(&model)
         .or_else(|| catalog.pricing(&req.attribution.model));
-    let estimated = pricing.and_then(|p| estimate(&p, &est_input));
-    let actual = reply.usage.as_ref().and_then(|u| u.actual_cost());
-    let is_byok = reply.usage.as_ref().is_some_and(|u| u.is_byok);
-    let upstream = reply
-        .usage
-        .as_ref()
-        .filter(|u| u.is_byok)
-        .and_then(|u| u.upstream_inference_cost);
-    let completed = GenerationCompleted {
+    let byok = reply.usage.as_ref().filter(|u| u.is_byok);
+    GenerationCompleted {
         generation_id: reply.generation_id.clone(),
         attribution: req.attribution.served_by(model),
         provider: reply.provider.clone(),
         completed_at: now,
         usage,
-        is_byok,
-        actual_cost_usd: actual,
-        estimated_cost_usd: estimated,
+        is_byok: byok.is_some(),
+        actual_cost_usd: reply.usage.as_ref().and_then(|u| u.actual_cost()),
+        estimated_cost_usd: pricing.and_then(|p| estimate(&p, &est_input)),
         status,
         request_id: Some(req.request_id.clone()),
-        upstream_inference_cost_usd: upstream,
-    };
-    if let Err(settle) = publish_completed(s, req, completed, now).await {
-        return settle;
+        upstream_inference_cost_usd: byok.and_then(|u| u.upstream_inference_cost),
     }
-    let result_status = match status {
-        GenerationStatus::Completed => ResultStatus::Completed,
-        GenerationStatus::Cancelled => ResultStatus::Cancelled,
-        GenerationStatus::Errored => ResultStatus::Errored,
+}
+
+/// The token counts for the event and the estimate. Without usage (an
+/// aborted stream) the event's counts stay zero and the estimate
+/// approximates the text sent and received.
+fn usage_and_estimate_input(
+    req: &GenerationRequested,
+    reply: &ResponsesReply,
+) -> (Usage, EstimateInput) {
+    let Some(u) = &reply.usage else {
+        let searches_asked = req
+            .server_tools
+            .iter()
+            .flatten()
+            .filter(|t| t.contains("web_search"))
+            .count() as u64;
+        let input = EstimateInput {
+            prompt_tokens: approx_tokens(&input_text(req)),
+            completion_tokens: approx_tokens(&reply.output_text),
+            web_search_calls: searches_asked,
+            ..EstimateInput::default()
+        };
+        return (Usage::default(), input);
     };
-    let error = match status {
-        GenerationStatus::Completed => None,
-        GenerationStatus::Cancelled => Some(ResultError {
-            reason: "stream_aborted".to_owned(),
-            message: "the stream ended before its final event".to_owned(),
-        }),
-        GenerationStatus::Errored => Some(ResultError {
-            reason: "generation_errored".to_owned(),
-            message: reply
-                .error
-                .clone()
-                .unwrap_or_else(|| "the generation failed part-way".to_owned()),
-        }),
+    let usage = Usage {
+        prompt_tokens: u.input_tokens,
+        completion_tokens: u.output_tokens,
+        reasoning_tokens: u.reasoning_tokens,
+        cached_tokens: u.cached_tokens,
+        cache_write_tokens: u.cache_write_tokens,
     };
-    let result = GenerationResult {
+    let input = EstimateInput {
+        prompt_tokens: u.input_tokens,
+        cached_tokens: u.cached_tokens.unwrap_or(0),
+        cache_write_tokens: u.cache_write_tokens.unwrap_or(0),
+        completion_tokens: u.output_tokens,
+        reasoning_tokens: u.reasoning_tokens.unwrap_or(0),
+        web_search_calls: u.web_search_requests.unwrap_or(0),
+    };
+    (usage, input)
+}
+
+/// The result the requester reads: the status, the output text, and for a
+/// cancelled or errored generation the reason.
+fn result_of(
+    req: &GenerationRequested,
+    reply: &ResponsesReply,
+    status: GenerationStatus,
+    now: DateTime<Utc>,
+) -> GenerationResult {
+    let (result_status, error) = match status {
+        GenerationStatus::Completed => (ResultStatus::Completed, None),
+        GenerationStatus::Cancelled => (
+            ResultStatus::Cancelled,
+            Some(ResultError {
+                reason: "stream_aborted".to_owned(),
+                message: "the stream ended before its final event".to_owned(),
+            }),
+        ),
+        GenerationStatus::Errored => (
+            ResultStatus::Errored,
+            Some(ResultError {
+                reason: "generation_errored".to_owned(),
+                message: reply
+                    .error
+                    .clone()
+                    .unwrap_or_else(|| "the generation failed part-way".to_owned()),
+            }),
+        ),
+    };
+    GenerationResult {
         request_id: req.request_id.clone(),
         org_id: req.attribution.org_id.clone(),
         generation_id: Some(reply.generation_id.clone()),
@@ -1101,18 +1126,22 @@ async fn complete(
         output_text: (!reply.output_text.is_empty()).then(|| reply.output_text.clone()),
         error,
         finished_at: now,
-    };
-    publish_result(s, req, result).await;
-    s.metrics
-        .requests
-        .with_label_values(&[status.as_str()])
-        .inc();
-    if actual.is_none() {
-        s.metrics.missing_actual_cost.inc();
     }
-    Metrics::add_usd(&s.metrics.actual_cost_usd, actual);
-    Metrics::add_usd(&s.metrics.estimated_cost_usd, estimated);
-    Settle::Ack
+}
+
+/// Counts one finished request, a missing actual cost, and the money.
+fn count_completed(
+    metrics: &Metrics,
+    status: GenerationStatus,
+    actual: Option<Cost>,
+    estimated: Option<Cost>,
+) {
+    metrics.requests.with_label_values(&[status.as_str()]).inc();
+    if actual.is_none() {
+        metrics.missing_actual_cost.inc();
+    }
+    Metrics::add_usd(&metrics.actual_cost_usd, actual);
+    Metrics::add_usd(&metrics.estimated_cost_usd, estimated);
 }
 
 #[cfg(test)]
