@@ -197,15 +197,12 @@ mod pg {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn c(s: &str) -> Cost {
-        s.parse().unwrap()
-    }
+    use crate::cost;
 
     #[test]
     fn only_non_negative_amounts_are_costs() {
-        assert_eq!(c("0.000123").to_string(), "0.000123");
-        assert_eq!(c("0"), Cost::ZERO);
+        assert_eq!(cost!("0.000123").to_string(), "0.000123");
+        assert_eq!(cost!("0"), Cost::ZERO);
         assert_eq!(
             "-0.000001".parse::<Cost>().unwrap_err().code(),
             "negative_amount"
@@ -216,7 +213,7 @@ mod tests {
         );
         assert_eq!(
             Cost::from_json_number("1.425e-7").unwrap(),
-            c("0.0000001425")
+            cost!("0.0000001425")
         );
         assert_eq!(
             Cost::from_json_number("-1e-7").unwrap_err().code(),
@@ -226,26 +223,35 @@ mod tests {
 
     #[test]
     fn sums_stay_costs_and_differences_are_signed() {
-        assert_eq!(c("0.1").try_add(c("0.2")).unwrap(), c("0.3"));
+        assert_eq!(cost!("0.1").try_add(cost!("0.2")).unwrap(), cost!("0.3"));
         assert_eq!(
-            Cost::MAX.try_add(c("0.0000000001")).unwrap_err().code(),
+            Cost::MAX.try_add(cost!("0.0000000001")).unwrap_err().code(),
             "amount_overflow"
         );
-        assert_eq!(Cost::try_sum([c("1"), c("2.5")]).unwrap(), c("3.5"));
-        assert_eq!(c("1.5").try_mul_int(3).unwrap(), c("4.5"));
-        assert_eq!(c("1").minus(c("1.25")), "-0.25".parse::<Usd>().unwrap());
+        assert_eq!(
+            Cost::try_sum([cost!("1"), cost!("2.5")]).unwrap(),
+            cost!("3.5")
+        );
+        assert_eq!(cost!("1.5").try_mul_int(3).unwrap(), cost!("4.5"));
+        assert_eq!(
+            cost!("1").minus(cost!("1.25")),
+            "-0.25".parse::<Usd>().unwrap()
+        );
         assert_eq!(Cost::ZERO.minus(Cost::MAX), Usd::MIN);
-        assert_eq!(c("1").checked_sub(c("1.25")), None);
-        assert_eq!(c("1.25").checked_sub(c("1")), Some(c("0.25")));
+        assert_eq!(cost!("1").checked_sub(cost!("1.25")), None);
+        assert_eq!(cost!("1.25").checked_sub(cost!("1")), Some(cost!("0.25")));
     }
 
     #[test]
     fn wire_form_is_a_non_negative_decimal_string() {
         assert_eq!(
-            serde_json::to_string(&c("0.000123")).unwrap(),
+            serde_json::to_string(&cost!("0.000123")).unwrap(),
             "\"0.000123\""
         );
-        assert_eq!(serde_json::from_str::<Cost>("\"0.5\"").unwrap(), c("0.5"));
+        assert_eq!(
+            serde_json::from_str::<Cost>("\"0.5\"").unwrap(),
+            cost!("0.5")
+        );
         for (text, code) in [
             ("0.5", "JSON string"),
             ("\"-0.5\"", "negative"),
